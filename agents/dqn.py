@@ -1,0 +1,99 @@
+"""DQN (Mnih et al. 2015) with a sparse Q-network, as studied by Graesser et al. 2022.
+
+Pure functions over one `DQNState`; the runner vmaps them over seeds. The
+loss is the Huber loss (Dopamine) of the one-step Q-learning TD error
+(`rlax.q_learning`): target r + gamma * (1 - terminated) * max_a Q_target(s', a).
+A time-limit truncation is stored with terminated = False and s' = the final
+observation, so the target bootstraps through it.
+"""
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+import rlax
+
+from sparserl import dormancy, learner
+from sparserl.agent import Agent, network_module, sparsity_config
+from sparserl.envs import EnvSpec
+from sparserl.replay import Transition
+
+
+LOOP = "off_policy"
+
+
+class DQNState(flax.struct.PyTreeNode):
+    online: learner.NetworkState
+    target_params: Any
+    rng: jax.Array
+    step: jax.Array  # gradient updates so far; shared by all seeds (unbatched under the runner's vmap)
+
+
+def td_errors(q_values: jax.Array, next_target_q_values: jax.Array, batch: Transition, gamma: float) -> jax.Array:
+    """r + gamma * (1 - terminated) * max_a Q_target(s', a) - Q(s, a), per transition (rlax.q_learning)."""
+    discounts = gamma * (1.0 - batch.terminated.astype(jnp.float32))
+    return jax.vmap(rlax.q_learning)(q_values, batch.action, batch.reward, discounts, next_target_q_values)
+
+
+def total_updates(config: ml_collections.ConfigDict) -> int:
+    """Gradient updates in a run: one every `train_every` env steps after `learning_starts`."""
+    return max(1, (config.steps - config.learning_starts) // config.train_every)
+
+
+def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
+    if not env_spec.discrete:
+        raise ValueError(f"--agent=dqn needs a discrete action space; {env_spec.env_id} is continuous (use --agent=sac or ppo)")
+    network = learner.make_network(
+        network_module(config.network, env_spec.num_actions),
+        optax.adamw(config.learning_rate, eps=config.adam_eps, weight_decay=config.weight_decay),
+        sparsity_config(config.sparse, total_updates(config), config.sparse.sparsity),
+    )
+    sample_observation = jnp.zeros((1, *env_spec.observation_shape), env_spec.observation_dtype)
+    epsilon = optax.linear_schedule(
+        1.0, config.epsilon_end, config.epsilon_decay_steps, transition_begin=config.learning_starts
+    )
+
+    def init(key: jax.Array) -> DQNState:
+        network_key, rng = jax.random.split(key)
+        online = learner.init(network, network_key, sample_observation)
+        return DQNState(online, online.params, rng, jnp.zeros((), jnp.int32))
+
+    def act(state: DQNState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
+        """Epsilon-greedy actions for a batch of observations."""
+        greedy = jnp.argmax(learner.apply(network, state.online.params, observations), axis=-1)
+        random_key, explore_key = jax.random.split(key)
+        random_actions = jax.random.randint(random_key, greedy.shape, 0, env_spec.num_actions)
+        exploration = epsilon(env_step) if explore else config.eval_epsilon
+        return jnp.where(jax.random.uniform(explore_key, greedy.shape) < exploration, random_actions, greedy)
+
+    def update(state: DQNState, batch: Transition, key: jax.Array) -> tuple[DQNState, dict[str, jax.Array]]:
+        if config.reward_clip:
+            batch = batch._replace(reward=jnp.clip(batch.reward, -1.0, 1.0))
+        next_target_q_values = learner.apply(network, state.target_params, batch.next_observation)
+
+        def loss_fn(params):
+            q_values = learner.apply(network, params, batch.observation)
+            errors = td_errors(q_values, next_target_q_values, batch, config.gamma)
+            return jnp.mean(rlax.huber_loss(errors, config.huber_delta)), q_values
+
+        (loss, q_values), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.online.params)
+        online = learner.apply_gradients(network, state.online, grads, state.step, key)
+        step = state.step + 1
+        target_params = jax.lax.cond(
+            step % config.target_update_period == 0, lambda: online.params, lambda: state.target_params
+        )
+        metrics = {"loss/td": loss, "q/mean": jnp.mean(q_values)}
+        return DQNState(online, target_params, state.rng, step), metrics
+
+    def measure(state: DQNState, batch: Transition) -> dict[str, jax.Array]:
+        return learner.metrics(network, state.online, batch.observation)
+
+    def recycle(state: DQNState, batch: Transition, key: jax.Array) -> tuple[DQNState, jax.Array]:
+        online, result = learner.recycle(network, state.online, key, config.redo.tau, batch.observation)
+        target_params = dormancy.follow_online(state.target_params, online.params, result.touched)
+        return state.replace(online=online, target_params=target_params), result.num_recycled
+
+    return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle)

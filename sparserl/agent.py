@@ -1,0 +1,75 @@
+"""What the runners need from an agent, and the config helpers every agent shares."""
+
+from typing import Callable, NamedTuple
+
+import flax.linen as nn
+import ml_collections
+
+from sparserl import networks
+from sparserl.sparse import SparsityConfig
+
+
+class Agent(NamedTuple):
+    """Pure functions over an agent's TrainState (DESIGN contract 1); the runner vmaps them over seeds.
+
+    - `init(key) -> state`
+    - `act(state, observations, key, env_step, explore) -> actions` (a batch of observations)
+    - `update(state, batch, key) -> (state, metrics)`: one gradient step, sparse topology updates included
+    - `measure(state, batch) -> metrics`: sparsity and dormant fractions of every network
+    - `recycle(state, batch, key) -> (state, num_recycled)`: ReDo on every network
+    Every state has `rng` (per seed) and `step` (gradient updates, shared by all seeds) fields.
+    """
+
+    init: Callable
+    act: Callable
+    update: Callable
+    measure: Callable
+    recycle: Callable
+
+
+def network_module(network: ml_collections.ConfigDict, output_size: int, **overrides) -> nn.Module:
+    """The flax module a network config describes: `kind` 'mlp' or 'cnn' (Nature CNN and its MinAtar variant)."""
+    if network.kind == "mlp":
+        return networks.MLP(
+            tuple(network.hidden_sizes),
+            output_size,
+            activation=network.get("activation", "relu"),
+            width_multiplier=network.width_multiplier,
+            **overrides,
+        )
+    return networks.NatureCNN(
+        output_size,
+        conv_features=tuple(network.conv_features),
+        kernel_sizes=tuple(network.kernel_sizes),
+        strides=tuple(network.strides),
+        dense_sizes=tuple(network.dense_sizes),
+        width_multiplier=network.width_multiplier,
+    )
+
+
+def sparsity_config(sparse: ml_collections.ConfigDict, total_updates: int, sparsity: float) -> SparsityConfig:
+    """A SparsityConfig with the topology window given as fractions of the run, in gradient updates.
+
+    SET/RigL change the topology every `update_period` updates until
+    `update_end_fraction` of the run (Graesser et al. 2022: 75% classic control,
+    80% Atari); `prune` prunes every `prune_frequency` updates between
+    `prune_start_fraction` and `prune_end_fraction`.
+    """
+    method = sparse.method if sparsity > 0.0 or sparse.method == "dense" else "dense"
+    if method == "prune":
+        start = int(sparse.prune_start_fraction * total_updates)
+        end = max(start + 1, int(sparse.prune_end_fraction * total_updates))
+        period = sparse.prune_frequency
+    else:
+        start, end, period = 0, max(1, int(sparse.update_end_fraction * total_updates)), sparse.update_period
+    return SparsityConfig(
+        method=method,
+        sparsity=sparsity,
+        distribution=sparse.distribution,
+        dense_first_layer=sparse.dense_first_layer,
+        dense_last_layer=sparse.dense_last_layer,
+        update_period=period,
+        update_start=start,
+        update_end=end,
+        drop_fraction=sparse.drop_fraction,
+    )

@@ -1,0 +1,172 @@
+"""Dormant neurons and their recycling (ReDo), after Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep RL".
+
+Scores (Sokar et al. 2023, eq. 1): for a hidden layer with post-activation
+outputs h, neuron i scores s_i = E|h_i| / (1/H sum_k E|h_k|), the expectation
+over the batch (and, for a conv layer, over spatial positions: one neuron per
+channel). Neuron i is tau-dormant iff s_i <= tau.
+
+ReDo (Sokar et al. 2023, Algorithm 1): every few gradient steps, each
+tau-dormant neuron gets fresh incoming weights from its layer's initializer, a
+zero bias and zero outgoing weights, and the optimizer moments of those entries
+are zeroed. Under a sparse mask only active connections receive new values and
+the mask never changes. Everything here is pure, jittable and vmappable over
+seeds (DESIGN contract 1).
+"""
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from sparserl.networks import POST_ACTIVATION
+from sparserl.sparse import SparseOptState, zero_moments
+from sparserl.sparse.distributions import leaf_name
+
+DEFAULT_TAUS = (0.0, 0.025, 0.1)
+
+
+def tau_name(tau: float) -> str:
+    """How tau appears in metric names: 0 -> '0', 0.025 -> '0.025', 0.1 -> '0.1' (DESIGN contract 6)."""
+    return format(float(tau), "g")
+
+
+def layer_scores(activations: Any) -> dict[str, jax.Array]:
+    """Layer path -> per-neuron dormancy scores (Sokar et al. 2023, eq. 1).
+
+    `activations` is the `ACTIVATIONS` collection of a forward pass. Dense
+    outputs [batch, units] give one score per unit; conv outputs (NHWC) give one
+    score per channel, averaged over batch and spatial positions. Scores have
+    mean 1 per layer; a layer whose outputs are all zero scores 0 everywhere.
+    """
+    scores = {}
+    for path, outputs in jax.tree_util.tree_flatten_with_path(activations)[0]:
+        name = leaf_name(path)
+        if not name.endswith(POST_ACTIVATION):
+            continue
+        layer = name[: -len(POST_ACTIVATION)].rstrip("/")
+        mean_magnitude = jnp.abs(outputs).mean(axis=tuple(range(outputs.ndim - 1)))
+        layer_mean = mean_magnitude.mean()
+        safe_mean = jnp.where(layer_mean > 0, layer_mean, 1.0)
+        scores[layer] = jnp.where(layer_mean > 0, mean_magnitude / safe_mean, 0.0)
+    return scores
+
+
+def dormant_fractions(scores: dict[str, jax.Array], taus: Sequence[float] = DEFAULT_TAUS, network: str | None = None) -> dict[str, jax.Array]:
+    """`dormant/<tau>/[<network>/]<layer>` and `.../total`: fractions of neurons with score <= tau.
+
+    The total is the dormant count over all scored neurons divided by their
+    number, not the mean of the layer fractions.
+    """
+    network_prefix = f"{network}/" if network else ""
+    metrics = {}
+    for tau in taus:
+        prefix = f"dormant/{tau_name(tau)}/{network_prefix}"
+        dormant_count = jnp.zeros((), jnp.int32)
+        neuron_count = 0
+        for layer, layer_score in scores.items():
+            dormant = layer_score <= tau
+            metrics[prefix + layer] = dormant.mean(dtype=jnp.float32)
+            dormant_count += dormant.sum(dtype=jnp.int32)
+            neuron_count += layer_score.size
+        metrics[prefix + "total"] = dormant_count / jnp.float32(max(neuron_count, 1))
+    return metrics
+
+
+class RecycleResult(NamedTuple):
+    params: Any
+    opt_state: SparseOptState
+    touched: Any  # bool pytree like params: True on every entry ReDo rewrote
+    num_recycled: jax.Array  # int32 count of recycled neurons
+
+
+def _neuron_flags(params: Any, scores: dict, chains: Sequence[Sequence[str]], tau: float):
+    """Per layer: which of its output neurons are recycled (`incoming`) and which of its input rows belong to a
+    recycled neuron of the previous layer (`outgoing`); plus the number of recycled neurons."""
+    incoming, outgoing = {}, {}
+    for chain in chains:
+        for layer, next_layer in zip(chain[:-1], chain[1:]):
+            dormant = scores[layer] <= tau
+            incoming[layer] = dormant
+            num_inputs = _get(params, next_layer)["kernel"].shape[-2]
+            channels = dormant.shape[0]
+            if num_inputs % channels:
+                raise ValueError(f"{next_layer} has {num_inputs} inputs, not a multiple of the {channels} neurons of {layer}")
+            # Dense after dense: one row per neuron. Conv after conv: input channel axis. Dense after a flattened
+            # conv (HWC order): the rows whose flat index % C == c belong to channel c.
+            rows = jnp.tile(dormant, num_inputs // channels)
+            outgoing[next_layer] = outgoing.get(next_layer, False) | rows
+    num_recycled = sum((flags.sum(dtype=jnp.int32) for flags in incoming.values()), jnp.zeros((), jnp.int32))
+    return incoming, outgoing, num_recycled
+
+
+def _get(tree: Any, layer: str) -> Any:
+    for key in layer.split("/"):
+        tree = tree[key]
+    return tree
+
+
+def recycle(
+    params: Any,
+    opt_state: SparseOptState,
+    scores: dict,
+    key: jax.Array,
+    *,
+    init_params: Callable[[jax.Array], Any],
+    chains: Sequence[Sequence[str]],
+    tau: float = 0.1,
+) -> RecycleResult:
+    """ReDo (Sokar et al. 2023, Algorithm 1) on every hidden neuron with score <= tau.
+
+    A recycled neuron's incoming weights (its kernel column; a conv channel's
+    kernel[..., c]) are taken from `init_params(key)`, a fresh init of the same
+    network, where the mask is True; its bias becomes 0; its outgoing weights
+    (rows of the next layer in its chain; conv: kernel[:, :, c, :]; conv then
+    flatten + dense: the rows with flat index % C == c) become 0. Where an entry
+    is both an outgoing weight of a recycled neuron and an incoming weight of
+    another, it becomes 0. Adam's moments of exactly the touched entries are
+    zeroed; the step count and the masks are unchanged. The last entry of every
+    chain is the output layer: never recycled, only its rows can be zeroed.
+    """
+    masks = opt_state.masks
+    incoming, outgoing, num_recycled = _neuron_flags(params, scores, chains, tau)
+    fresh = init_params(key)
+
+    def rewrite(path, weights, fresh_weights, mask):
+        name = leaf_name(path)
+        layer, leaf = name.rsplit("/", 1)
+        column_flags = incoming.get(layer, jnp.zeros(weights.shape[-1:], bool))
+        if leaf == "bias":
+            touched = column_flags & mask
+            return jnp.where(touched, jnp.zeros_like(weights), weights), touched
+        row_flags = outgoing.get(layer, jnp.zeros(weights.shape[-2:-1], bool))[:, None]
+        zeroed = row_flags & mask
+        redrawn = column_flags & ~row_flags & mask
+        new_weights = jnp.where(zeroed, jnp.zeros_like(weights), jnp.where(redrawn, fresh_weights, weights))
+        return new_weights, zeroed | redrawn
+
+    rewritten = jax.tree_util.tree_map_with_path(rewrite, params, fresh, masks)
+    is_pair = lambda node: isinstance(node, tuple)  # noqa: E731
+    new_params = jax.tree.map(lambda pair: pair[0], rewritten, is_leaf=is_pair)
+    touched = jax.tree.map(lambda pair: pair[1], rewritten, is_leaf=is_pair)
+    inner = zero_moments(opt_state.inner, params, touched)
+    return RecycleResult(new_params, SparseOptState(inner, masks), touched, num_recycled)
+
+
+def follow_online(target_params: Any, online_params: Any, touched: Any) -> Any:
+    """Target networks take the online values of every entry ReDo rewrote, and keep their own elsewhere."""
+    return jax.tree.map(lambda target, online, reset: jnp.where(reset, online, target), target_params, online_params, touched)
+
+
+class RecycleSchedule(NamedTuple):
+    """When ReDo runs: every `period` gradient steps within [start, end) (`end=None`: never stops), never at step 0."""
+
+    period: int
+    start: int = 0
+    end: int | None = None
+
+    def is_due(self, step) -> jax.Array:
+        step = jnp.asarray(step)
+        due = (step >= self.start) & ((step - self.start) % self.period == 0) & (step > 0)
+        if self.end is not None:
+            due &= step < self.end
+        return due

@@ -1,0 +1,32 @@
+"""The sparse-training settings shared by every agent (DESIGN section 4)."""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsityConfig:
+    """How one network is made and kept sparse.
+
+    `method` is a name from `sparserl.sparse.topology.TOPOLOGIES`. For SET and
+    RigL, the topology changes every `update_period` steps while
+    `update_start <= step < update_end`, dropping a cosine-decayed fraction
+    (`drop_fraction` at `update_start`) of each layer's active weights. For
+    `prune`, `update_start` and `update_end` are Zhu & Gupta's t0 and t1 and
+    `update_period` is the pruning frequency.
+    """
+
+    method: str = "dense"
+    sparsity: float = 0.0
+    distribution: str = "erk"
+    dense_first_layer: bool = False
+    dense_last_layer: bool = False
+    update_period: int = 1000
+    update_start: int = 0
+    update_end: int = 75_000
+    drop_fraction: float = 0.3
+
+    def __post_init__(self):
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if self.update_period < 1:
+            raise ValueError(f"update_period must be >= 1, got {self.update_period}")

@@ -1,0 +1,90 @@
+"""Per-layer sparsities: uniform and Erdos-Renyi-Kernel (ERK).
+
+ERK follows Evci et al. 2020 (RigL), section 3 "Sparsity distribution", as
+implemented in rigl's `sparse_utils.get_sparsities_erdos_renyi`: layer l keeps
+a density eps * sum(shape_l) / prod(shape_l) (conv kernels: kh + kw + cin +
+cout over kh * kw * cin * cout), with eps solved so that the kept weights
+total (1 - s) * N over the masked layers. While a layer's density would exceed
+1, the layer with the largest raw ratio is made dense and eps is solved again.
+
+Only kernels (ndim >= 2) are masked; biases never are. Layers are named by
+their module path in the params tree, e.g. `dense_0` or `q1/output`.
+"""
+
+import math
+from typing import Any, Callable, Mapping
+
+import jax
+
+from sparserl.sparse.config import SparsityConfig
+
+Shape = tuple[int, ...]
+
+
+def leaf_name(path) -> str:
+    """'dense_0/kernel' for the key path of params['dense_0']['kernel']."""
+    return "/".join(str(getattr(key, "key", getattr(key, "name", key))) for key in path)
+
+
+def kernel_shapes(params: Any) -> dict[str, Shape]:
+    """Layer path -> kernel shape, for every kernel (ndim >= 2), in tree order."""
+    shapes = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = leaf_name(path)
+        if name.endswith("kernel") and len(leaf.shape) >= 2:
+            shapes[name.rsplit("/", 1)[0] if "/" in name else name] = tuple(leaf.shape)
+    return shapes
+
+
+def uniform_sparsities(shapes: Mapping[str, Shape], sparsity: float) -> dict[str, float]:
+    """Every masked layer at the same sparsity."""
+    return {name: sparsity for name in shapes}
+
+
+def erk_sparsities(shapes: Mapping[str, Shape], sparsity: float) -> dict[str, float]:
+    """ERK sparsities (Evci et al. 2020, section 3), with the dense-fallback loop."""
+    dense_layers: set[str] = set()
+    while True:
+        kept_budget = 0.0
+        divisor = 0.0
+        raw_densities = {}
+        for name, shape in shapes.items():
+            size = math.prod(shape)
+            if name in dense_layers:
+                kept_budget -= size * sparsity
+            else:
+                kept_budget += size * (1.0 - sparsity)
+                raw_densities[name] = sum(shape) / size
+                divisor += raw_densities[name] * size
+        if not raw_densities:
+            return {name: 0.0 for name in shapes}
+        epsilon = kept_budget / divisor
+        largest = max(raw_densities.values())
+        if largest * epsilon <= 1.0:
+            break
+        dense_layers.update(name for name, raw in raw_densities.items() if raw == largest)
+    return {name: 0.0 if name in dense_layers else 1.0 - epsilon * raw_densities[name] for name in shapes}
+
+
+DISTRIBUTIONS: dict[str, Callable[[Mapping[str, Shape], float], dict[str, float]]] = {
+    "erk": erk_sparsities,
+    "uniform": uniform_sparsities,
+}
+
+
+def layer_sparsities(params: Any, config: SparsityConfig) -> dict[str, float]:
+    """Target sparsity of every masked layer of `params` (static: depends on shapes only).
+
+    Layers kept dense by `dense_first_layer` / `dense_last_layer` (first and
+    last kernel in tree order) are left out, so they are never masked. With
+    `method='dense'` nothing is masked.
+    """
+    shapes = kernel_shapes(params)
+    if config.method == "dense":
+        return {}
+    names = list(shapes)
+    if config.dense_first_layer:
+        shapes.pop(names[0], None)
+    if config.dense_last_layer:
+        shapes.pop(names[-1], None)
+    return DISTRIBUTIONS[config.distribution](shapes, config.sparsity)

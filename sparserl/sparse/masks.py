@@ -1,0 +1,72 @@
+"""Masks: pytrees of booleans that mirror the params pytree (DESIGN contract 3).
+
+Sparse weights live dense, with zeros at pruned positions. A masked kernel's
+mask has exactly floor(s * n) False entries; every other leaf (biases, layers
+kept dense) has an all-True mask, so masks and params always share one tree
+structure and vmap over a seed axis like any other pytree.
+"""
+
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from sparserl.sparse.distributions import leaf_name
+
+
+def layer_of(path) -> str | None:
+    """The layer path of a kernel leaf ('q1/dense_0' for q1/dense_0/kernel), else None."""
+    name = leaf_name(path)
+    if not name.endswith("kernel"):
+        return None
+    return name.rsplit("/", 1)[0] if "/" in name else name
+
+
+def random_mask(key: jax.Array, shape: tuple[int, ...], sparsity: float) -> jax.Array:
+    """A uniformly random mask with exactly floor(sparsity * n) zeros."""
+    size = math.prod(shape)
+    num_zeros = math.floor(sparsity * size)
+    ranks = jax.random.permutation(key, size)
+    return (ranks >= num_zeros).reshape(shape)
+
+
+def random_masks(key: jax.Array, params: Any, sparsities: Mapping[str, float]) -> Any:
+    """Random exact-count masks for the layers in `sparsities`, all-True elsewhere."""
+    paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    keys = jax.random.split(key, max(1, len(paths_and_leaves)))
+    masks = []
+    for leaf_key, (path, leaf) in zip(keys, paths_and_leaves):
+        layer = layer_of(path)
+        if layer in sparsities:
+            masks.append(random_mask(leaf_key, leaf.shape, sparsities[layer]))
+        else:
+            masks.append(jnp.ones(leaf.shape, bool))
+    return jax.tree.unflatten(treedef, masks)
+
+
+def dense_masks(params: Any) -> Any:
+    """All-True masks: every connection active."""
+    return jax.tree.map(lambda leaf: jnp.ones(leaf.shape, bool), params)
+
+
+def apply_masks(tree: Any, masks: Any) -> Any:
+    """Zeroes the entries of `tree` (params, grads, updates) where the mask is False."""
+    return jax.tree.map(lambda leaf, mask: jnp.where(mask, leaf, jnp.zeros_like(leaf)), tree, masks)
+
+
+def sparsity_metrics(masks: Any, prefix: str = "sparsity") -> dict[str, jax.Array]:
+    """`{prefix}/<layer>` per kernel and `{prefix}/total` over all kernels (DESIGN contract 6)."""
+    metrics = {}
+    zeros = 0
+    total = 0
+    for path, mask in jax.tree_util.tree_flatten_with_path(masks)[0]:
+        layer = layer_of(path)
+        if layer is None or mask.ndim < 2:
+            continue
+        layer_zeros = mask.size - jnp.sum(mask)
+        metrics[f"{prefix}/{layer}"] = layer_zeros / mask.size
+        zeros = zeros + layer_zeros
+        total += mask.size
+    metrics[f"{prefix}/total"] = zeros / max(total, 1)
+    return metrics

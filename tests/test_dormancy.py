@@ -1,0 +1,357 @@
+"""Tests for sparserl.dormancy: dormancy scores and fractions (Sokar et al. 2023, eq. 1), ReDo (Algorithm 1)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sparserl.dormancy import (
+    DEFAULT_TAUS,
+    RecycleSchedule,
+    dormant_fractions,
+    follow_online,
+    layer_scores,
+    recycle,
+    tau_name,
+)
+from sparserl.networks import ACTIVATIONS, MLP, NatureCNN, TwinCritic
+from sparserl.sparse import SparsityConfig, sparse_optimizer
+
+
+def post_activations(**layers):
+    return {name: {"post_activation": jnp.asarray(outputs, jnp.float32)} for name, outputs in layers.items()}
+
+
+def get_layer(tree, layer):
+    for key in layer.split("/"):
+        tree = tree[key]
+    return tree
+
+
+def set_layer(tree, layer, leaf, value):
+    """A copy of a nested params dict with tree[layer][leaf] replaced."""
+    head, _, rest = layer.partition("/")
+    if rest:
+        return {**tree, head: set_layer(tree[head], rest, leaf, value)}
+    return {**tree, head: {**tree[head], leaf: value}}
+
+
+# ---------------------------------------------------------------- scores and fractions
+
+
+def test_tau_names():
+    assert [tau_name(tau) for tau in DEFAULT_TAUS] == ["0", "0.025", "0.1"]
+
+
+def test_hand_computed_scores():
+    # mean |h| over the batch = [0, 1, 2, 5], layer mean 2 -> scores [0, 0.5, 1, 2.5].
+    outputs = [[0.0, 1.0, -2.0, 4.0], [0.0, -1.0, 2.0, 6.0]]
+    scores = layer_scores(post_activations(dense_0=outputs))
+    np.testing.assert_allclose(scores["dense_0"], [0.0, 0.5, 1.0, 2.5], rtol=1e-6)
+
+
+def test_conv_scores_are_per_channel():
+    # NHWC [2, 2, 2, 3]: channel 0 is all 1, channel 1 alternates -+3 and +-1 (mean |h| = 2), channel 2 is 0.
+    outputs = np.zeros((2, 2, 2, 3), np.float32)
+    outputs[..., 0] = 1.0
+    outputs[..., 1] = np.array([-3.0, 1.0]).reshape(2, 1, 1)
+    scores = layer_scores(post_activations(conv_0=outputs))
+    # mean |h| per channel = [1, 2, 0], layer mean 1.
+    np.testing.assert_allclose(scores["conv_0"], [1.0, 2.0, 0.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "network, inputs",
+    [
+        (MLP((16, 8), 3), (jnp.ones((1, 5)),)),
+        (NatureCNN(3, conv_features=(8, 6), kernel_sizes=(3, 3), strides=(1, 1), dense_sizes=(16,)), (jnp.ones((1, 7, 7, 2)),)),
+        (TwinCritic((8, 4)), (jnp.ones((1, 5)), jnp.ones((1, 2)))),
+    ],
+)
+def test_scores_have_mean_one_per_layer(network, inputs):
+    params = network.init(jax.random.key(0), *inputs)["params"]
+    batch = [jax.random.normal(jax.random.key(i + 1), (32,) + x.shape[1:]) for i, x in enumerate(inputs)]
+    _, state = network.apply({"params": params}, *batch, mutable=[ACTIVATIONS])
+    scores = layer_scores(state[ACTIVATIONS])
+    expected_layers = {layer for chain in network.chains() for layer in chain[:-1]}
+    assert set(scores) == expected_layers
+    for layer, layer_score in scores.items():
+        assert layer_score.shape == (get_layer(params, layer)["bias"].shape[0],)
+        np.testing.assert_allclose(layer_score.mean(), 1.0, rtol=1e-5, err_msg=layer)
+
+
+def test_all_zero_neuron_is_dormant_at_tau_zero():
+    outputs = [[1.0, 0.0, 3.0, 2.0], [2.0, 0.0, 1.0, 0.5]]
+    scores = layer_scores(post_activations(dense_0=outputs))
+    assert scores["dense_0"][1] == 0.0
+    fractions = dormant_fractions(scores, taus=(0.0,))
+    assert fractions["dormant/0/dense_0"] == pytest.approx(0.25)
+
+
+def test_all_zero_layer_scores_zero_without_nan():
+    scores = layer_scores(post_activations(dense_0=np.zeros((4, 3))))
+    np.testing.assert_array_equal(scores["dense_0"], [0.0, 0.0, 0.0])
+    assert dormant_fractions(scores, taus=(0.0,))["dormant/0/total"] == 1.0
+
+
+def test_total_fraction_counts_neurons_not_layers():
+    scores = {"dense_0": jnp.array([0.0, 2.0]), "dense_1": jnp.ones(8)}
+    fractions = dormant_fractions(scores, taus=(0.1,))
+    assert fractions["dormant/0.1/dense_0"] == pytest.approx(0.5)
+    assert fractions["dormant/0.1/dense_1"] == pytest.approx(0.0)
+    assert fractions["dormant/0.1/total"] == pytest.approx(1 / 10)  # the mean of layer fractions would be 0.25
+
+
+def test_fraction_keys_and_thresholds():
+    scores = {"dense_0": jnp.array([0.0, 0.025, 0.05, 0.1, 3.825])}
+    fractions = dormant_fractions(scores, network="critic")
+    assert set(fractions) == {f"dormant/{tau}/critic/{name}" for tau in ("0", "0.025", "0.1") for name in ("dense_0", "total")}
+    assert fractions["dormant/0/critic/dense_0"] == pytest.approx(1 / 5)
+    assert fractions["dormant/0.025/critic/dense_0"] == pytest.approx(2 / 5)
+    assert fractions["dormant/0.1/critic/total"] == pytest.approx(4 / 5)
+
+
+# ---------------------------------------------------------------- ReDo on a sparse MLP
+
+
+MLP_NETWORK = MLP((16, 12), 3)
+STATIC_HALF = SparsityConfig(method="static", sparsity=0.5)
+
+
+def trained_sparse_setup(network, inputs, seed, config=STATIC_HALF, steps=3):
+    """Params and SparseOptState after `steps` real Adam steps, so Adam's moments are non-zero."""
+    optimizer = sparse_optimizer(optax.adam(1e-2), config)
+    params = network.init(jax.random.key(seed), *inputs)["params"]
+    params, opt_state = optimizer.init(jax.random.key(seed + 100), params)
+    targets = jax.random.normal(jax.random.key(seed + 200), network.apply({"params": params}, *inputs).shape)
+
+    def loss(params):
+        return jnp.mean((network.apply({"params": params}, *inputs) - targets) ** 2)
+
+    @jax.jit
+    def train(params, opt_state):
+        for step in range(1, steps + 1):
+            params, opt_state = optimizer.apply_gradients(step, params, jax.grad(loss)(params), opt_state, jax.random.key(step))
+        return params, opt_state
+
+    return train(params, opt_state)
+
+
+def init_fn(network, inputs):
+    return lambda key: network.init(key, *inputs)["params"]
+
+
+def mlp_inputs(seed=0):
+    return (jax.random.normal(jax.random.key(seed), (8, 5)),)
+
+
+def adam_state(opt_state):
+    """(count, mu, nu) of the Adam state inside a SparseOptState."""
+    adam = opt_state.inner[0]
+    return adam.count, adam.mu, adam.nu
+
+
+def test_recycle_rewrites_exactly_the_recycled_neurons():
+    inputs = mlp_inputs()
+    params, opt_state = trained_sparse_setup(MLP_NETWORK, inputs, seed=0)
+    masks = opt_state.masks
+    recycled = {"dense_0": [1, 4], "dense_1": [0, 4, 7]}
+    scores = {layer: jnp.ones(size).at[jnp.array(recycled[layer])].set(0.05) for layer, size in (("dense_0", 16), ("dense_1", 12))}
+    key = jax.random.key(42)
+    init_params = init_fn(MLP_NETWORK, inputs)
+
+    result = recycle(params, opt_state, scores, key, init_params=init_params, chains=MLP_NETWORK.chains(), tau=0.1)
+    fresh = init_params(key)
+    assert int(result.num_recycled) == 5
+
+    # Expected params and touched entries, computed layer by layer.
+    expected = jax.tree.map(np.array, params)
+    touched = jax.tree.map(lambda leaf: np.zeros(leaf.shape, bool), params)
+    for layer, next_layer in (("dense_0", "dense_1"), ("dense_1", "output")):
+        mask = np.asarray(masks[layer]["kernel"])
+        columns = recycled[layer]
+        expected[layer]["kernel"][:, columns] = np.where(mask, fresh[layer]["kernel"], 0.0)[:, columns]
+        touched[layer]["kernel"][:, columns] = mask[:, columns]
+        expected[layer]["bias"][columns] = 0.0
+        touched[layer]["bias"][columns] = True
+    for layer, rows in (("dense_1", recycled["dense_0"]), ("output", recycled["dense_1"])):
+        expected[layer]["kernel"][rows, :] = 0.0
+        touched[layer]["kernel"][rows, :] = np.asarray(masks[layer]["kernel"])[rows, :]
+
+    jax.tree.map(np.testing.assert_array_equal, result.params, expected)
+    jax.tree.map(np.testing.assert_array_equal, result.touched, touched)
+    # Masked entries stay exactly zero, and the mask never changes.
+    jax.tree.map(lambda leaf, mask: np.testing.assert_array_equal(np.where(mask, 0.0, leaf), 0.0), result.params, masks)
+    jax.tree.map(np.testing.assert_array_equal, result.opt_state.masks, masks)
+    # Recycled neurons got new incoming weights (not just their old ones).
+    assert not np.allclose(result.params["dense_0"]["kernel"][:, 1], params["dense_0"]["kernel"][:, 1])
+
+    count, mu, nu = adam_state(opt_state)
+    new_count, new_mu, new_nu = adam_state(result.opt_state)
+    assert int(new_count) == int(count) == 3
+    for old, new in ((mu, new_mu), (nu, new_nu)):
+        # The moments were non-zero on touched entries before, so zeroing them is observable.
+        assert any(np.any(np.asarray(o)[t] != 0) for o, t in zip(jax.tree.leaves(old), jax.tree.leaves(touched)))
+        jax.tree.map(lambda o, n, t: np.testing.assert_array_equal(n, np.where(t, 0.0, o)), old, new, touched)
+
+
+def test_nothing_dormant_changes_nothing():
+    inputs = mlp_inputs()
+    params, opt_state = trained_sparse_setup(MLP_NETWORK, inputs, seed=0)
+    scores = {"dense_0": jnp.ones(16), "dense_1": jnp.ones(12)}
+    result = recycle(params, opt_state, scores, jax.random.key(1), init_params=init_fn(MLP_NETWORK, inputs), chains=MLP_NETWORK.chains())
+    assert int(result.num_recycled) == 0
+    jax.tree.map(np.testing.assert_array_equal, result.params, params)
+    jax.tree.map(np.testing.assert_array_equal, result.opt_state, opt_state)
+    assert not any(np.any(leaf) for leaf in jax.tree.leaves(result.touched))
+
+
+def test_follow_online_copies_only_touched_entries():
+    target = {"dense_0": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)}}
+    online = {"dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+    touched = {"dense_0": {"kernel": jnp.array([[True, False], [False, False]]), "bias": jnp.array([False, True])}}
+    followed = follow_online(target, online, touched)
+    np.testing.assert_array_equal(followed["dense_0"]["kernel"], [[1.0, 0.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(followed["dense_0"]["bias"], [0.0, 1.0])
+
+
+# ---------------------------------------------------------------- function preservation with planted dead neurons
+
+
+SMALL_CNN = NatureCNN(3, conv_features=(8, 6), kernel_sizes=(3, 3), strides=(1, 1), dense_sizes=(16,))
+MINATAR_CNN = NatureCNN(3, conv_features=(16,), kernel_sizes=(3,), strides=(1,), dense_sizes=(32,))
+
+# (network, input shapes, {layer: neurons made dead})
+PLANTED = {
+    "mlp": (MLP_NETWORK, [(5,)], {"dense_0": [2, 5], "dense_1": [3]}),
+    "cnn": (SMALL_CNN, [(7, 7, 2)], {"conv_0": [2], "conv_1": [4], "dense_0": [3]}),
+    "minatar": (MINATAR_CNN, [(10, 10, 4)], {"conv_0": [0, 9], "dense_0": [7]}),
+    "twin_critic": (TwinCritic((8, 8)), [(5,), (2,)], {"q1/dense_0": [1], "q2/dense_1": [0, 6]}),
+}
+
+
+def random_inputs(shapes, seed, batch=16):
+    return tuple(jax.random.normal(jax.random.key(seed * 10 + i), (batch,) + shape) for i, shape in enumerate(shapes))
+
+
+def plant_dead_neurons(params, dead):
+    """Zero incoming weights and a negative bias: the neuron's ReLU output is 0 on every input."""
+    for layer, neurons in dead.items():
+        neurons = jnp.array(neurons)
+        layer_params = get_layer(params, layer)
+        params = set_layer(params, layer, "kernel", layer_params["kernel"].at[..., neurons].set(0.0))
+        params = set_layer(params, layer, "bias", layer_params["bias"].at[neurons].set(-1.0))
+    return params
+
+
+def dead_setup(name, seed):
+    network, shapes, dead = PLANTED[name]
+    inputs = random_inputs(shapes, seed)
+    params, opt_state = trained_sparse_setup(network, inputs, seed)
+    params = plant_dead_neurons(params, dead)
+    _, state = network.apply({"params": params}, *inputs, mutable=[ACTIVATIONS])
+    return network, inputs, params, opt_state, layer_scores(state[ACTIVATIONS])
+
+
+@pytest.mark.parametrize("name", sorted(PLANTED))
+def test_recycling_dead_neurons_preserves_the_function(name):
+    network, inputs, params, opt_state, scores = dead_setup(name, seed=0)
+    dead = PLANTED[name][2]
+    for layer, neurons in dead.items():
+        np.testing.assert_array_equal(scores[layer][jnp.array(neurons)], 0.0)
+
+    result = recycle(
+        params, opt_state, scores, jax.random.key(7), init_params=init_fn(network, inputs), chains=network.chains(), tau=0.0
+    )
+    assert int(result.num_recycled) >= sum(len(neurons) for neurons in dead.values())
+    before = network.apply({"params": params}, *inputs)
+    after = network.apply({"params": result.params}, *inputs)
+    np.testing.assert_allclose(after, before, atol=1e-6)
+    for layer, neurons in dead.items():
+        incoming = get_layer(result.params, layer)["kernel"][..., jnp.array(neurons)]
+        assert np.any(incoming != 0.0), f"{layer} {neurons} kept their zero incoming weights"
+
+
+# ---------------------------------------------------------------- conv -> flatten -> dense
+
+
+TINY_CNN = NatureCNN(2, conv_features=(3,), kernel_sizes=(1,), strides=(1,), dense_sizes=(4,))
+
+
+def tiny_cnn_setup(seed):
+    inputs = (jax.random.normal(jax.random.key(seed), (4, 2, 2, 1)),)
+    params, opt_state = trained_sparse_setup(TINY_CNN, inputs, seed, config=SparsityConfig(method="dense"))
+    return inputs, params, opt_state
+
+
+def test_conv_to_dense_outgoing_rows_follow_hwc_flattening():
+    inputs, params, opt_state = tiny_cnn_setup(seed=0)
+    scores = {"conv_0": jnp.array([1.5, 0.0, 1.5]), "dense_0": jnp.ones(4)}
+    key = jax.random.key(3)
+    result = recycle(params, opt_state, scores, key, init_params=init_fn(TINY_CNN, inputs), chains=TINY_CNN.chains())
+
+    # 2x2 positions x 3 channels flattened in HWC order: channel 1 owns flat indices 1, 4, 7, 10.
+    kernel = np.asarray(result.params["dense_0"]["kernel"])
+    assert kernel.shape == (12, 4)
+    channel_1 = [1, 4, 7, 10]
+    others = [i for i in range(12) if i not in channel_1]
+    np.testing.assert_array_equal(kernel[channel_1], 0.0)
+    np.testing.assert_array_equal(kernel[others], np.asarray(params["dense_0"]["kernel"])[others])
+    np.testing.assert_array_equal(result.touched["dense_0"]["kernel"], np.isin(np.arange(12), channel_1)[:, None].repeat(4, 1))
+    fresh = TINY_CNN.init(key, *inputs)["params"]
+    np.testing.assert_array_equal(result.params["conv_0"]["kernel"][..., 1], fresh["conv_0"]["kernel"][..., 1])
+    np.testing.assert_array_equal(result.params["conv_0"]["kernel"][..., [0, 2]], params["conv_0"]["kernel"][..., [0, 2]])
+    np.testing.assert_array_equal(result.params["conv_0"]["bias"], params["conv_0"]["bias"].at[1].set(0.0))
+
+
+# ---------------------------------------------------------------- vmap over seeds
+
+
+def mlp_case(seed):
+    inputs = mlp_inputs(seed)
+    params, opt_state = trained_sparse_setup(MLP_NETWORK, inputs, seed)
+    _, state = MLP_NETWORK.apply({"params": params}, *inputs, mutable=[ACTIVATIONS])
+    return MLP_NETWORK, inputs, params, opt_state, layer_scores(state[ACTIVATIONS]), 0.5
+
+
+def dead_case(name):
+    return lambda seed: dead_setup(name, seed) + (0.0,)
+
+
+def tiny_cnn_case(seed):
+    inputs, params, opt_state = tiny_cnn_setup(seed)
+    scores = {"conv_0": jnp.ones(3).at[seed % 3].set(0.0), "dense_0": jnp.ones(4).at[seed].set(0.0)}
+    return TINY_CNN, inputs, params, opt_state, scores, 0.1
+
+
+@pytest.mark.parametrize(
+    "make_case", [mlp_case, dead_case("cnn"), dead_case("minatar"), dead_case("twin_critic"), tiny_cnn_case], ids=["mlp", "cnn", "minatar", "twin_critic", "tiny_cnn"]
+)
+def test_vmap_over_seeds_matches_separate_calls(make_case):
+    cases = [make_case(seed) for seed in range(3)]
+    network, inputs, _, _, _, tau = cases[0]
+    keys = jax.random.split(jax.random.key(11), 3)
+    recycle_one = functools.partial(recycle, init_params=init_fn(network, inputs), chains=network.chains(), tau=tau)
+
+    separate = [recycle_one(params, opt_state, scores, key) for (_, _, params, opt_state, scores, _), key in zip(cases, keys)]
+    stack = lambda *trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)  # noqa: E731
+    stacked_args = [stack(*(case[i] for case in cases)) for i in (2, 3, 4)]
+    vmapped = jax.jit(jax.vmap(recycle_one))(*stacked_args, keys)
+
+    assert all(int(result.num_recycled) > 0 for result in separate)
+    for seed, expected in enumerate(separate):
+        jax.tree.map(lambda batched, single: np.testing.assert_array_equal(batched[seed], single), vmapped, expected)
+
+
+# ---------------------------------------------------------------- schedule
+
+
+def test_recycle_schedule_is_due_under_jit():
+    steps = jnp.arange(13)
+    windowed = jax.jit(jax.vmap(RecycleSchedule(period=3, start=2, end=10).is_due))(steps)
+    assert [int(step) for step in steps[windowed]] == [2, 5, 8]
+    forever = jax.jit(RecycleSchedule(period=4).is_due)
+    assert [bool(forever(step)) for step in (0, 3, 4, 8, 1_000_000)] == [False, False, True, True, True]

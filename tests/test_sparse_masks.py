@@ -1,0 +1,90 @@
+"""Tests for sparserl.sparse.masks: exact-count random masks, biases never masked, apply_masks, metrics."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sparserl.networks import MLP, NatureCNN, TwinCritic
+from sparserl.sparse import SparsityConfig, apply_masks, layer_sparsities, sparsity_metrics
+from sparserl.sparse.masks import dense_masks, random_mask, random_masks
+
+
+@pytest.mark.parametrize("shape", [(7, 3), (64, 64), (3, 3, 4, 8)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.9, 0.99])
+def test_random_mask_exact_zero_count(shape, sparsity):
+    mask = random_mask(jax.random.key(3), shape, sparsity)
+    assert mask.shape == shape and mask.dtype == jnp.bool_
+    assert int(np.sum(~np.asarray(mask))) == math.floor(sparsity * math.prod(shape))
+
+
+def test_random_masks_differ_by_key_and_layer():
+    a = random_mask(jax.random.key(0), (32, 32), 0.5)
+    b = random_mask(jax.random.key(1), (32, 32), 0.5)
+    assert not bool(jnp.all(a == b))
+
+
+def _networks():
+    mlp = MLP((64, 64), 3)
+    cnn = NatureCNN(4, conv_features=(16,), kernel_sizes=(3,), strides=(1,), dense_sizes=(32,))
+    twin = TwinCritic((32, 32))
+    return [
+        mlp.init(jax.random.key(0), jnp.zeros((1, 5)))["params"],
+        cnn.init(jax.random.key(0), jnp.zeros((1, 10, 10, 4)))["params"],
+        twin.init(jax.random.key(0), jnp.zeros((1, 5)), jnp.zeros((1, 2)))["params"],
+    ]
+
+
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["mlp", "cnn", "twin"])
+@pytest.mark.parametrize("distribution", ["erk", "uniform"])
+def test_network_masks(index, distribution):
+    params = _networks()[index]
+    sparsities = layer_sparsities(params, SparsityConfig(method="static", sparsity=0.9, distribution=distribution))
+    masks = random_masks(jax.random.key(7), params, sparsities)
+    assert jax.tree.structure(masks) == jax.tree.structure(params)
+    leaves = jax.tree_util.tree_flatten_with_path(masks)[0]
+    seen = set()
+    for path, mask in leaves:
+        name = "/".join(k.key for k in path)
+        layer, leaf = name.rsplit("/", 1)
+        assert mask.dtype == jnp.bool_
+        if leaf == "bias":
+            assert bool(jnp.all(mask)), name
+        else:
+            assert leaf == "kernel"
+            seen.add(layer)
+            assert int(jnp.sum(~mask)) == math.floor(sparsities[layer] * mask.size), name
+    assert seen == set(sparsities)
+
+
+def test_apply_masks_zeroes_exactly():
+    params = {"d": {"kernel": jnp.array([[1.5, -2.0], [3.0, 4.0]]), "bias": jnp.array([1.0, -1.0])}}
+    masks = {"d": {"kernel": jnp.array([[True, False], [False, True]]), "bias": jnp.array([True, True])}}
+    out = apply_masks(params, masks)
+    np.testing.assert_array_equal(out["d"]["kernel"], [[1.5, 0.0], [0.0, 4.0]])
+    np.testing.assert_array_equal(out["d"]["bias"], [1.0, -1.0])
+    # NaN and inf at masked positions become exact zeros, kept values are bit-identical.
+    bad = {"d": {"kernel": jnp.array([[1.0, jnp.nan], [jnp.inf, -0.5]]), "bias": jnp.array([2.0, 3.0])}}
+    out = apply_masks(bad, masks)
+    np.testing.assert_array_equal(out["d"]["kernel"], [[1.0, 0.0], [0.0, -0.5]])
+    assert out["d"]["kernel"].dtype == jnp.float32
+
+
+def test_dense_masks_and_metrics():
+    params = _networks()[0]
+    masks = dense_masks(params)
+    assert all(bool(jnp.all(m)) for m in jax.tree.leaves(masks))
+    metrics = sparsity_metrics(masks)
+    assert float(metrics["sparsity/total"]) == 0.0
+    sparsities = {"dense_0": 0.5, "dense_1": 0.9}
+    masks = random_masks(jax.random.key(0), params, sparsities)
+    metrics = sparsity_metrics(masks, prefix="sparsity/critic")
+    assert set(metrics) == {"sparsity/critic/dense_0", "sparsity/critic/dense_1", "sparsity/critic/output", "sparsity/critic/total"}
+    assert float(metrics["sparsity/critic/dense_0"]) == pytest.approx(math.floor(0.5 * 320) / 320)
+    assert float(metrics["sparsity/critic/dense_1"]) == pytest.approx(math.floor(0.9 * 4096) / 4096)
+    assert float(metrics["sparsity/critic/output"]) == 0.0
+    total = 320 + 4096 + 192
+    zeros = math.floor(0.5 * 320) + math.floor(0.9 * 4096)
+    assert float(metrics["sparsity/critic/total"]) == pytest.approx(zeros / total)
