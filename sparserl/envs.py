@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import warnings
 from typing import NamedTuple, Sequence
 
 import gymnasium
@@ -83,13 +84,21 @@ def _register_minatar(env_id: str) -> None:
     minatar.gym.register_envs()
 
 
+def _dm_control_suite():
+    """dm_control's suite, imported without the warning its renderer import gives on a machine with no display."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*DISPLAY environment variable is missing")
+        from dm_control import suite
+    return suite
+
+
 def _dmc_domain_and_task(env_id: str) -> tuple[str, str]:
     """``dmc:ball_in_cup-catch`` -> ``('ball_in_cup', 'catch')``; domains have '_' but never '-'."""
     domain, separator, task = env_id[len(_DMC_PREFIX):].partition("-")
     if not separator:
         raise _unknown_env(env_id)
     try:
-        from dm_control import suite
+        suite = _dm_control_suite()
     except ImportError as error:
         raise _missing_extra(env_id, "mujoco") from error
     if (domain, task) not in suite.ALL_TASKS:
@@ -163,9 +172,7 @@ class DmControlEnv(gymnasium.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, domain: str, task: str):
-        from dm_control import suite
-
-        self._env = suite.load(domain, task)
+        self._env = _dm_control_suite().load(domain, task)
         size = sum(int(np.prod(spec.shape)) for spec in self._env.observation_spec().values())
         self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (size,), np.float32)
         action_spec = self._env.action_spec()

@@ -10,7 +10,7 @@ host and device in the loop; metrics are fetched at log time.
 """
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -197,4 +197,119 @@ def run_off_policy(agent: Agent, config: ml_collections.ConfigDict, seeds, write
     envs.close()
 
 
-LOOPS = {"off_policy": run_off_policy}
+class Rollout(NamedTuple):
+    """One on-policy rollout per seed, arrays [rollout_steps, envs_per_seed, ...] (a leading seed axis in the runner).
+
+    `next_observation[t]` is the true s' of step t: the final observation
+    where an episode ended (terminated or truncated), else `observation[t + 1]`.
+    """
+
+    observation: Any
+    action: Any
+    reward: Any
+    terminated: Any
+    truncated: Any
+    next_observation: Any
+
+
+def run_on_policy(agent: Agent, config: ml_collections.ConfigDict, seeds, writers: list[MetricsWriter],
+                  progress: ProgressPrinter, env_spec: EnvSpec) -> None:
+    """Trains one on-policy agent (PPO) per seed for at least `config.steps` env steps (whole rollouts).
+
+    Each rollout is `config.num_envs` envs per seed x `config.rollout_steps`
+    steps, collected on the host with one jitted vmapped `act` per env step,
+    then one jitted vmapped `update` of the whole rollout. Metrics are logged
+    after the first rollout that reaches each multiple of `log_every`, evaluations
+    likewise for `eval_every`, and both after the last rollout.
+    """
+    state = init_states(agent, seeds)
+    state_axes = seed_axes(state)
+    num_seeds, num_envs, num_steps = len(seeds), config.num_envs, config.rollout_steps
+    explore_actor = make_actor(agent, state_axes, explore=True)
+    eval_actor = make_actor(agent, state_axes, explore=False)
+
+    def draw_act_keys(state):
+        state, key = _split_rng(state)
+        return state, jax.random.key_data(jax.random.split(key, num_steps))
+
+    def learn(state, batch):
+        state, key = _split_rng(state)
+        return agent.update(state, batch, key)
+
+    draw_keys = jax.jit(jax.vmap(draw_act_keys, in_axes=(state_axes,), out_axes=(state_axes, 0)), donate_argnums=(0,))
+    update = jax.jit(jax.vmap(learn, in_axes=(state_axes, 0), out_axes=(state_axes, 0)), donate_argnums=(0,))
+    measure = jax.jit(jax.vmap(agent.measure, in_axes=(state_axes, 0)))
+
+    envs = SeedEnvs(config.env, seeds, num_envs)
+    observations = envs.reset()
+    action_shape = () if env_spec.discrete else (env_spec.num_actions,)
+    buffers = Rollout(
+        observation=np.zeros((num_seeds, num_steps, *observations.shape[1:]), observations.dtype),
+        action=np.zeros((num_seeds, num_steps, num_envs, *action_shape), np.int32 if env_spec.discrete else np.float32),
+        reward=np.zeros((num_seeds, num_steps, num_envs), np.float32),
+        terminated=np.zeros((num_seeds, num_steps, num_envs), bool),
+        truncated=np.zeros((num_seeds, num_steps, num_envs), bool),
+        next_observation=np.zeros((num_seeds, num_steps, *observations.shape[1:]), observations.dtype),
+    )
+
+    window_returns: list[list[float]] = [[] for _ in seeds]
+    recycled_total = np.zeros(num_seeds, np.int64)
+    done, eval_index = 0, 0
+    next_log, next_eval = config.log_every, config.eval_every
+    window_start, window_time = 0, time.perf_counter()
+    while done < config.steps:
+        state, act_keys = draw_keys(state)
+        act_keys = np.asarray(act_keys)
+        for t in range(num_steps):
+            actions = np.asarray(explore_actor(state, observations, act_keys[:, t], done))
+            env_actions = actions if env_spec.discrete else np.clip(actions, env_spec.action_low, env_spec.action_high)
+            result = envs.step(env_actions)
+            buffers.observation[:, t] = observations
+            buffers.action[:, t] = actions
+            buffers.reward[:, t] = result.reward
+            buffers.terminated[:, t] = result.terminated
+            buffers.truncated[:, t] = result.truncated
+            buffers.next_observation[:, t] = result.next_observation
+            for seed_index, env_index in zip(*np.nonzero(~np.isnan(result.episode_return))):
+                window_returns[seed_index].append(float(result.episode_return[seed_index, env_index]))
+            observations = result.observation
+            done += num_envs
+        state, update_metrics = update(state, buffers)
+        update_metrics = _host(update_metrics)
+        if "redo/recycled" in update_metrics:
+            recycled_total += update_metrics.pop("redo/recycled").astype(np.int64)
+
+        final = done >= config.steps
+        if done >= next_log or final:
+            now = time.perf_counter()
+            sps = (done - window_start) / max(now - window_time, 1e-9)
+            network_metrics = _host(measure(state, buffers))
+            rows = []
+            for seed_index, writer in enumerate(writers):
+                row = {"train/episode_return": np.mean(window_returns[seed_index]) if window_returns[seed_index] else np.nan}
+                row.update({name: value[seed_index] for name, value in update_metrics.items()})
+                row["sps"] = sps
+                row.update({name: value[seed_index] for name, value in network_metrics.items()})
+                if config.redo.enabled:
+                    row["redo/recycled"] = recycled_total[seed_index]
+                writer.write(done, row)
+                rows.append(row)
+            progress.update(done, _mean_over_seeds(rows), final=final)
+            window_returns = [[] for _ in seeds]
+            while next_log <= done:
+                next_log += config.log_every
+            window_start, window_time = done, time.perf_counter()
+        if done >= next_eval or final:
+            eval_start = time.perf_counter()
+            eval_index += 1
+            eval_returns = evaluate(eval_actor, state, config, seeds, eval_index)
+            for seed_index, writer in enumerate(writers):
+                writer.write(done, {"eval/episode_return": eval_returns[seed_index]}, kind="eval")
+            print(f"  eval at step {done:,}: return {np.mean(eval_returns):.1f} (mean of {len(seeds)} seed(s))", flush=True)
+            while next_eval <= done:
+                next_eval += config.eval_every
+            window_time += time.perf_counter() - eval_start
+    envs.close()
+
+
+LOOPS = {"off_policy": run_off_policy, "on_policy": run_on_policy}

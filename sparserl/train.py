@@ -17,10 +17,9 @@ import sys
 from typing import Any
 
 from absl import app, flags
+from absl import logging as absl_logging
 import ml_collections
 
-from sparserl import runner
-from sparserl.logging import MetricsWriter, ProgressPrinter, atomic_write_text
 
 AGENTS = ("dqn", "sac", "ppo")
 _METHODS = ("dense", "static", "set", "rigl", "prune")
@@ -261,6 +260,7 @@ def _usage_exit(message: str) -> None:
 
 
 def main(argv: list[str]) -> None:
+    absl_logging.set_verbosity(absl_logging.WARNING)  # keep library INFO lines (XLA backends, MuJoCo GL) off the console
     if len(argv) > 1:
         _usage_exit(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
@@ -282,6 +282,10 @@ def main(argv: list[str]) -> None:
             raise UsageError(str(error)) from None
     except UsageError as error:
         _usage_exit(str(error))
+
+    # Imported only now, so that a mistake is reported before JAX and the libraries load.
+    from sparserl import runner
+    from sparserl.logging import MetricsWriter, ProgressPrinter, atomic_write_text
 
     writers = []
     for seed in seeds:

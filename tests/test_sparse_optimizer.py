@@ -1,5 +1,6 @@
 """Tests for sparserl.sparse.optimizer: the optax wrapper that keeps masks, moments and params consistent."""
 
+import functools
 import math
 
 import jax
@@ -59,7 +60,7 @@ def _kernel_nnz(masks):
 @pytest.mark.parametrize("method", ["set", "rigl"])
 def test_drop_grow_invariants_through_optimizer(method):
     inner = optax.adam(1e-2)
-    config = SparsityConfig(method=method, sparsity=0.8, distribution="erk", update_period=5, update_end=60, drop_fraction=0.3)
+    config = SparsityConfig(method=method, sparsity=0.8, distribution="erk", update_period=4, update_end=22, drop_fraction=0.3)
     opt = sparse_optimizer(inner, config)
     params, state = opt.init(jax.random.key(0), _params())
     nnz0 = _kernel_nnz(state.masks)
@@ -69,7 +70,7 @@ def test_drop_grow_invariants_through_optimizer(method):
     step = _make_step(inner, opt)
     key = jax.random.key(1)
     topology_changes = 0
-    for t in range(1, 81):
+    for t in range(1, 31):
         key, k_batch, k_opt = jax.random.split(key, 3)
         old_masks = state.masks
         params, state, ref_params, ref_inner = step(jnp.int32(t), params, state, _batch(k_batch), k_opt)
@@ -81,7 +82,7 @@ def test_drop_grow_invariants_through_optimizer(method):
         changed = jax.tree.map(jnp.not_equal, state.masks, old_masks)
         grown = jax.tree.map(lambda new, old: new & ~old, state.masks, old_masks)
         num_changed = sum(int(c.sum()) for c in jax.tree.leaves(changed))
-        is_update = t % 5 == 0 and t < 60
+        is_update = t % 4 == 0 and t < 22
         if not is_update:
             assert num_changed == 0, t
             # Off-schedule the wrapper is exactly "inner adam on masked grads, masked updates".
@@ -149,7 +150,7 @@ def test_no_topology_change_after_update_end():
     step = _make_step(inner, opt)
     key = jax.random.key(3)
     before_end_changes = 0
-    for t in range(1, 41):
+    for t in range(1, 31):
         key, k_batch, k_opt = jax.random.split(key, 3)
         old = state.masks
         params, state, ref_params, _ = step(jnp.int32(t), params, state, _batch(k_batch), k_opt)
@@ -182,6 +183,7 @@ def test_prune_schedule(distribution):
         return new_params, new_state, pre_prune
 
     pruning_steps = {5, 15, 25, 35, 45}
+    pruned_somewhere = False
     expected = {layer: 0.0 for layer in final}
     key = jax.random.key(2)
     for t in range(0, 70):
@@ -200,11 +202,13 @@ def test_prune_schedule(distribution):
             if t in pruning_steps and t > t0:
                 newly_pruned = np.asarray(old[layer]["kernel"]) & ~kernel_mask
                 magnitudes = np.abs(np.asarray(pre_prune[layer]["kernel"]))
-                assert newly_pruned.any()
-                # Smallest magnitudes pruned: nothing pruned is larger than anything kept.
-                assert magnitudes[newly_pruned].max() <= magnitudes[kernel_mask].min()
+                if newly_pruned.any():  # the count itself is checked above
+                    # Smallest magnitudes pruned: nothing pruned is larger than anything kept.
+                    assert magnitudes[newly_pruned].max() <= magnitudes[kernel_mask].min()
+                    pruned_somewhere = True
             elif t not in pruning_steps:
                 np.testing.assert_array_equal(kernel_mask, old[layer]["kernel"])
+    assert pruned_somewhere
     for layer, s in final.items():  # final sparsity reached at t1 and then fixed
         assert int((~np.asarray(state.masks[layer]["kernel"])).sum()) == math.floor(s * state.masks[layer]["kernel"].size)
 
@@ -239,16 +243,16 @@ def test_sparse_training_reduces_loss_and_keeps_zeros(method):
         batch = _batch(k_batch, 128)
         loss, grads = jax.value_and_grad(loss_fn)(params, batch)
         params, state = opt.apply_gradients(t, params, grads, state, k_opt)
-        return params, state, loss
+        leaks = [jnp.any(jnp.where(m, 0.0, w) != 0.0) for w, m in zip(jax.tree.leaves(params), jax.tree.leaves(state.masks))]
+        return params, state, jnp.any(jnp.stack(leaks))
 
     eval_batch = _batch(jax.random.key(99), 512)
     first = float(loss_fn(params, eval_batch))
     key = jax.random.key(5)
     for t in range(1, 101):
         key, sub = jax.random.split(key)
-        params, state, _ = train_step(jnp.int32(t), params, state, sub)
-        for layer in params:
-            assert not bool(jnp.any(jnp.where(state.masks[layer]["kernel"], 0.0, params[layer]["kernel"])))
+        params, state, leaked = train_step(jnp.int32(t), params, state, sub)
+        assert not bool(leaked), f"a masked weight is nonzero after step {t}"
     last = float(loss_fn(params, eval_batch))
     assert last < 0.8 * first
     masks_changed = any(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(state.masks), jax.tree.leaves(initial_masks)))
@@ -265,11 +269,16 @@ def test_dense_method_equals_plain_adam():
     params, state = opt.init(jax.random.key(0), params0)
     jax.tree.map(np.testing.assert_array_equal, params, params0)
     ref_params, ref_state = params0, inner.init(params0)
-    for t in range(1, 6):
-        grads = jax.grad(_loss)(params, _batch(jax.random.key(t)))
-        params, state = jax.jit(opt.apply_gradients)(jnp.int32(t), params, grads, state, jax.random.key(t))
+
+    @jax.jit
+    def both(t, params, state, ref_params, ref_state):
+        grads = jax.grad(_loss)(params, _batch(jax.random.fold_in(jax.random.key(0), t)))
+        params, state = opt.apply_gradients(t, params, grads, state, jax.random.key(1))
         updates, ref_state = inner.update(grads, ref_state, ref_params)
-        ref_params = optax.apply_updates(ref_params, updates)
+        return params, state, optax.apply_updates(ref_params, updates), ref_state
+
+    for t in range(1, 6):
+        params, state, ref_params, ref_state = both(jnp.int32(t), params, state, ref_params, ref_state)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), params, ref_params)
 
 
@@ -285,7 +294,9 @@ def test_zero_moments_leaves_count():
     np.testing.assert_array_equal(out[0].mu["b"], state[0].mu["b"])
 
 
-def _vmap_setup(method="rigl"):
+@functools.lru_cache(maxsize=None)
+def _vmap_setup(method):
+    """Jitted init (vmapped and single) and update (single) for `method`; cached so the tests share compilations."""
     inner = optax.adam(1e-2)
     config = SparsityConfig(method=method, sparsity=0.8, update_period=3, update_end=100, drop_fraction=0.3)
     opt = sparse_optimizer(inner, config)
@@ -299,7 +310,7 @@ def _vmap_setup(method="rigl"):
         grads = jax.grad(_loss)(params, _batch(k_batch))
         return opt.apply_gradients(t, params, grads, state, k_opt)
 
-    return init, update
+    return init, update, jax.jit(jax.vmap(init)), jax.jit(init), jax.jit(update)
 
 
 def _assert_trees_match(a, b):
@@ -312,20 +323,22 @@ def _assert_trees_match(a, b):
     jax.tree.map(check, a, b)
 
 
-@pytest.mark.parametrize("method", ["rigl", "set"])
-@pytest.mark.parametrize("batched_step", [True, False], ids=["batched_step", "unbatched_step"])
+@pytest.mark.parametrize(
+    "method, batched_step", [("rigl", True), ("rigl", False), ("set", False)], ids=["rigl-batched_step", "rigl-unbatched_step", "set-unbatched_step"]
+)
 def test_vmap_over_seeds_equals_separate_runs(method, batched_step):
-    init, update = _vmap_setup(method)
+    # SET and RigL start from the same masks (same init), so both use RigL's compiled init.
+    _, _, v_init, s_init, _ = _vmap_setup("rigl")
+    _, update, _, _, s_update = _vmap_setup(method)
     keys = jax.random.split(jax.random.key(42), 3)
-    v_params, v_state = jax.vmap(init)(keys)
-    separate = [init(k) for k in keys]
+    v_params, v_state = v_init(keys)
+    separate = [s_init(k) for k in keys]
     for i in range(3):
         _assert_trees_match(jax.tree.map(lambda x: x[i], (v_params, v_state)), separate[i])
     step_axis = 0 if batched_step else None
     v_update = jax.jit(jax.vmap(update, in_axes=(step_axis, 0, 0, 0)))
-    s_update = jax.jit(update)
     changed = 0
-    for t in range(1, 8):  # topology updates at 3 and 6
+    for t in range(1, 5):  # topology update at 3
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys)
         step = jnp.full((3,), t, jnp.int32) if batched_step else jnp.int32(t)
         old = v_state.masks
@@ -333,7 +346,8 @@ def test_vmap_over_seeds_equals_separate_runs(method, batched_step):
         changed += sum(int(c.sum()) for c in jax.tree.leaves(jax.tree.map(jnp.not_equal, v_state.masks, old)))
         for i in range(3):
             separate[i] = s_update(jnp.int32(t), *separate[i], step_keys[i])
-            _assert_trees_match(jax.tree.map(lambda x: x[i], (v_params, v_state)), separate[i])
-    assert changed > 0
+    assert changed > 0  # the run crossed a topology update
+    for i in range(3):
+        _assert_trees_match(jax.tree.map(lambda x: x[i], (v_params, v_state)), separate[i])
     # Seeds really differ.
     assert not bool(jnp.all(v_state.masks["dense_1"]["kernel"][0] == v_state.masks["dense_1"]["kernel"][1]))

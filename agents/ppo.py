@@ -1,0 +1,329 @@
+"""PPO (Schulman et al. 2017) with a sparse actor and a sparse critic.
+
+Pure functions over one `PPOState`; the on-policy runner collects a rollout
+of `num_envs x rollout_steps` transitions per seed with `act` and hands it to
+`update`, all vmapped over seeds. One `update` is the whole PPO update of a
+rollout, in one `lax.scan` over epochs x minibatches (as in CleanRL's
+`ppo.py` / `ppo_continuous_action.py`):
+
+- values V(s_t), V(s'_t) and the old log-probabilities are computed once
+  with the pre-update params; advantages by GAE (`gae`, rlax's truncated
+  GAE vmapped over envs). A time-limit truncation bootstraps from the true
+  final observation: its reward becomes r + gamma * V(s'_final) and the
+  episode ends there; a termination never bootstraps.
+- per minibatch: clipped surrogate (advantages normalised per minibatch),
+  clipped value loss, entropy bonus; one gradient step on each network
+  (`learner.apply_gradients`: sparse masks, topology updates on schedule),
+  each network's inner optimizer being clip_by_global_norm(0.5) -> Adam
+  with a linearly decaying learning rate; ReDo on schedule (gradient steps),
+  scored on the whole rollout.
+- observation normalisation (continuous control): running mean/variance in
+  the state; the rollout is normalised with the statistics the actions were
+  chosen with, then the statistics absorb the rollout.
+
+Discrete actions: a categorical policy over the actor's logits. Continuous
+actions: a diagonal Gaussian with a state-independent log std, held in the
+actor's params as the non-kernel leaf `log_std/bias` (never masked, never
+recycled). `act(explore=True)` returns the raw Gaussian sample (its
+log-probability is what the update uses); the runner clips it to the action
+bounds for the env. `act(explore=False)` returns the clipped mean.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import rlax
+
+from sparserl import dormancy, learner
+from sparserl.agent import Agent, network_module, sparsity_config
+from sparserl.envs import EnvSpec
+
+
+LOOP = "on_policy"
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+class RunningStats(flax.struct.PyTreeNode):
+    """Running mean and variance of observations (parallel algorithm of Chan et al.)."""
+
+    mean: jax.Array
+    var: jax.Array
+    count: jax.Array
+
+
+class PPOState(flax.struct.PyTreeNode):
+    actor: learner.NetworkState
+    critic: learner.NetworkState
+    obs_stats: RunningStats
+    rng: jax.Array
+    step: jax.Array  # gradient (minibatch) steps so far; shared by all seeds (unbatched under the runner's vmap)
+
+
+class _Bias(nn.Module):
+    """A lone bias vector: the Gaussian policy's state-independent log std."""
+
+    features: int
+    init_value: float = 0.0
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        return self.param("bias", nn.initializers.constant(self.init_value), (self.features,))
+
+
+class GaussianPolicy(nn.Module):
+    """`torso(obs)` is the action mean; `log_std/bias` the state-independent log std.
+
+    The torso shares this module's scope, so its layers keep their own names
+    (`dense_0`, ..., `output`) in the params tree and the activations
+    collection, and `chains()` are the torso's.
+    """
+
+    torso: nn.Module
+    action_size: int
+    log_std_init: float = 0.0
+
+    def setup(self):
+        nn.share_scope(self, self.torso)
+        self.log_std = _Bias(self.action_size, self.log_std_init)
+
+    def __call__(self, observations: jax.Array) -> tuple[jax.Array, jax.Array]:
+        mean = self.torso(observations)
+        return mean, jnp.broadcast_to(self.log_std(), mean.shape)
+
+    def chains(self) -> list[list[str]]:
+        return self.torso.chains()
+
+
+def gae(rewards, values, next_values, terminated, truncated, gamma: float, lambda_: float):
+    """Advantages and value targets of a rollout, arrays [T, num_envs].
+
+    `values[t]` = V(s_t); `next_values[t]` = V(s'_t), s'_t the true next
+    observation (the final one where an episode ended). A truncated step's
+    reward becomes r + gamma * V(s'_t) and the episode ends there; a
+    terminated step ends it with no bootstrap. Otherwise next_values[t] ==
+    values[t + 1], and the last step bootstraps from next_values[-1].
+    """
+    terminated = terminated.astype(jnp.float32)
+    truncated = truncated.astype(jnp.float32) * (1.0 - terminated)
+    rewards = rewards + gamma * truncated * next_values
+    discounts = gamma * (1.0 - jnp.maximum(terminated, truncated))
+    bootstrap_values = jnp.concatenate([values, next_values[-1:]], axis=0)
+    advantages = jax.vmap(rlax.truncated_generalized_advantage_estimation, in_axes=(1, 1, None, 1), out_axes=1)(
+        rewards, discounts, lambda_, bootstrap_values
+    )
+    return advantages, advantages + values
+
+
+def init_stats(shape) -> RunningStats:
+    return RunningStats(jnp.zeros(shape, jnp.float32), jnp.ones(shape, jnp.float32), jnp.asarray(1e-4, jnp.float32))
+
+
+def update_stats(stats: RunningStats, observations: jax.Array) -> RunningStats:
+    """Absorbs a batch [B, *obs_shape] into the running statistics."""
+    observations = observations.astype(jnp.float32)
+    batch_mean, batch_var = observations.mean(axis=0), observations.var(axis=0)
+    batch_count = jnp.asarray(observations.shape[0], jnp.float32)
+    delta = batch_mean - stats.mean
+    total = stats.count + batch_count
+    mean = stats.mean + delta * batch_count / total
+    m2 = stats.var * stats.count + batch_var * batch_count + delta**2 * stats.count * batch_count / total
+    return RunningStats(mean, m2 / total, total)
+
+
+def rollout_size(config: ml_collections.ConfigDict) -> int:
+    return config.num_envs * config.rollout_steps
+
+
+def total_updates(config: ml_collections.ConfigDict) -> int:
+    """Gradient (minibatch) steps in a run: the runner collects ceil(steps / rollout size) rollouts."""
+    rollouts = -(-config.steps // rollout_size(config))
+    return max(1, rollouts * config.update_epochs * config.num_minibatches)
+
+
+def _sparsity(sparse: ml_collections.ConfigDict, name: str) -> float:
+    value = sparse.get(name)
+    return sparse.sparsity if value is None else value
+
+
+def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
+    for name in ("num_envs", "rollout_steps", "num_minibatches", "update_epochs", "log_every"):
+        if config[name] < 1:
+            raise ValueError(f"--config.{name}: must be >= 1, got {config[name]}")
+    if rollout_size(config) % config.num_minibatches:
+        raise ValueError(
+            f"--config.num_minibatches: {config.num_minibatches} does not divide the rollout of "
+            f"{config.num_envs} x {config.rollout_steps} transitions"
+        )
+    updates = total_updates(config)
+    minibatch_size = rollout_size(config) // config.num_minibatches
+    discrete = env_spec.discrete
+    num_actions = env_spec.num_actions
+
+    def inner_optimizer():
+        learning_rate = (
+            optax.linear_schedule(config.learning_rate, 0.0, updates) if config.anneal_learning_rate else config.learning_rate
+        )
+        return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(learning_rate, eps=config.adam_eps))
+
+    mlp = config.network.kind == "mlp"
+    hidden_init = dict(hidden_kernel_init=nn.initializers.orthogonal(np.sqrt(2.0))) if mlp else {}
+    actor_torso = network_module(
+        config.network, num_actions, **hidden_init, **(dict(output_kernel_init=nn.initializers.orthogonal(0.01)) if mlp else {})
+    )
+    actor_module = actor_torso if discrete else GaussianPolicy(actor_torso, num_actions, config.log_std_init)
+    critic_module = network_module(
+        config.network, 1, **hidden_init, **(dict(output_kernel_init=nn.initializers.orthogonal(1.0)) if mlp else {})
+    )
+    actor = learner.make_network(
+        actor_module, inner_optimizer(), sparsity_config(config.sparse, updates, _sparsity(config.sparse, "actor_sparsity")), "actor"
+    )
+    critic = learner.make_network(
+        critic_module, inner_optimizer(), sparsity_config(config.sparse, updates, _sparsity(config.sparse, "critic_sparsity")), "critic"
+    )
+    sample_observation = jnp.zeros((1, *env_spec.observation_shape), env_spec.observation_dtype)
+    stats_shape = env_spec.observation_shape if config.normalize_observations else ()
+    action_low = None if discrete else jnp.asarray(env_spec.action_low)
+    action_high = None if discrete else jnp.asarray(env_spec.action_high)
+    recycle_schedule = dormancy.RecycleSchedule(period=config.redo.period)
+
+    def normalize(stats: RunningStats, observations: jax.Array) -> jax.Array:
+        if not config.normalize_observations:
+            return observations
+        scaled = (observations.astype(jnp.float32) - stats.mean) / jnp.sqrt(stats.var + 1e-8)
+        return jnp.clip(scaled, -config.observation_clip, config.observation_clip)
+
+    def log_prob_and_entropy(policy_output, actions):
+        if discrete:
+            log_probs = jax.nn.log_softmax(policy_output)
+            log_prob = jnp.take_along_axis(log_probs, actions[:, None].astype(jnp.int32), axis=-1)[:, 0]
+            entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+            return log_prob, entropy
+        mean, log_std = policy_output
+        log_prob = jnp.sum(-0.5 * jnp.square((actions - mean) * jnp.exp(-log_std)) - log_std - 0.5 * _LOG_2PI, axis=-1)
+        entropy = jnp.sum(log_std + 0.5 * (1.0 + _LOG_2PI), axis=-1)
+        return log_prob, entropy
+
+    def init(key: jax.Array) -> PPOState:
+        actor_key, critic_key, rng = jax.random.split(key, 3)
+        return PPOState(
+            actor=learner.init(actor, actor_key, sample_observation),
+            critic=learner.init(critic, critic_key, sample_observation),
+            obs_stats=init_stats(stats_shape),
+            rng=rng,
+            step=jnp.zeros((), jnp.int32),
+        )
+
+    def act(state: PPOState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
+        """Sampled actions (explore) or the greedy / mean action, for a batch of observations."""
+        del env_step
+        output = learner.apply(actor, state.actor.params, normalize(state.obs_stats, observations))
+        if discrete:
+            return jax.random.categorical(key, output) if explore else jnp.argmax(output, axis=-1)
+        mean, log_std = output
+        if explore:
+            return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
+        return jnp.clip(mean, action_low, action_high)
+
+    def values_of(critic_params, observations):
+        return learner.apply(critic, critic_params, observations)[:, 0]
+
+    def loss_fn(actor_params, critic_params, minibatch):
+        observations, actions, old_log_probs, advantages, returns, old_values = minibatch
+        log_probs, entropy = log_prob_and_entropy(learner.apply(actor, actor_params, observations), actions)
+        log_ratio = log_probs - old_log_probs
+        ratio = jnp.exp(log_ratio)
+        if config.normalize_advantages:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        clipped_ratio = jnp.clip(ratio, 1.0 - config.clip_coef, 1.0 + config.clip_coef)
+        policy_loss = jnp.mean(jnp.maximum(-advantages * ratio, -advantages * clipped_ratio))
+        values = values_of(critic_params, observations)
+        value_loss = jnp.square(values - returns)
+        if config.clip_value_loss:
+            clipped_values = old_values + jnp.clip(values - old_values, -config.clip_coef, config.clip_coef)
+            value_loss = jnp.maximum(value_loss, jnp.square(clipped_values - returns))
+        value_loss = 0.5 * jnp.mean(value_loss)
+        entropy = jnp.mean(entropy)
+        loss = policy_loss - config.ent_coef * entropy + config.vf_coef * value_loss
+        metrics = {
+            "loss/policy": policy_loss,
+            "loss/value": value_loss,
+            "loss/entropy": entropy,
+            "ppo/approx_kl": jnp.mean((ratio - 1.0) - log_ratio),
+            "ppo/clip_fraction": jnp.mean((jnp.abs(ratio - 1.0) > config.clip_coef).astype(jnp.float32)),
+        }
+        return loss, metrics
+
+    def recycle_observations(state: PPOState, observations: jax.Array, key: jax.Array) -> tuple[PPOState, jax.Array]:
+        actor_key, critic_key = jax.random.split(key)
+        actor_state, actor_result = learner.recycle(actor, state.actor, actor_key, config.redo.tau, observations)
+        critic_state, critic_result = learner.recycle(critic, state.critic, critic_key, config.redo.tau, observations)
+        return state.replace(actor=actor_state, critic=critic_state), actor_result.num_recycled + critic_result.num_recycled
+
+    def flat(batch_array: jax.Array) -> jax.Array:
+        return batch_array.reshape((-1, *batch_array.shape[2:]))
+
+    def update(state: PPOState, batch: Any, key: jax.Array) -> tuple[PPOState, dict[str, jax.Array]]:
+        """The PPO update of one rollout (`runner.Rollout`, arrays [T, num_envs, ...]): epochs x minibatches."""
+        steps, envs = batch.reward.shape
+        observations = flat(normalize(state.obs_stats, batch.observation))
+        next_observations = flat(normalize(state.obs_stats, batch.next_observation))
+        actions = flat(batch.action)
+        values = values_of(state.critic.params, observations)
+        next_values = values_of(state.critic.params, next_observations)
+        old_log_probs, _ = log_prob_and_entropy(learner.apply(actor, state.actor.params, observations), actions)
+        advantages, returns = gae(
+            batch.reward, values.reshape(steps, envs), next_values.reshape(steps, envs),
+            batch.terminated, batch.truncated, config.gamma, config.gae_lambda,
+        )
+        data = (observations, actions, old_log_probs, advantages.reshape(-1), returns.reshape(-1), values)
+
+        def minibatch_step(carry, indices):
+            state, key = carry
+            key, actor_key, critic_key, redo_key = jax.random.split(key, 4)
+            minibatch = jax.tree.map(lambda array: array[indices], data)
+            (_, metrics), (actor_grads, critic_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+                state.actor.params, state.critic.params, minibatch
+            )
+            state = state.replace(
+                actor=learner.apply_gradients(actor, state.actor, actor_grads, state.step, actor_key),
+                critic=learner.apply_gradients(critic, state.critic, critic_grads, state.step, critic_key),
+                step=state.step + 1,
+            )
+            if config.redo.enabled:
+                recycled = jnp.zeros((), jnp.int32)
+                state, recycled = jax.lax.cond(
+                    recycle_schedule.is_due(state.step),
+                    lambda s: recycle_observations(s, observations, redo_key),
+                    lambda s: (s, recycled),
+                    state,
+                )
+                metrics["redo/recycled"] = recycled
+            return (state, key), metrics
+
+        def epoch(carry, epoch_key):
+            order = jax.random.permutation(epoch_key, steps * envs).reshape(config.num_minibatches, minibatch_size)
+            return jax.lax.scan(minibatch_step, carry, order)
+
+        key, epochs_key = jax.random.split(key)
+        (state, _), metrics = jax.lax.scan(epoch, (state, key), jax.random.split(epochs_key, config.update_epochs))
+        metrics = {name: (jnp.sum(value) if name == "redo/recycled" else jnp.mean(value)) for name, value in metrics.items()}
+        metrics["ppo/explained_variance"] = 1.0 - jnp.var(returns.reshape(-1) - values) / (jnp.var(returns) + 1e-8)
+        if config.normalize_observations:
+            state = state.replace(obs_stats=update_stats(state.obs_stats, flat(batch.observation)))
+        return state, metrics
+
+    def measure(state: PPOState, batch: Any) -> dict[str, jax.Array]:
+        observations = flat(normalize(state.obs_stats, batch.observation))
+        return {**learner.metrics(actor, state.actor, observations), **learner.metrics(critic, state.critic, observations)}
+
+    def recycle(state: PPOState, batch: Any, key: jax.Array) -> tuple[PPOState, jax.Array]:
+        return recycle_observations(state, flat(normalize(state.obs_stats, batch.observation)), key)
+
+    return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle)

@@ -1,0 +1,205 @@
+"""SAC (Haarnoja et al. 2018) with a sparse actor and sparse twin critics, as studied by Graesser et al. 2022.
+
+Pure functions over one `SACState`; the runner vmaps them over seeds. One
+`update` is, top to bottom (Haarnoja et al. 2018b, "Soft Actor-Critic
+Algorithms and Applications", eqs. 5, 7, 18):
+
+- critic: a' ~ pi(.|s'), y = r + gamma * (1 - terminated) * (min_i Q_target_i(s', a') - alpha * log pi(a'|s')),
+  loss = sum over the twin critics of mean (Q_i(s, a) - y)^2 / 2;
+- actor: a ~ pi(.|s) (reparameterised), loss = mean alpha * log pi(a|s) - min_i Q_i(s, a);
+- temperature: loss = mean -alpha * (log pi(a|s) + target_entropy), target_entropy = -|A|;
+- target critic: Polyak averaging with tau.
+
+The policy is a tanh-squashed Gaussian over [-1, 1]^|A| (the log-probability
+includes the tanh change of variables); actions are rescaled to the env's
+bounds only when they leave the agent, and the critics see actions in [-1, 1]
+(replay holds env actions and is mapped back). A time-limit truncation is
+stored with terminated = False and s' = the final observation, so the target
+bootstraps through it.
+"""
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from sparserl import dormancy, learner, networks
+from sparserl.agent import Agent, network_module, sparsity_config
+from sparserl.envs import EnvSpec
+from sparserl.replay import Transition
+
+
+LOOP = "off_policy"
+
+
+class SACState(flax.struct.PyTreeNode):
+    actor: learner.NetworkState
+    critic: learner.NetworkState
+    target_critic_params: Any
+    log_alpha: jax.Array
+    alpha_opt_state: Any
+    rng: jax.Array
+    step: jax.Array  # gradient updates so far; shared by all seeds (unbatched under the runner's vmap)
+
+
+def total_updates(config: ml_collections.ConfigDict) -> int:
+    """Gradient updates in a run: one every `train_every` env steps after `learning_starts`."""
+    return max(1, (config.steps - config.learning_starts) // config.train_every)
+
+
+def network_sparsity(sparse: ml_collections.ConfigDict, network: str) -> float:
+    """`sparse.<network>_sparsity` when set, else `sparse.sparsity`."""
+    value = sparse.get(f"{network}_sparsity")
+    return sparse.sparsity if value is None else value
+
+
+def critic_targets(reward: jax.Array, terminated: jax.Array, next_q: jax.Array, next_log_prob: jax.Array,
+                   alpha: jax.Array, gamma: float) -> jax.Array:
+    """Soft TD targets r + gamma * (1 - terminated) * (min_i Q_target_i(s', a') - alpha * log pi(a'|s')).
+
+    `next_q` is [2, batch] (the twin target critics at (s', a')), the rest [batch].
+    """
+    soft_value = jnp.min(next_q, axis=0) - alpha * next_log_prob
+    return reward + gamma * (1.0 - terminated.astype(jnp.float32)) * soft_value
+
+
+def squashed_gaussian(outputs: jax.Array, log_std_min: float, log_std_max: float):
+    """Mean and log-std from the actor's output layer: [mean | raw log-std], log-std tanh-rescaled into its range."""
+    mean, raw_log_std = jnp.split(outputs, 2, axis=-1)
+    log_std = log_std_min + 0.5 * (log_std_max - log_std_min) * (jnp.tanh(raw_log_std) + 1.0)
+    return mean, log_std
+
+
+def sample_action(mean: jax.Array, log_std: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A reparameterised tanh-Gaussian action in [-1, 1]^|A| and its log-probability (summed over action dims).
+
+    log pi(a) = log N(u; mean, std) - sum log(1 - tanh(u)^2), with
+    log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)) (numerically stable).
+    """
+    noise = jax.random.normal(key, mean.shape)
+    pre_tanh = mean + jnp.exp(log_std) * noise
+    gaussian_log_prob = -0.5 * noise**2 - log_std - 0.5 * jnp.log(2.0 * jnp.pi)
+    log_det = 2.0 * (jnp.log(2.0) - pre_tanh - jax.nn.softplus(-2.0 * pre_tanh))
+    return jnp.tanh(pre_tanh), jnp.sum(gaussian_log_prob - log_det, axis=-1)
+
+
+def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
+    if env_spec.discrete:
+        raise ValueError(f"--agent=sac needs a continuous action space; {env_spec.env_id} is discrete (use --agent=dqn or ppo)")
+    action_dim = env_spec.num_actions
+    updates = total_updates(config)
+    actor_net = learner.make_network(
+        network_module(config.network, 2 * action_dim),
+        optax.adam(config.learning_rate),
+        sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "actor")),
+        name="actor",
+    )
+    critic_net = learner.make_network(
+        networks.TwinCritic(tuple(config.network.hidden_sizes), width_multiplier=config.network.width_multiplier),
+        optax.adam(config.learning_rate),
+        sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "critic")),
+        name="critic",
+    )
+    alpha_optimizer = optax.adam(config.temperature_learning_rate)
+    target_entropy = -config.target_entropy_scale * action_dim
+    action_low = jnp.asarray(env_spec.action_low, jnp.float32)
+    action_high = jnp.asarray(env_spec.action_high, jnp.float32)
+    action_center, action_half_range = (action_high + action_low) / 2.0, (action_high - action_low) / 2.0
+    sample_observation = jnp.zeros((1, *env_spec.observation_shape), env_spec.observation_dtype)
+    sample_action_input = jnp.zeros((1, action_dim), jnp.float32)
+
+    def to_env(actions: jax.Array) -> jax.Array:
+        return jnp.clip(action_center + action_half_range * actions, action_low, action_high)
+
+    def from_env(actions: jax.Array) -> jax.Array:
+        return jnp.clip((actions - action_center) / action_half_range, -1.0, 1.0)
+
+    def policy(actor_params, observations):
+        return squashed_gaussian(learner.apply(actor_net, actor_params, observations), config.log_std_min, config.log_std_max)
+
+    def init(key: jax.Array) -> SACState:
+        actor_key, critic_key, rng = jax.random.split(key, 3)
+        actor = learner.init(actor_net, actor_key, sample_observation)
+        critic = learner.init(critic_net, critic_key, sample_observation, sample_action_input)
+        log_alpha = jnp.asarray(jnp.log(config.init_temperature), jnp.float32)
+        return SACState(actor, critic, critic.params, log_alpha, alpha_optimizer.init(log_alpha), rng,
+                        jnp.zeros((), jnp.int32))
+
+    def act(state: SACState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
+        """Env-bounded actions: sampled (uniform before `learning_starts`) when exploring, else tanh(mean)."""
+        mean, log_std = policy(state.actor.params, observations)
+        if not explore:
+            return to_env(jnp.tanh(mean))
+        policy_key, random_key = jax.random.split(key)
+        sampled, _ = sample_action(mean, log_std, policy_key)
+        uniform = jax.random.uniform(random_key, mean.shape, minval=-1.0, maxval=1.0)
+        return to_env(jnp.where(env_step < config.learning_starts, uniform, sampled))
+
+    def update(state: SACState, batch: Transition, key: jax.Array) -> tuple[SACState, dict[str, jax.Array]]:
+        next_key, actor_key, critic_sparse_key, actor_sparse_key = jax.random.split(key, 4)
+        alpha = jnp.exp(state.log_alpha)
+        actions = from_env(batch.action)
+
+        # Critic: soft TD targets from the target critics and a fresh action at s'.
+        next_mean, next_log_std = policy(state.actor.params, batch.next_observation)
+        next_actions, next_log_prob = sample_action(next_mean, next_log_std, next_key)
+        next_q = learner.apply(critic_net, state.target_critic_params, batch.next_observation, next_actions)
+        targets = critic_targets(batch.reward, batch.terminated, next_q, next_log_prob, alpha, config.gamma)
+
+        def critic_loss_fn(critic_params):
+            q = learner.apply(critic_net, critic_params, batch.observation, actions)  # [2, batch]
+            return jnp.sum(jnp.mean(0.5 * (q - targets[None]) ** 2, axis=1)), q
+
+        (critic_loss, q), critic_grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(state.critic.params)
+        critic = learner.apply_gradients(critic_net, state.critic, critic_grads, state.step, critic_sparse_key)
+
+        # Actor: maximise min_i Q_i(s, a) + alpha * entropy, with a reparameterised a ~ pi(.|s).
+        def actor_loss_fn(actor_params):
+            mean, log_std = policy(actor_params, batch.observation)
+            new_actions, log_prob = sample_action(mean, log_std, actor_key)
+            new_q = jnp.min(learner.apply(critic_net, critic.params, batch.observation, new_actions), axis=0)
+            return jnp.mean(alpha * log_prob - new_q), log_prob
+
+        (actor_loss, log_prob), actor_grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(state.actor.params)
+        actor = learner.apply_gradients(actor_net, state.actor, actor_grads, state.step, actor_sparse_key)
+
+        # Temperature: move the policy's entropy towards the target entropy.
+        def temperature_loss_fn(log_alpha):
+            return jnp.mean(-jnp.exp(log_alpha) * jax.lax.stop_gradient(log_prob + target_entropy))
+
+        temperature_loss, alpha_grad = jax.value_and_grad(temperature_loss_fn)(state.log_alpha)
+        alpha_updates, alpha_opt_state = alpha_optimizer.update(alpha_grad, state.alpha_opt_state)
+        log_alpha = optax.apply_updates(state.log_alpha, alpha_updates)
+
+        target_critic_params = optax.incremental_update(critic.params, state.target_critic_params, config.tau)
+        metrics = {
+            "loss/critic": critic_loss,
+            "loss/actor": actor_loss,
+            "loss/temperature": temperature_loss,
+            "alpha": alpha,
+            "entropy": -jnp.mean(log_prob),
+            "q/mean": jnp.mean(q),
+        }
+        new_state = SACState(actor, critic, target_critic_params, log_alpha, alpha_opt_state, state.rng, state.step + 1)
+        return new_state, metrics
+
+    def measure(state: SACState, batch: Transition) -> dict[str, jax.Array]:
+        return {
+            **learner.metrics(actor_net, state.actor, batch.observation),
+            **learner.metrics(critic_net, state.critic, batch.observation, from_env(batch.action)),
+        }
+
+    def recycle(state: SACState, batch: Transition, key: jax.Array) -> tuple[SACState, jax.Array]:
+        actor_key, critic_key = jax.random.split(key)
+        actor, actor_result = learner.recycle(actor_net, state.actor, actor_key, config.redo.tau, batch.observation)
+        critic, critic_result = learner.recycle(
+            critic_net, state.critic, critic_key, config.redo.tau, batch.observation, from_env(batch.action)
+        )
+        target_critic_params = dormancy.follow_online(state.target_critic_params, critic.params, critic_result.touched)
+        state = state.replace(actor=actor, critic=critic, target_critic_params=target_critic_params)
+        return state, actor_result.num_recycled + critic_result.num_recycled
+
+    return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle)

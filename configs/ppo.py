@@ -1,0 +1,130 @@
+"""PPO defaults (DESIGN section 5), with a preset per environment family.
+
+`get_config()` holds the PPO paper's MuJoCo defaults (Schulman et al. 2017,
+table 3; CleanRL `ppo_continuous_action.py`): separate 2x64 tanh actor and
+critic, 2048 env steps per rollout, minibatches of 64, 10 epochs, clip 0.2,
+GAE lambda 0.95, Adam 3e-4 (eps 1e-5) linearly decayed, grad-norm clip 0.5.
+`PRESETS[family]` holds what differs: classic control follows CleanRL's
+CartPole PPO (`ppo.py`: 4 envs x 128 steps, 4 minibatches, 4 epochs, lr
+2.5e-4, entropy 0.01); Atari follows the PPO paper's Atari settings (CleanRL
+`ppo_atari.py`: 8 envs x 128 steps, 4 epochs, 4 minibatches, lr 2.5e-4, clip
+0.1, Nature CNN). The training entry point applies the preset of the chosen
+env, then flags, then `--config.<field>=value`.
+
+Sparse training: RigL every 250 gradient (minibatch) steps with f0 = 0.3
+(DESIGN section 5). The actor and critic take `sparse.actor_sparsity` /
+`sparse.critic_sparsity` when set, else `sparse.sparsity`.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.agent = "ppo"
+    config.env = "CartPole-v1"
+    config.steps = 1_000_000
+    config.seed = 0
+    config.num_seeds = 1
+    config.eval_every = 50_000
+    config.eval_episodes = 10
+    config.log_every = 10_000
+    config.checkpoint_every = 100_000
+    config.checkpoints_to_keep = 2
+
+    config.network = ml_collections.ConfigDict(
+        dict(kind="mlp", hidden_sizes=(64, 64), width_multiplier=1.0, activation="tanh",
+             conv_features=(32, 64, 64), kernel_sizes=(8, 4, 3), strides=(4, 2, 1), dense_sizes=(512,))
+    )
+    config.num_envs = 1  # envs per seed
+    config.rollout_steps = 2_048  # steps per env in one rollout: a rollout holds num_envs * rollout_steps transitions
+    config.num_minibatches = 32  # minibatch size = num_envs * rollout_steps / num_minibatches (64 here)
+    config.update_epochs = 10
+    config.learning_rate = 3e-4
+    config.anneal_learning_rate = True  # linear decay to 0 over the run's gradient steps
+    config.adam_eps = 1e-5
+    config.max_grad_norm = 0.5
+    config.gamma = 0.99
+    config.gae_lambda = 0.95
+    config.clip_coef = 0.2
+    config.clip_value_loss = True
+    config.vf_coef = 0.5
+    config.ent_coef = 0.0
+    config.normalize_advantages = True
+    config.normalize_observations = False
+    config.observation_clip = 10.0
+    config.log_std_init = 0.0
+
+    config.sparse = ml_collections.ConfigDict(
+        dict(method="rigl", sparsity=0.0,
+             actor_sparsity=config_dict.placeholder(float), critic_sparsity=config_dict.placeholder(float),
+             distribution="erk", dense_first_layer=False, dense_last_layer=False,
+             update_period=250, update_end_fraction=0.75, drop_fraction=0.3,
+             prune_start_fraction=0.2, prune_end_fraction=0.75, prune_frequency=250)
+    )
+    config.redo = ml_collections.ConfigDict(dict(enabled=False, tau=0.1, period=1_000, batch_size=256))
+    return config
+
+
+PRESETS = {
+    "classic": {
+        "steps": 100_000,
+        "eval_every": 10_000,
+        "log_every": 2_048,
+        "checkpoint_every": 10_000,
+        "num_envs": 4,
+        "rollout_steps": 128,
+        "num_minibatches": 4,
+        "update_epochs": 4,
+        "learning_rate": 2.5e-4,
+        "ent_coef": 0.01,
+    },
+    "mujoco": {
+        "env": "HalfCheetah-v5",
+        "steps": 1_000_000,
+        "eval_every": 50_000,
+        "normalize_observations": True,
+    },
+    "dmc": {
+        "env": "dmc:cheetah-run",
+        "steps": 1_000_000,
+        "eval_every": 50_000,
+        "normalize_observations": True,
+    },
+    "atari": {
+        "env": "ALE/Pong-v5",
+        "steps": 10_000_000,
+        "eval_every": 250_000,
+        "log_every": 10_000,
+        "checkpoint_every": 250_000,
+        "network.kind": "cnn",
+        "num_envs": 8,
+        "rollout_steps": 128,
+        "num_minibatches": 4,
+        "update_epochs": 4,
+        "learning_rate": 2.5e-4,
+        "clip_coef": 0.1,
+        "ent_coef": 0.01,
+        "sparse.update_end_fraction": 0.8,
+    },
+    "minatar": {
+        "env": "MinAtar/Breakout-v1",
+        "steps": 10_000_000,
+        "eval_every": 250_000,
+        "log_every": 10_000,
+        "network.kind": "cnn",
+        "network.conv_features": (16,),
+        "network.kernel_sizes": (3,),
+        "network.strides": (1,),
+        "network.dense_sizes": (128,),
+        "num_envs": 8,
+        "rollout_steps": 128,
+        "num_minibatches": 4,
+        "update_epochs": 4,
+        "learning_rate": 2.5e-4,
+        "clip_coef": 0.1,
+        "ent_coef": 0.01,
+        "sparse.update_end_fraction": 0.8,
+    },
+}

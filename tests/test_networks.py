@@ -1,0 +1,158 @@
+"""Tests for sparserl.networks: shapes, width multiplier, captured activations, uint8 scaling, chains."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sparserl.networks import ACTIVATIONS, MLP, POST_ACTIVATION, NatureCNN, TwinCritic, scaled_width
+
+KEY = jax.random.key(0)
+SMALL_CNN = dict(conv_features=(8, 16), kernel_sizes=(3, 3), strides=(2, 1), dense_sizes=(32,))
+
+
+def _shapes(tree):
+    return jax.tree.map(lambda x: x.shape, tree)
+
+
+def test_mlp_shapes_and_activations():
+    net = MLP((32, 16), 3)
+    x = jax.random.normal(KEY, (5, 7))
+    params = net.init(KEY, x)["params"]
+    assert _shapes(params) == {
+        "dense_0": {"kernel": (7, 32), "bias": (32,)},
+        "dense_1": {"kernel": (32, 16), "bias": (16,)},
+        "output": {"kernel": (16, 3), "bias": (3,)},
+    }
+    out, state = net.apply({"params": params}, x, mutable=[ACTIVATIONS])
+    assert out.shape == (5, 3)
+    acts = state[ACTIVATIONS]
+    assert set(acts) == {"dense_0", "dense_1"}  # never the output layer
+    assert acts["dense_0"][POST_ACTIVATION].shape == (5, 32)
+    assert acts["dense_1"][POST_ACTIVATION].shape == (5, 16)
+    # Post-activation: relu of the layer's pre-activation.
+    h0 = jax.nn.relu(x @ params["dense_0"]["kernel"] + params["dense_0"]["bias"])
+    np.testing.assert_allclose(acts["dense_0"][POST_ACTIVATION], h0, rtol=1e-5, atol=1e-6)
+    h1 = jax.nn.relu(h0 @ params["dense_1"]["kernel"] + params["dense_1"]["bias"])
+    np.testing.assert_allclose(acts["dense_1"][POST_ACTIVATION], h1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out, h1 @ params["output"]["kernel"] + params["output"]["bias"], rtol=1e-5, atol=1e-6)
+    # Without mutable, apply returns just the output.
+    np.testing.assert_allclose(net.apply({"params": params}, x), out)
+
+
+def test_mlp_tanh_activation_and_flattening():
+    net = MLP((8,), 2, activation="tanh")
+    x = jax.random.normal(KEY, (4, 2, 3))
+    params = net.init(KEY, x)["params"]
+    assert params["dense_0"]["kernel"].shape == (6, 8)
+    _, state = net.apply({"params": params}, x, mutable=[ACTIVATIONS])
+    expected = jnp.tanh(x.reshape(4, 6) @ params["dense_0"]["kernel"] + params["dense_0"]["bias"])
+    np.testing.assert_allclose(state[ACTIVATIONS]["dense_0"][POST_ACTIVATION], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_activations_are_replaced_not_accumulated():
+    net = MLP((8,), 2)
+    x = jnp.ones((3, 4))
+    variables = net.init(KEY, x)
+    _, state = net.apply(variables, x, mutable=[ACTIVATIONS])  # variables already hold init's activations
+    assert state[ACTIVATIONS]["dense_0"][POST_ACTIVATION].shape == (3, 8)
+
+
+@pytest.mark.parametrize("multiplier, hidden", [(0.5, (16, 8)), (2.0, (64, 32)), (0.25, (8, 4))])
+def test_mlp_width_multiplier(multiplier, hidden):
+    net = MLP((32, 16), 3, width_multiplier=multiplier)
+    params = net.init(KEY, jnp.zeros((1, 7)))["params"]
+    assert params["dense_0"]["kernel"].shape == (7, hidden[0])
+    assert params["dense_1"]["kernel"].shape == hidden
+    assert params["output"]["kernel"].shape == (hidden[1], 3)  # output width never scaled
+
+
+def test_scaled_width():
+    assert scaled_width(256, 1.0) == 256
+    assert scaled_width(256, 0.5) == 128
+    assert scaled_width(100, 0.333) == 33
+    assert scaled_width(3, 0.1) == 1
+
+
+def test_nature_cnn_shapes():
+    net = NatureCNN(6)
+    x = jnp.zeros((2, 84, 84, 4), jnp.uint8)
+    params = net.init(KEY, x)["params"]
+    assert _shapes(params) == {
+        "conv_0": {"kernel": (8, 8, 4, 32), "bias": (32,)},
+        "conv_1": {"kernel": (4, 4, 32, 64), "bias": (64,)},
+        "conv_2": {"kernel": (3, 3, 64, 64), "bias": (64,)},
+        "dense_0": {"kernel": (3136, 512), "bias": (512,)},
+        "output": {"kernel": (512, 6), "bias": (6,)},
+    }
+    out, state = net.apply({"params": params}, x, mutable=[ACTIVATIONS])
+    assert out.shape == (2, 6)
+    assert _shapes(state[ACTIVATIONS]) == {
+        "conv_0": {POST_ACTIVATION: (2, 20, 20, 32)},
+        "conv_1": {POST_ACTIVATION: (2, 9, 9, 64)},
+        "conv_2": {POST_ACTIVATION: (2, 7, 7, 64)},
+        "dense_0": {POST_ACTIVATION: (2, 512)},
+    }
+
+
+def test_minatar_cnn_and_width_multiplier():
+    net = NatureCNN(5, conv_features=(16,), kernel_sizes=(3,), strides=(1,), dense_sizes=(128,), width_multiplier=2.0)
+    x = jnp.zeros((3, 10, 10, 4))
+    params = net.init(KEY, x)["params"]
+    assert params["conv_0"]["kernel"].shape == (3, 3, 4, 32)
+    assert params["dense_0"]["kernel"].shape == (8 * 8 * 32, 256)
+    assert params["output"]["kernel"].shape == (256, 5)
+    assert net.apply({"params": params}, x).shape == (3, 5)
+
+
+def test_uint8_input_is_scaled():
+    net = NatureCNN(4, **SMALL_CNN)
+    frames = jax.random.randint(KEY, (3, 12, 12, 2), 0, 256).astype(jnp.uint8)
+    params = net.init(KEY, frames)["params"]
+    from_uint8 = net.apply({"params": params}, frames)
+    from_float = net.apply({"params": params}, frames.astype(jnp.float32) / 255.0)
+    np.testing.assert_allclose(from_uint8, from_float, rtol=1e-6, atol=1e-6)
+    # Unscaled floats give something else: the scaling really happens.
+    assert not np.allclose(net.apply({"params": params}, frames.astype(jnp.float32)), from_uint8, atol=1e-3)
+
+
+def test_cnn_activations_are_post_relu():
+    net = NatureCNN(4, **SMALL_CNN)
+    x = jax.random.normal(KEY, (2, 12, 12, 2))
+    params = net.init(KEY, x)["params"]
+    _, state = net.apply({"params": params}, x, mutable=[ACTIVATIONS])
+    for layer, value in state[ACTIVATIONS].items():
+        assert float(jnp.min(value[POST_ACTIVATION])) >= 0.0, layer
+    assert "output" not in state[ACTIVATIONS]
+
+
+def test_twin_critic():
+    net = TwinCritic((32, 16), width_multiplier=0.5)
+    obs, actions = jax.random.normal(KEY, (5, 3)), jnp.ones((5, 2))
+    params = net.init(KEY, obs, actions)["params"]
+    assert set(params) == {"q1", "q2"}
+    for head in ("q1", "q2"):
+        assert params[head]["dense_0"]["kernel"].shape == (5, 16)
+        assert params[head]["dense_1"]["kernel"].shape == (16, 8)
+        assert params[head]["output"]["kernel"].shape == (8, 1)
+    out, state = net.apply({"params": params}, obs, actions, mutable=[ACTIVATIONS])
+    assert out.shape == (2, 5)
+    assert not np.allclose(out[0], out[1])  # independent heads
+    q1 = MLP((32, 16), 1, width_multiplier=0.5).apply({"params": params["q1"]}, jnp.concatenate([obs, actions], -1))
+    np.testing.assert_allclose(out[0], q1[:, 0], rtol=1e-5, atol=1e-6)
+    assert _shapes(state[ACTIVATIONS]) == {
+        head: {"dense_0": {POST_ACTIVATION: (5, 16)}, "dense_1": {POST_ACTIVATION: (5, 8)}} for head in ("q1", "q2")
+    }
+
+
+def test_chains_name_real_layers():
+    assert MLP((8, 8, 8), 2).chains() == [["dense_0", "dense_1", "dense_2", "output"]]
+    assert NatureCNN(4).chains() == [["conv_0", "conv_1", "conv_2", "dense_0", "output"]]
+    assert NatureCNN(4, **SMALL_CNN).chains() == [["conv_0", "conv_1", "dense_0", "output"]]
+    twin = TwinCritic((8, 8))
+    assert twin.chains() == [["q1/dense_0", "q1/dense_1", "q1/output"], ["q2/dense_0", "q2/dense_1", "q2/output"]]
+    params = twin.init(KEY, jnp.zeros((1, 3)), jnp.zeros((1, 1)))["params"]
+    for chain in twin.chains():
+        for path in chain:
+            head, layer = path.split("/")
+            assert "kernel" in params[head][layer]

@@ -1,0 +1,229 @@
+"""PPO: GAE with truncation/termination, the agent's pure functions, the on-policy loop end to end, learning."""
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from agents import ppo
+from configs import ppo as ppo_config
+from sparserl import envs, runner
+from sparserl.logging import read_csv
+
+GAMMA, LAMBDA = 0.9, 0.8
+
+
+def reference_gae(rewards, values, next_values, terminated, truncated, gamma, lambda_):
+    """Plain-Python GAE of one env's trajectory, written from the definitions.
+
+    delta_t = r_t + gamma * V(s'_t) * [not terminated] - V(s_t), with V(s'_t) the value of the true next
+    observation (the final one after a truncation); the advantage recursion stops at any episode end.
+    """
+    advantages = [0.0] * len(rewards)
+    following = 0.0
+    for t in reversed(range(len(rewards))):
+        if terminated[t]:
+            delta = rewards[t] - values[t]
+            following = 0.0
+        elif truncated[t]:
+            delta = rewards[t] + gamma * next_values[t] - values[t]
+            following = 0.0
+        else:
+            next_value = values[t + 1] if t + 1 < len(rewards) else next_values[t]
+            delta = rewards[t] + gamma * next_value - values[t]
+        advantages[t] = delta + gamma * lambda_ * following
+        following = advantages[t]
+    return advantages
+
+
+def test_gae_matches_python_loop_with_truncation_and_termination():
+    rng = np.random.default_rng(0)
+    steps, num_envs = 7, 3
+    rewards = rng.normal(size=(steps, num_envs)).astype(np.float32)
+    values = rng.normal(size=(steps, num_envs)).astype(np.float32)
+    terminated = np.zeros((steps, num_envs), bool)
+    truncated = np.zeros((steps, num_envs), bool)
+    truncated[2, 0] = True  # env 0: time limit at t=2, bootstraps from its final observation
+    terminated[4, 1] = True  # env 1: terminal state at t=4, no bootstrap
+    truncated[1, 2] = terminated[1, 2] = True  # env 2: both flags: a termination wins
+    truncated[5, 2] = True
+    # V(s'_t): the next step's value while the episode goes on, the final observation's value where it ended.
+    next_values = np.concatenate([values[1:], rng.normal(size=(1, num_envs)).astype(np.float32)])
+    ended = terminated | truncated
+    next_values[ended] = rng.normal(size=ended.sum()).astype(np.float32) + 5.0
+
+    advantages, returns = ppo.gae(
+        jnp.asarray(rewards), jnp.asarray(values), jnp.asarray(next_values),
+        jnp.asarray(terminated), jnp.asarray(truncated), GAMMA, LAMBDA,
+    )
+    expected = np.stack([
+        reference_gae(rewards[:, e], values[:, e], next_values[:, e], terminated[:, e], truncated[:, e], GAMMA, LAMBDA)
+        for e in range(num_envs)
+    ], axis=1)
+    np.testing.assert_allclose(advantages, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(returns, expected + values, rtol=1e-5, atol=1e-5)
+    # The truncated step's one-step target uses the final observation's value; the terminated one none.
+    assert advantages[2, 0] == pytest.approx(rewards[2, 0] + GAMMA * next_values[2, 0] - values[2, 0], abs=1e-5)
+    assert advantages[4, 1] == pytest.approx(rewards[4, 1] - values[4, 1], abs=1e-5)
+    assert advantages[1, 2] == pytest.approx(rewards[1, 2] - values[1, 2], abs=1e-5)
+
+
+def test_running_stats_match_numpy():
+    rng = np.random.default_rng(1)
+    first, second = rng.normal(3.0, 2.0, size=(50, 4)), rng.normal(-1.0, 0.5, size=(70, 4))
+    stats = ppo.update_stats(ppo.update_stats(ppo.init_stats((4,)), jnp.asarray(first)), jnp.asarray(second))
+    both = np.concatenate([first, second])
+    np.testing.assert_allclose(stats.mean, both.mean(axis=0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(stats.var, both.var(axis=0), rtol=1e-3, atol=1e-3)
+
+
+def _small_config(**fields) -> ml_collections.ConfigDict:
+    config = ppo_config.get_config()
+    config.steps, config.num_envs, config.rollout_steps = 256, 2, 32
+    config.num_minibatches, config.update_epochs = 4, 2
+    for name, value in fields.items():
+        node = config
+        *parents, leaf = name.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+def _random_rollout(spec: envs.EnvSpec, steps: int, num_envs: int, seed: int = 0) -> runner.Rollout:
+    rng = np.random.default_rng(seed)
+    observation_shape = (steps, num_envs, *spec.observation_shape)
+    if spec.discrete:
+        actions = rng.integers(0, spec.num_actions, size=(steps, num_envs)).astype(np.int32)
+    else:
+        actions = rng.normal(size=(steps, num_envs, spec.num_actions)).astype(np.float32)
+    return runner.Rollout(
+        observation=rng.normal(size=observation_shape).astype(np.float32),
+        action=actions,
+        reward=rng.normal(size=(steps, num_envs)).astype(np.float32),
+        terminated=rng.random((steps, num_envs)) < 0.05,
+        truncated=rng.random((steps, num_envs)) < 0.05,
+        next_observation=rng.normal(size=observation_shape).astype(np.float32),
+    )
+
+
+def test_gaussian_agent_sparsity_log_std_redo_and_obs_normalisation():
+    spec = envs.env_spec("Pendulum-v1")
+    config = _small_config(**{
+        "sparse.sparsity": 0.5, "sparse.actor_sparsity": 0.8, "sparse.update_period": 2,
+        "redo.enabled": True, "redo.period": 4, "redo.tau": 1.5,  # tau > 1: some neurons are always recycled
+        "normalize_observations": True,
+    })
+    agent = ppo.make(config, spec)
+    state = agent.init(jax.random.key(0))
+    assert state.actor.params["log_std"]["bias"].shape == (spec.num_actions,)
+    assert bool(state.actor.opt_state.masks["log_std"]["bias"].all())  # never masked
+
+    batch = _random_rollout(spec, config.rollout_steps, config.num_envs)
+    new_state, metrics = jax.jit(agent.update)(state, batch, jax.random.key(1))
+    assert int(new_state.step) == config.update_epochs * config.num_minibatches
+    assert int(metrics["redo/recycled"]) > 0
+    for name in ("loss/policy", "loss/value", "loss/entropy"):
+        assert np.isfinite(float(metrics[name])), name
+    assert not np.allclose(new_state.actor.params["log_std"]["bias"], 0.0)  # the log std learns
+    flat_observations = batch.observation.reshape(-1, *spec.observation_shape)
+    np.testing.assert_allclose(new_state.obs_stats.mean, flat_observations.mean(axis=0), rtol=1e-3, atol=1e-3)
+
+    measured = agent.measure(new_state, batch)
+    assert float(measured["sparsity/actor/total"]) == pytest.approx(0.8, abs=0.02)
+    assert float(measured["sparsity/critic/total"]) == pytest.approx(0.5, abs=0.02)
+    assert "dormant/0.1/actor/total" in measured and "dormant/0/critic/dense_1" in measured
+
+    observations = jnp.asarray(flat_observations[:5])
+    sampled = agent.act(new_state, observations, jax.random.key(2), 0, True)
+    greedy = agent.act(new_state, observations, jax.random.key(2), 0, False)
+    assert sampled.shape == greedy.shape == (5, spec.num_actions)
+    assert np.all(np.abs(np.asarray(greedy)) <= spec.action_high)
+
+
+def test_categorical_agent_greedy_action_and_vmapped_update():
+    spec = envs.env_spec("CartPole-v1")
+    config = _small_config(**{"sparse.sparsity": 0.9})
+    agent = ppo.make(config, spec)
+    states = runner.init_states(agent, [3, 4])
+    axes = runner.seed_axes(states)
+    batch = _random_rollout(spec, config.rollout_steps, config.num_envs)
+    batches = jax.tree.map(lambda array: np.stack([array, array]), batch)
+    update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, None), out_axes=(axes, 0)))
+    new_states, metrics = update(states, batches, jax.random.key(0))
+    assert new_states.step.shape == ()  # the shared gradient step counter stays unbatched
+    assert metrics["loss/policy"].shape == (2,)
+    observations = jnp.asarray(batch.observation[0])
+    actor = runner.make_actor(agent, axes, explore=False)
+    actions = np.asarray(actor(new_states, jnp.stack([observations, observations]), jax.random.split(jax.random.key(0), 2), 0))
+    assert actions.shape == (2, config.num_envs) and actions.dtype.kind == "i"
+
+
+def _metrics(run_dir: str, seed: int, kind: str = "metrics") -> list[dict]:
+    return read_csv(os.path.join(run_dir, f"seed{seed}", f"{kind}.csv"))
+
+
+def _check(result) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_num_seeds_equals_single_seed_runs(tmp_path, train_cli):
+    common = ["--agent=ppo", "--sparsity=0.8", "--redo", "--redo_period=8", "--steps=1024", "--eval_every=1024",
+              "--config.log_every=512", "--config.eval_episodes=2", f"--workdir={tmp_path}"]
+    _check(train_cli(*common, "--num_seeds=2", "--seed=0", "--run_name=both"))
+    _check(train_cli(*common, "--seed=0", "--run_name=first"))
+    _check(train_cli(*common, "--seed=1", "--run_name=second"))
+    for seed, single in ((0, "first"), (1, "second")):
+        together, alone = _metrics(tmp_path / "both", seed), _metrics(tmp_path / single, seed)
+        assert len(together) == len(alone) == 2
+        for row_together, row_alone in zip(together, alone):
+            assert set(row_together) == set(row_alone)
+            for name in row_together:
+                if name == "sps":
+                    continue
+                a, b = row_together[name], row_alone[name]
+                assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-5, abs=1e-6), (seed, name, a, b)
+        assert _metrics(tmp_path / "both", seed, "eval") == _metrics(tmp_path / single, seed, "eval")
+    row = _metrics(tmp_path / "both", 0)[-1]
+    for name in ("train/episode_return", "loss/policy", "loss/value", "loss/entropy", "sps", "redo/recycled",
+                 "sparsity/actor/total", "sparsity/critic/dense_0", "dormant/0.1/actor/total", "dormant/0.025/critic/total"):
+        assert name in row, name
+    assert row["sparsity/actor/total"] == pytest.approx(0.8, abs=0.01)
+
+
+def test_continuous_control_smoke_run(tmp_path, train_cli):
+    _check(train_cli(
+        "--agent=ppo", "--env=HalfCheetah-v5", "--sparsity=0.9", "--steps=512", "--eval_every=512",
+        "--config.rollout_steps=256", "--config.num_minibatches=4", "--config.update_epochs=2",
+        "--config.eval_episodes=1", f"--workdir={tmp_path}", "--run_name=cheetah",
+    ))
+    rows = _metrics(tmp_path / "cheetah", 0)
+    assert rows[-1]["step"] == 512
+    assert np.isfinite(rows[-1]["loss/value"]) and rows[-1]["sparsity/actor/total"] == pytest.approx(0.9, abs=0.01)
+    assert np.isfinite(_metrics(tmp_path / "cheetah", 0, "eval")[-1]["eval/episode_return"])
+
+
+def test_atari_smoke_run(tmp_path, train_cli):
+    _check(train_cli(
+        "--agent=ppo", "--env=ALE/Pong-v5", "--sparsity=0.9", "--steps=64", "--eval_every=64",
+        "--config.num_envs=2", "--config.rollout_steps=32", "--config.num_minibatches=2", "--config.update_epochs=1",
+        "--config.eval_episodes=1", f"--workdir={tmp_path}", "--run_name=pong",
+    ))
+    rows = _metrics(tmp_path / "pong", 0)
+    assert rows[-1]["step"] == 64 and np.isfinite(rows[-1]["loss/policy"])
+    assert "dormant/0.1/actor/conv_0" in rows[-1] and "sparsity/critic/conv_2" in rows[-1]
+    assert _metrics(tmp_path / "pong", 0, "eval")[-1]["eval/episode_return"] >= -21
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sparsity", ["0.9", "0.0"])
+def test_ppo_learns_cartpole(tmp_path, train_cli, sparsity):
+    """90%-sparse (RigL, ERK) and dense PPO reach a greedy eval return >= 450 on CartPole-v1 within 100k steps."""
+    _check(train_cli("--agent=ppo", f"--sparsity={sparsity}", "--steps=100000", "--seed=0",
+                     f"--workdir={tmp_path}", "--run_name=cartpole"))
+    returns = [row["eval/episode_return"] for row in _metrics(tmp_path / "cartpole", 0, "eval")]
+    assert max(returns) >= 450, returns

@@ -1,0 +1,252 @@
+"""SAC: the soft TD target, the tanh-Gaussian policy, action bounds, per-network sparsity, seeds as a batch axis,
+smoke runs on MuJoCo and dm_control, and learning Pendulum-v1 dense and 90% sparse."""
+
+import concurrent.futures
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agents import sac
+from configs import sac as sac_config
+from sparserl import envs, replay as replay_lib, runner
+from sparserl.logging import read_csv
+
+from conftest import run_train
+
+
+def _config(**fields):
+    config = sac_config.get_config()
+    for name, value in fields.items():
+        node = config
+        *parents, leaf = name.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+def _batch(spec, size, key):
+    obs_key, action_key, next_key, reward_key = jax.random.split(key, 4)
+    low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
+    return replay_lib.Transition(
+        observation=jax.random.normal(obs_key, (size, *spec.observation_shape)),
+        action=jax.random.uniform(action_key, (size, spec.num_actions), minval=low, maxval=high),
+        reward=jax.random.normal(reward_key, (size,)),
+        next_observation=jax.random.normal(next_key, (size, *spec.observation_shape)),
+        terminated=jnp.arange(size) % 3 == 0,
+    )
+
+
+# --- the maths of one update ---------------------------------------------------------------------------------
+
+def test_critic_targets_match_plain_python():
+    # Rows: an ordinary step, a termination (no bootstrap) and a time-limit truncation
+    # (stored with terminated=False and s' = the final observation, so it bootstraps).
+    reward = [1.0, -2.0, 0.5]
+    terminated = [False, True, False]
+    next_q = [[3.0, -1.0, 10.0], [2.5, 4.0, 12.0]]  # twin target critics at (s', a')
+    next_log_prob = [-0.7, 0.3, 1.2]
+    alpha, gamma = 0.2, 0.99
+
+    expected = []
+    for i in range(3):
+        soft_value = min(next_q[0][i], next_q[1][i]) - alpha * next_log_prob[i]
+        expected.append(reward[i] + (0.0 if terminated[i] else gamma * soft_value))
+    assert expected[1] == -2.0
+
+    targets = sac.critic_targets(jnp.asarray(reward), jnp.asarray(terminated), jnp.asarray(next_q),
+                                 jnp.asarray(next_log_prob), jnp.asarray(alpha), gamma)
+    np.testing.assert_allclose(np.asarray(targets), expected, rtol=1e-6)
+
+
+def test_tanh_gaussian_log_prob_is_the_change_of_variables():
+    mean = jnp.asarray([[0.3, -1.0], [2.0, 0.0]])
+    log_std = jnp.asarray([[-0.5, 0.2], [0.0, -2.0]])
+    key = jax.random.key(3)
+    actions, log_prob = sac.sample_action(mean, log_std, key)
+    noise = jax.random.normal(key, mean.shape)
+    pre_tanh = np.asarray(mean + jnp.exp(log_std) * noise, np.float64)
+    std = np.exp(np.asarray(log_std, np.float64))
+    gaussian = -0.5 * ((pre_tanh - np.asarray(mean)) / std) ** 2 - np.log(std) - 0.5 * math.log(2 * math.pi)
+    expected = np.sum(gaussian - np.log(1.0 - np.tanh(pre_tanh) ** 2), axis=-1)
+    np.testing.assert_allclose(np.asarray(actions), np.tanh(pre_tanh), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(log_prob), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_log_std_stays_in_its_range():
+    mean, log_std = sac.squashed_gaussian(jnp.asarray([[0.0, 1e6], [1.0, -1e6]]), -5.0, 2.0)
+    np.testing.assert_allclose(np.asarray(mean)[:, 0], [0.0, 1.0])
+    np.testing.assert_allclose(np.asarray(log_std)[:, 0], [2.0, -5.0])
+
+
+def test_update_steps_every_part_and_polyak_averages_the_target():
+    spec = envs.env_spec("Pendulum-v1")
+    config = _config(**{"sparse.sparsity": 0.9, "sparse.update_period": 1})
+    agent = sac.make(config, spec)
+    state = agent.init(jax.random.key(0))
+    batch = _batch(spec, 32, jax.random.key(1))
+    new_state, metrics = jax.jit(agent.update)(state, batch, jax.random.key(2))
+    for name in ("loss/critic", "loss/actor", "loss/temperature", "alpha"):
+        assert np.isfinite(float(metrics[name])), name
+    assert int(new_state.step) == 1
+    assert float(new_state.log_alpha) != float(state.log_alpha)
+    tau = config.tau
+    jax.tree.map(
+        lambda new_target, old_target, online: np.testing.assert_allclose(
+            np.asarray(new_target), tau * np.asarray(online) + (1 - tau) * np.asarray(old_target), rtol=1e-5, atol=1e-7),
+        new_state.target_critic_params, state.target_critic_params, new_state.critic.params)
+    for network in ("actor", "critic"):
+        old, new = jax.tree.leaves(getattr(state, network).params), jax.tree.leaves(getattr(new_state, network).params)
+        assert any(not np.array_equal(a, b) for a, b in zip(old, new)), network
+
+
+# --- actions and sparsity, on built agents -------------------------------------------------------------------
+
+@pytest.mark.parametrize("env_id", ["HalfCheetah-v5", "dmc:cheetah-run"])
+def test_actions_have_the_env_shape_and_bounds(env_id):
+    spec = envs.env_spec(env_id)
+    assert spec.num_actions == 6
+    config = _config(learning_starts=100)
+    agent = sac.make(config, spec)
+    state = agent.init(jax.random.key(0))
+    # Large observations push the policy means far into the tanh tails: actions must still be in bounds.
+    observations = 100.0 * jax.random.normal(jax.random.key(1), (64, *spec.observation_shape))
+    observations = observations.astype(spec.observation_dtype)
+    act = jax.jit(agent.act, static_argnums=4)
+    for env_step, explore in ((0, True), (100, True), (0, False)):
+        actions = np.asarray(act(state, observations, jax.random.key(2), env_step, explore))
+        assert actions.shape == (64, 6)
+        assert actions.dtype == np.float32
+        assert np.all(actions >= spec.action_low) and np.all(actions <= spec.action_high)
+    evaluation = np.asarray(act(state, observations, jax.random.key(3), 1000, False))
+    np.testing.assert_array_equal(evaluation, np.asarray(act(state, observations, jax.random.key(4), 1000, False)))
+
+
+def test_random_actions_before_learning_starts_cover_the_bounds():
+    spec = envs.env_spec("Pendulum-v1")
+    agent = sac.make(_config(learning_starts=10), spec)
+    state = agent.init(jax.random.key(0))
+    observations = jnp.zeros((2000, *spec.observation_shape))
+    actions = np.asarray(agent.act(state, observations, jax.random.key(1), 0, True))
+    assert actions.min() < 0.95 * spec.action_low[0] and actions.max() > 0.95 * spec.action_high[0]
+    assert abs(actions.mean()) < 0.1
+
+
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        ({"sparse.sparsity": 0.8}, (0.8, 0.8)),
+        ({"sparse.sparsity": 0.8, "sparse.actor_sparsity": 0.0}, (0.0, 0.8)),
+        ({"sparse.actor_sparsity": 0.5, "sparse.critic_sparsity": 0.9}, (0.5, 0.9)),
+    ],
+)
+def test_actor_and_critic_take_their_own_sparsity(fields, expected):
+    spec = envs.env_spec("Pendulum-v1")
+    agent = sac.make(_config(**fields), spec)
+    state = agent.init(jax.random.key(0))
+    metrics = agent.measure(state, _batch(spec, 16, jax.random.key(1)))
+    assert float(metrics["sparsity/actor/total"]) == pytest.approx(expected[0], abs=0.005)
+    assert float(metrics["sparsity/critic/total"]) == pytest.approx(expected[1], abs=0.005)
+    assert "sparsity/critic/q1/dense_0" in metrics and "sparsity/critic/q2/output" in metrics
+    assert "dormant/0.1/actor/total" in metrics and "dormant/0.1/critic/q2/dense_1" in metrics
+
+
+def test_recycle_keeps_the_target_critic_on_the_online_values_it_rewrote():
+    spec = envs.env_spec("Pendulum-v1")
+    agent = sac.make(_config(**{"redo.tau": 1.5}), spec)  # every neuron scores below 1.5 somewhere: many recycled
+    state = agent.init(jax.random.key(0))
+    state = state.replace(target_critic_params=jax.tree.map(lambda p: p + 1.0, state.critic.params))
+    new_state, recycled = agent.recycle(state, _batch(spec, 64, jax.random.key(1)), jax.random.key(2))
+    assert int(recycled) > 0
+    changed = jax.tree.map(lambda old, new: np.asarray(old != new), state.critic.params, new_state.critic.params)
+    jax.tree.map(lambda target, online, mask: np.testing.assert_array_equal(np.asarray(target)[mask], np.asarray(online)[mask]),
+                 new_state.target_critic_params, new_state.critic.params, changed)
+
+
+# --- through the command line --------------------------------------------------------------------------------
+
+_SHORT = ("--config.batch_size=64", "--config.eval_episodes=1")
+
+
+def _run(tmp_path, *args):
+    result = run_train("--agent=sac", "--workdir", str(tmp_path), "--run_name=run", *_SHORT, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _csv(tmp_path, seed, kind="metrics"):
+    return read_csv(tmp_path / "run" / f"seed{seed}" / f"{kind}.csv")
+
+
+@pytest.mark.parametrize("env_id", ["HalfCheetah-v5", "dmc:cheetah-run"])
+def test_smoke_run(tmp_path, env_id):
+    _run(tmp_path, f"--env={env_id}", "--sparsity=0.9", "--steps=300", "--config.learning_starts=100",
+         "--config.log_every=100", "--config.sparse.update_period=50")
+    last = _csv(tmp_path, 0)[-1]
+    assert last["step"] == 300
+    for name in ("loss/critic", "loss/actor", "loss/temperature", "sparsity/actor/total", "sparsity/critic/total"):
+        assert np.isfinite(last[name]), name
+    assert last["sparsity/critic/total"] == pytest.approx(0.9, abs=0.005)
+    assert np.isfinite(_csv(tmp_path, 0, "eval")[-1]["eval/episode_return"])
+
+
+def test_actor_and_critic_sparsities_are_honoured_separately(tmp_path):
+    _run(tmp_path, "--actor_sparsity=0.5", "--critic_sparsity=0.9", "--steps=400", "--config.learning_starts=100",
+         "--config.log_every=200", "--config.sparse.update_period=50", "--eval_every=400")
+    last = _csv(tmp_path, 0)[-1]
+    assert last["step"] == 400
+    assert last["sparsity/actor/total"] == pytest.approx(0.5, abs=0.005)
+    assert last["sparsity/critic/total"] == pytest.approx(0.9, abs=0.005)
+
+
+def test_two_seeds_in_one_process_equal_two_single_seed_runs(tmp_path):
+    common = ("--sparsity=0.9", "--steps=1000", "--config.learning_starts=300", "--config.log_every=350",
+              "--config.sparse.update_period=200", "--eval_every=1000", "--config.eval_episodes=2")
+    _run(tmp_path / "both", "--num_seeds=2", *common)
+    for seed in (0, 1):
+        _run(tmp_path / f"single{seed}", f"--seed={seed}", *common)
+        for kind in ("metrics", "eval"):
+            both = _csv(tmp_path / "both", seed, kind)
+            single = _csv(tmp_path / f"single{seed}", seed, kind)
+            assert len(both) == len(single) > 0
+            for row_both, row_single in zip(both, single):
+                assert row_both.keys() == row_single.keys()
+                for name in row_both:
+                    if name != "sps":
+                        np.testing.assert_equal(row_both[name], row_single[name], err_msg=f"seed {seed} {kind} {name}")
+
+
+# --- learning ------------------------------------------------------------------------------------------------
+
+_LEARNING_RUNS = {"rigl_0.9": ("--sparsity=0.9",), "dense": ()}
+
+
+@pytest.fixture(scope="module")
+def pendulum_runs(tmp_path_factory):
+    """Both Pendulum-v1 learning runs, started side by side (the CLI; seed 0, 15k steps, eval every 2.5k)."""
+    workdir = tmp_path_factory.mktemp("sac_pendulum")
+
+    def train(name):
+        return run_train("--agent=sac", "--seed=0", "--steps=15000", "--eval_every=2500",
+                         "--workdir", str(workdir), f"--run_name={name}", *_LEARNING_RUNS[name])
+
+    with concurrent.futures.ThreadPoolExecutor(len(_LEARNING_RUNS)) as pool:
+        results = dict(zip(_LEARNING_RUNS, pool.map(train, _LEARNING_RUNS)))
+    return workdir, results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(_LEARNING_RUNS))
+def test_pendulum_learns(pendulum_runs, name):
+    workdir, results = pendulum_runs
+    assert results[name].returncode == 0, results[name].stderr[-3000:]
+    evals = read_csv(os.path.join(workdir, name, "seed0", "eval.csv"))
+    returns = [row["eval/episode_return"] for row in evals]
+    assert max(returns) >= -400, returns
+    if name != "dense":
+        last = read_csv(os.path.join(workdir, name, "seed0", "metrics.csv"))[-1]
+        assert last["sparsity/critic/total"] == pytest.approx(0.9, abs=0.005)
