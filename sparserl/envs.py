@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import pickle
 import warnings
 from typing import NamedTuple, Sequence
 
@@ -396,6 +397,19 @@ class SeedEnvs:
             episode_return=self._unflatten(episode_return),
             episode_length=self._unflatten(episode_length),
         )
+
+    def seed_state(self, index: int) -> bytes | None:
+        """The pickled envs of seed ``index`` (for a checkpoint), or None where an env cannot be pickled."""
+        per_seed = self._batch_shape[1]
+        try:
+            return pickle.dumps(self._envs.envs[index * per_seed:(index + 1) * per_seed])
+        except Exception:  # e.g. emulator or physics handles without pickle support
+            return None
+
+    def restore_seed_state(self, index: int, state: bytes) -> None:
+        """Puts back the envs of seed ``index`` saved by ``seed_state``, mid-episode."""
+        per_seed = self._batch_shape[1]
+        self._envs.envs[index * per_seed:(index + 1) * per_seed] = pickle.loads(state)
 
     def close(self) -> None:
         self._envs.close()

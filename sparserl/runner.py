@@ -9,6 +9,7 @@ jit), and picks the next actions. Only observations and actions cross between
 host and device in the loop; metrics are fetched at log time.
 """
 
+import dataclasses
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -17,7 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sparserl import dormancy, replay as replay_lib
+from sparserl import checkpoint as checkpoint_lib, dormancy, replay as replay_lib
+from sparserl.checkpoint import Checkpointer
 from sparserl.agent import Agent
 from sparserl.envs import EnvSpec, SeedEnvs
 from sparserl.logging import MetricsWriter, ProgressPrinter
@@ -52,7 +54,7 @@ def make_off_policy_step(agent: Agent, config: ml_collections.ConfigDict, state_
     """The jitted per-env-step function of DQN and SAC: store, learn when due, recycle when due, act."""
     recycle_schedule = dormancy.RecycleSchedule(period=config.redo.period)
 
-    def step(state, replay, transition, observations, env_step):
+    def step(state, replay, transition, observations, env_step, learn_from):
         replay = replay_lib.add(replay, transition)
         state, sample_key = _split_rng(state)
         state, update_key = _split_rng(state)
@@ -65,7 +67,7 @@ def make_off_policy_step(agent: Agent, config: ml_collections.ConfigDict, state_
         def skip(state):
             return state, nan_like(jax.eval_shape(learn, state)[1])
 
-        is_learning_step = (env_step >= config.learning_starts) & (env_step % config.train_every == 0)
+        is_learning_step = (env_step >= learn_from) & (env_step % config.train_every == 0)
         state, metrics = jax.lax.cond(is_learning_step, learn, skip, state)
 
         recycled = jnp.zeros((), jnp.int32)
@@ -80,7 +82,7 @@ def make_off_policy_step(agent: Agent, config: ml_collections.ConfigDict, state_
         actions = agent.act(state, observations, act_key, env_step + 1, True)
         return state, replay, actions, metrics, recycled
 
-    batched = jax.vmap(step, in_axes=(state_axes, 0, 0, 0, None), out_axes=(state_axes, 0, 0, 0, 0))
+    batched = jax.vmap(step, in_axes=(state_axes, 0, 0, 0, None, None), out_axes=(state_axes, 0, 0, 0, 0))
     return jax.jit(batched, donate_argnums=(0, 1))
 
 
@@ -92,16 +94,16 @@ def make_actor(agent: Agent, state_axes: Any, explore: bool) -> Callable:
     )
 
 
-def evaluate(actor: Callable, state: Any, config: ml_collections.ConfigDict, seeds, eval_index: int) -> np.ndarray:
+def evaluate(actor: Callable, state: Any, config: ml_collections.ConfigDict, seeds, eval_step: int) -> np.ndarray:
     """Mean return of `config.eval_episodes` evaluation episodes per seed (one env per episode, run side by side).
 
-    Eval envs and keys are functions of (seed, eval_index) only, so the result
-    does not depend on which other seeds share the process.
+    Eval envs and keys are functions of (seed, eval_step) only, so the result
+    does not depend on which other seeds share the process, nor on a resume.
     """
-    envs = SeedEnvs(config.env, [seed + 1_000_003 * (eval_index + 1) for seed in seeds], config.eval_episodes)
+    envs = SeedEnvs(config.env, [seed + 1_000_003 * (eval_step + 1) for seed in seeds], config.eval_episodes)
     observations = envs.reset()
     returns = np.full(observations.shape[:2], np.nan)
-    keys = jax.vmap(lambda seed: jax.random.fold_in(jax.random.key(seed), eval_index))(jnp.asarray(seeds, jnp.uint32))
+    keys = jax.vmap(lambda seed: jax.random.fold_in(jax.random.key(seed), eval_step))(jnp.asarray(seeds, jnp.uint32))
     while np.isnan(returns).any():
         keys, act_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
         actions = np.asarray(actor(state, observations, act_keys, 0))
@@ -126,74 +128,172 @@ def _host(tree: Any) -> Any:
     return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
-def run_off_policy(agent: Agent, config: ml_collections.ConfigDict, seeds, writers: list[MetricsWriter],
-                   progress: ProgressPrinter, env_spec: EnvSpec) -> None:
-    """Trains one agent per seed for `config.steps` env steps, logging every `log_every` and evaluating every `eval_every`."""
+class TrainingDiverged(RuntimeError):
+    """A loss or a parameter became NaN or infinite."""
+
+
+@jax.jit
+def _params_finite(state: Any) -> jax.Array:
+    floats = [leaf for leaf in jax.tree.leaves(state) if jnp.issubdtype(leaf.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in floats]))
+
+
+@dataclasses.dataclass
+class Run:
+    """Where a loop writes: one seed directory per seed, its writers, the console and checkpoints."""
+
+    seeds: list[int]
+    writers: list[MetricsWriter]
+    progress: ProgressPrinter
+    checkpointer: Checkpointer
+    resume_step: int | None = None
+
+
+class Recorder:
+    """Host-side bookkeeping shared by both loops: episode returns between logs, ReDo counts,
+    metric rows, console progress, evaluations, NaN checks and checkpoints."""
+
+    def __init__(self, config: ml_collections.ConfigDict, run: Run, eval_actor: Callable):
+        self.config, self.run, self.eval_actor = config, run, eval_actor
+        self.window_returns: list[list[float]] = [[] for _ in run.seeds]
+        self.recycled_total = np.zeros(len(run.seeds), np.int64)
+        self.window_start = run.resume_step or 0
+        self.window_time = time.perf_counter()
+
+    def add_episodes(self, episode_return: np.ndarray) -> None:
+        """Records the returns of the episodes that ended ([seeds, envs], NaN where none ended)."""
+        for seed_index, env_index in zip(*np.nonzero(~np.isnan(episode_return))):
+            self.window_returns[seed_index].append(float(episode_return[seed_index, env_index]))
+
+    def log(self, done: int, update_metrics: dict, network_metrics: dict, final: bool) -> None:
+        """Writes one metrics row per seed; stops the run if a loss is NaN or infinite."""
+        for name, values in update_metrics.items():
+            for seed_index, value in enumerate(np.atleast_1d(values)):
+                if name.startswith("loss/") and not np.isfinite(value):
+                    raise TrainingDiverged(f"step {done:,}: {name} is {value} for seed {self.run.seeds[seed_index]}")
+        sps = (done - self.window_start) / max(time.perf_counter() - self.window_time, 1e-9)
+        rows = []
+        for seed_index, writer in enumerate(self.run.writers):
+            returns = self.window_returns[seed_index]
+            row = {"train/episode_return": np.mean(returns) if returns else np.nan}
+            row.update({name: value[seed_index] for name, value in update_metrics.items()})
+            row["sps"] = sps
+            row.update({name: value[seed_index] for name, value in network_metrics.items()})
+            if self.config.redo.enabled:
+                row["redo/recycled"] = self.recycled_total[seed_index]
+            writer.write(done, row)
+            rows.append(row)
+        self.run.progress.update(done, _mean_over_seeds(rows), final=final)
+        self.window_returns = [[] for _ in self.run.seeds]
+        self.window_start, self.window_time = done, time.perf_counter()
+
+    def evaluate(self, state: Any, done: int) -> None:
+        started = time.perf_counter()
+        returns = evaluate(self.eval_actor, state, self.config, self.run.seeds, done)
+        for seed_index, writer in enumerate(self.run.writers):
+            writer.write(done, {"eval/episode_return": returns[seed_index]}, kind="eval")
+        print(f"  eval at step {done:,}: return {np.mean(returns):.1f} (mean of {len(returns)} seed(s))", flush=True)
+        self.window_time += time.perf_counter() - started
+
+    def checkpoint(self, done: int, arrays: Any, axes: Any, loop_states: list[dict]) -> None:
+        """Saves every seed's arrays and loop state, after checking that every parameter is finite."""
+        if not bool(_params_finite(arrays)):
+            raise TrainingDiverged(f"step {done:,}: a parameter is NaN or infinite")
+        started = time.perf_counter()
+        for writer in self.run.writers:
+            writer.flush()
+        self.run.checkpointer.save(
+            done,
+            [checkpoint_lib.seed_slice(arrays, i, axes) for i in range(len(self.run.seeds))],
+            [dict(state, window_returns=self.window_returns[i], recycled_total=int(self.recycled_total[i]))
+             for i, state in enumerate(loop_states)],
+        )
+        self.window_time += time.perf_counter() - started
+
+    def restore(self, templates: Any, axes: Any) -> tuple[Any, list[dict]]:
+        """Arrays (stacked over seeds) and per-seed loop states of checkpoint `run.resume_step`."""
+        per_seed = [checkpoint_lib.seed_slice(templates, i, axes) for i in range(len(self.run.seeds))]
+        arrays, loop_states = self.run.checkpointer.restore(self.run.resume_step, per_seed)
+        for seed_index, loop_state in enumerate(loop_states):
+            self.window_returns[seed_index] = loop_state.pop("window_returns")
+            self.recycled_total[seed_index] = loop_state.pop("recycled_total")
+        return checkpoint_lib.stack_seeds(arrays, axes), loop_states
+
+
+def _restore_envs(envs: SeedEnvs, loop_states: list[dict], observations: np.ndarray, actions: np.ndarray):
+    """Puts the envs back mid-episode; where an env could not be saved, every seed starts new episodes."""
+    if any(loop_state["envs"] is None for loop_state in loop_states):
+        print("  note: this env's state cannot be checkpointed; the resumed run starts new episodes", flush=True)
+        return observations, actions
+    for seed_index, loop_state in enumerate(loop_states):
+        envs.restore_seed_state(seed_index, loop_state["envs"])
+    return np.stack([s["observation"] for s in loop_states]), np.stack([s["pending_action"] for s in loop_states])
+
+
+def run_off_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: EnvSpec, run: Run) -> None:
+    """Trains one agent per seed for `config.steps` env steps: logs every `log_every`, evaluates every
+    `eval_every`, checkpoints every `checkpoint_every` and at the end; resumes from `run.resume_step`."""
+    seeds = run.seeds
     state = init_states(agent, seeds)
     state_axes = seed_axes(state)
     train_step = make_off_policy_step(agent, config, state_axes)
     measure = jax.jit(jax.vmap(
         lambda state, replay, key: agent.measure(state, replay_lib.sample(replay, key, config.redo.batch_size)),
         in_axes=(state_axes, 0, 0)))
-    explore_actor = make_actor(agent, state_axes, explore=True)
-    eval_actor = make_actor(agent, state_axes, explore=False)
+    recorder = Recorder(config, run, make_actor(agent, state_axes, explore=False))
 
-    num_seeds = len(seeds)
     action_shape = () if env_spec.discrete else (env_spec.num_actions,)
     action_dtype = jnp.int32 if env_spec.discrete else jnp.float32
     replay = jax.vmap(lambda _: replay_lib.init(
         config.replay_capacity, env_spec.observation_shape, env_spec.observation_dtype, action_shape, action_dtype
-    ))(jnp.arange(num_seeds))
+    ))(jnp.arange(len(seeds)))
     envs = SeedEnvs(config.env, seeds)
     observations = envs.reset()
     first_keys = jax.vmap(lambda seed: jax.random.fold_in(jax.random.key(seed), 2**31 - 1))(jnp.asarray(seeds, jnp.uint32))
-    actions = explore_actor(state, observations, first_keys, 0)
+    actions = np.asarray(make_actor(agent, state_axes, explore=True)(state, observations, first_keys, 0))
 
-    window_returns: list[list[float]] = [[] for _ in seeds]
-    last_metrics, recycled_total = None, np.zeros(num_seeds, np.int64)
-    window_start, window_time = 0, time.perf_counter()
-    for env_step in range(config.steps):
-        host_actions = np.asarray(actions)
-        result = envs.step(host_actions)
+    start, learn_from = 0, config.learning_starts
+    arrays, array_axes = {"state": state}, {"state": state_axes}
+    if config.checkpoint_replay:
+        arrays["replay"], array_axes["replay"] = replay, jax.tree.map(lambda _: 0, replay)
+    if run.resume_step is not None:
+        arrays, loop_states = recorder.restore(arrays, array_axes)
+        state, replay = arrays["state"], arrays.get("replay", replay)
+        start = run.resume_step
+        if not config.checkpoint_replay:
+            learn_from = start + config.learning_starts
+            print(f"  the replay buffer was not checkpointed: it refills until step {learn_from:,}", flush=True)
+        observations, actions = _restore_envs(envs, loop_states, observations, actions)
+
+    last_metrics = None
+    for env_step in range(start, config.steps):
+        result = envs.step(actions)
         transition = replay_lib.Transition(
-            observations[:, 0], host_actions[:, 0], result.reward[:, 0], result.next_observation[:, 0], result.terminated[:, 0]
+            observations[:, 0], actions[:, 0], result.reward[:, 0], result.next_observation[:, 0], result.terminated[:, 0]
         )
-        state, replay, actions, update_metrics, recycled = train_step(state, replay, transition, result.observation, env_step)
+        state, replay, actions, update_metrics, recycled = train_step(
+            state, replay, transition, result.observation, env_step, learn_from
+        )
         observations = result.observation
-        if env_step >= config.learning_starts:
+        if env_step >= learn_from:
             last_metrics = update_metrics
-        recycled_total += np.asarray(recycled) if config.redo.enabled else 0
-        for seed_index, episode_return in enumerate(result.episode_return[:, 0]):
-            if not np.isnan(episode_return):
-                window_returns[seed_index].append(float(episode_return))
+        if config.redo.enabled:
+            recorder.recycled_total += np.asarray(recycled)
+        actions = np.asarray(actions)
+        recorder.add_episodes(result.episode_return)
 
         done = env_step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            now = time.perf_counter()
-            sps = (done - window_start) / max(now - window_time, 1e-9)
+        final = done == config.steps
+        if done % config.log_every == 0 or final:
             keys = jax.vmap(lambda seed: jax.random.fold_in(jax.random.key(seed), done))(jnp.asarray(seeds, jnp.uint32))
-            network_metrics = _host(measure(state, replay, keys))
-            update_host = _host(last_metrics) if last_metrics is not None else {}
-            rows = []
-            for seed_index, writer in enumerate(writers):
-                row = {"train/episode_return": np.mean(window_returns[seed_index]) if window_returns[seed_index] else np.nan}
-                row.update({name: value[seed_index] for name, value in update_host.items()})
-                row["sps"] = sps
-                row.update({name: value[seed_index] for name, value in network_metrics.items()})
-                if config.redo.enabled:
-                    row["redo/recycled"] = recycled_total[seed_index]
-                writer.write(done, row)
-                rows.append(row)
-            progress.update(done, _mean_over_seeds(rows), final=done == config.steps)
-            window_returns = [[] for _ in seeds]
-            window_start, window_time = done, time.perf_counter()
-        if done % config.eval_every == 0 or done == config.steps:
-            eval_start = time.perf_counter()
-            eval_returns = evaluate(eval_actor, state, config, seeds, done // config.eval_every)
-            for seed_index, writer in enumerate(writers):
-                writer.write(done, {"eval/episode_return": eval_returns[seed_index]}, kind="eval")
-            print(f"  eval at step {done:,}: return {np.mean(eval_returns):.1f} (mean of {len(seeds)} seed(s))", flush=True)
-            window_time += time.perf_counter() - eval_start
+            recorder.log(done, _host(last_metrics) if last_metrics is not None else {}, _host(measure(state, replay, keys)), final)
+        if done % config.eval_every == 0 or final:
+            recorder.evaluate(state, done)
+        if done % config.checkpoint_every == 0 or final:
+            arrays = {"state": state, "replay": replay} if config.checkpoint_replay else {"state": state}
+            loop_states = [{"envs": envs.seed_state(i), "observation": observations[i], "pending_action": actions[i]}
+                           for i in range(len(seeds))]
+            recorder.checkpoint(done, arrays, array_axes, loop_states)
     envs.close()
 
 
@@ -212,21 +312,22 @@ class Rollout(NamedTuple):
     next_observation: Any
 
 
-def run_on_policy(agent: Agent, config: ml_collections.ConfigDict, seeds, writers: list[MetricsWriter],
-                  progress: ProgressPrinter, env_spec: EnvSpec) -> None:
+def run_on_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: EnvSpec, run: Run) -> None:
     """Trains one on-policy agent (PPO) per seed for at least `config.steps` env steps (whole rollouts).
 
     Each rollout is `config.num_envs` envs per seed x `config.rollout_steps`
     steps, collected on the host with one jitted vmapped `act` per env step,
-    then one jitted vmapped `update` of the whole rollout. Metrics are logged
-    after the first rollout that reaches each multiple of `log_every`, evaluations
-    likewise for `eval_every`, and both after the last rollout.
+    then one jitted vmapped `update` of the whole rollout. After the rollout
+    that reaches a multiple of `log_every` / `eval_every` / `checkpoint_every`
+    (and after the last one) it logs / evaluates / checkpoints; checkpoints sit
+    on rollout boundaries, so a resume starts a fresh rollout.
     """
+    seeds = run.seeds
     state = init_states(agent, seeds)
     state_axes = seed_axes(state)
     num_seeds, num_envs, num_steps = len(seeds), config.num_envs, config.rollout_steps
     explore_actor = make_actor(agent, state_axes, explore=True)
-    eval_actor = make_actor(agent, state_axes, explore=False)
+    recorder = Recorder(config, run, make_actor(agent, state_axes, explore=False))
 
     def draw_act_keys(state):
         state, key = _split_rng(state)
@@ -242,6 +343,12 @@ def run_on_policy(agent: Agent, config: ml_collections.ConfigDict, seeds, writer
 
     envs = SeedEnvs(config.env, seeds, num_envs)
     observations = envs.reset()
+    done = 0
+    if run.resume_step is not None:
+        arrays, loop_states = recorder.restore({"state": state}, {"state": state_axes})
+        state, done = arrays["state"], run.resume_step
+        observations, _ = _restore_envs(envs, loop_states, observations, None)
+
     action_shape = () if env_spec.discrete else (env_spec.num_actions,)
     buffers = Rollout(
         observation=np.zeros((num_seeds, num_steps, *observations.shape[1:]), observations.dtype),
@@ -251,15 +358,10 @@ def run_on_policy(agent: Agent, config: ml_collections.ConfigDict, seeds, writer
         truncated=np.zeros((num_seeds, num_steps, num_envs), bool),
         next_observation=np.zeros((num_seeds, num_steps, *observations.shape[1:]), observations.dtype),
     )
-
-    window_returns: list[list[float]] = [[] for _ in seeds]
-    recycled_total = np.zeros(num_seeds, np.int64)
-    done, eval_index = 0, 0
-    next_log, next_eval = config.log_every, config.eval_every
-    window_start, window_time = 0, time.perf_counter()
     while done < config.steps:
         state, act_keys = draw_keys(state)
         act_keys = np.asarray(act_keys)
+        start = done
         for t in range(num_steps):
             actions = np.asarray(explore_actor(state, observations, act_keys[:, t], done))
             env_actions = actions if env_spec.discrete else np.clip(actions, env_spec.action_low, env_spec.action_high)
@@ -270,45 +372,24 @@ def run_on_policy(agent: Agent, config: ml_collections.ConfigDict, seeds, writer
             buffers.terminated[:, t] = result.terminated
             buffers.truncated[:, t] = result.truncated
             buffers.next_observation[:, t] = result.next_observation
-            for seed_index, env_index in zip(*np.nonzero(~np.isnan(result.episode_return))):
-                window_returns[seed_index].append(float(result.episode_return[seed_index, env_index]))
+            recorder.add_episodes(result.episode_return)
             observations = result.observation
             done += num_envs
         state, update_metrics = update(state, buffers)
         update_metrics = _host(update_metrics)
         if "redo/recycled" in update_metrics:
-            recycled_total += update_metrics.pop("redo/recycled").astype(np.int64)
+            recorder.recycled_total += update_metrics.pop("redo/recycled").astype(np.int64)
 
         final = done >= config.steps
-        if done >= next_log or final:
-            now = time.perf_counter()
-            sps = (done - window_start) / max(now - window_time, 1e-9)
-            network_metrics = _host(measure(state, buffers))
-            rows = []
-            for seed_index, writer in enumerate(writers):
-                row = {"train/episode_return": np.mean(window_returns[seed_index]) if window_returns[seed_index] else np.nan}
-                row.update({name: value[seed_index] for name, value in update_metrics.items()})
-                row["sps"] = sps
-                row.update({name: value[seed_index] for name, value in network_metrics.items()})
-                if config.redo.enabled:
-                    row["redo/recycled"] = recycled_total[seed_index]
-                writer.write(done, row)
-                rows.append(row)
-            progress.update(done, _mean_over_seeds(rows), final=final)
-            window_returns = [[] for _ in seeds]
-            while next_log <= done:
-                next_log += config.log_every
-            window_start, window_time = done, time.perf_counter()
-        if done >= next_eval or final:
-            eval_start = time.perf_counter()
-            eval_index += 1
-            eval_returns = evaluate(eval_actor, state, config, seeds, eval_index)
-            for seed_index, writer in enumerate(writers):
-                writer.write(done, {"eval/episode_return": eval_returns[seed_index]}, kind="eval")
-            print(f"  eval at step {done:,}: return {np.mean(eval_returns):.1f} (mean of {len(seeds)} seed(s))", flush=True)
-            while next_eval <= done:
-                next_eval += config.eval_every
-            window_time += time.perf_counter() - eval_start
+        reached = lambda every: done // every > start // every  # noqa: E731
+        if reached(config.log_every) or final:
+            recorder.log(done, update_metrics, _host(measure(state, buffers)), final)
+        if reached(config.eval_every) or final:
+            recorder.evaluate(state, done)
+        if reached(config.checkpoint_every) or final:
+            loop_states = [{"envs": envs.seed_state(i), "observation": observations[i], "pending_action": None}
+                           for i in range(num_seeds)]
+            recorder.checkpoint(done, {"state": state}, {"state": state_axes}, loop_states)
     envs.close()
 
 

@@ -284,21 +284,36 @@ def main(argv: list[str]) -> None:
         _usage_exit(str(error))
 
     # Imported only now, so that a mistake is reported before JAX and the libraries load.
-    from sparserl import runner
+    from sparserl import checkpoint, runner
     from sparserl.logging import MetricsWriter, ProgressPrinter, atomic_write_text
 
+    seed_dirs = [os.path.join(run_dir, f"seed{seed}") for seed in seeds]
+    resume_step = checkpoint.latest_common_step(seed_dirs) if all(map(os.path.isdir, seed_dirs)) else None
     writers = []
-    for seed in seeds:
-        seed_dir = os.path.join(run_dir, f"seed{seed}")
+    for seed, seed_dir in zip(seeds, seed_dirs):
         os.makedirs(seed_dir, exist_ok=True)
         atomic_write_text(os.path.join(seed_dir, "config.json"), json.dumps(seed_config(config, seed), indent=2, sort_keys=True))
-        writers.append(MetricsWriter(seed_dir, seed))
+        writers.append(MetricsWriter(seed_dir, seed, resume_step=resume_step))
     print(describe(config, run_dir), flush=True)
-    progress = ProgressPrinter(f"{config.agent} {config.env}", config.steps)
-    run_loop = runner.LOOPS[agent_module.LOOP]
-    run_loop(agent, config, seeds, writers, progress, env_spec)
-    for writer in writers:
-        writer.close()
+    if resume_step is not None:
+        print(f"resuming from the checkpoint of step {resume_step:,}", flush=True)
+    run = runner.Run(
+        seeds=seeds,
+        writers=writers,
+        progress=ProgressPrinter(f"{config.agent} {config.env}", config.steps),
+        checkpointer=checkpoint.Checkpointer(seed_dirs, config.checkpoints_to_keep),
+        resume_step=resume_step,
+    )
+    try:
+        runner.LOOPS[agent_module.LOOP](agent, config, env_spec, run)
+    except runner.TrainingDiverged as error:
+        last = checkpoint.latest_common_step(seed_dirs)
+        kept = f"the last good checkpoint is step {last:,}" if last is not None else "no checkpoint was written"
+        print(f"error: training diverged at {error}; stopped, {kept}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    finally:
+        for writer in writers:
+            writer.close()
     print(f"done: {run_dir}", flush=True)
 
 

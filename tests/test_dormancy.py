@@ -21,21 +21,66 @@ from sparserl.networks import ACTIVATIONS, MLP, NatureCNN, TwinCritic
 from sparserl.sparse import SparsityConfig, sparse_optimizer
 
 
-MLP_NETWORK = MLP((16, 12), 3)
-# Two convs (conv -> conv rows are kernel[:, :, c, :]) and a 3x3x6 flatten into dense_0.
-SMALL_CNN = NatureCNN(3, conv_features=(8, 6), kernel_sizes=(3, 3), strides=(1, 1), dense_sizes=(16,))
 STATIC_HALF = SparsityConfig(method="static", sparsity=0.5)
 
-# name -> (network, input shapes without batch, {layer: neurons planted dead})
-PLANTED = {
-    "mlp": (MLP_NETWORK, [(5,)], {"dense_0": [2, 5], "dense_1": [3]}),
-    "cnn": (SMALL_CNN, [(7, 7, 2)], {"conv_0": [2], "conv_1": [4], "dense_0": [3]}),
-    "twin_critic": (TwinCritic((8, 8)), [(5,), (2,)], {"q1/dense_0": [1], "q2/dense_1": [0, 6]}),
+# name -> (network, input shapes without the batch axis, sparsity)
+NETWORKS = {
+    "mlp": (MLP((16, 12), 3), [(5,)], STATIC_HALF),
+    # Two convs (conv -> conv outgoing weights are kernel[:, :, c, :]), then a 3x3x6 flatten into dense_0.
+    "cnn": (NatureCNN(3, conv_features=(8, 6), kernel_sizes=(3, 3), strides=(1, 1), dense_sizes=(16,)), [(7, 7, 2)], STATIC_HALF),
+    "twin_critic": (TwinCritic((8, 8)), [(5,), (2,)], STATIC_HALF),
+    # A 2x2x3 conv output flattened into 12 rows of dense_0.
+    "tiny_cnn": (NatureCNN(2, conv_features=(3,), kernel_sizes=(1,), strides=(1,), dense_sizes=(4,)), [(2, 2, 1)], SparsityConfig()),
 }
+# name -> {layer: neurons made dead}
+PLANTED_DEAD = {
+    "mlp": {"dense_0": [2, 5], "dense_1": [3]},
+    "cnn": {"conv_0": [2], "conv_1": [4], "dense_0": [3]},
+    "twin_critic": {"q1/dense_0": [1], "q2/dense_1": [0, 6]},
+}
+ADAM_STEPS = 3
 
 
-def random_inputs(shapes, seed, batch=16):
-    return tuple(jax.random.normal(jax.random.key(seed * 10 + i), (batch,) + shape) for i, shape in enumerate(shapes))
+@functools.cache
+def sparse_trainer(name):
+    """A jitted seed -> (inputs, params, SparseOptState) after ADAM_STEPS real Adam steps (non-zero moments)."""
+    network, shapes, config = NETWORKS[name]
+    optimizer = sparse_optimizer(optax.adam(1e-2), config)
+
+    @jax.jit
+    def train(seed):
+        keys = jax.random.split(jax.random.key(seed), len(shapes) + 3)
+        inputs = tuple(jax.random.normal(key, (16,) + shape) for key, shape in zip(keys, shapes))
+        params, opt_state = optimizer.init(keys[-3], network.init(keys[-2], *inputs)["params"])
+        targets = jax.random.normal(keys[-1], network.apply({"params": params}, *inputs).shape)
+
+        def loss(params):
+            return jnp.mean((network.apply({"params": params}, *inputs) - targets) ** 2)
+
+        def step(step, carry):
+            params, opt_state = carry
+            return optimizer.apply_gradients(step, params, jax.grad(loss)(params), opt_state, jax.random.key(step))
+
+        return (inputs,) + jax.lax.fori_loop(1, ADAM_STEPS + 1, step, (params, opt_state))
+
+    return train
+
+
+@functools.cache
+def trained(name, seed):
+    return sparse_trainer(name)(seed)
+
+
+def init_fn(name):
+    """`init_params` for recycle: a fresh init of the named network."""
+    network, shapes, _ = NETWORKS[name]
+    inputs = tuple(jnp.zeros((1,) + shape) for shape in shapes)
+    return lambda key: network.init(key, *inputs)["params"]
+
+
+def scores_of(name, params, inputs):
+    _, state = NETWORKS[name][0].apply({"params": params}, *inputs, mutable=[ACTIVATIONS])
+    return layer_scores(state[ACTIVATIONS])
 
 
 def post_activations(**layers):
@@ -82,12 +127,9 @@ def test_conv_scores_are_per_channel():
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "twin_critic"])
 def test_scores_have_mean_one_per_layer(name):
-    network, shapes, _ = PLANTED[name]
-    inputs = random_inputs(shapes, seed=0)
-    params = network.init(jax.random.key(0), *inputs)["params"]
-    _, state = network.apply({"params": params}, *inputs, mutable=[ACTIVATIONS])
-    scores = layer_scores(state[ACTIVATIONS])
-    expected_layers = {layer for chain in network.chains() for layer in chain[:-1]}
+    inputs, params, _ = trained(name, 0)
+    scores = scores_of(name, params, inputs)
+    expected_layers = {layer for chain in NETWORKS[name][0].chains() for layer in chain[:-1]}
     assert set(scores) == expected_layers
     for layer, layer_score in scores.items():
         assert layer_score.shape == (get_layer(params, layer)["bias"].shape[0],)
@@ -128,25 +170,6 @@ def test_fraction_keys_and_thresholds():
 # ---------------------------------------------------------------- ReDo on a sparse MLP
 
 
-def trained_sparse_setup(network, inputs, seed, config=STATIC_HALF, steps=2):
-    """Params and SparseOptState after `steps` real Adam steps, so Adam's moments are non-zero."""
-    optimizer = sparse_optimizer(optax.adam(1e-2), config)
-    params = network.init(jax.random.key(seed), *inputs)["params"]
-    params, opt_state = optimizer.init(jax.random.key(seed + 100), params)
-    targets = jax.random.normal(jax.random.key(seed + 200), network.apply({"params": params}, *inputs).shape)
-
-    def loss(params):
-        return jnp.mean((network.apply({"params": params}, *inputs) - targets) ** 2)
-
-    for step in range(1, steps + 1):
-        params, opt_state = optimizer.apply_gradients(step, params, jax.grad(loss)(params), opt_state, jax.random.key(step))
-    return params, opt_state
-
-
-def init_fn(network, inputs):
-    return lambda key: network.init(key, *inputs)["params"]
-
-
 def adam_state(opt_state):
     """(count, mu, nu) of the Adam state inside a SparseOptState."""
     adam = opt_state.inner[0]
@@ -154,15 +177,14 @@ def adam_state(opt_state):
 
 
 def test_recycle_rewrites_exactly_the_recycled_neurons():
-    inputs = random_inputs([(5,)], seed=0)
-    params, opt_state = trained_sparse_setup(MLP_NETWORK, inputs, seed=0)
+    _, params, opt_state = trained("mlp", 0)
     masks = opt_state.masks
     recycled = {"dense_0": [1, 4], "dense_1": [0, 4, 7]}
     scores = {layer: jnp.ones(size).at[jnp.array(recycled[layer])].set(0.05) for layer, size in (("dense_0", 16), ("dense_1", 12))}
     key = jax.random.key(42)
-    init_params = init_fn(MLP_NETWORK, inputs)
+    init_params = init_fn("mlp")
 
-    result = recycle(params, opt_state, scores, key, init_params=init_params, chains=MLP_NETWORK.chains(), tau=0.1)
+    result = recycle(params, opt_state, scores, key, init_params=init_params, chains=NETWORKS["mlp"][0].chains(), tau=0.1)
     fresh = init_params(key)
     assert int(result.num_recycled) == 5
 
@@ -190,7 +212,7 @@ def test_recycle_rewrites_exactly_the_recycled_neurons():
 
     count, mu, nu = adam_state(opt_state)
     new_count, new_mu, new_nu = adam_state(result.opt_state)
-    assert int(new_count) == int(count) == 2
+    assert int(new_count) == int(count) == ADAM_STEPS
     for old, new in ((mu, new_mu), (nu, new_nu)):
         # The moments were non-zero on touched entries before, so zeroing them is observable.
         assert any(np.any(np.asarray(o)[t] != 0) for o, t in zip(jax.tree.leaves(old), jax.tree.leaves(touched)))
@@ -198,10 +220,9 @@ def test_recycle_rewrites_exactly_the_recycled_neurons():
 
 
 def test_nothing_dormant_changes_nothing():
-    inputs = random_inputs([(5,)], seed=0)
-    params, opt_state = trained_sparse_setup(MLP_NETWORK, inputs, seed=0)
+    _, params, opt_state = trained("mlp", 0)
     scores = {"dense_0": jnp.ones(16), "dense_1": jnp.ones(12)}
-    result = recycle(params, opt_state, scores, jax.random.key(1), init_params=init_fn(MLP_NETWORK, inputs), chains=MLP_NETWORK.chains())
+    result = recycle(params, opt_state, scores, jax.random.key(1), init_params=init_fn("mlp"), chains=NETWORKS["mlp"][0].chains())
     assert int(result.num_recycled) == 0
     jax.tree.map(np.testing.assert_array_equal, result.params, params)
     jax.tree.map(np.testing.assert_array_equal, result.opt_state, opt_state)
@@ -232,24 +253,20 @@ def plant_dead_neurons(params, dead):
 
 @functools.cache
 def dead_setup(name, seed):
-    network, shapes, dead = PLANTED[name]
-    inputs = random_inputs(shapes, seed)
-    params, opt_state = trained_sparse_setup(network, inputs, seed)
-    params = plant_dead_neurons(params, dead)
-    _, state = network.apply({"params": params}, *inputs, mutable=[ACTIVATIONS])
-    return network, inputs, params, opt_state, layer_scores(state[ACTIVATIONS])
+    inputs, params, opt_state = trained(name, seed)
+    params = plant_dead_neurons(params, PLANTED_DEAD[name])
+    return inputs, params, opt_state, scores_of(name, params, inputs)
 
 
-@pytest.mark.parametrize("name", sorted(PLANTED))
+@pytest.mark.parametrize("name", sorted(PLANTED_DEAD))
 def test_recycling_dead_neurons_preserves_the_function(name):
-    network, inputs, params, opt_state, scores = dead_setup(name, seed=0)
-    dead = PLANTED[name][2]
+    network = NETWORKS[name][0]
+    inputs, params, opt_state, scores = dead_setup(name, 0)
+    dead = PLANTED_DEAD[name]
     for layer, neurons in dead.items():
         np.testing.assert_array_equal(scores[layer][jnp.array(neurons)], 0.0)
 
-    result = recycle(
-        params, opt_state, scores, jax.random.key(7), init_params=init_fn(network, inputs), chains=network.chains(), tau=0.0
-    )
+    result = recycle(params, opt_state, scores, jax.random.key(7), init_params=init_fn(name), chains=network.chains(), tau=0.0)
     assert int(result.num_recycled) >= sum(len(neurons) for neurons in dead.values())
     before = network.apply({"params": params}, *inputs)
     after = network.apply({"params": result.params}, *inputs)
@@ -262,20 +279,11 @@ def test_recycling_dead_neurons_preserves_the_function(name):
 # ---------------------------------------------------------------- conv -> flatten -> dense
 
 
-TINY_CNN = NatureCNN(2, conv_features=(3,), kernel_sizes=(1,), strides=(1,), dense_sizes=(4,))
-
-
-def tiny_cnn_setup(seed):
-    inputs = (jax.random.normal(jax.random.key(seed), (4, 2, 2, 1)),)
-    params, opt_state = trained_sparse_setup(TINY_CNN, inputs, seed, config=SparsityConfig(method="dense"))
-    return inputs, params, opt_state
-
-
 def test_conv_to_dense_outgoing_rows_follow_hwc_flattening():
-    inputs, params, opt_state = tiny_cnn_setup(seed=0)
+    _, params, opt_state = trained("tiny_cnn", 0)
     scores = {"conv_0": jnp.array([1.5, 0.0, 1.5]), "dense_0": jnp.ones(4)}
     key = jax.random.key(3)
-    result = recycle(params, opt_state, scores, key, init_params=init_fn(TINY_CNN, inputs), chains=TINY_CNN.chains())
+    result = recycle(params, opt_state, scores, key, init_params=init_fn("tiny_cnn"), chains=NETWORKS["tiny_cnn"][0].chains())
 
     # 2x2 positions x 3 channels flattened in HWC order: channel 1 owns flat indices 1, 4, 7, 10.
     kernel = np.asarray(result.params["dense_0"]["kernel"])
@@ -285,7 +293,7 @@ def test_conv_to_dense_outgoing_rows_follow_hwc_flattening():
     np.testing.assert_array_equal(kernel[channel_1], 0.0)
     np.testing.assert_array_equal(kernel[others], np.asarray(params["dense_0"]["kernel"])[others])
     np.testing.assert_array_equal(result.touched["dense_0"]["kernel"], np.isin(np.arange(12), channel_1)[:, None].repeat(4, 1))
-    fresh = TINY_CNN.init(key, *inputs)["params"]
+    fresh = init_fn("tiny_cnn")(key)
     np.testing.assert_array_equal(result.params["conv_0"]["kernel"][..., 1], fresh["conv_0"]["kernel"][..., 1])
     np.testing.assert_array_equal(result.params["conv_0"]["kernel"][..., [0, 2]], params["conv_0"]["kernel"][..., [0, 2]])
     np.testing.assert_array_equal(result.params["conv_0"]["bias"], params["conv_0"]["bias"].at[1].set(0.0))
@@ -295,35 +303,38 @@ def test_conv_to_dense_outgoing_rows_follow_hwc_flattening():
 
 
 def mlp_case(seed):
-    inputs = random_inputs([(5,)], seed)
-    params, opt_state = trained_sparse_setup(MLP_NETWORK, inputs, seed)
-    _, state = MLP_NETWORK.apply({"params": params}, *inputs, mutable=[ACTIVATIONS])
-    return MLP_NETWORK, inputs, params, opt_state, layer_scores(state[ACTIVATIONS]), 0.5
+    """Scores from a real forward pass; tau = 0.5 recycles a different set of neurons per seed."""
+    inputs, params, opt_state = trained("mlp", seed)
+    return params, opt_state, scores_of("mlp", params, inputs), 0.5
 
 
 def dead_case(name):
-    return lambda seed: dead_setup(name, seed) + (0.0,)
+    def make(seed):
+        _, params, opt_state, scores = dead_setup(name, seed)
+        return params, opt_state, scores, 0.0
+
+    return make
 
 
 def tiny_cnn_case(seed):
-    inputs, params, opt_state = tiny_cnn_setup(seed)
-    scores = {"conv_0": jnp.ones(3).at[seed % 3].set(0.0), "dense_0": jnp.ones(4).at[seed].set(0.0)}
-    return TINY_CNN, inputs, params, opt_state, scores, 0.1
+    _, params, opt_state = trained("tiny_cnn", seed)
+    scores = {"conv_0": jnp.ones(3).at[seed].set(0.0), "dense_0": jnp.ones(4).at[seed].set(0.0)}
+    return params, opt_state, scores, 0.1
 
 
 @pytest.mark.parametrize(
-    "make_case", [mlp_case, dead_case("cnn"), dead_case("twin_critic"), tiny_cnn_case], ids=["mlp", "cnn", "twin_critic", "tiny_cnn"]
+    "name, make_case",
+    [("mlp", mlp_case), ("cnn", dead_case("cnn")), ("twin_critic", dead_case("twin_critic")), ("tiny_cnn", tiny_cnn_case)],
 )
-def test_vmap_over_seeds_matches_separate_calls(make_case):
+def test_vmap_over_seeds_matches_separate_calls(name, make_case):
     cases = [make_case(seed) for seed in range(3)]
-    network, inputs, _, _, _, tau = cases[0]
+    tau = cases[0][3]
     keys = jax.random.split(jax.random.key(11), 3)
-    recycle_one = functools.partial(recycle, init_params=init_fn(network, inputs), chains=network.chains(), tau=tau)
+    recycle_one = functools.partial(recycle, init_params=init_fn(name), chains=NETWORKS[name][0].chains(), tau=tau)
 
-    separate = [recycle_one(params, opt_state, scores, key) for (_, _, params, opt_state, scores, _), key in zip(cases, keys)]
-    stack = lambda *trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)  # noqa: E731
-    stacked_args = [stack(*(case[i] for case in cases)) for i in (2, 3, 4)]
-    vmapped = jax.jit(jax.vmap(recycle_one))(*stacked_args, keys)
+    separate = [recycle_one(params, opt_state, scores, key) for (params, opt_state, scores, _), key in zip(cases, keys)]
+    stacked = [jax.tree.map(lambda *leaves: jnp.stack(leaves), *(case[i] for case in cases)) for i in range(3)]
+    vmapped = jax.vmap(recycle_one)(*stacked, keys)
 
     assert all(int(result.num_recycled) > 0 for result in separate)
     for seed, expected in enumerate(separate):

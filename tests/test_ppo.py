@@ -195,6 +195,26 @@ def test_num_seeds_equals_single_seed_runs(tmp_path, train_cli):
     assert row["sparsity/actor/total"] == pytest.approx(0.8, abs=0.01)
 
 
+def test_resume_from_a_rollout_checkpoint_continues_the_same_run(tmp_path, train_cli):
+    args = ["--agent=ppo", "--sparsity=0.8", "--steps=1536", "--eval_every=1024", "--config.log_every=512",
+            "--config.checkpoint_every=1024", "--config.checkpoints_to_keep=3", "--config.eval_episodes=2",
+            f"--workdir={tmp_path}", "--run_name=resume"]
+    _check(train_cli(*args))
+    seed_dir = tmp_path / "resume" / "seed0"
+    uninterrupted = _metrics(tmp_path / "resume", 0)
+    assert sorted(os.listdir(seed_dir / "checkpoints")) == ["1024", "1536"]
+    import shutil
+
+    shutil.rmtree(seed_dir / "checkpoints" / "1536")  # as if killed after the checkpoint of step 1024
+    result = train_cli(*args)
+    _check(result)
+    assert "resuming from the checkpoint of step 1,024" in result.stdout
+    resumed = _metrics(tmp_path / "resume", 0)
+    assert [row["step"] for row in resumed] == [row["step"] for row in uninterrupted] == [512, 1024, 1536]
+    for name in ("loss/policy", "loss/value", "train/episode_return", "sparsity/actor/total"):
+        assert resumed[-1][name] == pytest.approx(uninterrupted[-1][name], rel=1e-5), name
+
+
 def test_continuous_control_smoke_run(tmp_path, train_cli):
     _check(train_cli(
         "--agent=ppo", "--env=HalfCheetah-v5", "--sparsity=0.9", "--steps=512", "--eval_every=512",

@@ -85,9 +85,9 @@ def test_uniform_gives_s_everywhere(shapes):
 
 
 def test_kernel_shapes_from_networks():
-    params = MLP((512, 512), 2).init(jax.random.key(0), jnp.zeros((1, 4)))["params"]
+    params = jax.eval_shape(MLP((512, 512), 2).init, jax.random.key(0), jnp.zeros((1, 4)))["params"]
     assert kernel_shapes(params) == MLP_SHAPES
-    params = NatureCNN(18).init(jax.random.key(0), jnp.zeros((1, 84, 84, 4), jnp.uint8))["params"]
+    params = jax.eval_shape(NatureCNN(18).init, jax.random.key(0), jnp.zeros((1, 84, 84, 4), jnp.uint8))["params"]
     assert kernel_shapes(params) == NATURE_SHAPES
 
 
