@@ -2,6 +2,7 @@
 
 import math
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,14 @@ from sparserl import envs, runner
 from sparserl.logging import read_csv
 
 GAMMA, LAMBDA = 0.9, 0.8
+
+
+@pytest.fixture(autouse=True)
+def _shared_compilation_cache(tmp_path_factory, monkeypatch):
+    """The CLI runs of this file share JAX's persistent compilation cache: runs that differ only in seed or
+    resume point compile the same programs, so only the first one pays (speed only; results are unchanged)."""
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "ppo-jax-cache"))
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 def reference_gae(rewards, values, next_values, terminated, truncated, gamma, lambda_):
@@ -203,8 +212,6 @@ def test_resume_from_a_rollout_checkpoint_continues_the_same_run(tmp_path, train
     seed_dir = tmp_path / "resume" / "seed0"
     uninterrupted = _metrics(tmp_path / "resume", 0)
     assert sorted(os.listdir(seed_dir / "checkpoints")) == ["1024", "1536"]
-    import shutil
-
     shutil.rmtree(seed_dir / "checkpoints" / "1536")  # as if killed after the checkpoint of step 1024
     result = train_cli(*args)
     _check(result)

@@ -104,3 +104,14 @@ def test_a_kill_during_a_checkpoint_write_leaves_a_resumable_run(tmp_path):
     assert checkpoint.checkpoint_steps(str(seed_dir)) == [200, 400]
     assert not partial.exists()
     assert [row["step"] for row in read_csv(seed_dir / "metrics.csv")] == [100, 200, 300, 400]
+
+
+def test_a_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    result = run_train("--agent=dqn", "--steps=1000", "--config.learning_starts=100", "--config.log_every=100",
+                       "--eval_every=1000", "--config.checkpoint_every=100", "--config.network.hidden_sizes=16,16",
+                       "--config.learning_rate=1e30", f"--workdir={tmp_path}", "--run_name=run")
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: training diverged at step 200: loss/td is"), message
+    assert "the last good checkpoint is step 100" in message
+    assert checkpoint.checkpoint_steps(str(tmp_path / "run" / "seed0")) == [100]
