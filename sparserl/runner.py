@@ -275,7 +275,7 @@ def run_off_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: En
             state, replay, transition, result.observation, env_step, learn_from
         )
         observations = result.observation
-        if env_step >= learn_from:
+        if env_step >= learn_from and env_step % config.train_every == 0:
             last_metrics = update_metrics
         if config.redo.enabled:
             recorder.recycled_total += np.asarray(recycled)

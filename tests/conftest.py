@@ -1,21 +1,34 @@
 """Shared test helpers: run the training entry point as a user would."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
+
+# CLI runs in one test session share JAX's persistent compilation cache: runs that differ only in seed, resume
+# point or step budget compile the same programs, so only the first pays (speed only; results are unchanged).
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="sparserl-test-jax-cache-")
+atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+
+
+def cli_environment() -> dict[str, str]:
+    """The environment of a CLI run in the tests: CPU, unbuffered output, the shared compilation cache."""
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=_COMPILATION_CACHE,
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
 def run_train(*args: str, cwd=None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Runs `python -m sparserl.train ARGS` in a subprocess and returns it (stdout/stderr captured as text)."""
-    environment = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     return subprocess.run(
         [sys.executable, "-m", "sparserl.train", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
-        env=environment,
+        env=cli_environment(),
         timeout=timeout,
     )
 

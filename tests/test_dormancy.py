@@ -29,8 +29,6 @@ NETWORKS = {
     # Two convs (conv -> conv outgoing weights are kernel[:, :, c, :]), then a 3x3x6 flatten into dense_0.
     "cnn": (NatureCNN(3, conv_features=(8, 6), kernel_sizes=(3, 3), strides=(1, 1), dense_sizes=(16,)), [(7, 7, 2)], STATIC_HALF),
     "twin_critic": (TwinCritic((8, 8)), [(5,), (2,)], STATIC_HALF),
-    # A 2x2x3 conv output flattened into 12 rows of dense_0.
-    "tiny_cnn": (NatureCNN(2, conv_features=(3,), kernel_sizes=(1,), strides=(1,), dense_sizes=(4,)), [(2, 2, 1)], SparsityConfig()),
 }
 # name -> {layer: neurons made dead}
 PLANTED_DEAD = {
@@ -71,11 +69,12 @@ def trained(name, seed):
     return sparse_trainer(name)(seed)
 
 
+@functools.cache
 def init_fn(name):
-    """`init_params` for recycle: a fresh init of the named network."""
+    """`init_params` for recycle: a fresh init of the named network (jitted once: eager flax init is slow)."""
     network, shapes, _ = NETWORKS[name]
     inputs = tuple(jnp.zeros((1,) + shape) for shape in shapes)
-    return lambda key: network.init(key, *inputs)["params"]
+    return jax.jit(lambda key: network.init(key, *inputs)["params"])
 
 
 def scores_of(name, params, inputs):
@@ -279,11 +278,27 @@ def test_recycling_dead_neurons_preserves_the_function(name):
 # ---------------------------------------------------------------- conv -> flatten -> dense
 
 
+# A 2x2x3 conv output flattened into the 12 rows of dense_0.
+TINY_CNN = NatureCNN(2, conv_features=(3,), kernel_sizes=(1,), strides=(1,), dense_sizes=(4,))
+TINY_CNN_SHAPES = jax.eval_shape(lambda: TINY_CNN.init(jax.random.key(0), jnp.zeros((1, 2, 2, 1)))["params"])
+
+
+def tiny_cnn_setup(seed):
+    """Non-zero params of the tiny CNN's shapes (no compile-heavy flax init) and their dense optimizer state."""
+    params = jax.tree.map(lambda leaf: jnp.arange(1.0, 1.0 + leaf.size).reshape(leaf.shape) + seed, TINY_CNN_SHAPES)
+    _, opt_state = sparse_optimizer(optax.adam(1e-2), SparsityConfig()).init(jax.random.key(seed), params)
+    return params, opt_state
+
+
+def tiny_cnn_init(key):
+    return jax.tree.map(lambda leaf: jax.random.normal(key, leaf.shape), TINY_CNN_SHAPES)
+
+
 def test_conv_to_dense_outgoing_rows_follow_hwc_flattening():
-    _, params, opt_state = trained("tiny_cnn", 0)
+    params, opt_state = tiny_cnn_setup(0)
     scores = {"conv_0": jnp.array([1.5, 0.0, 1.5]), "dense_0": jnp.ones(4)}
     key = jax.random.key(3)
-    result = recycle(params, opt_state, scores, key, init_params=init_fn("tiny_cnn"), chains=NETWORKS["tiny_cnn"][0].chains())
+    result = recycle(params, opt_state, scores, key, init_params=tiny_cnn_init, chains=TINY_CNN.chains())
 
     # 2x2 positions x 3 channels flattened in HWC order: channel 1 owns flat indices 1, 4, 7, 10.
     kernel = np.asarray(result.params["dense_0"]["kernel"])
@@ -293,10 +308,11 @@ def test_conv_to_dense_outgoing_rows_follow_hwc_flattening():
     np.testing.assert_array_equal(kernel[channel_1], 0.0)
     np.testing.assert_array_equal(kernel[others], np.asarray(params["dense_0"]["kernel"])[others])
     np.testing.assert_array_equal(result.touched["dense_0"]["kernel"], np.isin(np.arange(12), channel_1)[:, None].repeat(4, 1))
-    fresh = init_fn("tiny_cnn")(key)
+    fresh = tiny_cnn_init(key)
     np.testing.assert_array_equal(result.params["conv_0"]["kernel"][..., 1], fresh["conv_0"]["kernel"][..., 1])
     np.testing.assert_array_equal(result.params["conv_0"]["kernel"][..., [0, 2]], params["conv_0"]["kernel"][..., [0, 2]])
     np.testing.assert_array_equal(result.params["conv_0"]["bias"], params["conv_0"]["bias"].at[1].set(0.0))
+    jax.tree.map(np.testing.assert_array_equal, result.params["output"], params["output"])
 
 
 # ---------------------------------------------------------------- vmap over seeds
@@ -317,7 +333,7 @@ def dead_case(name):
 
 
 def tiny_cnn_case(seed):
-    _, params, opt_state = trained("tiny_cnn", seed)
+    params, opt_state = tiny_cnn_setup(seed)
     scores = {"conv_0": jnp.ones(3).at[seed].set(0.0), "dense_0": jnp.ones(4).at[seed].set(0.0)}
     return params, opt_state, scores, 0.1
 
@@ -330,7 +346,8 @@ def test_vmap_over_seeds_matches_separate_calls(name, make_case):
     cases = [make_case(seed) for seed in range(3)]
     tau = cases[0][3]
     keys = jax.random.split(jax.random.key(11), 3)
-    recycle_one = functools.partial(recycle, init_params=init_fn(name), chains=NETWORKS[name][0].chains(), tau=tau)
+    init_params, chains = (tiny_cnn_init, TINY_CNN.chains()) if name == "tiny_cnn" else (init_fn(name), NETWORKS[name][0].chains())
+    recycle_one = functools.partial(recycle, init_params=init_params, chains=chains, tau=tau)
 
     separate = [recycle_one(params, opt_state, scores, key) for (params, opt_state, scores, _), key in zip(cases, keys)]
     stacked = [jax.tree.map(lambda *leaves: jnp.stack(leaves), *(case[i] for case in cases)) for i in range(3)]

@@ -18,14 +18,6 @@ from sparserl.logging import read_csv
 GAMMA, LAMBDA = 0.9, 0.8
 
 
-@pytest.fixture(autouse=True)
-def _shared_compilation_cache(tmp_path_factory, monkeypatch):
-    """The CLI runs of this file share JAX's persistent compilation cache: runs that differ only in seed or
-    resume point compile the same programs, so only the first one pays (speed only; results are unchanged)."""
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "ppo-jax-cache"))
-    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-
-
 def reference_gae(rewards, values, next_values, terminated, truncated, gamma, lambda_):
     """Plain-Python GAE of one env's trajectory, written from the definitions.
 

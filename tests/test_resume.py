@@ -12,7 +12,7 @@ import pytest
 
 from sparserl import checkpoint
 from sparserl.logging import read_csv
-from tests.conftest import run_train
+from tests.conftest import cli_environment, run_train
 
 DQN = ("--agent=dqn", "--sparsity=0.9", "--redo", "--redo_period=100", "--steps=1000", "--config.learning_starts=100",
        "--config.log_every=100", "--eval_every=250", "--config.eval_episodes=2", "--config.checkpoint_every=200",
@@ -23,9 +23,8 @@ PPO = ("--agent=ppo", "--sparsity=0.9", "--redo", "--redo_period=8", "--steps=40
 
 
 def _start(arguments, workdir):
-    environment = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "sparserl.train", *arguments, f"--workdir={workdir}", "--run_name=run"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_environment())
 
 
 def _kill_after_checkpoint(arguments, workdir, step: int) -> None:
