@@ -96,22 +96,21 @@ def load_config_module(agent: str, path: str | None):
     return module
 
 
-def _parse_value(field: str, text: str, current: Any) -> Any:
-    """Parses an override string into the type of the field it replaces."""
+def _parse_value(field: str, text: str, field_type: type, current: Any) -> Any:
+    """Parses an override string into the declared type of the field it replaces."""
     try:
-        if isinstance(current, bool):
+        if field_type is bool:
             if text.lower() not in ("true", "false", "1", "0"):
                 raise ValueError(text)
             return text.lower() in ("true", "1")
-        if isinstance(current, int):
-            return int(text)
-        if isinstance(current, float):
-            return float(text)
-        if isinstance(current, (tuple, list)):
-            return tuple(type(current[0])(part) if current else int(part) for part in text.strip("()[] ").split(",") if part)
+        if field_type in (int, float):
+            return field_type(text)
+        if field_type in (tuple, list):
+            item_type = type(current[0]) if current else int
+            return tuple(item_type(part) for part in text.strip("()[] ").split(",") if part)
         return text
     except ValueError:
-        raise UsageError(f"--config.{field}: {text!r} is not a valid {type(current).__name__}") from None
+        raise UsageError(f"--config.{field}: {text!r} is not a valid {field_type.__name__}") from None
 
 
 def _set_field(config: ml_collections.ConfigDict, field: str, value: Any, source: str) -> None:
@@ -156,7 +155,7 @@ def resolve_config(overrides: dict[str, str]) -> ml_collections.ConfigDict:
             node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
         if not isinstance(node, ml_collections.ConfigDict) or name not in node:
             raise UsageError(f"--config.{field}: the {config.agent} config has no such field")
-        _set_field(config, field, _parse_value(field, text, node[name]), f"--config.{field}")
+        _set_field(config, field, _parse_value(field, text, node.get_type(name), node[name]), f"--config.{field}")
     if not FLAGS["method"].present and "sparse.method" not in overrides:
         sparse = config.sparse
         sparsities = [sparse.sparsity] + [sparse.get(name) or 0.0 for name in ("actor_sparsity", "critic_sparsity")]
@@ -320,9 +319,13 @@ def main(argv: list[str]) -> None:
 def describe(config: ml_collections.ConfigDict, run_dir: str) -> str:
     """A short summary of the resolved config for the console (the whole config is in config.json)."""
     sparse = config.sparse
+    sparsity = f"sparsity={sparse.sparsity:g}"
+    for network in ("actor", "critic"):
+        if sparse.get(f"{network}_sparsity") is not None:
+            sparsity += f" {network}={sparse[f'{network}_sparsity']:g}"
     redo = f"redo tau={config.redo.tau:g} every {config.redo.period}" if config.redo.enabled else "no redo"
     return (
-        f"{config.agent} on {config.env} | {sparse.method} {sparse.distribution} sparsity={sparse.sparsity:g} | {redo} | "
+        f"{config.agent} on {config.env} | {sparse.method} {sparse.distribution} {sparsity} | {redo} | "
         f"{config.steps:,} steps x {config.num_seeds} seed(s) from seed {config.seed} | run dir {run_dir}"
     )
 
