@@ -17,7 +17,7 @@ import optax
 import rlax
 
 from sparserl import dormancy, learner
-from sparserl.agent import Agent, network_module, sparsity_config
+from sparserl.agent import Agent, network_module, off_policy_updates, sparsity_config
 from sparserl.envs import EnvSpec
 from sparserl.replay import Transition
 
@@ -38,18 +38,13 @@ def td_errors(q_values: jax.Array, next_target_q_values: jax.Array, batch: Trans
     return jax.vmap(rlax.q_learning)(q_values, batch.action, batch.reward, discounts, next_target_q_values)
 
 
-def total_updates(config: ml_collections.ConfigDict) -> int:
-    """Gradient updates in a run: one every `train_every` env steps after `learning_starts`."""
-    return max(1, (config.steps - config.learning_starts) // config.train_every)
-
-
 def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     if not env_spec.discrete:
         raise ValueError(f"--agent=dqn needs a discrete action space; {env_spec.env_id} is continuous (use --agent=sac or ppo)")
     network = learner.make_network(
         network_module(config.network, env_spec.num_actions),
         optax.adamw(config.learning_rate, eps=config.adam_eps, weight_decay=config.weight_decay),
-        sparsity_config(config.sparse, total_updates(config), config.sparse.sparsity),
+        sparsity_config(config.sparse, off_policy_updates(config), config.sparse.sparsity),
     )
     sample_observation = jnp.zeros((1, *env_spec.observation_shape), env_spec.observation_dtype)
     epsilon = optax.linear_schedule(

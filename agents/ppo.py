@@ -41,7 +41,7 @@ import optax
 import rlax
 
 from sparserl import dormancy, learner
-from sparserl.agent import Agent, network_module, sparsity_config
+from sparserl.agent import Agent, network_module, network_sparsity, sparsity_config
 from sparserl.envs import EnvSpec
 
 
@@ -147,11 +147,6 @@ def total_updates(config: ml_collections.ConfigDict) -> int:
     return max(1, rollouts * config.update_epochs * config.num_minibatches)
 
 
-def _sparsity(sparse: ml_collections.ConfigDict, name: str) -> float:
-    value = sparse.get(name)
-    return sparse.sparsity if value is None else value
-
-
 def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     for name in ("num_envs", "rollout_steps", "num_minibatches", "update_epochs", "log_every"):
         if config[name] < 1:
@@ -182,10 +177,10 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         config.network, 1, **hidden_init, **(dict(output_kernel_init=nn.initializers.orthogonal(1.0)) if mlp else {})
     )
     actor = learner.make_network(
-        actor_module, inner_optimizer(), sparsity_config(config.sparse, updates, _sparsity(config.sparse, "actor_sparsity")), "actor"
+        actor_module, inner_optimizer(), sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "actor")), "actor"
     )
     critic = learner.make_network(
-        critic_module, inner_optimizer(), sparsity_config(config.sparse, updates, _sparsity(config.sparse, "critic_sparsity")), "critic"
+        critic_module, inner_optimizer(), sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "critic")), "critic"
     )
     sample_observation = jnp.zeros((1, *env_spec.observation_shape), env_spec.observation_dtype)
     stats_shape = env_spec.observation_shape if config.normalize_observations else ()

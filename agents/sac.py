@@ -27,7 +27,7 @@ import ml_collections
 import optax
 
 from sparserl import dormancy, learner, networks
-from sparserl.agent import Agent, network_module, sparsity_config
+from sparserl.agent import Agent, network_module, network_sparsity, off_policy_updates, sparsity_config
 from sparserl.envs import EnvSpec
 from sparserl.replay import Transition
 
@@ -43,17 +43,6 @@ class SACState(flax.struct.PyTreeNode):
     alpha_opt_state: Any
     rng: jax.Array
     step: jax.Array  # gradient updates so far; shared by all seeds (unbatched under the runner's vmap)
-
-
-def total_updates(config: ml_collections.ConfigDict) -> int:
-    """Gradient updates in a run: one every `train_every` env steps after `learning_starts`."""
-    return max(1, (config.steps - config.learning_starts) // config.train_every)
-
-
-def network_sparsity(sparse: ml_collections.ConfigDict, network: str) -> float:
-    """`sparse.<network>_sparsity` when set, else `sparse.sparsity`."""
-    value = sparse.get(f"{network}_sparsity")
-    return sparse.sparsity if value is None else value
 
 
 def critic_targets(reward: jax.Array, terminated: jax.Array, next_q: jax.Array, next_log_prob: jax.Array,
@@ -90,7 +79,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     if env_spec.discrete:
         raise ValueError(f"--agent=sac needs a continuous action space; {env_spec.env_id} is discrete (use --agent=dqn or ppo)")
     action_dim = env_spec.num_actions
-    updates = total_updates(config)
+    updates = off_policy_updates(config)
     actor_net = learner.make_network(
         network_module(config.network, 2 * action_dim),
         optax.adam(config.learning_rate),

@@ -73,3 +73,14 @@ def sparsity_config(sparse: ml_collections.ConfigDict, total_updates: int, spars
         update_end=end,
         drop_fraction=sparse.drop_fraction,
     )
+
+
+def network_sparsity(sparse: ml_collections.ConfigDict, network: str) -> float:
+    """`sparse.<network>_sparsity` when set (SAC, PPO: 'actor', 'critic'), else `sparse.sparsity`."""
+    value = sparse.get(f"{network}_sparsity")
+    return sparse.sparsity if value is None else value
+
+
+def off_policy_updates(config: ml_collections.ConfigDict) -> int:
+    """Gradient updates in an off-policy run: one every `train_every` env steps after `learning_starts`."""
+    return max(1, (config.steps - config.learning_starts) // config.train_every)

@@ -12,7 +12,7 @@ import pytest
 
 from agents import sac
 from configs import sac as sac_config
-from sparserl import envs, replay as replay_lib, runner
+from sparserl import envs, replay as replay_lib
 from sparserl.logging import read_csv
 
 from conftest import run_train
