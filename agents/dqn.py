@@ -1,8 +1,8 @@
 """DQN (Mnih et al. 2015) with a sparse Q-network, as studied by Graesser et al. 2022.
 
 Pure functions over one `DQNState`; the runner vmaps them over seeds. The
-loss is the Huber loss (Dopamine) of the one-step Q-learning TD error
-(`rlax.q_learning`): target r + gamma * (1 - terminated) * max_a Q_target(s', a).
+loss (`config.td_loss`: Huber or squared) is taken of the one-step Q-learning
+TD error (`rlax.q_learning`): target r + gamma * (1 - terminated) * max_a Q_target(s', a).
 A time-limit truncation is stored with terminated = False and s' = the final
 observation, so the target bootstraps through it.
 """
@@ -24,6 +24,10 @@ from sparserl.replay import Transition
 
 LOOP = "off_policy"
 
+# Loss of the TD errors: Huber (Mnih et al. 2015; Dopamine, Atari and MinAtar) or squared error
+# (TF-Agents' `element_wise_squared_loss`, the classic-control protocol of Graesser et al. 2022).
+TD_LOSSES = {"huber": lambda errors: rlax.huber_loss(errors, 1.0), "mse": rlax.l2_loss}
+
 
 class DQNState(flax.struct.PyTreeNode):
     online: learner.NetworkState
@@ -39,6 +43,8 @@ def td_errors(q_values: jax.Array, next_target_q_values: jax.Array, batch: Trans
 
 
 def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
+    if config.td_loss not in TD_LOSSES:
+        raise ValueError(f"--config.td_loss: unknown loss {config.td_loss!r}; choose one of {', '.join(TD_LOSSES)}")
     if not env_spec.discrete:
         raise ValueError(f"--agent=dqn needs a discrete action space; {env_spec.env_id} is continuous (use --agent=sac or ppo)")
     network = learner.make_network(
@@ -72,7 +78,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         def loss_fn(params):
             q_values = learner.apply(network, params, batch.observation)
             errors = td_errors(q_values, next_target_q_values, batch, config.gamma)
-            return jnp.mean(rlax.huber_loss(errors, config.huber_delta)), q_values
+            return jnp.mean(TD_LOSSES[config.td_loss](errors)), q_values
 
         (loss, q_values), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.online.params)
         online = learner.apply_gradients(network, state.online, grads, state.step, key)

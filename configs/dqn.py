@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.epsilon_end = 0.1
     config.epsilon_decay_steps = 25_000
     config.eval_epsilon = 0.0
-    config.huber_delta = 1.0
+    config.td_loss = "mse"  # TF-Agents' element_wise_squared_loss; Huber (Dopamine) for MinAtar and Atari
     config.reward_clip = False
 
     config.sparse = ml_collections.ConfigDict(
@@ -66,6 +66,7 @@ PRESETS = {
         "network.dense_sizes": (128,),
         "learning_rate": 2.5e-4,
         "adam_eps": 3.125e-4,
+        "td_loss": "huber",
         "weight_decay": 0.0,
         "batch_size": 32,
         "learning_starts": 5_000,
@@ -97,6 +98,7 @@ PRESETS = {
         "epsilon_decay_steps": 250_000,
         "eval_epsilon": 0.001,
         "reward_clip": True,
+        "td_loss": "huber",
         "sparse.update_period": 5_000,
         "sparse.drop_fraction": 0.3,
         "sparse.update_end_fraction": 0.8,

@@ -1,13 +1,12 @@
 """Shared test helpers: run the training entry point as a user would."""
 
 import atexit
+import concurrent.futures
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-
-import pytest
 
 # CLI runs in one test session share JAX's persistent compilation cache: runs that differ only in seed, resume
 # point or step budget compile the same programs, so only the first pays (speed only; results are unchanged).
@@ -33,6 +32,9 @@ def run_train(*args: str, cwd=None, timeout: float = 900) -> subprocess.Complete
     )
 
 
-@pytest.fixture
-def train_cli():
-    return run_train
+def run_train_side_by_side(runs: dict[str, tuple[str, ...]], workdir) -> dict[str, subprocess.CompletedProcess]:
+    """Runs several CLI trainings at once (one per core on CI's 2 cores), each as `--run_name=<name>` in workdir."""
+    with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
+        futures = {name: pool.submit(run_train, *arguments, f"--workdir={workdir}", f"--run_name={name}")
+                   for name, arguments in runs.items()}
+        return {name: future.result() for name, future in futures.items()}

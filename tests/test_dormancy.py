@@ -1,6 +1,7 @@
 """Tests for sparserl.dormancy: dormancy scores and fractions (Sokar et al. 2023, eq. 1), ReDo (Algorithm 1)."""
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,8 @@ NETWORKS = {
     # Two convs (conv -> conv outgoing weights are kernel[:, :, c, :]), then a 3x3x6 flatten into dense_0.
     "cnn": (NatureCNN(3, conv_features=(8, 6), kernel_sizes=(3, 3), strides=(1, 1), dense_sizes=(16,)), [(7, 7, 2)], STATIC_HALF),
     "twin_critic": (TwinCritic((8, 8)), [(5,), (2,)], STATIC_HALF),
+    # A 2x2x3 conv output flattened into the 12 rows of dense_0.
+    "tiny_cnn": (NatureCNN(2, conv_features=(3,), kernel_sizes=(1,), strides=(1,), dense_sizes=(4,)), [(2, 2, 1)], SparsityConfig()),
 }
 # name -> {layer: neurons made dead}
 PLANTED_DEAD = {
@@ -40,6 +43,34 @@ ADAM_STEPS = 3
 
 
 @functools.cache
+def fresh_init(name):
+    """`init_params` for recycle: LeCun-normal kernels and zero biases with the named network's shapes.
+
+    The same distributions as the networks' initializers (without truncation); built by hand because compiling
+    flax's `init`, plain and vmapped, would dominate the run time of these tests.
+    """
+    network, shapes, _ = NETWORKS[name]
+    params_shapes = jax.eval_shape(lambda: network.init(jax.random.key(0), *(jnp.zeros((1,) + shape) for shape in shapes))["params"])
+    leaves, treedef = jax.tree.flatten(params_shapes)
+
+    sizes = [leaf.size for leaf in leaves]
+
+    @jax.jit
+    def init(key):
+        # One draw for all leaves: every separate draw would add its own threefry to the compiled program.
+        draws = jnp.split(jax.random.normal(key, (sum(sizes),)), np.cumsum(sizes)[:-1])
+        return jax.tree.unflatten(
+            treedef,
+            [
+                draw.reshape(leaf.shape) / math.sqrt(math.prod(leaf.shape[:-1])) if leaf.ndim >= 2 else jnp.zeros(leaf.shape)
+                for draw, leaf in zip(draws, leaves)
+            ],
+        )
+
+    return init
+
+
+@functools.cache
 def sparse_trainer(name):
     """A jitted seed -> (inputs, params, SparseOptState) after ADAM_STEPS real Adam steps (non-zero moments)."""
     network, shapes, config = NETWORKS[name]
@@ -47,13 +78,12 @@ def sparse_trainer(name):
 
     @jax.jit
     def train(seed):
-        keys = jax.random.split(jax.random.key(seed), len(shapes) + 3)
-        inputs = tuple(jax.random.normal(key, (16,) + shape) for key, shape in zip(keys, shapes))
-        params, opt_state = optimizer.init(keys[-3], network.init(keys[-2], *inputs)["params"])
-        targets = jax.random.normal(keys[-1], network.apply({"params": params}, *inputs).shape)
+        input_key, mask_key, params_key = jax.random.split(jax.random.key(seed), 3)
+        inputs = tuple(jax.random.normal(key, (16,) + shape) for key, shape in zip(jax.random.split(input_key, len(shapes)), shapes))
+        params, opt_state = optimizer.init(mask_key, fresh_init(name)(params_key))
 
         def loss(params):
-            return jnp.mean((network.apply({"params": params}, *inputs) - targets) ** 2)
+            return jnp.mean((network.apply({"params": params}, *inputs) - 1.0) ** 2)
 
         def step(step, carry):
             params, opt_state = carry
@@ -67,14 +97,6 @@ def sparse_trainer(name):
 @functools.cache
 def trained(name, seed):
     return sparse_trainer(name)(seed)
-
-
-@functools.cache
-def init_fn(name):
-    """`init_params` for recycle: a fresh init of the named network (jitted once: eager flax init is slow)."""
-    network, shapes, _ = NETWORKS[name]
-    inputs = tuple(jnp.zeros((1,) + shape) for shape in shapes)
-    return jax.jit(lambda key: network.init(key, *inputs)["params"])
 
 
 def scores_of(name, params, inputs):
@@ -181,7 +203,7 @@ def test_recycle_rewrites_exactly_the_recycled_neurons():
     recycled = {"dense_0": [1, 4], "dense_1": [0, 4, 7]}
     scores = {layer: jnp.ones(size).at[jnp.array(recycled[layer])].set(0.05) for layer, size in (("dense_0", 16), ("dense_1", 12))}
     key = jax.random.key(42)
-    init_params = init_fn("mlp")
+    init_params = fresh_init("mlp")
 
     result = recycle(params, opt_state, scores, key, init_params=init_params, chains=NETWORKS["mlp"][0].chains(), tau=0.1)
     fresh = init_params(key)
@@ -221,7 +243,7 @@ def test_recycle_rewrites_exactly_the_recycled_neurons():
 def test_nothing_dormant_changes_nothing():
     _, params, opt_state = trained("mlp", 0)
     scores = {"dense_0": jnp.ones(16), "dense_1": jnp.ones(12)}
-    result = recycle(params, opt_state, scores, jax.random.key(1), init_params=init_fn("mlp"), chains=NETWORKS["mlp"][0].chains())
+    result = recycle(params, opt_state, scores, jax.random.key(1), init_params=fresh_init("mlp"), chains=NETWORKS["mlp"][0].chains())
     assert int(result.num_recycled) == 0
     jax.tree.map(np.testing.assert_array_equal, result.params, params)
     jax.tree.map(np.testing.assert_array_equal, result.opt_state, opt_state)
@@ -265,7 +287,7 @@ def test_recycling_dead_neurons_preserves_the_function(name):
     for layer, neurons in dead.items():
         np.testing.assert_array_equal(scores[layer][jnp.array(neurons)], 0.0)
 
-    result = recycle(params, opt_state, scores, jax.random.key(7), init_params=init_fn(name), chains=network.chains(), tau=0.0)
+    result = recycle(params, opt_state, scores, jax.random.key(7), init_params=fresh_init(name), chains=network.chains(), tau=0.0)
     assert int(result.num_recycled) >= sum(len(neurons) for neurons in dead.values())
     before = network.apply({"params": params}, *inputs)
     after = network.apply({"params": result.params}, *inputs)
@@ -278,27 +300,18 @@ def test_recycling_dead_neurons_preserves_the_function(name):
 # ---------------------------------------------------------------- conv -> flatten -> dense
 
 
-# A 2x2x3 conv output flattened into the 12 rows of dense_0.
-TINY_CNN = NatureCNN(2, conv_features=(3,), kernel_sizes=(1,), strides=(1,), dense_sizes=(4,))
-TINY_CNN_SHAPES = jax.eval_shape(lambda: TINY_CNN.init(jax.random.key(0), jnp.zeros((1, 2, 2, 1)))["params"])
-
-
 def tiny_cnn_setup(seed):
-    """Non-zero params of the tiny CNN's shapes (no compile-heavy flax init) and their dense optimizer state."""
-    params = jax.tree.map(lambda leaf: jnp.arange(1.0, 1.0 + leaf.size).reshape(leaf.shape) + seed, TINY_CNN_SHAPES)
+    """Non-zero params of the tiny CNN's shapes and their dense optimizer state."""
+    params = jax.tree.map(lambda leaf: jnp.arange(1.0, 1.0 + leaf.size).reshape(leaf.shape) + seed, fresh_init("tiny_cnn")(jax.random.key(0)))
     _, opt_state = sparse_optimizer(optax.adam(1e-2), SparsityConfig()).init(jax.random.key(seed), params)
     return params, opt_state
-
-
-def tiny_cnn_init(key):
-    return jax.tree.map(lambda leaf: jax.random.normal(key, leaf.shape), TINY_CNN_SHAPES)
 
 
 def test_conv_to_dense_outgoing_rows_follow_hwc_flattening():
     params, opt_state = tiny_cnn_setup(0)
     scores = {"conv_0": jnp.array([1.5, 0.0, 1.5]), "dense_0": jnp.ones(4)}
     key = jax.random.key(3)
-    result = recycle(params, opt_state, scores, key, init_params=tiny_cnn_init, chains=TINY_CNN.chains())
+    result = recycle(params, opt_state, scores, key, init_params=fresh_init("tiny_cnn"), chains=NETWORKS["tiny_cnn"][0].chains())
 
     # 2x2 positions x 3 channels flattened in HWC order: channel 1 owns flat indices 1, 4, 7, 10.
     kernel = np.asarray(result.params["dense_0"]["kernel"])
@@ -308,7 +321,7 @@ def test_conv_to_dense_outgoing_rows_follow_hwc_flattening():
     np.testing.assert_array_equal(kernel[channel_1], 0.0)
     np.testing.assert_array_equal(kernel[others], np.asarray(params["dense_0"]["kernel"])[others])
     np.testing.assert_array_equal(result.touched["dense_0"]["kernel"], np.isin(np.arange(12), channel_1)[:, None].repeat(4, 1))
-    fresh = tiny_cnn_init(key)
+    fresh = fresh_init("tiny_cnn")(key)
     np.testing.assert_array_equal(result.params["conv_0"]["kernel"][..., 1], fresh["conv_0"]["kernel"][..., 1])
     np.testing.assert_array_equal(result.params["conv_0"]["kernel"][..., [0, 2]], params["conv_0"]["kernel"][..., [0, 2]])
     np.testing.assert_array_equal(result.params["conv_0"]["bias"], params["conv_0"]["bias"].at[1].set(0.0))
@@ -346,8 +359,7 @@ def test_vmap_over_seeds_matches_separate_calls(name, make_case):
     cases = [make_case(seed) for seed in range(3)]
     tau = cases[0][3]
     keys = jax.random.split(jax.random.key(11), 3)
-    init_params, chains = (tiny_cnn_init, TINY_CNN.chains()) if name == "tiny_cnn" else (init_fn(name), NETWORKS[name][0].chains())
-    recycle_one = functools.partial(recycle, init_params=init_params, chains=chains, tau=tau)
+    recycle_one = functools.partial(recycle, init_params=fresh_init(name), chains=NETWORKS[name][0].chains(), tau=tau)
 
     separate = [recycle_one(params, opt_state, scores, key) for (params, opt_state, scores, _), key in zip(cases, keys)]
     stacked = [jax.tree.map(lambda *leaves: jnp.stack(leaves), *(case[i] for case in cases)) for i in range(3)]

@@ -2,7 +2,6 @@
 
 import math
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +13,7 @@ from agents import ppo
 from configs import ppo as ppo_config
 from sparserl import envs, runner
 from sparserl.logging import read_csv
+from tests.conftest import run_train, run_train_side_by_side
 
 GAMMA, LAMBDA = 0.9, 0.8
 
@@ -172,12 +172,12 @@ def _check(result) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_num_seeds_equals_single_seed_runs(tmp_path, train_cli):
+def test_num_seeds_equals_single_seed_runs(tmp_path):
     common = ["--agent=ppo", "--sparsity=0.8", "--redo", "--redo_period=8", "--steps=1024", "--eval_every=1024",
               "--config.log_every=512", "--config.eval_episodes=2", f"--workdir={tmp_path}"]
-    _check(train_cli(*common, "--num_seeds=2", "--seed=0", "--run_name=both"))
-    _check(train_cli(*common, "--seed=0", "--run_name=first"))
-    _check(train_cli(*common, "--seed=1", "--run_name=second"))
+    _check(run_train(*common, "--num_seeds=2", "--seed=0", "--run_name=both"))
+    _check(run_train(*common, "--seed=0", "--run_name=first"))
+    _check(run_train(*common, "--seed=1", "--run_name=second"))
     for seed, single in ((0, "first"), (1, "second")):
         together, alone = _metrics(tmp_path / "both", seed), _metrics(tmp_path / single, seed)
         assert len(together) == len(alone) == 2
@@ -196,26 +196,8 @@ def test_num_seeds_equals_single_seed_runs(tmp_path, train_cli):
     assert row["sparsity/actor/total"] == pytest.approx(0.8, abs=0.01)
 
 
-def test_resume_from_a_rollout_checkpoint_continues_the_same_run(tmp_path, train_cli):
-    args = ["--agent=ppo", "--sparsity=0.8", "--steps=1536", "--eval_every=1024", "--config.log_every=512",
-            "--config.checkpoint_every=1024", "--config.checkpoints_to_keep=3", "--config.eval_episodes=2",
-            f"--workdir={tmp_path}", "--run_name=resume"]
-    _check(train_cli(*args))
-    seed_dir = tmp_path / "resume" / "seed0"
-    uninterrupted = _metrics(tmp_path / "resume", 0)
-    assert sorted(os.listdir(seed_dir / "checkpoints")) == ["1024", "1536"]
-    shutil.rmtree(seed_dir / "checkpoints" / "1536")  # as if killed after the checkpoint of step 1024
-    result = train_cli(*args)
-    _check(result)
-    assert "resuming from the checkpoint of step 1,024" in result.stdout
-    resumed = _metrics(tmp_path / "resume", 0)
-    assert [row["step"] for row in resumed] == [row["step"] for row in uninterrupted] == [512, 1024, 1536]
-    for name in ("loss/policy", "loss/value", "train/episode_return", "sparsity/actor/total"):
-        assert resumed[-1][name] == pytest.approx(uninterrupted[-1][name], rel=1e-5), name
-
-
-def test_continuous_control_smoke_run(tmp_path, train_cli):
-    _check(train_cli(
+def test_continuous_control_smoke_run(tmp_path):
+    _check(run_train(
         "--agent=ppo", "--env=HalfCheetah-v5", "--sparsity=0.9", "--steps=512", "--eval_every=512",
         "--config.rollout_steps=256", "--config.num_minibatches=4", "--config.update_epochs=2",
         "--config.eval_episodes=1", f"--workdir={tmp_path}", "--run_name=cheetah",
@@ -226,8 +208,8 @@ def test_continuous_control_smoke_run(tmp_path, train_cli):
     assert np.isfinite(_metrics(tmp_path / "cheetah", 0, "eval")[-1]["eval/episode_return"])
 
 
-def test_atari_smoke_run(tmp_path, train_cli):
-    _check(train_cli(
+def test_atari_smoke_run(tmp_path):
+    _check(run_train(
         "--agent=ppo", "--env=ALE/Pong-v5", "--sparsity=0.9", "--steps=64", "--eval_every=64",
         "--config.num_envs=2", "--config.rollout_steps=32", "--config.num_minibatches=2", "--config.update_epochs=1",
         "--config.eval_episodes=1", f"--workdir={tmp_path}", "--run_name=pong",
@@ -238,11 +220,19 @@ def test_atari_smoke_run(tmp_path, train_cli):
     assert _metrics(tmp_path / "pong", 0, "eval")[-1]["eval/episode_return"] >= -21
 
 
+@pytest.fixture(scope="module")
+def cartpole_runs(tmp_path_factory):
+    """90%-sparse (RigL, ERK) and dense PPO on CartPole-v1, seed 0, 100k steps, side by side."""
+    workdir = tmp_path_factory.mktemp("ppo_cartpole")
+    common = ("--agent=ppo", "--steps=100000", "--seed=0")
+    return workdir, run_train_side_by_side({"rigl_0.9": (*common, "--sparsity=0.9"), "dense": common}, workdir)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sparsity", ["0.9", "0.0"])
-def test_ppo_learns_cartpole(tmp_path, train_cli, sparsity):
-    """90%-sparse (RigL, ERK) and dense PPO reach a greedy eval return >= 450 on CartPole-v1 within 100k steps."""
-    _check(train_cli("--agent=ppo", f"--sparsity={sparsity}", "--steps=100000", "--seed=0",
-                     f"--workdir={tmp_path}", "--run_name=cartpole"))
-    returns = [row["eval/episode_return"] for row in _metrics(tmp_path / "cartpole", 0, "eval")]
+@pytest.mark.parametrize("name", ["rigl_0.9", "dense"])
+def test_ppo_learns_cartpole(cartpole_runs, name):
+    """A greedy eval return >= 450 on CartPole-v1 within 100k steps, fixed seed."""
+    workdir, results = cartpole_runs
+    _check(results[name])
+    returns = [row["eval/episode_return"] for row in _metrics(workdir / name, 0, "eval")]
     assert max(returns) >= 450, returns

@@ -1,7 +1,6 @@
 """SAC: the soft TD target, the tanh-Gaussian policy, action bounds, per-network sparsity, seeds as a batch axis,
 smoke runs on MuJoCo and dm_control, and learning Pendulum-v1 dense and 90% sparse."""
 
-import concurrent.futures
 import math
 import os
 
@@ -15,7 +14,7 @@ from configs import sac as sac_config
 from sparserl import envs, replay as replay_lib
 from sparserl.logging import read_csv
 
-from conftest import run_train
+from tests.conftest import run_train, run_train_side_by_side
 
 
 def _config(**fields):
@@ -229,14 +228,8 @@ _LEARNING_RUNS = {"rigl_0.9": ("--sparsity=0.9",), "dense": ()}
 def pendulum_runs(tmp_path_factory):
     """Both Pendulum-v1 learning runs, started side by side (the CLI; seed 0, 15k steps, eval every 2.5k)."""
     workdir = tmp_path_factory.mktemp("sac_pendulum")
-
-    def train(name):
-        return run_train("--agent=sac", "--seed=0", "--steps=15000", "--eval_every=2500",
-                         "--workdir", str(workdir), f"--run_name={name}", *_LEARNING_RUNS[name])
-
-    with concurrent.futures.ThreadPoolExecutor(len(_LEARNING_RUNS)) as pool:
-        results = dict(zip(_LEARNING_RUNS, pool.map(train, _LEARNING_RUNS)))
-    return workdir, results
+    common = ("--agent=sac", "--seed=0", "--steps=15000", "--eval_every=2500")
+    return workdir, run_train_side_by_side({name: (*common, *arguments) for name, arguments in _LEARNING_RUNS.items()}, workdir)
 
 
 @pytest.mark.slow
