@@ -51,7 +51,9 @@ def layer_scores(activations: Any) -> dict[str, jax.Array]:
     return scores
 
 
-def dormant_fractions(scores: dict[str, jax.Array], taus: Sequence[float] = DEFAULT_TAUS, network: str | None = None) -> dict[str, jax.Array]:
+def dormant_fractions(
+    scores: dict[str, jax.Array], taus: Sequence[float] = DEFAULT_TAUS, network: str | None = None
+) -> dict[str, jax.Array]:
     """`dormant/<tau>/[<network>/]<layer>` and `.../total`: fractions of neurons with score <= tau.
 
     The total is the dormant count over all scored neurons divided by their
@@ -132,8 +134,8 @@ def recycle(
     fresh = init_params(key)
 
     def rewrite(path, weights, fresh_weights, mask):
-        name = leaf_name(path)
-        layer, leaf = name.rsplit("/", 1)
+        """(new weights, touched) of one leaf; every layer holds a `kernel` and a `bias`."""
+        layer, leaf = leaf_name(path).rsplit("/", 1)
         column_flags = incoming.get(layer, jnp.zeros(weights.shape[-1:], bool))
         if leaf == "bias":
             touched = column_flags & mask
@@ -145,9 +147,7 @@ def recycle(
         return new_weights, zeroed | redrawn
 
     rewritten = jax.tree_util.tree_map_with_path(rewrite, params, fresh, masks)
-    is_pair = lambda node: isinstance(node, tuple)  # noqa: E731
-    new_params = jax.tree.map(lambda pair: pair[0], rewritten, is_leaf=is_pair)
-    touched = jax.tree.map(lambda pair: pair[1], rewritten, is_leaf=is_pair)
+    new_params, touched = jax.tree.transpose(jax.tree.structure(params), jax.tree.structure((0, 0)), rewritten)
     inner = zero_moments(opt_state.inner, params, touched)
     return RecycleResult(new_params, SparseOptState(inner, masks), touched, num_recycled)
 
