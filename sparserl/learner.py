@@ -72,13 +72,11 @@ def metrics(network: SparseNetwork, state: NetworkState, *inputs) -> dict[str, j
 
 def recycle(network: SparseNetwork, state: NetworkState, key: jax.Array, tau: float, *inputs) -> tuple[NetworkState, dormancy.RecycleResult]:
     """ReDo (Sokar et al. 2023, Algorithm 1) on this network, scored on `inputs`."""
-    score_key, init_key = jax.random.split(key)
-    del score_key
     result = dormancy.recycle(
         state.params,
         state.opt_state,
         scores(network, state.params, *inputs),
-        init_key,
+        key,
         init_params=lambda k: network.module.init(k, *inputs)["params"],
         chains=network.module.chains(),
         tau=tau,

@@ -4,8 +4,8 @@ One step, all inside jit and vmappable over seeds:
 
     dense grads (kept for RigL growth) -> grads * mask -> inner optax ->
     updates * mask -> apply -> on schedule (lax.cond): new masks from the
-    topology method, grown weights set to 0, optimizer moments of every
-    changed connection zeroed -> params * mask.
+    topology method, optimizer moments of every changed connection zeroed
+    (grown weights are already 0) -> params * mask.
 
 Like jaxpruner, sparsity wraps an optax transformation; the wrapper also owns
 the masks, which live in its state next to the inner optimizer state.
@@ -72,10 +72,9 @@ def sparse_optimizer(inner: optax.GradientTransformation, config: SparsityConfig
 
         def change_topology(operands):
             params, inner_state, masks = operands
+            # Grown connections start at 0 without a write: inactive weights are 0 and their updates are masked.
             new_masks = topology.update_masks(key, step, params, dense_grads, masks, layer_sparsities(params, config), config)
-            grown = jax.tree.map(lambda new, old: new & ~old, new_masks, masks)
             changed = jax.tree.map(jnp.not_equal, new_masks, masks)
-            params = jax.tree.map(lambda weights, zero: jnp.where(zero, jnp.zeros_like(weights), weights), params, grown)
             return params, zero_moments(inner_state, params, changed), new_masks
 
         params, inner_state, masks = jax.lax.cond(
