@@ -1,23 +1,19 @@
 """Shared test helpers: run the training entry point as a user would."""
 
-import atexit
 import concurrent.futures
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
-# CLI runs in one test session share JAX's persistent compilation cache: runs that differ only in seed, resume
-# point or step budget compile the same programs, so only the first pays (speed only; results are unchanged).
-_COMPILATION_CACHE = tempfile.mkdtemp(prefix="sparserl-test-jax-cache-")
-atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
 
 
 def cli_environment() -> dict[str, str]:
-    """The environment of a CLI run in the tests: CPU, unbuffered output, the shared compilation cache."""
-    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=_COMPILATION_CACHE,
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    """The environment of a CLI run in the tests: CPU and unbuffered output.
+
+    No shared persistent compilation cache: the tests SIGKILL runs, and a run killed while it holds the
+    cache's lock could leave the next run waiting on it.
+    """
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 
 
 def run_train(*args: str, cwd=None, timeout: float = 900) -> subprocess.CompletedProcess:
