@@ -43,7 +43,10 @@ def _split_rng(state):
 def init_states(agent: Agent, seeds) -> Any:
     """The vmapped initial TrainState of every seed."""
     abstract = jax.eval_shape(agent.init, jax.random.key(0))
-    return jax.jit(jax.vmap(agent.init, out_axes=seed_axes(abstract)))(seed_keys(seeds))
+    states = jax.jit(jax.vmap(agent.init, out_axes=seed_axes(abstract)))(seed_keys(seeds))
+    # Wait for it: with jaxlib 0.10 on CPU, compiling the next program while this one still runs
+    # sometimes never finishes (a deadlock measured in the PPO tests, about one run in two).
+    return jax.block_until_ready(states)
 
 
 def nan_like(tree: Any) -> Any:
