@@ -4,6 +4,7 @@ import concurrent.futures
 import os
 import subprocess
 import sys
+import warnings
 
 
 
@@ -16,16 +17,20 @@ def cli_environment() -> dict[str, str]:
     return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 
 
-def run_train(*args: str, cwd=None, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Runs `python -m sparserl.train ARGS` in a subprocess and returns it (stdout/stderr captured as text)."""
-    return subprocess.run(
-        [sys.executable, "-m", "sparserl.train", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=cli_environment(),
-        timeout=timeout,
-    )
+def run_train(*args: str, cwd=None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs `python -m sparserl.train ARGS` in a subprocess and returns it (stdout/stderr captured as text).
+
+    A run that outlives `timeout` is killed and started once more: jaxlib 0.10's CPU runtime can deadlock
+    (an idle process waiting on a buffer forever, seen in PPO runs); the retry is reported as a warning.
+    """
+    for attempt in range(2):
+        try:
+            return subprocess.run([sys.executable, "-m", "sparserl.train", *args], capture_output=True, text=True,
+                                  cwd=cwd, env=cli_environment(), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            if attempt:
+                raise
+            warnings.warn(f"sparserl.train {' '.join(args)} hung for {timeout} s; killed and started again")
 
 
 def run_train_side_by_side(runs: dict[str, tuple[str, ...]], workdir) -> dict[str, subprocess.CompletedProcess]:
