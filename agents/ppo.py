@@ -40,7 +40,7 @@ import numpy as np
 import optax
 import rlax
 
-from sparserl import dormancy, learner
+from sparserl import dormancy, learner, networks
 from sparserl.agent import Agent, network_module, network_sparsity, sparsity_config
 from sparserl.envs import EnvSpec
 
@@ -168,13 +168,13 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(learning_rate, eps=config.adam_eps))
 
     mlp = config.network.kind == "mlp"
-    hidden_init = dict(hidden_kernel_init=nn.initializers.orthogonal(np.sqrt(2.0))) if mlp else {}
+    hidden_init = dict(hidden_kernel_init=networks.orthogonal(np.sqrt(2.0))) if mlp else {}
     actor_torso = network_module(
-        config.network, num_actions, **hidden_init, **(dict(output_kernel_init=nn.initializers.orthogonal(0.01)) if mlp else {})
+        config.network, num_actions, **hidden_init, **(dict(output_kernel_init=networks.orthogonal(0.01)) if mlp else {})
     )
     actor_module = actor_torso if discrete else GaussianPolicy(actor_torso, num_actions, config.log_std_init)
     critic_module = network_module(
-        config.network, 1, **hidden_init, **(dict(output_kernel_init=nn.initializers.orthogonal(1.0)) if mlp else {})
+        config.network, 1, **hidden_init, **(dict(output_kernel_init=networks.orthogonal(1.0)) if mlp else {})
     )
     actor = learner.make_network(
         actor_module, inner_optimizer(), sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "actor")), "actor"

@@ -18,6 +18,7 @@ The width multiplier scales hidden layers only, never the output layer
 from typing import Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 ACTIVATIONS = "activations"
@@ -29,6 +30,24 @@ _ACTIVATION_FUNCTIONS: dict[str, Callable] = {"relu": nn.relu, "tanh": nn.tanh}
 def scaled_width(width: int, width_multiplier: float) -> int:
     """Width of a hidden layer under a width multiplier (at least one unit)."""
     return max(1, int(round(width * width_multiplier)))
+
+
+def orthogonal(scale: float = 1.0) -> Callable:
+    """Orthogonal initializer (Saxe et al. 2014) whose batches are drawn one after another.
+
+    Under `jax.vmap` (seeds, sweeps, ReDo's re-draw inside the vmapped step) a
+    plain `nn.initializers.orthogonal` becomes one batched LAPACK QR, which
+    deadlocks jaxlib 0.10.2's CPU runtime (DESIGN section 7).
+    `jax.custom_batching.sequential_vmap` turns the batch into a loop of
+    unbatched QRs instead; each draw is the same as without vmap. Every network
+    that wants orthogonal init takes it from here.
+    """
+    base = nn.initializers.orthogonal(scale)
+
+    def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+        return jax.custom_batching.sequential_vmap(lambda draw_key: base(draw_key, shape, dtype))(key)
+
+    return init
 
 
 def _capture(layer: nn.Module, outputs: jnp.ndarray) -> None:

@@ -1,11 +1,16 @@
 """Tests for sparserl.networks: shapes, width multiplier, captured activations, uint8 scaling, chains."""
 
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparserl.networks import ACTIVATIONS, MLP, POST_ACTIVATION, NatureCNN, TwinCritic, scaled_width
+from sparserl.networks import ACTIVATIONS, MLP, POST_ACTIVATION, NatureCNN, TwinCritic, orthogonal, scaled_width
+from tests.conftest import cli_environment
 
 KEY = jax.random.key(0)
 SMALL_CNN = dict(conv_features=(8, 16), kernel_sizes=(3, 3), strides=(2, 1), dense_sizes=(32,))
@@ -156,3 +161,50 @@ def test_chains_name_real_layers():
         for path in chain:
             head, layer = path.split("/")
             assert "kernel" in params[head][layer]
+
+
+def test_orthogonal_draws_are_orthogonal_and_equal_under_vmap():
+    init = orthogonal(2.0)
+    keys = jax.random.split(KEY, 3)
+    batched = jax.jit(jax.vmap(lambda key: init(key, (6, 4))))(keys)
+    for key, matrix in zip(keys, batched):
+        np.testing.assert_array_equal(matrix, init(key, (6, 4)))  # a vmapped draw is the unbatched draw
+        np.testing.assert_allclose(matrix.T @ matrix, 4.0 * np.eye(4), atol=1e-5)  # scale**2 * I
+    nested = jax.vmap(jax.vmap(lambda key: init(key, (3, 3))))(jax.random.split(KEY, 6).reshape(2, 3))
+    assert nested.shape == (2, 3, 3, 3)
+
+
+# Vmapped PPO init (orthogonal kernels) and a ReDo recycle that re-draws every hidden neuron, over 4 seeds, many
+# times. With flax's own orthogonal initializer this became a batched LAPACK QR, which deadlocked jaxlib 0.10.2 on
+# CPU within the first calls (issue: "vmapped orthogonal init hangs on CPU").
+_VMAPPED_ORTHOGONAL_SCRIPT = textwrap.dedent("""
+    import jax
+    from agents import ppo
+    from configs import ppo as ppo_config
+    from sparserl import envs, runner
+
+    config = ppo_config.get_config()
+    config.redo.tau = 1e9  # every hidden neuron is dormant: each recycle re-draws all incoming weights
+    agent = ppo.make(config, envs.env_spec("CartPole-v1"))
+    seeds = [0, 1, 2, 3]
+    states = runner.init_states(agent, seeds)
+    axes = runner.seed_axes(states)
+    observations = jax.numpy.ones((len(seeds), 8, 4))
+    init = jax.jit(jax.vmap(agent.init, out_axes=axes))
+    recycle = jax.jit(jax.vmap(lambda state, obs, key: agent.recycle(state, runner.Rollout(obs, None, None, None, None, None), key),
+                               in_axes=(axes, 0, 0), out_axes=(axes, 0)))
+    for i in range(300):
+        states = init(runner.seed_keys([4 * i + s for s in seeds]))
+        states, recycled = recycle(states, observations[:, :, None], jax.random.split(jax.random.key(i), len(seeds)))
+        assert int(recycled.min()) == 256, recycled  # 2x64 actor + 2x64 critic
+    jax.block_until_ready(states)
+    print("finished")
+""")
+
+
+@pytest.mark.slow
+def test_vmapped_orthogonal_init_and_recycle_do_not_hang():
+    completed = subprocess.run([sys.executable, "-c", _VMAPPED_ORTHOGONAL_SCRIPT], capture_output=True, text=True,
+                               env=cli_environment(), timeout=240)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip().endswith("finished")
