@@ -8,23 +8,30 @@ dormancy metrics, and ReDo, so no agent holds sparsity logic of its own
 (DESIGN contract 4).
 """
 
-from typing import Any, NamedTuple
+import math
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import flax.struct
 import jax
+import jax.numpy as jnp
 import optax
 
 from sparserl import dormancy, networks
-from sparserl.sparse import SparseOptimizer, SparseOptState, SparsityConfig, sparse_optimizer, sparsity_metrics
+from sparserl.sparse import SparseOptimizer, SparseOptState, SparsityConfig, apply_masks, sparse_optimizer, sparsity_metrics
 
 
 class SparseNetwork(NamedTuple):
-    """A network definition. `name` prefixes its metrics ('' for an agent's only network, else 'actor', 'critic')."""
+    """A network definition. `name` prefixes its metrics ('' for an agent's only network, else 'actor', 'critic').
+
+    `sparse_init_rescale`: draw the initial weights (and ReDo's re-drawn ones)
+    at the scale of each unit's sparse fan-in (`rescale_to_sparse_fan_in`).
+    """
 
     module: nn.Module
     optimizer: SparseOptimizer
     name: str = ""
+    sparse_init_rescale: bool = True
 
     def metric_name(self, kind: str) -> str:
         return f"{kind}/{self.name}" if self.name else kind
@@ -35,16 +42,56 @@ class NetworkState(flax.struct.PyTreeNode):
     opt_state: SparseOptState
 
 
-def make_network(module: nn.Module, inner: optax.GradientTransformation, sparsity: SparsityConfig, name: str = "") -> SparseNetwork:
-    return SparseNetwork(module, sparse_optimizer(inner, sparsity), name)
+def make_network(
+    module: nn.Module, inner: optax.GradientTransformation, sparsity: SparsityConfig, name: str = "",
+    sparse_init_rescale: bool = True,
+) -> SparseNetwork:
+    return SparseNetwork(module, sparse_optimizer(inner, sparsity), name, sparse_init_rescale)
+
+
+def rescale_to_sparse_fan_in(params: Any, masks: Any) -> Any:
+    """Scales every kernel's output unit j by sqrt(dense fan-in / active fan-in of j) (at least one input).
+
+    A dense init masked to density d leaves each unit with about d times the
+    inputs its initializer was scaled for, so activations shrink by about
+    sqrt(d) per layer. rigl's `fixed_sparse_init` (Graesser et al. 2022, every
+    sparse gin config: `init_masks.fixed_sparse_init = True`, which calls
+    `rigl_tf2/init_utils.unit_scaled_init`) re-draws each active weight with the
+    variance its real, sparse fan-in calls for. The initializers here (variance
+    scaling, orthogonal) are scale families, so scaling a unit's dense draw is a
+    draw at its sparse fan-in: for a fan-in variance-scaling init (LeCun, He)
+    exactly the re-draw with fan_in_j; for an orthogonal init each unit keeps
+    the incoming norm of the dense one. One deviation: rigl re-draws every
+    sparse layer with Glorot-uniform at the per-connection fan-avg; we keep each
+    layer's own initializer. Kernels are the leaves with ndim >= 2 (conv:
+    fan-in over kh x kw x cin); dense masks leave the params as they are.
+    """
+
+    def rescale(leaf, mask):
+        if leaf.ndim < 2:
+            return leaf
+        dense_fan_in = math.prod(leaf.shape[:-1])
+        fan_in = jnp.maximum(jnp.sum(mask, axis=tuple(range(leaf.ndim - 1))), 1)
+        return leaf * jnp.sqrt(dense_fan_in / fan_in).astype(leaf.dtype)
+
+    return jax.tree.map(rescale, params, masks)
+
+
+def _at_init_scale(network: SparseNetwork, params: Any, masks: Any) -> Any:
+    """Freshly initialised params at the sparse fan-in scale of `masks` when `network.sparse_init_rescale`."""
+    return rescale_to_sparse_fan_in(params, masks) if network.sparse_init_rescale else params
 
 
 def init(network: SparseNetwork, key: jax.Array, *sample_inputs) -> NetworkState:
-    """Initial params from the module's initializers, masked by the topology method's initial masks."""
+    """Initial params from the module's initializers, masked by the topology method's initial masks, then
+    rescaled to each unit's sparse fan-in (unless `sparse_init_rescale` is off).
+
+    The inner optimizer state does not depend on the param values (Adam's moments start at 0).
+    """
     init_key, mask_key = jax.random.split(key)
     params = network.module.init(init_key, *sample_inputs)["params"]
     params, opt_state = network.optimizer.init(mask_key, params)
-    return NetworkState(params, opt_state)
+    return NetworkState(_at_init_scale(network, params, opt_state.masks), opt_state)
 
 
 def apply(network: SparseNetwork, params: Any, *inputs):
@@ -71,14 +118,45 @@ def metrics(network: SparseNetwork, state: NetworkState, *inputs) -> dict[str, j
 
 
 def recycle(network: SparseNetwork, state: NetworkState, key: jax.Array, tau: float, *inputs) -> tuple[NetworkState, dormancy.RecycleResult]:
-    """ReDo (Sokar et al. 2023, Algorithm 1) on this network, scored on `inputs`."""
+    """ReDo (Sokar et al. 2023, Algorithm 1) on this network, scored on `inputs`.
+
+    Recycled incoming weights are re-drawn like `init` draws them: from the
+    module's initializers at the sparse fan-in scale of the current masks.
+    """
     result = dormancy.recycle(
         state.params,
         state.opt_state,
         scores(network, state.params, *inputs),
         key,
-        init_params=lambda k: network.module.init(k, *inputs)["params"],
+        init_params=lambda k: _at_init_scale(network, network.module.init(k, *inputs)["params"], state.opt_state.masks),
         chains=network.module.chains(),
         tau=tau,
     )
     return NetworkState(result.params, result.opt_state), result
+
+
+def soft_update_target(state: NetworkState, target_params: Any, tau: float) -> Any:
+    """Polyak averaging target <- tau * online + (1 - tau) * target, kept on the online masks.
+
+    Without the masks, a connection that RigL/SET/prune dropped would live on in
+    the target, decaying as (1 - tau)^k. rigl's SAC (`rigl/rl/tfagents/sac_train_eval.py`
+    on TF-Agents' SacAgent) copies the masks, non-trainable variables of its
+    sparse layers, into the target every step (`soft_variables_update(...,
+    tau_non_trainable=1.0)`), so the target never uses a weight off the online
+    mask.
+    """
+    return apply_masks(optax.incremental_update(state.params, target_params, tau), state.opt_state.masks)
+
+
+def clip_by_joint_norm(states: Sequence[NetworkState], dense_grads: Sequence[Any], max_norm: float) -> list[Any]:
+    """Scales the dense grads of several networks by min(1, max_norm / ||g||), ||g|| the global norm of the
+    gradients they apply (on their masks) taken together.
+
+    This is CleanRL's `nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)` and SB3's
+    `clip_grad_norm_(policy.parameters(), ...)` over actor and critic at once. One factor scales every
+    gradient, so RigL's growth ranking by |dense gradient| is unchanged.
+    """
+    applied = [apply_masks(grads, state.opt_state.masks) for state, grads in zip(states, dense_grads)]
+    norm = optax.tree.norm(applied)
+    scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
+    return [jax.tree.map(lambda grad: grad * scale, grads) for grads in dense_grads]
