@@ -3,7 +3,8 @@
 `get_config()` holds the PPO paper's MuJoCo defaults (Schulman et al. 2017,
 table 3; CleanRL `ppo_continuous_action.py`): separate 2x64 tanh actor and
 critic, 2048 env steps per rollout, minibatches of 64, 10 epochs, clip 0.2,
-GAE lambda 0.95, Adam 3e-4 (eps 1e-5) linearly decayed, grad-norm clip 0.5.
+GAE lambda 0.95, Adam 3e-4 (eps 1e-5) linearly decayed, grad-norm clip 0.5
+of the actor and critic gradients taken together.
 `PRESETS[family]` holds what differs: classic control follows CleanRL's
 CartPole PPO (`ppo.py`: 4 envs x 128 steps, 4 minibatches, 4 epochs, lr
 2.5e-4, entropy 0.01); Atari follows the PPO paper's Atari settings (CleanRL
@@ -11,9 +12,10 @@ CartPole PPO (`ppo.py`: 4 envs x 128 steps, 4 minibatches, 4 epochs, lr
 0.1, Nature CNN). The training entry point applies the preset of the chosen
 env, then flags, then `--config.<field>=value`.
 
-Sparse training: RigL every 250 gradient (minibatch) steps with f0 = 0.3
-(DESIGN section 5). The actor and critic take `sparse.actor_sparsity` /
-`sparse.critic_sparsity` when set, else `sparse.sparsity`.
+Sparse training follows Graesser et al. 2022's PPO MuJoCo gin files (below),
+counted in gradient (minibatch) steps. The actor and critic take
+`sparse.actor_sparsity` / `sparse.critic_sparsity` when set, else
+`sparse.sparsity`.
 """
 
 import ml_collections
@@ -44,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.learning_rate = 3e-4
     config.anneal_learning_rate = True  # linear decay to 0 over the run's gradient steps
     config.adam_eps = 1e-5
-    config.max_grad_norm = 0.5
+    config.max_grad_norm = 0.5  # on the actor and critic gradients together (CleanRL, SB3: one clip_grad_norm_)
     config.gamma = 0.99
     config.gae_lambda = 0.95
     config.clip_coef = 0.2
@@ -56,12 +58,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.observation_clip = 10.0
     config.log_std_init = 0.0
 
+    # Per-method schedules: rigl/rl/tfagents/configs/ppo_mujoco_sparse_config.gin (SET and RigL share its
+    # mask_updater: update_freq 250, init_drop_fraction 0.3, cosine, last_update_step 120,000 of 156,480
+    # gradient steps, "end at 75%") and ppo_mujoco_pruning_config.gin (begin_step 32,000, end_step 120,000,
+    # "~20%" and "~75%", frequency 500). No reference gin for the other families: the same, ending at 80%
+    # for Atari and MinAtar as the DQN Atari gins do.
+    # sparse_init_rescale: init at each unit's sparse fan-in (the gins' init_masks.fixed_sparse_init = True).
     config.sparse = ml_collections.ConfigDict(
         dict(method="rigl", sparsity=0.0,
              actor_sparsity=config_dict.placeholder(float), critic_sparsity=config_dict.placeholder(float),
-             distribution="erk", dense_first_layer=False, dense_last_layer=False,
-             update_period=250, update_end_fraction=0.75, drop_fraction=0.3,
-             prune_start_fraction=0.2, prune_end_fraction=0.75, prune_frequency=250)
+             distribution="erk", dense_first_layer=False, dense_last_layer=False, sparse_init_rescale=True,
+             set=dict(update_period=250, drop_fraction=0.3, start_fraction=0.0, end_fraction=0.75),
+             rigl=dict(update_period=250, drop_fraction=0.3, start_fraction=0.0, end_fraction=0.75),
+             prune=dict(update_period=500, start_fraction=0.2, end_fraction=0.75))
     )
     config.redo = ml_collections.ConfigDict(dict(enabled=False, tau=0.1, period=1_000, batch_size=256))
     return config
@@ -106,7 +115,9 @@ PRESETS = {
         "learning_rate": 2.5e-4,
         "clip_coef": 0.1,
         "ent_coef": 0.01,
-        "sparse.update_end_fraction": 0.8,
+        "sparse.set.end_fraction": 0.8,
+        "sparse.rigl.end_fraction": 0.8,
+        "sparse.prune.end_fraction": 0.8,
     },
     "minatar": {
         "env": "MinAtar/Breakout-v1",
@@ -125,6 +136,8 @@ PRESETS = {
         "learning_rate": 2.5e-4,
         "clip_coef": 0.1,
         "ent_coef": 0.01,
-        "sparse.update_end_fraction": 0.8,
+        "sparse.set.end_fraction": 0.8,
+        "sparse.rigl.end_fraction": 0.8,
+        "sparse.prune.end_fraction": 0.8,
     },
 }

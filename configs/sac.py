@@ -4,9 +4,8 @@ Soft actor-critic with a learned temperature (Haarnoja et al. 2018, "Soft
 Actor-Critic Algorithms and Applications"): 2x256 ReLU MLPs for the actor and
 each of the twin critics, Adam 3e-4, gamma 0.99, batch 256, Polyak tau 0.005,
 one gradient step per env step after `learning_starts` uniformly random steps,
-target entropy -|A|. Sparse training follows Graesser et al. 2022 (RigL every
-1000 updates, drop fraction 0.5, until 75% of training; SET would be every 250
-with 0.3). `get_config()` gives the classic-control (Pendulum-v1) defaults;
+target entropy -|A|. Sparse training follows Graesser et al. 2022's MuJoCo
+gin files (below) for every family. `get_config()` gives the classic-control (Pendulum-v1) defaults;
 `PRESETS[family]` holds what differs for MuJoCo and the DeepMind Control Suite.
 Actor and critic take `sparse.sparsity` unless `sparse.actor_sparsity` /
 `sparse.critic_sparsity` are set (`--actor_sparsity`, `--critic_sparsity`).
@@ -47,14 +46,25 @@ def get_config() -> ml_collections.ConfigDict:
     config.log_std_min = -5.0
     config.log_std_max = 2.0
 
+    # Per-method schedules: rigl/rl/tfagents/configs/sac_mujoco_sparse_config.gin (SET and RigL share its
+    # mask_updater: update_freq 1000, init_drop_fraction 0.5, cosine, last_update_step 800,000 of 1M) and
+    # sac_mujoco_pruning_config.gin (begin_step 200,000, end_step 800,000 of 1M, frequency 1000). No
+    # reference gin for Pendulum or the DeepMind Control Suite: the same fractions.
+    # sparse_init_rescale: init at each unit's sparse fan-in (the gins' init_masks.fixed_sparse_init = True).
     config.sparse = ml_collections.ConfigDict(
         dict(method="rigl", sparsity=0.0,
              actor_sparsity=config_dict.placeholder(float), critic_sparsity=config_dict.placeholder(float),
-             distribution="erk", dense_first_layer=False, dense_last_layer=False,
-             update_period=1_000, update_end_fraction=0.75, drop_fraction=0.5,
-             prune_start_fraction=0.2, prune_end_fraction=0.75, prune_frequency=1_000)
+             distribution="erk", dense_first_layer=False, dense_last_layer=False, sparse_init_rescale=True,
+             set=dict(update_period=1_000, drop_fraction=0.5, start_fraction=0.0, end_fraction=0.8),
+             rigl=dict(update_period=1_000, drop_fraction=0.5, start_fraction=0.0, end_fraction=0.8),
+             prune=dict(update_period=1_000, start_fraction=0.2, end_fraction=0.8))
     )
-    config.redo = ml_collections.ConfigDict(dict(enabled=False, tau=0.1, period=1_000, batch_size=256))
+    # ReDo recycles the online networks only (Dopamine labs/redo/tfagents/sac_train_eval.py:
+    # reset_target_models=False); reset_target=True also gives the target critic the online values of every
+    # rewritten entry. The studies use the default.
+    config.redo = ml_collections.ConfigDict(
+        dict(enabled=False, tau=0.1, period=1_000, batch_size=256, reset_target=False)
+    )
     return config
 
 

@@ -48,30 +48,34 @@ def network_module(network: ml_collections.ConfigDict, output_size: int, **overr
 
 
 def sparsity_config(sparse: ml_collections.ConfigDict, total_updates: int, sparsity: float) -> SparsityConfig:
-    """A SparsityConfig with the topology window given as fractions of the run, in gradient updates.
+    """A SparsityConfig with the method's schedule taken from its own block, `sparse.<method>`.
 
-    SET/RigL change the topology every `update_period` updates until
-    `update_end_fraction` of the run (Graesser et al. 2022: 75% classic control,
-    80% Atari); `prune` prunes every `prune_frequency` updates between
-    `prune_start_fraction` and `prune_end_fraction`.
+    Each of `sparse.set`, `sparse.rigl` and `sparse.prune` holds its
+    `update_period` (prune: the pruning frequency), `start_fraction` and
+    `end_fraction` of the run's gradient updates (prune: Zhu & Gupta's t0 and
+    t1; SET/RigL change the topology in [start, end)), and for SET/RigL the
+    initial `drop_fraction`. The configs take these from Graesser et al.
+    2022's gin files, named beside each value. Static and dense networks
+    never change their masks and use no schedule.
     """
     method = sparse.method if sparsity > 0.0 or sparse.method == "dense" else "dense"
-    if method == "prune":
-        start = int(sparse.prune_start_fraction * total_updates)
-        end = max(start + 1, int(sparse.prune_end_fraction * total_updates))
-        period = sparse.prune_frequency
-    else:
-        start, end, period = 0, max(1, int(sparse.update_end_fraction * total_updates)), sparse.update_period
+    schedule = {}
+    if method in sparse:
+        block = sparse[method]
+        start = int(block.start_fraction * total_updates)
+        schedule = dict(
+            update_period=block.update_period,
+            update_start=start,
+            update_end=max(start + 1, int(block.end_fraction * total_updates)),
+            drop_fraction=block.get("drop_fraction", 0.0),
+        )
     return SparsityConfig(
         method=method,
         sparsity=sparsity,
         distribution=sparse.distribution,
         dense_first_layer=sparse.dense_first_layer,
         dense_last_layer=sparse.dense_last_layer,
-        update_period=period,
-        update_start=start,
-        update_end=end,
-        drop_fraction=sparse.drop_fraction,
+        **schedule,
     )
 
 

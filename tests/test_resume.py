@@ -16,7 +16,7 @@ from tests.conftest import cli_environment, run_train
 
 DQN = ("--agent=dqn", "--sparsity=0.9", "--redo", "--redo_period=100", "--steps=1000", "--config.learning_starts=100",
        "--config.log_every=100", "--eval_every=250", "--config.eval_episodes=2", "--config.checkpoint_every=200",
-       "--config.network.hidden_sizes=64,64", "--config.sparse.update_period=50")
+       "--config.network.hidden_sizes=64,64", "--config.sparse.rigl.update_period=50")
 PPO = ("--agent=ppo", "--sparsity=0.9", "--redo", "--redo_period=8", "--steps=4096", "--config.num_envs=2",
        "--config.rollout_steps=128", "--config.log_every=256", "--eval_every=1024", "--config.eval_episodes=2",
        "--config.checkpoint_every=512")

@@ -42,7 +42,7 @@ def test_default_run_name_is_built_from_the_flags(tmp_path):
 
 
 def test_num_seeds_equals_single_seed_runs(tmp_path):
-    common = ("--agent=dqn", "--sparsity=0.9", "--redo", "--redo_period=100", *TINY_DQN, "--config.sparse.update_period=50",
+    common = ("--agent=dqn", "--sparsity=0.9", "--redo", "--redo_period=100", *TINY_DQN, "--config.sparse.rigl.update_period=50",
               f"--workdir={tmp_path}")
     batched = run_train(*common, "--num_seeds=3", "--seed=4", "--run_name=batched")
     single = run_train(*common, "--seed=5", "--run_name=single")
