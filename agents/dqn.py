@@ -20,13 +20,15 @@ from sparserl import dormancy, learner
 from sparserl.agent import Agent, network_module, off_policy_updates, sparsity_config
 from sparserl.envs import EnvSpec
 from sparserl.replay import Transition
+from sparserl.sparse.masks import layer_of
 
 
 LOOP = "off_policy"
 
-# Loss of the TD errors: Huber (Mnih et al. 2015; Dopamine, Atari and MinAtar) or squared error
-# (TF-Agents' `element_wise_squared_loss`, the classic-control protocol of Graesser et al. 2022).
-TD_LOSSES = {"huber": lambda errors: rlax.huber_loss(errors, 1.0), "mse": rlax.l2_loss}
+# Loss of the TD errors x: Huber with delta 1 (0.5 x^2 inside [-1, 1], |x| - 0.5 outside: Mnih et al. 2015;
+# Dopamine, Atari and MinAtar) or the squared error x^2 (TF-Agents' `element_wise_squared_loss`, the
+# classic-control protocol of Graesser et al. 2022). Both are averaged over the batch.
+TD_LOSSES = {"huber": lambda errors: rlax.huber_loss(errors, 1.0), "mse": jnp.square}
 
 
 class DQNState(flax.struct.PyTreeNode):
@@ -42,6 +44,24 @@ def td_errors(q_values: jax.Array, next_target_q_values: jax.Array, batch: Trans
     return jax.vmap(rlax.q_learning)(q_values, batch.action, batch.reward, discounts, next_target_q_values)
 
 
+def hidden_kernel_l2(weight_decay: float) -> optax.GradientTransformation:
+    """Adds the gradient 2 * weight_decay * w of the penalty weight_decay * sum(w^2) over the hidden kernels.
+
+    The classic-control reference puts a Keras `L2(weight_decay)` kernel regularizer on its hidden Dense
+    layers only (rigl `rl/tfagents/dqn_train_eval.py`, `build_network`), whose loss TF-Agents adds to the TD
+    loss: a coupled L2 penalty, through Adam, on neither biases nor the output layer.
+    """
+
+    def is_hidden_kernel(params):
+        def hidden_kernel(path, leaf):
+            layer = layer_of(path)
+            return layer is not None and layer.rsplit("/", 1)[-1] != "output"
+
+        return jax.tree_util.tree_map_with_path(hidden_kernel, params)
+
+    return optax.add_decayed_weights(2.0 * weight_decay, mask=is_hidden_kernel)
+
+
 def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     if config.td_loss not in TD_LOSSES:
         raise ValueError(f"--config.td_loss: unknown loss {config.td_loss!r}; choose one of {', '.join(TD_LOSSES)}")
@@ -49,8 +69,9 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         raise ValueError(f"--agent=dqn needs a discrete action space; {env_spec.env_id} is continuous (use --agent=sac or ppo)")
     network = learner.make_network(
         network_module(config.network, env_spec.num_actions),
-        optax.adamw(config.learning_rate, eps=config.adam_eps, weight_decay=config.weight_decay),
+        optax.chain(hidden_kernel_l2(config.weight_decay), optax.adam(config.learning_rate, eps=config.adam_eps)),
         sparsity_config(config.sparse, off_policy_updates(config), config.sparse.sparsity),
+        sparse_init_rescale=config.sparse.sparse_init_rescale,
     )
     sample_observation = jnp.zeros((1, *env_spec.observation_shape), env_spec.observation_dtype)
     epsilon = optax.linear_schedule(
@@ -94,7 +115,9 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
 
     def recycle(state: DQNState, batch: Transition, key: jax.Array) -> tuple[DQNState, jax.Array]:
         online, result = learner.recycle(network, state.online, key, config.redo.tau, batch.observation)
-        target_params = dormancy.follow_online(state.target_params, online.params, result.touched)
-        return state.replace(online=online, target_params=target_params), result.num_recycled
+        state = state.replace(online=online)
+        if config.redo.reset_target:
+            state = state.replace(target_params=dormancy.follow_online(state.target_params, online.params, result.touched))
+        return state, result.num_recycled
 
     return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle)

@@ -14,8 +14,9 @@ rollout, in one `lax.scan` over epochs x minibatches (as in CleanRL's
 - per minibatch: clipped surrogate (advantages normalised per minibatch),
   clipped value loss, entropy bonus; one gradient step on each network
   (`learner.apply_gradients`: sparse masks, topology updates on schedule),
-  each network's inner optimizer being clip_by_global_norm(0.5) -> Adam
-  with a linearly decaying learning rate; ReDo on schedule (gradient steps),
+  the actor and critic gradients first clipped together to a global norm
+  of 0.5 (CleanRL's and SB3's one `clip_grad_norm_` over all parameters),
+  then Adam with a linearly decaying learning rate; ReDo on schedule (gradient steps),
   scored on the whole rollout.
 - observation normalisation (continuous control): running mean/variance in
   the state; the rollout is normalised with the statistics the actions were
@@ -121,6 +122,27 @@ def gae(rewards, values, next_values, terminated, truncated, gamma: float, lambd
     return advantages, advantages + values
 
 
+def clipped_losses(log_probs, old_log_probs, advantages, values, old_values, returns, clip_coef: float,
+                   clip_value_loss: bool, normalize_advantages: bool):
+    """(policy loss, value loss, ratio, log ratio) of a minibatch (Schulman et al. 2017, eq. 7; CleanRL `ppo.py`).
+
+    Advantages are normalised over the minibatch (std with ddof 0, + 1e-8) when asked. Policy loss:
+    mean max(-A * r, -A * clip(r, 1 - c, 1 + c)), r = exp(log pi - log pi_old). Value loss: 0.5 * mean of
+    (V - R)^2, or with `clip_value_loss` of max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2).
+    """
+    log_ratio = log_probs - old_log_probs
+    ratio = jnp.exp(log_ratio)
+    if normalize_advantages:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    clipped_ratio = jnp.clip(ratio, 1.0 - clip_coef, 1.0 + clip_coef)
+    policy_loss = jnp.mean(jnp.maximum(-advantages * ratio, -advantages * clipped_ratio))
+    value_loss = jnp.square(values - returns)
+    if clip_value_loss:
+        clipped_values = old_values + jnp.clip(values - old_values, -clip_coef, clip_coef)
+        value_loss = jnp.maximum(value_loss, jnp.square(clipped_values - returns))
+    return policy_loss, 0.5 * jnp.mean(value_loss), ratio, log_ratio
+
+
 def init_stats(shape) -> RunningStats:
     return RunningStats(jnp.zeros(shape, jnp.float32), jnp.ones(shape, jnp.float32), jnp.asarray(1e-4, jnp.float32))
 
@@ -165,7 +187,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         learning_rate = (
             optax.linear_schedule(config.learning_rate, 0.0, updates) if config.anneal_learning_rate else config.learning_rate
         )
-        return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(learning_rate, eps=config.adam_eps))
+        return optax.adam(learning_rate, eps=config.adam_eps)
 
     mlp = config.network.kind == "mlp"
     hidden_init = dict(hidden_kernel_init=networks.orthogonal(np.sqrt(2.0))) if mlp else {}
@@ -177,10 +199,12 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         config.network, 1, **hidden_init, **(dict(output_kernel_init=networks.orthogonal(1.0)) if mlp else {})
     )
     actor = learner.make_network(
-        actor_module, inner_optimizer(), sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "actor")), "actor"
+        actor_module, inner_optimizer(), sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "actor")), "actor",
+        config.sparse.sparse_init_rescale,
     )
     critic = learner.make_network(
-        critic_module, inner_optimizer(), sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "critic")), "critic"
+        critic_module, inner_optimizer(), sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "critic")), "critic",
+        config.sparse.sparse_init_rescale,
     )
     sample_observation = jnp.zeros((1, *env_spec.observation_shape), env_spec.observation_dtype)
     stats_shape = env_spec.observation_shape if config.normalize_observations else ()
@@ -232,18 +256,10 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     def loss_fn(actor_params, critic_params, minibatch):
         observations, actions, old_log_probs, advantages, returns, old_values = minibatch
         log_probs, entropy = log_prob_and_entropy(learner.apply(actor, actor_params, observations), actions)
-        log_ratio = log_probs - old_log_probs
-        ratio = jnp.exp(log_ratio)
-        if config.normalize_advantages:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        clipped_ratio = jnp.clip(ratio, 1.0 - config.clip_coef, 1.0 + config.clip_coef)
-        policy_loss = jnp.mean(jnp.maximum(-advantages * ratio, -advantages * clipped_ratio))
-        values = values_of(critic_params, observations)
-        value_loss = jnp.square(values - returns)
-        if config.clip_value_loss:
-            clipped_values = old_values + jnp.clip(values - old_values, -config.clip_coef, config.clip_coef)
-            value_loss = jnp.maximum(value_loss, jnp.square(clipped_values - returns))
-        value_loss = 0.5 * jnp.mean(value_loss)
+        policy_loss, value_loss, ratio, log_ratio = clipped_losses(
+            log_probs, old_log_probs, advantages, values_of(critic_params, observations), old_values, returns,
+            config.clip_coef, config.clip_value_loss, config.normalize_advantages,
+        )
         entropy = jnp.mean(entropy)
         loss = policy_loss - config.ent_coef * entropy + config.vf_coef * value_loss
         metrics = {
@@ -285,6 +301,9 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
             minibatch = jax.tree.map(lambda array: array[indices], data)
             (_, metrics), (actor_grads, critic_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
                 state.actor.params, state.critic.params, minibatch
+            )
+            actor_grads, critic_grads = learner.clip_by_joint_norm(
+                [state.actor, state.critic], [actor_grads, critic_grads], config.max_grad_norm
             )
             state = state.replace(
                 actor=learner.apply_gradients(actor, state.actor, actor_grads, state.step, actor_key),

@@ -8,7 +8,8 @@ Algorithms and Applications", eqs. 5, 7, 18):
   loss = sum over the twin critics of mean (Q_i(s, a) - y)^2 / 2;
 - actor: a ~ pi(.|s) (reparameterised), loss = mean alpha * log pi(a|s) - min_i Q_i(s, a);
 - temperature: loss = mean -alpha * (log pi(a|s) + target_entropy), target_entropy = -|A|;
-- target critic: Polyak averaging with tau.
+- target critic: Polyak averaging with tau, kept on the online critic's masks
+  (`learner.soft_update_target`).
 
 The policy is a tanh-squashed Gaussian over [-1, 1]^|A| (the log-probability
 includes the tanh change of variables); actions are rescaled to the env's
@@ -75,6 +76,20 @@ def sample_action(mean: jax.Array, log_std: jax.Array, key: jax.Array) -> tuple[
     return jnp.tanh(pre_tanh), jnp.sum(gaussian_log_prob - log_det, axis=-1)
 
 
+def actor_loss(alpha: jax.Array, log_prob: jax.Array, q: jax.Array) -> jax.Array:
+    """mean alpha * log pi(a|s) - min_i Q_i(s, a), a ~ pi(.|s) (Haarnoja et al. 2018b, eq. 7); `q` is [2, batch]."""
+    return jnp.mean(alpha * log_prob - jnp.min(q, axis=0))
+
+
+def temperature_loss(log_alpha: jax.Array, log_prob: jax.Array, target_entropy: float) -> jax.Array:
+    """mean -alpha * (log pi(a|s) + target_entropy) (eq. 18), alpha = exp(log_alpha), log pi held fixed.
+
+    Its gradient in log_alpha is alpha * (entropy - target_entropy): a policy less random than the target
+    raises the temperature, a more random one lowers it.
+    """
+    return jnp.mean(-jnp.exp(log_alpha) * jax.lax.stop_gradient(log_prob + target_entropy))
+
+
 def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     if env_spec.discrete:
         raise ValueError(f"--agent=sac needs a continuous action space; {env_spec.env_id} is discrete (use --agent=dqn or ppo)")
@@ -85,12 +100,14 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         optax.adam(config.learning_rate),
         sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "actor")),
         name="actor",
+        sparse_init_rescale=config.sparse.sparse_init_rescale,
     )
     critic_net = learner.make_network(
         networks.TwinCritic(tuple(config.network.hidden_sizes), width_multiplier=config.network.width_multiplier),
         optax.adam(config.learning_rate),
         sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "critic")),
         name="critic",
+        sparse_init_rescale=config.sparse.sparse_init_rescale,
     )
     alpha_optimizer = optax.adam(config.temperature_learning_rate)
     target_entropy = -config.target_entropy_scale * action_dim
@@ -149,25 +166,22 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         def actor_loss_fn(actor_params):
             mean, log_std = policy(actor_params, batch.observation)
             new_actions, log_prob = sample_action(mean, log_std, actor_key)
-            new_q = jnp.min(learner.apply(critic_net, critic.params, batch.observation, new_actions), axis=0)
-            return jnp.mean(alpha * log_prob - new_q), log_prob
+            new_q = learner.apply(critic_net, critic.params, batch.observation, new_actions)
+            return actor_loss(alpha, log_prob, new_q), log_prob
 
-        (actor_loss, log_prob), actor_grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(state.actor.params)
+        (actor_loss_value, log_prob), actor_grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(state.actor.params)
         actor = learner.apply_gradients(actor_net, state.actor, actor_grads, state.step, actor_sparse_key)
 
         # Temperature: move the policy's entropy towards the target entropy.
-        def temperature_loss_fn(log_alpha):
-            return jnp.mean(-jnp.exp(log_alpha) * jax.lax.stop_gradient(log_prob + target_entropy))
-
-        temperature_loss, alpha_grad = jax.value_and_grad(temperature_loss_fn)(state.log_alpha)
+        temperature_loss_value, alpha_grad = jax.value_and_grad(temperature_loss)(state.log_alpha, log_prob, target_entropy)
         alpha_updates, alpha_opt_state = alpha_optimizer.update(alpha_grad, state.alpha_opt_state)
         log_alpha = optax.apply_updates(state.log_alpha, alpha_updates)
 
-        target_critic_params = optax.incremental_update(critic.params, state.target_critic_params, config.tau)
+        target_critic_params = learner.soft_update_target(critic, state.target_critic_params, config.tau)
         metrics = {
             "loss/critic": critic_loss,
-            "loss/actor": actor_loss,
-            "loss/temperature": temperature_loss,
+            "loss/actor": actor_loss_value,
+            "loss/temperature": temperature_loss_value,
             "alpha": alpha,
             "entropy": -jnp.mean(log_prob),
             "q/mean": jnp.mean(q),
@@ -187,8 +201,11 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         critic, critic_result = learner.recycle(
             critic_net, state.critic, critic_key, config.redo.tau, batch.observation, from_env(batch.action)
         )
-        target_critic_params = dormancy.follow_online(state.target_critic_params, critic.params, critic_result.touched)
-        state = state.replace(actor=actor, critic=critic, target_critic_params=target_critic_params)
+        state = state.replace(actor=actor, critic=critic)
+        if config.redo.reset_target:
+            state = state.replace(
+                target_critic_params=dormancy.follow_online(state.target_critic_params, critic.params, critic_result.touched)
+            )
         return state, actor_result.num_recycled + critic_result.num_recycled
 
     return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle)

@@ -95,3 +95,100 @@ def test_dqn_learns_cartpole(cartpole_runs, name):
     assert results[name].returncode == 0, results[name].stderr[-3000:]
     returns = [row["eval/episode_return"] for row in read_csv(workdir / name / "seed0" / "eval.csv")]
     assert max(returns) >= 300, returns
+
+
+def _hand_batch():
+    return Transition(
+        observation=jax.random.normal(jax.random.key(10), (6, 4)),
+        action=jnp.array([0, 1, 1, 0, 1, 0]),
+        reward=jnp.array([5.0, -3.0, 0.5, 0.0, 2.0, -0.2]),
+        next_observation=jax.random.normal(jax.random.key(11), (6, 4)),
+        terminated=jnp.array([False, True, False, False, True, False]),
+    )
+
+
+@pytest.mark.parametrize("td_loss, reward_clip", [("mse", False), ("huber", False), ("huber", True)])
+def test_loss_is_taken_against_the_target_network(td_loss, reward_clip):
+    """loss/td by hand: squared error x^2 (TF-Agents) or Huber (Dopamine), rewards clipped to [-1, 1] when asked,
+    bootstrapping from the target network's max_a Q(s', a), never the online one."""
+    agent, config = _agent(td_loss=td_loss, reward_clip=reward_clip, gamma=0.9)
+    state = agent.init(jax.random.key(0))
+    state = state.replace(target_params=jax.tree.map(lambda p: 3.0 * p + 0.5, state.online.params))
+    batch = _hand_batch()
+    _, metrics = agent.update(state, batch, jax.random.key(1))
+    module = network_module(config.network, 2)
+    q = np.asarray(module.apply({"params": state.online.params}, batch.observation))
+    next_q = np.asarray(module.apply({"params": state.target_params}, batch.next_observation))
+    losses = []
+    for i in range(6):
+        reward = float(np.clip(batch.reward[i], -1, 1)) if reward_clip else float(batch.reward[i])
+        error = reward + (0.0 if batch.terminated[i] else 0.9 * max(next_q[i])) - q[i][int(batch.action[i])]
+        if td_loss == "mse":
+            losses.append(error**2)
+        else:
+            losses.append(0.5 * error**2 if abs(error) <= 1 else abs(error) - 0.5)
+    assert max(abs(error) for error in losses) > 1.0  # the Huber branch for large errors is exercised
+    assert float(metrics["loss/td"]) == pytest.approx(np.mean(losses), rel=1e-5)
+
+
+def test_weight_decay_is_an_l2_penalty_on_the_hidden_kernels():
+    """The gradient of weight_decay * sum(w^2) over hidden kernels (Keras L2 on rigl's hidden Dense layers)."""
+    params = {"dense_0": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.ones(3)},
+              "output": {"kernel": jnp.full((3, 1), 4.0), "bias": jnp.ones(1)}}
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    transform = dqn.hidden_kernel_l2(1e-2)
+    updates, _ = transform.update(zeros, transform.init(params), params)
+    np.testing.assert_allclose(updates["dense_0"]["kernel"], np.full((2, 3), 2 * 1e-2 * 2.0))
+    for leaf in (updates["dense_0"]["bias"], updates["output"]["kernel"], updates["output"]["bias"]):
+        np.testing.assert_array_equal(leaf, 0.0)
+
+
+def test_classic_control_epsilon_is_random_then_constant():
+    """dqn_gym_dense_config.gin: initial random collection, then the constant epsilon_greedy = 0.01."""
+    agent, config = _agent()
+    state = agent.init(jax.random.key(0))
+    observations = jnp.zeros((4000, 4))
+    greedy = agent.act(state, observations, jax.random.key(2), 0, False)
+    for env_step, lowest, highest in ((config.learning_starts, 0.4, 0.6), (config.learning_starts + 1, 0.0, 0.01),
+                                      (50_000, 0.0, 0.01)):
+        exploring = agent.act(state, observations, jax.random.key(3), env_step, True)
+        assert lowest <= float(jnp.mean(exploring != greedy)) <= highest, env_step
+
+
+@pytest.mark.parametrize("reset_target", [False, True])
+def test_redo_rewrites_the_target_only_when_asked(reset_target):
+    """Dopamine's recycled DQN recycles the online network only; `redo.reset_target` also resets the target."""
+    agent, config = _agent(redo=dict(enabled=True, tau=1.5, period=1, batch_size=64, reset_target=reset_target))
+    state = agent.init(jax.random.key(0))
+    state = state.replace(target_params=jax.tree.map(lambda p: p + 1.0, state.online.params))
+    new_state, recycled = agent.recycle(state, _hand_batch(), jax.random.key(2))
+    assert int(recycled) > 0
+    changed = jax.tree.map(lambda old, new: np.asarray(old != new), state.online.params, new_state.online.params)
+    assert any(leaf.any() for leaf in jax.tree.leaves(changed))
+    for target, old_target, online, online_changed in zip(*map(jax.tree.leaves, (
+            new_state.target_params, state.target_params, new_state.online.params, changed))):
+        if not reset_target:
+            np.testing.assert_array_equal(target, old_target)
+            continue
+        # Every rewritten entry takes the online value (a bias zeroed again is rewritten but unchanged).
+        np.testing.assert_array_equal(target[online_changed], online[online_changed])
+        assert np.all((target == online) | (target == old_target))
+
+
+def test_runner_recycles_dead_neurons():
+    """The off-policy runner's ReDo path on a network with 20 planted dead neurons (bias -100): they are recycled."""
+    from sparserl import replay as replay_lib, runner
+
+    agent, config = _agent(learning_starts=0, batch_size=8, redo=dict(enabled=True, tau=0.1, period=1, batch_size=8,
+                                                                       reset_target=False))
+    state = runner.init_states(agent, [0])
+    bias = state.online.params["dense_0"]["bias"]
+    state = state.replace(online=state.online.replace(params={
+        **state.online.params, "dense_0": {**state.online.params["dense_0"], "bias": bias.at[:, :20].set(-100.0)}}))
+    step = runner.make_off_policy_step(agent, config, runner.seed_axes(state))
+    replay = jax.vmap(lambda _: replay_lib.init(16, (4,), jnp.float32))(jnp.arange(1))
+    transition = jax.tree.map(lambda x: x[None], _hand_batch())
+    transition = replay_lib.Transition(*(leaf[:, 0] for leaf in transition))
+    new_state, _, _, _, recycled = step(state, replay, transition, jnp.zeros((1, 1, 4)), 0, 0)
+    assert int(recycled[0]) >= 20
+    np.testing.assert_array_equal(new_state.online.params["dense_0"]["bias"][0, :20], 0.0)

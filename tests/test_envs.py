@@ -193,3 +193,25 @@ def test_dmc_reset_seed_determines_the_initial_state():
     first, second, other = (envs.make_env("dmc:walker-walk") for _ in range(3))
     np.testing.assert_array_equal(first.reset(seed=3)[0], second.reset(seed=3)[0])
     assert not np.array_equal(first.reset(seed=3)[0], other.reset(seed=4)[0])
+
+
+def test_atari_protocol_live():
+    """Machado et al. 2018 / Dopamine (rigl's dqn_atari_*.gin include Dopamine's dqn.gin): sticky actions 0.25,
+    at most 108,000 frames per episode, 4 frames per agent step, and losing a life does not end the episode."""
+    env = envs.make_env("ALE/Breakout-v5")
+    ale = env.unwrapped.ale
+    assert ale.getFloat("repeat_action_probability") == pytest.approx(0.25)
+    assert ale.getInt("max_num_frames_per_episode") == 108_000
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    lives = ale.lives()
+    assert lives == 5
+    for _ in range(3000):
+        frame = ale.getEpisodeFrameNumber()
+        _, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
+        assert ale.getEpisodeFrameNumber() - frame == 4
+        if ale.lives() < lives:
+            break
+    assert ale.lives() == lives - 1, "no life lost in 3000 random steps"
+    assert not terminated and not truncated
+    env.close()

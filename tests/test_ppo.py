@@ -73,6 +73,32 @@ def test_gae_matches_python_loop_with_truncation_and_termination():
     assert advantages[1, 2] == pytest.approx(rewards[1, 2] - values[1, 2], abs=1e-5)
 
 
+def test_clipped_losses_by_hand():
+    """Surrogate, value clipping and advantage normalisation against plain Python (CleanRL `ppo.py`)."""
+    old_log_probs = np.array([0.0, 0.0, 0.0, 0.0])
+    log_probs = np.log([1.5, 0.7, 1.1, 0.5])  # ratios 1.5, 0.7, 1.1, 0.5
+    advantages = np.array([2.0, -1.0, 1.0, 4.0])
+    values, old_values = np.array([1.0, 2.0, 0.0, -1.0]), np.array([0.5, 2.5, 0.1, -1.0])
+    returns = np.array([2.0, 1.0, 0.0, 1.0])
+    clip = 0.2
+    normalised = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    ratios = [1.5, 0.7, 1.1, 0.5]
+    policy = np.mean([max(-a * r, -a * min(max(r, 1 - clip), 1 + clip)) for a, r in zip(normalised, ratios)])
+    clipped_values = [o + min(max(v - o, -clip), clip) for v, o in zip(values, old_values)]  # 0.7, 2.3, 0.0, -1.0
+    value = 0.5 * np.mean([max((v - g) ** 2, (c - g) ** 2) for v, c, g in zip(values, clipped_values, returns)])
+    value_unclipped = 0.5 * np.mean((values - returns) ** 2)
+    raw_policy = np.mean([max(-a * r, -a * min(max(r, 1 - clip), 1 + clip)) for a, r in zip(advantages, ratios)])
+    arrays = [jnp.asarray(x, jnp.float32) for x in (log_probs, old_log_probs, advantages, values, old_values, returns)]
+    policy_loss, value_loss, ratio, _ = ppo.clipped_losses(*arrays, clip, True, True)
+    np.testing.assert_allclose(ratio, ratios, rtol=1e-6)
+    assert float(policy_loss) == pytest.approx(policy, rel=1e-5)
+    assert float(value_loss) == pytest.approx(value, rel=1e-5)
+    policy_loss, value_loss, _, _ = ppo.clipped_losses(*arrays, clip, False, False)
+    assert float(policy_loss) == pytest.approx(raw_policy, rel=1e-5)
+    assert float(value_loss) == pytest.approx(value_unclipped, rel=1e-5)
+    assert value != pytest.approx(value_unclipped) and policy != pytest.approx(raw_policy)
+
+
 def test_running_stats_match_numpy():
     rng = np.random.default_rng(1)
     first, second = rng.normal(3.0, 2.0, size=(50, 4)), rng.normal(-1.0, 0.5, size=(70, 4))
@@ -115,7 +141,7 @@ def _random_rollout(spec: envs.EnvSpec, steps: int, num_envs: int, seed: int = 0
 def test_gaussian_agent_sparsity_log_std_redo_and_obs_normalisation():
     spec = envs.env_spec("Pendulum-v1")
     config = _small_config(**{
-        "sparse.sparsity": 0.5, "sparse.actor_sparsity": 0.8, "sparse.update_period": 2,
+        "sparse.sparsity": 0.5, "sparse.actor_sparsity": 0.8, "sparse.rigl.update_period": 2,
         "redo.enabled": True, "redo.period": 4, "redo.tau": 1.5,  # tau > 1: some neurons are always recycled
         "normalize_observations": True,
     })

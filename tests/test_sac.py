@@ -84,7 +84,7 @@ def test_log_std_stays_in_its_range():
 
 def test_update_steps_every_part_and_polyak_averages_the_target():
     spec = envs.env_spec("Pendulum-v1")
-    config = _config(**{"sparse.sparsity": 0.9, "sparse.update_period": 1})
+    config = _config(**{"sparse.sparsity": 0.9, "sparse.rigl.update_period": 1})
     agent = sac.make(config, spec)
     state = agent.init(jax.random.key(0))
     batch = _batch(spec, 32, jax.random.key(1))
@@ -92,7 +92,9 @@ def test_update_steps_every_part_and_polyak_averages_the_target():
     for name in ("loss/critic", "loss/actor", "loss/temperature", "alpha"):
         assert np.isfinite(float(metrics[name])), name
     assert int(new_state.step) == 1
-    assert float(new_state.log_alpha) != float(state.log_alpha)
+    # The temperature moves towards the target entropy: up when the policy is less random than the target.
+    target_entropy = -config.target_entropy_scale * spec.num_actions
+    assert (float(new_state.log_alpha) - float(state.log_alpha)) * (target_entropy - float(metrics["entropy"])) > 0
     tau = config.tau
     jax.tree.map(
         lambda new_target, old_target, online: np.testing.assert_allclose(
@@ -154,16 +156,53 @@ def test_actor_and_critic_take_their_own_sparsity(fields, expected):
     assert "dormant/0.1/actor/total" in metrics and "dormant/0.1/critic/q2/dense_1" in metrics
 
 
-def test_recycle_keeps_the_target_critic_on_the_online_values_it_rewrote():
+@pytest.mark.parametrize("reset_target", [False, True])
+def test_redo_rewrites_the_target_critic_only_when_asked(reset_target):
+    """Dopamine's recycled SAC resets target critics only with reset_target_models=True (default False)."""
     spec = envs.env_spec("Pendulum-v1")
-    agent = sac.make(_config(**{"redo.tau": 1.5}), spec)  # every neuron scores below 1.5 somewhere: many recycled
+    agent = sac.make(_config(**{"redo.tau": 1.5, "redo.reset_target": reset_target}), spec)  # many recycled
     state = agent.init(jax.random.key(0))
     state = state.replace(target_critic_params=jax.tree.map(lambda p: p + 1.0, state.critic.params))
     new_state, recycled = agent.recycle(state, _batch(spec, 64, jax.random.key(1)), jax.random.key(2))
     assert int(recycled) > 0
     changed = jax.tree.map(lambda old, new: np.asarray(old != new), state.critic.params, new_state.critic.params)
-    jax.tree.map(lambda target, online, mask: np.testing.assert_array_equal(np.asarray(target)[mask], np.asarray(online)[mask]),
-                 new_state.target_critic_params, new_state.critic.params, changed)
+    assert any(leaf.any() for leaf in jax.tree.leaves(changed))
+    for target, old_target, online, online_changed in zip(*map(jax.tree.leaves, (
+            new_state.target_critic_params, state.target_critic_params, new_state.critic.params, changed))):
+        if not reset_target:
+            np.testing.assert_array_equal(target, old_target)
+            continue
+        np.testing.assert_array_equal(target[online_changed], online[online_changed])
+        assert np.all((target == online) | (target == old_target))
+
+
+def test_target_critic_carries_no_weight_off_the_online_mask_after_a_topology_update():
+    spec = envs.env_spec("Pendulum-v1")
+    config = _config(**{"sparse.sparsity": 0.9, "sparse.rigl.update_period": 5})
+    agent = sac.make(config, spec)
+    state = agent.init(jax.random.key(0))
+    state = state.replace(step=jnp.asarray(5, jnp.int32))  # a RigL step: drop and grow in the critic
+    new_state, _ = jax.jit(agent.update)(state, _batch(spec, 32, jax.random.key(1)), jax.random.key(2))
+    old_masks, new_masks = state.critic.opt_state.masks, new_state.critic.opt_state.masks
+    dropped = sum(int(np.sum(old & ~new)) for old, new in zip(jax.tree.leaves(old_masks), jax.tree.leaves(new_masks)))
+    assert dropped > 0
+    off_mask = sum(int(np.sum((np.asarray(target) != 0) & ~np.asarray(mask))) for target, mask in
+                   zip(jax.tree.leaves(new_state.target_critic_params), jax.tree.leaves(new_masks)))
+    assert off_mask == 0
+
+
+def test_actor_and_temperature_losses_by_hand():
+    log_prob = jnp.array([-1.0, 0.5, 2.0])
+    q = jnp.array([[1.0, 3.0, -2.0], [2.0, 0.0, -1.0]])  # min over the twins: 1, 0, -2
+    assert float(sac.actor_loss(0.2, log_prob, q)) == pytest.approx(((-0.2 - 1) + (0.1 - 0) + (0.4 + 2)) / 3, rel=1e-6)
+    log_alpha = jnp.log(0.5)
+    # target entropy -1: mean over the batch of -0.5 * (log pi + target) = -0.5 * mean(-2, -0.5, 1)
+    assert float(sac.temperature_loss(log_alpha, log_prob, -1.0)) == pytest.approx(-0.5 * (-1.5 / 3), rel=1e-6)
+    # Entropy -mean(log pi) = -0.5 below a target of 3: the gradient is alpha * (entropy - target) < 0, so
+    # gradient descent raises alpha; above a target of -3, it lowers alpha.
+    for target_entropy in (3.0, -3.0):
+        grad = float(jax.grad(sac.temperature_loss)(log_alpha, log_prob, target_entropy))
+        assert grad == pytest.approx(0.5 * (-0.5 - target_entropy), rel=1e-6)
 
 
 # --- through the command line --------------------------------------------------------------------------------
@@ -184,7 +223,7 @@ def _csv(tmp_path, seed, kind="metrics"):
 @pytest.mark.parametrize("env_id", ["HalfCheetah-v5", "dmc:cheetah-run"])
 def test_smoke_run(tmp_path, env_id):
     _run(tmp_path, f"--env={env_id}", "--sparsity=0.9", "--steps=300", "--config.learning_starts=100",
-         "--config.log_every=100", "--config.sparse.update_period=50")
+         "--config.log_every=100", "--config.sparse.rigl.update_period=50")
     last = _csv(tmp_path, 0)[-1]
     assert last["step"] == 300
     for name in ("loss/critic", "loss/actor", "loss/temperature", "sparsity/actor/total", "sparsity/critic/total"):
@@ -195,7 +234,7 @@ def test_smoke_run(tmp_path, env_id):
 
 def test_actor_and_critic_sparsities_are_honoured_separately(tmp_path):
     _run(tmp_path, "--actor_sparsity=0.5", "--critic_sparsity=0.9", "--steps=400", "--config.learning_starts=100",
-         "--config.log_every=200", "--config.sparse.update_period=50", "--eval_every=400")
+         "--config.log_every=200", "--config.sparse.rigl.update_period=50", "--eval_every=400")
     last = _csv(tmp_path, 0)[-1]
     assert last["step"] == 400
     assert last["sparsity/actor/total"] == pytest.approx(0.5, abs=0.005)
@@ -204,7 +243,7 @@ def test_actor_and_critic_sparsities_are_honoured_separately(tmp_path):
 
 def test_two_seeds_in_one_process_equal_two_single_seed_runs(tmp_path):
     common = ("--sparsity=0.9", "--steps=1000", "--config.learning_starts=300", "--config.log_every=350",
-              "--config.sparse.update_period=200", "--eval_every=1000", "--config.eval_episodes=2")
+              "--config.sparse.rigl.update_period=200", "--eval_every=1000", "--config.eval_episodes=2")
     _run(tmp_path / "both", "--num_seeds=2", *common)
     for seed in (0, 1):
         _run(tmp_path / f"single{seed}", f"--seed={seed}", *common)
