@@ -200,11 +200,11 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     )
     actor = learner.make_network(
         actor_module, inner_optimizer(), sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "actor")), "actor",
-        config.sparse.sparse_init_rescale,
+        sparse_init_rescale=config.sparse.sparse_init_rescale,
     )
     critic = learner.make_network(
         critic_module, inner_optimizer(), sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "critic")), "critic",
-        config.sparse.sparse_init_rescale,
+        sparse_init_rescale=config.sparse.sparse_init_rescale,
     )
     sample_observation = jnp.zeros((1, *env_spec.observation_shape), env_spec.observation_dtype)
     stats_shape = env_spec.observation_shape if config.normalize_observations else ()
