@@ -71,6 +71,10 @@ def stack_seeds(trees: Sequence[Any], axes: Any) -> Any:
     )
 
 
+class NoReadableCheckpoint(RuntimeError):
+    """Checkpoints exist, but none of them reads back whole."""
+
+
 class Checkpointer:
     """Saves and restores the per-seed state of a run."""
 
@@ -78,6 +82,7 @@ class Checkpointer:
         self.seed_dirs = list(seed_dirs)
         self.keep = max(1, keep)
         self._orbax = ocp.StandardCheckpointer()
+        self._loaded = None  # (step, [(arrays, loop state) per seed]) read by load_latest
 
     def save(self, step: int, arrays: Sequence[Any], loop_states: Sequence[Any]) -> None:
         """Writes checkpoint `step` of every seed: `arrays[i]` (a pytree of arrays) and `loop_states[i]` (picklable)."""
@@ -104,20 +109,55 @@ class Checkpointer:
             for old_step in checkpoint_steps(seed_dir)[: -self.keep]:
                 shutil.rmtree(os.path.join(directory, str(old_step)))
 
+    def load_latest(self, warn) -> int | None:
+        """Reads the newest checkpoint that every seed has and that reads back whole; returns its step (None: none yet).
+
+        An unreadable checkpoint (a file truncated or missing) is skipped with a
+        one-line `warn(...)` and the one before is tried: never a silent wrong
+        resume. Raises NoReadableCheckpoint when checkpoints exist but none reads.
+        """
+        steps = sorted(set.intersection(*(set(checkpoint_steps(seed_dir)) for seed_dir in self.seed_dirs)), reverse=True)
+        for step in steps:
+            try:
+                self._loaded = (step, [self._read(os.path.join(seed_dir, CHECKPOINTS, str(step))) for seed_dir in self.seed_dirs])
+                return step
+            except Exception as error:  # any damage to the files: fall back to the previous checkpoint
+                reason = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+                warn(f"warning: checkpoint {step:,} in {os.path.dirname(self.seed_dirs[0])} is unreadable ({reason}); "
+                     "trying the one before")
+        if steps:
+            raise NoReadableCheckpoint(f"no readable checkpoint in {os.path.dirname(self.seed_dirs[0])} "
+                                       f"(tried steps {', '.join(map(str, steps))}); delete it or pass another --run_name")
+        return None
+
+    def _read(self, directory: str) -> tuple[dict, Any]:
+        stored = self._orbax.restore(os.path.join(directory, "arrays"))
+        with open(os.path.join(directory, "loop.pkl"), "rb") as file:
+            return stored, pickle.load(file)
+
     def restore(self, step: int, templates: Sequence[Any]) -> tuple[list[Any], list[Any]]:
-        """Restores checkpoint `step`: per seed, arrays shaped like `templates[i]` and the loop state."""
+        """The checkpoint `step` read by `load_latest`: per seed, arrays shaped like `templates[i]` and the loop state.
+
+        Every stored array must have the shape of its template leaf (the dtype is the template's).
+        """
+        loaded_step, per_seed = self._loaded
+        if loaded_step != step:
+            raise ValueError(f"checkpoint {step} was not loaded (loaded: {loaded_step})")
         arrays, loop_states = [], []
-        for seed_dir, template in zip(self.seed_dirs, templates):
+        for seed_dir, template, (stored, loop_state) in zip(self.seed_dirs, templates, per_seed):
             directory = os.path.join(seed_dir, CHECKPOINTS, str(step))
-            stored = self._orbax.restore(os.path.join(directory, "arrays"))
             template_leaves, treedef = jax.tree.flatten(template)
             if len(stored) != len(template_leaves):
                 raise ValueError(f"{directory} does not match this run's state ({len(stored)} vs {len(template_leaves)} arrays)")
             leaves = []
             for i, template_leaf in enumerate(template_leaves):
                 value = jnp.asarray(stored[f"leaf_{i:05d}"])
+                expected_shape = jax.random.key_data(template_leaf).shape if _is_key(template_leaf) else template_leaf.shape
+                if value.shape != tuple(expected_shape):
+                    raise ValueError(f"{directory} does not match this run's state: array {i} has shape {value.shape}, "
+                                     f"this run expects {tuple(expected_shape)}")
                 leaves.append(jax.random.wrap_key_data(value) if _is_key(template_leaf) else value.astype(template_leaf.dtype))
             arrays.append(jax.tree.unflatten(treedef, leaves))
-            with open(os.path.join(directory, "loop.pkl"), "rb") as file:
-                loop_states.append(pickle.load(file))
+            loop_states.append(loop_state)
+        self._loaded = None
         return arrays, loop_states

@@ -18,11 +18,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sparserl import checkpoint as checkpoint_lib, dormancy, replay as replay_lib
+from sparserl import checkpoint as checkpoint_lib, dormancy, learner, replay as replay_lib
 from sparserl.checkpoint import Checkpointer
 from sparserl.agent import Agent
 from sparserl.envs import EnvSpec, SeedEnvs
 from sparserl.logging import MetricsWriter, ProgressPrinter
+from sparserl.preemption import StopRequests
 
 
 def seed_axes(state: Any) -> Any:
@@ -149,15 +150,67 @@ class Run:
     writers: list[MetricsWriter]
     progress: ProgressPrinter
     checkpointer: Checkpointer
+    stop_requests: StopRequests = dataclasses.field(default_factory=StopRequests)
     resume_step: int | None = None
+
+
+def network_params(state: Any) -> dict[str, Any]:
+    """The params of every network of an agent state (its `learner.NetworkState` fields), by field name."""
+    return {field.name: getattr(state, field.name).params for field in dataclasses.fields(state)
+            if isinstance(getattr(state, field.name), learner.NetworkState)}
+
+
+@jax.jit
+def _changed_per_seed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, jax.Array]:
+    """Per network, per seed (leading axis): whether any parameter differs."""
+    def changed(old, new):
+        return jnp.any(old != new, axis=tuple(range(1, old.ndim)))
+
+    return {name: jnp.any(jnp.stack(jax.tree.leaves(jax.tree.map(changed, before[name], after[name]))), axis=0)
+            for name in before}
+
+
+class FrozenNetworkWatch:
+    """Notices a network whose parameters got exactly no update over a whole log window of gradient steps.
+
+    That is never training: a layer without a path from input to output, a
+    zero learning rate, or a sparse mask that blocks every gradient. Each log
+    row gets `warnings/frozen/<network>` (1 frozen, 0 not; NaN while no gradient
+    step was taken), and the console says so once per network.
+    """
+
+    def __init__(self, state: Any):
+        self._reported: set[str] = set()
+        self._remember(state)
+
+    def _remember(self, state: Any) -> None:
+        self._params = jax.tree.map(jnp.copy, network_params(state))  # copies: the loop donates the state's buffers
+        self._updates = int(state.step)
+
+    def check(self, state: Any, seeds: list[int], window: tuple[int, int]) -> dict[str, np.ndarray]:
+        learned = int(state.step) > self._updates
+        changed = _host(_changed_per_seed(self._params, network_params(state)))
+        metrics = {}
+        for name, network_changed in changed.items():
+            frozen = learned & ~network_changed
+            metrics[f"warnings/frozen/{name}"] = frozen.astype(np.float64) if learned else np.full(len(seeds), np.nan)
+            if frozen.any() and name not in self._reported:
+                self._reported.add(name)
+                frozen_seeds = ", ".join(str(seed) for seed, is_frozen in zip(seeds, frozen) if is_frozen)
+                print(f"  warning: the {name} network of seed(s) {frozen_seeds} got no update at all from step "
+                      f"{window[0]:,} to {window[1]:,} (no path from input to output? a zero learning rate?); "
+                      f"see warnings/frozen/{name}", flush=True)
+        self._remember(state)
+        return metrics
 
 
 class Recorder:
     """Host-side bookkeeping shared by both loops: episode returns between logs, ReDo counts,
     metric rows, console progress, evaluations, NaN checks and checkpoints."""
 
-    def __init__(self, config: ml_collections.ConfigDict, run: Run, eval_actor: Callable):
+    def __init__(self, config: ml_collections.ConfigDict, run: Run, eval_actor: Callable, state: Any):
         self.config, self.run, self.eval_actor = config, run, eval_actor
+        self.frozen_watch = FrozenNetworkWatch(state)
         self.window_returns: list[list[float]] = [[] for _ in run.seeds]
         self.recycled_total = np.zeros(len(run.seeds), np.int64)
         self.window_start = run.resume_step or 0
@@ -168,12 +221,13 @@ class Recorder:
         for seed_index, env_index in zip(*np.nonzero(~np.isnan(episode_return))):
             self.window_returns[seed_index].append(float(episode_return[seed_index, env_index]))
 
-    def log(self, done: int, update_metrics: dict, network_metrics: dict, final: bool) -> None:
+    def log(self, done: int, state: Any, update_metrics: dict, network_metrics: dict, final: bool) -> None:
         """Writes one metrics row per seed; stops the run if a loss is NaN or infinite."""
         for name, values in update_metrics.items():
             for seed_index, value in enumerate(np.atleast_1d(values)):
                 if name.startswith("loss/") and not np.isfinite(value):
                     raise TrainingDiverged(f"step {done:,}: {name} is {value} for seed {self.run.seeds[seed_index]}")
+        network_metrics = {**network_metrics, **self.frozen_watch.check(state, self.run.seeds, (self.window_start, done))}
         sps = (done - self.window_start) / max(time.perf_counter() - self.window_time, 1e-9)
         rows = []
         for seed_index, writer in enumerate(self.run.writers):
@@ -220,7 +274,14 @@ class Recorder:
         for seed_index, loop_state in enumerate(loop_states):
             self.window_returns[seed_index] = loop_state.pop("window_returns")
             self.recycled_total[seed_index] = loop_state.pop("recycled_total")
-        return checkpoint_lib.stack_seeds(arrays, axes), loop_states
+        arrays = checkpoint_lib.stack_seeds(arrays, axes)
+        self.frozen_watch = FrozenNetworkWatch(arrays["state"])
+        return arrays, loop_states
+
+    def stop_if_requested(self, done: int) -> None:
+        """After a step whose checkpoint is written: raises `Stopped` when SIGTERM/SIGINT asked the run to stop."""
+        if self.run.stop_requests.requested:
+            raise self.run.stop_requests.stopped(done)
 
 
 def _restore_envs(envs: SeedEnvs, loop_states: list[dict], observations: np.ndarray, actions: np.ndarray):
@@ -243,7 +304,7 @@ def run_off_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: En
     measure = jax.jit(jax.vmap(
         lambda state, replay, key: agent.measure(state, replay_lib.sample(replay, key, config.redo.batch_size)),
         in_axes=(state_axes, 0, 0)))
-    recorder = Recorder(config, run, make_actor(agent, state_axes, explore=False))
+    recorder = Recorder(config, run, make_actor(agent, state_axes, explore=False), state)
 
     action_shape = () if env_spec.discrete else (env_spec.num_actions,)
     action_dtype = jnp.int32 if env_spec.discrete else jnp.float32
@@ -289,14 +350,17 @@ def run_off_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: En
         final = done == config.steps
         if done % config.log_every == 0 or final:
             keys = jax.vmap(lambda seed: jax.random.fold_in(jax.random.key(seed), done))(jnp.asarray(seeds, jnp.uint32))
-            recorder.log(done, _host(last_metrics) if last_metrics is not None else {}, _host(measure(state, replay, keys)), final)
+            recorder.log(done, state, _host(last_metrics) if last_metrics is not None else {},
+                         _host(measure(state, replay, keys)), final)
         if done % config.eval_every == 0 or final:
             recorder.evaluate(state, done)
-        if done % config.checkpoint_every == 0 or final:
+        if done % config.checkpoint_every == 0 or final or run.stop_requests.requested:
             arrays = {"state": state, "replay": replay} if config.checkpoint_replay else {"state": state}
             loop_states = [{"envs": envs.seed_state(i), "observation": observations[i], "pending_action": actions[i]}
                            for i in range(len(seeds))]
             recorder.checkpoint(done, arrays, array_axes, loop_states)
+            if not final:
+                recorder.stop_if_requested(done)
     envs.close()
 
 
@@ -330,7 +394,7 @@ def run_on_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: Env
     state_axes = seed_axes(state)
     num_seeds, num_envs, num_steps = len(seeds), config.num_envs, config.rollout_steps
     explore_actor = make_actor(agent, state_axes, explore=True)
-    recorder = Recorder(config, run, make_actor(agent, state_axes, explore=False))
+    recorder = Recorder(config, run, make_actor(agent, state_axes, explore=False), state)
 
     def draw_act_keys(state):
         state, key = _split_rng(state)
@@ -386,13 +450,15 @@ def run_on_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: Env
         final = done >= config.steps
         reached = lambda every: done // every > start // every  # noqa: E731
         if reached(config.log_every) or final:
-            recorder.log(done, update_metrics, _host(measure(state, buffers)), final)
+            recorder.log(done, state, update_metrics, _host(measure(state, buffers)), final)
         if reached(config.eval_every) or final:
             recorder.evaluate(state, done)
-        if reached(config.checkpoint_every) or final:
+        if reached(config.checkpoint_every) or final or run.stop_requests.requested:
             loop_states = [{"envs": envs.seed_state(i), "observation": observations[i], "pending_action": None}
                            for i in range(num_seeds)]
             recorder.checkpoint(done, {"state": state}, {"state": state_axes}, loop_states)
+            if not final:
+                recorder.stop_if_requested(done)
     envs.close()
 
 

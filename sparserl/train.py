@@ -39,6 +39,7 @@ flags.DEFINE_integer("seed", None, "First seed; seeds are seed, seed + 1, ...")
 flags.DEFINE_integer("num_seeds", None, "Seeds trained side by side in one process (vmapped).")
 flags.DEFINE_integer("steps", None, "Environment steps per seed.")
 flags.DEFINE_integer("eval_every", None, "Environment steps between evaluations.")
+flags.DEFINE_integer("checkpoint_every", None, "Environment steps between checkpoints (one is also written at the end).")
 flags.DEFINE_string("workdir", "runs", "Directory that holds run directories.")
 flags.DEFINE_string("run_name", None, "Run directory name (default: built from agent, env, method, sparsity, redo).")
 flags.DEFINE_string("config", None, "A configs/<agent>.py-style file with get_config(); fields can be overridden with --config.<field>=value.")
@@ -60,6 +61,7 @@ _FLAG_FIELDS = {
     "num_seeds": "num_seeds",
     "steps": "steps",
     "eval_every": "eval_every",
+    "checkpoint_every": "checkpoint_every",
 }
 
 
@@ -181,7 +183,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise UsageError(f"--sparsity: --method={sparse.method} needs a sparsity in (0, 1)")
     if sparse.method == "dense" and sparse.sparsity > 0.0:
         raise UsageError("--method: dense cannot train at --sparsity > 0; choose static, set, rigl or prune")
-    for name, minimum in (("num_seeds", 1), ("steps", 1), ("eval_every", 1)):
+    for name, minimum in (("num_seeds", 1), ("steps", 1), ("eval_every", 1), ("checkpoint_every", 1)):
         if config[name] < minimum:
             raise UsageError(f"--{name}: must be >= {minimum}, got {config[name]}")
     if config.redo.tau < 0.0:
@@ -282,12 +284,35 @@ def main(argv: list[str]) -> None:
     except UsageError as error:
         _usage_exit(str(error))
 
+    from sparserl import run_lock
+
+    lock = run_lock.RunLock(run_dir)
+    try:
+        note = lock.acquire()
+    except run_lock.RunLocked as error:
+        _usage_exit(f"--run_name: {error}; wait for it to finish or pass another --run_name")
+    try:
+        if note:
+            print(f"note: {note}", flush=True)
+        _train(config, agent, agent_module.LOOP, env_spec, run_dir, seeds)
+    finally:
+        lock.release()
+
+
+def _train(config, agent, loop: str, env_spec, run_dir: str, seeds: list[int]) -> None:
+    """Writes the run directory and runs the loop; exits 1 on divergence or when no checkpoint reads back."""
     # Imported only now, so that a mistake is reported before JAX and the libraries load.
-    from sparserl import checkpoint, runner
+    from sparserl import checkpoint, preemption, runner
     from sparserl.logging import MetricsWriter, ProgressPrinter, atomic_write_text
 
     seed_dirs = [os.path.join(run_dir, f"seed{seed}") for seed in seeds]
-    resume_step = checkpoint.latest_common_step(seed_dirs) if all(map(os.path.isdir, seed_dirs)) else None
+    checkpointer = checkpoint.Checkpointer(seed_dirs, config.checkpoints_to_keep)
+    try:
+        resume_step = checkpointer.load_latest(warn=lambda line: print(line, flush=True)) if all(
+            map(os.path.isdir, seed_dirs)) else None
+    except checkpoint.NoReadableCheckpoint as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
     writers = []
     for seed, seed_dir in zip(seeds, seed_dirs):
         os.makedirs(seed_dir, exist_ok=True)
@@ -296,20 +321,26 @@ def main(argv: list[str]) -> None:
     print(describe(config, run_dir), flush=True)
     if resume_step is not None:
         print(f"resuming from the checkpoint of step {resume_step:,}", flush=True)
+    stop_requests = preemption.StopRequests()
+    stop_requests.install()
     run = runner.Run(
         seeds=seeds,
         writers=writers,
         progress=ProgressPrinter(f"{config.agent} {config.env}", config.steps),
-        checkpointer=checkpoint.Checkpointer(seed_dirs, config.checkpoints_to_keep),
+        checkpointer=checkpointer,
+        stop_requests=stop_requests,
         resume_step=resume_step,
     )
     try:
-        runner.LOOPS[agent_module.LOOP](agent, config, env_spec, run)
+        runner.LOOPS[loop](agent, config, env_spec, run)
     except runner.TrainingDiverged as error:
         last = checkpoint.latest_common_step(seed_dirs)
         kept = f"the last good checkpoint is step {last:,}" if last is not None else "no checkpoint was written"
         print(f"error: training diverged at {error}; stopped, {kept}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except preemption.Stopped as stopped:
+        print(f"stopped at step {stopped.step:,}; rerun the same command to resume", flush=True)
+        sys.exit(stopped.exit_status)
     finally:
         for writer in writers:
             writer.close()

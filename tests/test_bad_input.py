@@ -24,6 +24,7 @@ CASES = [
     (["--steps=-5"], "--steps"),
     (["--redo_tau=-1"], "--redo_tau"),
     (["--redo_period=0"], "--redo_period"),
+    (["--checkpoint_every=0"], "--checkpoint_every"),
     (["--actor_sparsity=0.5"], "--actor_sparsity"),
     (["--config=/no/such/config.py"], "--config"),
     (["--config={broken}"], "--config"),

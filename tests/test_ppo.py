@@ -262,3 +262,16 @@ def test_ppo_learns_cartpole(cartpole_runs, name):
     _check(results[name])
     returns = [row["eval/episode_return"] for row in _metrics(workdir / name, 0, "eval")]
     assert max(returns) >= 450, returns
+
+
+@pytest.mark.slow
+def test_a_90_percent_sparse_actor_learns_acrobot_on_the_seed_that_froze(tmp_path):
+    """Seed 1 at 90% ERK once kept a uniform policy for a whole 40k-step run (entropy ln 3, approx_kl ~ 0, eval -500):
+    masking a dense init shrank every hidden layer's activations by about sqrt(density), so the tanh features were
+    too small and too alike to move the 0.01-scaled policy head. With sparse-aware init it learns like dense."""
+    _check(run_train("--agent=ppo", "--env=Acrobot-v1", "--sparsity=0.9", "--seed=1", "--steps=20480",
+                     "--eval_every=10240", f"--workdir={tmp_path}", "--run_name=acrobot"))
+    returns = [row["eval/episode_return"] for row in _metrics(tmp_path / "acrobot", 1, "eval")]
+    assert returns[-1] >= -300, returns
+    rows = _metrics(tmp_path / "acrobot", 1)
+    assert min(row["loss/entropy"] for row in rows) < 1.09, [row["loss/entropy"] for row in rows]

@@ -24,19 +24,23 @@ PPO = ("--agent=ppo", "--sparsity=0.9", "--redo", "--redo_period=8", "--steps=40
 
 def _start(arguments, workdir):
     return subprocess.Popen([sys.executable, "-m", "sparserl.train", *arguments, f"--workdir={workdir}", "--run_name=run"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_environment())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_environment())
+
+
+def _wait_for_checkpoint(process, workdir, step: int) -> None:
+    seed_dir = os.path.join(workdir, "run", "seed0")
+    deadline = time.monotonic() + 600
+    while step not in checkpoint.checkpoint_steps(seed_dir):
+        assert process.poll() is None, "the run ended before it was stopped"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
 
 
 def _kill_after_checkpoint(arguments, workdir, step: int) -> None:
     process = _start(arguments, workdir)
-    seed_dir = os.path.join(workdir, "run", "seed0")
-    deadline = time.monotonic() + 600
-    while step not in checkpoint.checkpoint_steps(seed_dir):
-        assert process.poll() is None, "the run ended before it was killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    _wait_for_checkpoint(process, workdir, step)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.communicate()
 
 
 def _rows_without_sps(path):
@@ -55,23 +59,111 @@ def _assert_same_rows(left, right):
             assert same, (left_row["step"], name, left_row[name], right_row[name])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arguments, kill_at", [(DQN, 400), (PPO, 1024)], ids=["dqn", "ppo"])
-def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, arguments, kill_at):
-    whole = run_train(*arguments, f"--workdir={tmp_path / 'whole'}", "--run_name=run")
-    assert whole.returncode == 0, whole.stderr[-3000:]
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """Runs each configuration once, uninterrupted: the reference of every resume test here."""
+    workdirs = {}
 
-    _kill_after_checkpoint(arguments, tmp_path / "killed", kill_at)
-    resumed = run_train(*arguments, f"--workdir={tmp_path / 'killed'}", "--run_name=run")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from the checkpoint of step" in resumed.stdout
+    def run(arguments):
+        if arguments not in workdirs:
+            workdirs[arguments] = tmp_path_factory.mktemp("whole")
+            whole = run_train(*arguments, f"--workdir={workdirs[arguments]}", "--run_name=run")
+            assert whole.returncode == 0, whole.stderr[-3000:]
+        return workdirs[arguments]
 
+    return run
+
+
+def _assert_resumed_equals_uninterrupted(whole_workdir, resumed_workdir):
     for filename in ("metrics.csv", "eval.csv"):
-        whole_rows = _rows_without_sps(tmp_path / "whole" / "run" / "seed0" / filename)
-        resumed_rows = _rows_without_sps(tmp_path / "killed" / "run" / "seed0" / filename)
+        whole_rows = _rows_without_sps(whole_workdir / "run" / "seed0" / filename)
+        resumed_rows = _rows_without_sps(resumed_workdir / "run" / "seed0" / filename)
         steps = [row["step"] for row in resumed_rows]
         assert len(steps) == len(set(steps)), "a step was written twice"
         _assert_same_rows(whole_rows, resumed_rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arguments, kill_at", [(DQN, 400), (PPO, 1024)], ids=["dqn", "ppo"])
+def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, uninterrupted, arguments, kill_at):
+    _kill_after_checkpoint(arguments, tmp_path, kill_at)
+    resumed = run_train(*arguments, f"--workdir={tmp_path}", "--run_name=run")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from the checkpoint of step" in resumed.stdout
+    _assert_resumed_equals_uninterrupted(uninterrupted(arguments), tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arguments, after_checkpoint, stop_signal, status",
+                         [(DQN, 200, signal.SIGTERM, 143), (PPO, 512, signal.SIGINT, 130)], ids=["dqn-sigterm", "ppo-sigint"])
+def test_a_signal_checkpoints_the_current_step_and_the_rerun_matches(tmp_path, uninterrupted, arguments,
+                                                                       after_checkpoint, stop_signal, status):
+    process = _start(arguments, tmp_path)
+    _wait_for_checkpoint(process, tmp_path, after_checkpoint)
+    process.send_signal(stop_signal)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == status, stderr[-3000:]
+    stopped_at = int(stdout.strip().splitlines()[-1].removeprefix("stopped at step ").split(";")[0].replace(",", ""))
+    assert stdout.strip().endswith(f"stopped at step {stopped_at:,}; rerun the same command to resume")
+    assert stopped_at in checkpoint.checkpoint_steps(str(tmp_path / "run" / "seed0"))
+    assert not (tmp_path / "run" / "lock").exists()
+
+    resumed = run_train(*arguments, f"--workdir={tmp_path}", "--run_name=run")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from the checkpoint of step {stopped_at:,}" in resumed.stdout
+    _assert_resumed_equals_uninterrupted(uninterrupted(arguments), tmp_path)
+
+
+def test_a_second_process_on_a_running_run_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
+    arguments = (*DQN[:4], "--steps=1000000", *DQN[5:9], "--checkpoint_every=100")
+    process = _start(arguments, tmp_path)
+    _wait_for_checkpoint(process, tmp_path, 100)
+    config_file, lock_file = tmp_path / "run" / "seed0" / "config.json", tmp_path / "run" / "lock"
+    config_before, lock_before = config_file.stat(), lock_file.read_text()
+    second = run_train(*arguments, f"--workdir={tmp_path}", "--run_name=run")
+    assert second.returncode == 2
+    holder = f"pid {process.pid} on host {os.uname().nodename}"
+    assert second.stderr.strip() == (f"error: --run_name: {tmp_path / 'run'} is in use by {holder}; "
+                                     "wait for it to finish or pass another --run_name")
+    assert second.stdout == ""
+    config_after = config_file.stat()
+    assert (config_after.st_ino, config_after.st_mtime_ns) == (config_before.st_ino, config_before.st_mtime_ns)
+    assert lock_file.read_text() == lock_before
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+
+    third = _start(arguments, tmp_path)
+    first_line = third.stdout.readline()
+    third.send_signal(signal.SIGKILL)
+    third.communicate()
+    assert first_line.strip() == f"note: took over the lock left by {holder}, which is no longer running"
+
+
+def test_an_unreadable_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
+    arguments = (*DQN[:4], "--steps=400", *DQN[5:9], "--checkpoint_every=200", f"--workdir={tmp_path}", "--run_name=run")
+    first = run_train(*arguments)
+    assert first.returncode == 0, first.stderr[-3000:]
+    seed_dir = tmp_path / "run" / "seed0"
+    rows = read_csv(seed_dir / "metrics.csv")
+    assert checkpoint.checkpoint_steps(str(seed_dir)) == [200, 400]
+    (seed_dir / "checkpoints" / "400" / "loop.pkl").unlink()  # a missing file
+
+    resumed = run_train(*arguments)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    warning = next(line for line in resumed.stdout.splitlines() if line.startswith("warning: checkpoint 400"))
+    assert warning.endswith("is unreadable (FileNotFoundError: [Errno 2] No such file or directory: "
+                            f"'{seed_dir / 'checkpoints' / '400' / 'loop.pkl'}'); trying the one before")
+    assert "resuming from the checkpoint of step 200" in resumed.stdout
+    _assert_same_rows(_rows_without_sps(seed_dir / "metrics.csv"), [{k: v for k, v in row.items() if k != "sps"} for row in rows])
+
+    for step in (200, 400):  # every array file truncated: nothing to resume from
+        for array_file in (seed_dir / "checkpoints" / str(step) / "arrays").rglob("*"):
+            if array_file.is_file():
+                array_file.write_bytes(array_file.read_bytes()[:10])
+    broken = run_train(*arguments)
+    assert broken.returncode == 1
+    assert broken.stderr.strip().splitlines()[-1] == (
+        f"error: no readable checkpoint in {tmp_path / 'run'} (tried steps 400, 200); delete it or pass another --run_name")
 
 
 def test_a_finished_run_rerun_does_nothing_more(tmp_path):
