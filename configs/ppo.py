@@ -15,7 +15,8 @@ env, then flags, then `--config.<field>=value`.
 Sparse training follows Graesser et al. 2022's PPO MuJoCo gin files (below),
 counted in gradient (minibatch) steps. The actor and critic take
 `sparse.actor_sparsity` / `sparse.critic_sparsity` when set, else
-`sparse.sparsity`.
+`sparse.sparsity`. Not matched yet: the gins' L2 weight decay (1e-6 dense,
+1e-4 sparse) on rigl's TF-Agents PPO.
 """
 
 import ml_collections

@@ -9,6 +9,10 @@ gin files (below) for every family. `get_config()` gives the classic-control (Pe
 `PRESETS[family]` holds what differs for MuJoCo and the DeepMind Control Suite.
 Actor and critic take `sparse.sparsity` unless `sparse.actor_sparsity` /
 `sparse.critic_sparsity` are set (`--actor_sparsity`, `--critic_sparsity`).
+
+Not matched yet (rigl `rl/tfagents/sac_train_eval.py` and its gins, for a study that needs them):
+rewards scaled by reward_scale_factor 0.1; an L2 weight decay (1e-4 dense, 1e-6 sparse gins);
+initial_collect_steps 1000 on MuJoCo where the preset here collects 10,000.
 """
 
 import ml_collections
