@@ -14,8 +14,9 @@ rollout, in one `lax.scan` over epochs x minibatches (as in CleanRL's
 - per minibatch: clipped surrogate (advantages normalised per minibatch),
   clipped value loss, entropy bonus; one gradient step on each network
   (`learner.apply_gradients`: sparse masks, topology updates on schedule),
-  the actor and critic gradients first clipped together to a global norm
-  of 0.5 (CleanRL's and SB3's one `clip_grad_norm_` over all parameters),
+  each network's gradient clipped to a global norm of 0.5, or with
+  `clip_grad_norm_jointly` the actor and critic gradients together (CleanRL's
+  and SB3's one `clip_grad_norm_` over all parameters, rigl's TF-Agents PPO),
   then Adam with a linearly decaying learning rate; ReDo on schedule (gradient steps),
   scored on the whole rollout.
 - observation normalisation (continuous control): running mean/variance in
@@ -187,7 +188,8 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         learning_rate = (
             optax.linear_schedule(config.learning_rate, 0.0, updates) if config.anneal_learning_rate else config.learning_rate
         )
-        return optax.adam(learning_rate, eps=config.adam_eps)
+        adam = optax.adam(learning_rate, eps=config.adam_eps)
+        return adam if config.clip_grad_norm_jointly else optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adam)
 
     mlp = config.network.kind == "mlp"
     hidden_init = dict(hidden_kernel_init=networks.orthogonal(np.sqrt(2.0))) if mlp else {}
@@ -302,9 +304,10 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
             (_, metrics), (actor_grads, critic_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
                 state.actor.params, state.critic.params, minibatch
             )
-            actor_grads, critic_grads = learner.clip_by_joint_norm(
-                [state.actor, state.critic], [actor_grads, critic_grads], config.max_grad_norm
-            )
+            if config.clip_grad_norm_jointly:
+                actor_grads, critic_grads = learner.clip_by_joint_norm(
+                    [state.actor, state.critic], [actor_grads, critic_grads], config.max_grad_norm
+                )
             state = state.replace(
                 actor=learner.apply_gradients(actor, state.actor, actor_grads, state.step, actor_key),
                 critic=learner.apply_gradients(critic, state.critic, critic_grads, state.step, critic_key),

@@ -143,7 +143,7 @@ def test_gaussian_agent_sparsity_log_std_redo_and_obs_normalisation():
     config = _small_config(**{
         "sparse.sparsity": 0.5, "sparse.actor_sparsity": 0.8, "sparse.rigl.update_period": 2,
         "redo.enabled": True, "redo.period": 4, "redo.tau": 1.5,  # tau > 1: some neurons are always recycled
-        "normalize_observations": True,
+        "normalize_observations": True, "clip_grad_norm_jointly": True,
     })
     agent = ppo.make(config, spec)
     state = agent.init(jax.random.key(0))
