@@ -273,5 +273,4 @@ def test_a_90_percent_sparse_actor_learns_acrobot_on_the_seed_that_froze(tmp_pat
                      "--eval_every=10240", f"--workdir={tmp_path}", "--run_name=acrobot"))
     returns = [row["eval/episode_return"] for row in _metrics(tmp_path / "acrobot", 1, "eval")]
     assert returns[-1] >= -300, returns
-    rows = _metrics(tmp_path / "acrobot", 1)
-    assert min(row["loss/entropy"] for row in rows) < 1.09, [row["loss/entropy"] for row in rows]
+    assert all(row["warnings/frozen/actor"] == 0.0 for row in _metrics(tmp_path / "acrobot", 1))
