@@ -37,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.replay_capacity = 100_000
     config.learning_starts = 1_000
     config.train_every = 1
+    config.gradient_steps = 1  # updates per learning step (replay ratio gradient_steps / train_every)
     config.target_update_period = 100
     config.epsilon_end = 0.1
     config.epsilon_decay_steps = 25_000
