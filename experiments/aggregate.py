@@ -68,7 +68,6 @@ class SeedRun:
     """One seed of one run directory."""
 
     run: str  # the run directory's label (its name)
-    run_dir: str
     seed: int
     config: dict
     evals: list[dict]
@@ -152,7 +151,7 @@ def load_runs(run_dirs: list[str]) -> list[SeedRun]:
                 raise UsageError(f"RUN_DIRS: {seed_dir}/eval.csv holds no evaluation yet")
             with open(os.path.join(seed_dir, "config.json")) as file:
                 config = json.load(file)
-            seed_runs.append(SeedRun(label, run_dir, int(config["seed"]), config, evals,
+            seed_runs.append(SeedRun(label, int(config["seed"]), config, evals,
                                      read_csv(os.path.join(seed_dir, "metrics.csv"))))
     return seed_runs
 
@@ -431,7 +430,8 @@ def plot_performance_profiles(rows: list[dict], reps: int, seed: int, path: str)
     plt, figure, axes = _figure(len(panels), width=5.0, height=3.8)
     for axis, ((agent, env, level), scores) in zip(axes[0], sorted(panels.items())):
         values = np.concatenate([np.asarray(v) for v in scores.values()])
-        tau_list = np.linspace(values.min(), values.max(), 41) if values.max() > values.min() else np.array([values.min()])
+        margin = 0.05 * (values.max() - values.min()) or 0.05 * max(abs(values.min()), 1.0)  # from all runs above to none
+        tau_list = np.linspace(values.min() - margin, values.max() + margin, 41)
         np.random.seed(seed)
         profiles, intervals = library.create_performance_profile(
             {label: np.array([s]).T for label, s in scores.items()}, tau_list, reps=reps)

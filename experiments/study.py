@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import sys
 from typing import Callable
 
@@ -29,7 +30,6 @@ class Scale:
     steps: int
     seeds: int
     flags: tuple[str, ...] = ()
-    note: str = ""
 
 
 # Tiny networks and a few hundred steps on host envs: the tests' scale.
@@ -71,6 +71,8 @@ def parse(parser_: OneLineParser, argv) -> tuple:
         value = getattr(arguments, name)
         if value is not None and value < 1:
             parser_.error(f"--{name}: must be >= 1, got {value}")
+    if not (0 < arguments.gpus_per_run <= 1 or float(arguments.gpus_per_run).is_integer() and arguments.gpus_per_run > 0):
+        parser_.error(f"--gpus_per_run: a fraction in (0, 1] or a whole number of GPUs, got {arguments.gpus_per_run:g}")
     if arguments.ray_address and arguments.launcher != "ray":
         parser_.error("--ray_address: only with --launcher=ray")
     return arguments, overrides
@@ -114,7 +116,7 @@ def run_study(arguments, plan: dict, specs: list[launch.RunSpec], summarize: Cal
     atomic_write_text(os.path.join(out, "plan.json"), json.dumps(plan, indent=2) + "\n")
     if arguments.dry_run:
         for spec in specs:
-            print(" ".join(launch.train_command(spec, runs_dir, python="python")))
+            print(shlex.join(launch.train_command(spec, runs_dir, python="python")))
         return 0
     outcomes = launch.launch(specs, runs_dir, logs_dir, arguments.launcher, arguments.max_parallel,
                              arguments.ray_address, arguments.gpus_per_run)

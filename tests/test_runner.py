@@ -116,3 +116,22 @@ def test_off_policy_updates_count_gradient_steps():
     config = dqn_config.get_config()
     config.update(steps=1_000, learning_starts=100, train_every=2, gradient_steps=4)
     assert off_policy_updates(config) == (900 // 2) * 4
+
+
+def test_redo_runs_when_any_update_of_a_learning_step_reaches_its_period():
+    """ReDo every 3 updates at 2 updates per learning step: updates 1-2 recycle nothing, updates 3-4 do (update 3 is
+    due even though the counter jumps from 2 to 4)."""
+    spec = envs.env_spec("CartPole-v1")
+    config = dqn_config.get_config()
+    config.network.hidden_sizes = (8,)
+    config.update(batch_size=4, learning_starts=0, gradient_steps=2)
+    config.redo.update(enabled=True, period=3, tau=100.0, batch_size=4)  # tau 100: every hidden neuron is dormant
+    agent = dqn.make(config, spec)
+    state = runner.init_states(agent, [0])
+    replay, transition = _filled_replay(config, spec, num_seeds=1, size=8)
+    step = runner.make_off_policy_step(agent, config, runner.seed_axes(state))
+    observations = np.zeros((1, 1, 4), np.float32)
+    state, replay, _, _, recycled = step(state, replay, transition, observations, 0, 0)
+    assert int(state.step) == 2 and recycled.tolist() == [0]
+    state, replay, _, _, recycled = step(state, replay, transition, observations, 1, 0)
+    assert int(state.step) == 4 and recycled.tolist() == [8]
