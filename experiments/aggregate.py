@@ -55,7 +55,7 @@ RETURN_FLOORS = {
     "MountainCar-v0": -200.0,
     "Pendulum-v1": -200 * (math.pi ** 2 + 0.1 * 8.0 ** 2 + 0.001 * 2.0 ** 2),
     **{f"MinAtar/{game}-v1": 0.0 for game in ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")},
-    **{f"{game}-MinAtar": 0.0 for game in ("Asterix", "Breakout", "Freeway", "SpaceInvaders")},
+    **{f"{game}-MinAtar": 0.0 for game in ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")},
 }
 
 
