@@ -19,6 +19,7 @@ and MuJoCo SAC lengths, for a GPU or a cluster).
 
 from __future__ import annotations
 
+import math
 import sys
 
 from experiments import launch, study
@@ -78,7 +79,8 @@ def summarize(plan: dict, result: dict) -> str:
     """summary.md: final dormant fractions and returns per replay ratio with and without ReDo, and the two questions
     (does the tau = 0.1 fraction grow with the replay ratio; does ReDo keep it down) answered in numbers."""
     table = sorted(result["table"], key=lambda e: (e["replay_ratio"], e["redo"]))
-    dormant = [name for name in dict.fromkeys(n for e in table for n in e) if name.startswith("dormant/")]
+    names = list(dict.fromkeys(name for e in table for name in e))
+    dormant = [name for tau in TAUS for name in names if name.startswith(f"dormant/{tau}/")]
     lines = [study.header("Dormant neuron study (Sokar et al. 2023)", plan, result),
              "Dormant %: the fraction of tau-dormant neurons over the last 10% of log rows, mean over seeds.\n",
              "## Final dormant neurons and returns\n",
@@ -86,7 +88,7 @@ def summarize(plan: dict, result: dict) -> str:
              "|---|---|" + "---|" * (len(dormant) + 1)]
     for e in table:
         lines.append(f"| {e['replay_ratio']:g} | {'yes' if e['redo'] else 'no'} | "
-                     + " | ".join(f"{100 * e[name]:.2f}" for name in dormant) + f" | {study.interval(e)} |")
+                     + " | ".join(f"{100 * e.get(name, math.nan):.2f}" for name in dormant) + f" | {study.interval(e)} |")
     lines.append("\n## Findings, in numbers\n")
     for name in [n for n in dormant if n.startswith(f"dormant/{TAUS[-1]}/")]:
         without = [e for e in table if not e["redo"]]

@@ -115,3 +115,48 @@ def test_bad_study_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys,
     lines = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], lines
     assert not out.exists()
+
+
+def test_the_dormant_summary_states_the_trend_and_the_redo_effect(tmp_path):
+    from tests.test_aggregate import write_run
+
+    runs = tmp_path / "runs"
+    run_dirs = []
+    # Replay ratio 0.25 (train_every 4) and 2 (gradient_steps 2), without and with ReDo; dormant % at tau 0.1 over
+    # the last 10% of rows (the last row of these 4): 5% and 7% without ReDo, 1% and 2% with it.
+    for name, train_every, gradient_steps, redo, final in (("a", 4, 1, False, 0.05), ("b", 4, 1, True, 0.01),
+                                                            ("c", 1, 2, False, 0.07), ("d", 1, 2, True, 0.02)):
+        for seed in (0, 1):
+            write_run(runs / name, seed, [-100.0 + seed], env="CartPole-v1", redo=redo, train_every=train_every,
+                      gradient_steps=gradient_steps, dormant=[0.5, 0.5, 0.5, final])
+        run_dirs.append(str(runs / name))
+    result = aggregate.aggregate(run_dirs, str(tmp_path / "out"), reps=100)
+    plan = dict(command="python -m experiments.dormant_neuron_study ...", agent="dqn", env="CartPole-v1", scale="smoke",
+                steps=100)
+    text = dormant_neuron_study.summarize(plan, result)
+    assert "| 0.25 | no | 1.25 | 2.50 | 5.00 |" in text and "| 2 | yes | 0.50 | 1.00 | 2.00 |" in text
+    assert ("dormant/0.1/total without ReDo, by replay ratio (0.25, 2): 5.00%, 7.00%; it grows with every step up in "
+            "replay ratio.") in text
+    assert ("dormant/0.1/total without -> with ReDo, per replay ratio: 0.25: 5.00% -> 1.00%; 2: 7.00% -> 2.00% "
+            "(lower with ReDo at 2 of 2 ratios).") in text
+
+
+def test_the_sparse_summary_compares_methods_with_dense_and_with_static(tmp_path):
+    from tests.test_aggregate import write_run
+
+    runs = tmp_path / "runs"
+    scores = {("dense", 0.0): [-70.0, -66.0], ("static", 0.5): [-71.0, -67.0], ("static", 0.9): [-200.0, -190.0],
+              ("rigl", 0.5): [-69.0, -68.0], ("rigl", 0.9): [-100.0, -90.0]}
+    for (method, sparsity), values in scores.items():
+        for seed, value in enumerate(values):
+            write_run(runs / f"{method}_{sparsity}", seed, [value], method=method, sparsity=sparsity)
+    result = aggregate.aggregate([str(runs / f"{m}_{s}") for m, s in scores], str(tmp_path / "out"), reps=100)
+    plan = dict(command="python -m experiments.sparse_training_study ...", agent="dqn", env="gymnax:Acrobot-v1",
+                scale="small", steps=100)
+    text = sparse_training_study.summarize(plan, result)
+    # Two seeds: IQM = mean; the bootstrap CI of two values spans them.
+    assert "| rigl | -68.5 [-69, -68] | -95 [-100, -90] |" in text
+    assert "- Sparse vs dense -68 [-70, -66]: static: CIs overlap the dense CI at 0.5; first apart at 0.9" in text
+    assert "- rigl minus static, IQM difference per sparsity: 0.5: +0.5, 0.9: +100 (CIs apart)." in text
+    assert "- Best sparse method by IQM per sparsity: 0.5: rigl, 0.9: rigl." in text
+    assert "Published (Graesser et al. 2022, DQN on Acrobot-v1" in text
