@@ -4,8 +4,8 @@
 
 Works on any run directories `{workdir}/{run_name}` holding `seed*/config.json`,
 `metrics.csv` and `eval.csv` (DESIGN contracts 5 and 6). Each seed's score is
-the mean of the last 10% of its evaluations (Graesser et al. 2022, section 3:
-"the average of the last 10% of evaluations"; at least one). Writes into --out:
+the mean of the last 10% of its evaluations (at least one; the score issue 12
+sets for reproducing Graesser et al. 2022). Writes into --out:
 
 - `results.csv`: one row per run directory and seed: what the run was (agent,
   env, method, sparsity, ReDo, replay ratio, width multiplier, ...), its score,

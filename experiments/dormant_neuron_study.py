@@ -38,7 +38,8 @@ SCALES = {
         "sac": study.Scale("gymnax:Pendulum-v1", 20_000, 3),
     },
     "paper": {
-        # Atari DQN with the Dopamine settings (replay ratio 0.25 by default), 10M frames; MuJoCo SAC, 1M steps.
+        # Issue 12's paper settings: Atari DQN with the Dopamine settings of configs/dqn.py for 10M frames (2.5M agent
+        # steps at frame skip 4); MuJoCo SAC for 1M steps. Seeds: 5 (check against the paper before comparing).
         "dqn": study.Scale("ALE/Pong-v5", 2_500_000, 5),
         "sac": study.Scale("HalfCheetah-v5", 1_000_000, 5),
     },

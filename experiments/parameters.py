@@ -1,10 +1,9 @@
 """Parameter counts of an agent's trained networks, and the width multiplier of a parameter-matched dense baseline.
 
-Graesser et al. 2022 (section 4, "The state of sparse training") compare a
-sparse network with a dense one "with the same number of parameters": the
-dense network's hidden widths are scaled down (`network.width_multiplier`,
-`sparserl.networks.scaled_width`) until it has no more weights than the sparse
-network keeps. Counts cover every trained network of the agent (DQN's online
+Graesser et al. 2022 compare sparse networks with dense networks of the same
+parameter count. Here the dense network's hidden widths are scaled down
+(`network.width_multiplier`, `sparserl.networks.scaled_width`) until it has no
+more parameters than the sparse network keeps. Counts cover every trained network of the agent (DQN's online
 Q-network; SAC's actor and twin critics; PPO's actor and critic), biases
 included, target networks excluded (`sparserl.runner.network_params`).
 """

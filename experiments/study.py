@@ -125,6 +125,8 @@ def run_study(arguments, plan: dict, specs: list[launch.RunSpec], summarize: Cal
                 if launch.is_finished(os.path.join(runs_dir, spec.name), spec.seeds)]
     if finished:
         result = aggregate.aggregate(finished, out, arguments.bootstrap_reps)
+        for reason in result["skipped"]:
+            print(f"skipped {reason}", flush=True)
         text = summarize(plan, result)
         if len(finished) < len(specs):
             missing = sorted(set(spec.name for spec in specs) - {os.path.basename(path) for path in finished})
