@@ -107,7 +107,9 @@ def summarize(plan: dict, result: dict) -> str:
     dense = [e for e in table if e["method"] == "dense" and e["width_multiplier"] == 1.0]
     by_method = {method: {e["sparsity"]: e for e in table if e["method"] == method}
                  for method in METHODS if method != "dense"}
-    matched = {e["matched_sparsity"]: e for e in table if e.get("matched_sparsity") is not None}
+    # Parameter-matched dense runs by the sparsity they were matched to (plan.json; the plot places them at the
+    # fraction of parameters they remove, which differs a little because biases are never masked).
+    matched = {plan["param_matched"][e["run"]]["sparsity"]: e for e in table if e["run"] in plan["param_matched"]}
     sparsities = sorted({s for cells in by_method.values() for s in cells} | set(matched))
     lines = [study.header("Sparse training study (Graesser et al. 2022)", plan, result),
              "## IQM of the final return\n",

@@ -33,7 +33,7 @@ def check_study_directory(out):
         assert (out / f"{name}.png").stat().st_size > 10_000, name
     summary = (out / "summary.md").read_text()
     rigl = next(entry for entry in table if entry["run"] == "dqn_CartPole-v1_rigl_0.9")
-    assert f"| rigl | " in summary and f"{rigl['iqm']:.4g} [{rigl['iqm_low']:.4g}, {rigl['iqm_high']:.4g}]" in summary
+    assert "| rigl | " in summary and f"{rigl['iqm']:.4g} [{rigl['iqm_low']:.4g}, {rigl['iqm_high']:.4g}]" in summary
     assert "rigl minus static" in summary
 
 
@@ -150,10 +150,15 @@ def test_the_sparse_summary_compares_methods_with_dense_and_with_static(tmp_path
     for (method, sparsity), values in scores.items():
         for seed, value in enumerate(values):
             write_run(runs / f"{method}_{sparsity}", seed, [value], method=method, sparsity=sparsity)
-    result = aggregate.aggregate([str(runs / f"{m}_{s}") for m, s in scores], str(tmp_path / "out"), reps=100)
+    for seed, value in enumerate([-80.0, -76.0]):
+        write_run(runs / "matched", seed, [value], width=0.25)
+    result = aggregate.aggregate([str(runs / f"{m}_{s}") for m, s in scores] + [str(runs / "matched")],
+                                 str(tmp_path / "out"), reps=100)
     plan = dict(command="python -m experiments.sparse_training_study ...", agent="dqn", env="gymnax:Acrobot-v1",
-                scale="small", steps=100)
+                scale="small", steps=100, param_matched={"matched": dict(sparsity=0.9, width_multiplier=0.25)})
     text = sparse_training_study.summarize(plan, result)
+    assert "| dense, parameter-matched |  | -78 [-80, -76] |" in text
+    assert "- Same parameter count as sparsity 0.9 (width x0.25): dense -78 [-80, -76] vs rigl -95." in text
     # Two seeds: IQM = mean; the bootstrap CI of two values spans them.
     assert "| rigl | -68.5 [-69, -68] | -95 [-100, -90] |" in text
     assert "- Sparse vs dense -68 [-70, -66]: static: CIs overlap the dense CI at 0.5; first apart at 0.9" in text
