@@ -50,7 +50,7 @@ def build(argv):
     parser = study.parser(__doc__.splitlines()[0], ("dqn", "sac"))
     parser.add_argument("--replay_ratios", default=None,
                         help="comma-separated subset of the agent's ratios (dqn: 0.25,0.5,1,2,4; sac: 1,2,4)")
-    arguments, overrides = study.parse(parser, argv)
+    arguments, overrides = study.parse(parser, argv, grid_fields=("train_every", "gradient_steps"))
     available = REPLAY_RATIOS[arguments.agent]
     ratios = (study.parse_floats(arguments.replay_ratios, "--replay_ratios") if arguments.replay_ratios is not None
               else list(available))

@@ -54,7 +54,7 @@ def build(argv):
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
     parser.add_argument("--sparsities", default=",".join(map(str, SPARSITIES)), help="comma-separated, each in (0, 1)")
     parser.add_argument("--no_param_matched", action="store_true", help="leave out the parameter-matched dense runs")
-    arguments, overrides = study.parse(parser, argv)
+    arguments, overrides = study.parse(parser, argv, grid_fields=("network.width_multiplier",))
     methods = [method for method in arguments.methods.split(",") if method]
     unknown = [method for method in methods if method not in METHODS]
     if unknown or not methods:

@@ -60,10 +60,19 @@ def parser(description: str, agents: tuple[str, ...]) -> OneLineParser:
     return result
 
 
-def parse(parser_: OneLineParser, argv) -> tuple:
-    """(arguments, overrides): the study's flags and the `--config.<field>=value` ones for every run."""
+# Config fields every study sets per run: an override would silently undo the grid.
+GRID_FIELDS = ("agent", "env", "steps", "seed", "num_seeds", "sparse.method", "sparse.sparsity", "redo.enabled")
+
+
+def parse(parser_: OneLineParser, argv, grid_fields: tuple[str, ...] = ()) -> tuple:
+    """(arguments, overrides): the study's flags and the `--config.<field>=value` ones for every run; an override of
+    a field the grid sets (`GRID_FIELDS` and the study's own `grid_fields`) is bad input."""
     arguments, unknown = parser_.parse_known_args(argv)
     overrides = [argument for argument in unknown if argument.startswith("--config.")]
+    for argument in overrides:
+        field = argument.removeprefix("--config.").split("=", 1)[0]
+        if field in GRID_FIELDS + grid_fields:
+            parser_.error(f"--config.{field}: the study sets it for each run; use the study's flags instead")
     others = [argument for argument in unknown if not argument.startswith("--config.")]
     if others:
         parser_.error(f"unrecognized arguments: {' '.join(others)}")
@@ -73,6 +82,8 @@ def parse(parser_: OneLineParser, argv) -> tuple:
             parser_.error(f"--{name}: must be >= 1, got {value}")
     if not (0 < arguments.gpus_per_run <= 1 or float(arguments.gpus_per_run).is_integer() and arguments.gpus_per_run > 0):
         parser_.error(f"--gpus_per_run: a fraction in (0, 1] or a whole number of GPUs, got {arguments.gpus_per_run:g}")
+    if os.path.exists(arguments.out) and not os.path.isdir(arguments.out):
+        parser_.error(f"--out: {arguments.out} exists and is not a directory")
     if arguments.ray_address and arguments.launcher != "ray":
         parser_.error("--ray_address: only with --launcher=ray")
     return arguments, overrides
@@ -87,6 +98,8 @@ def parse_floats(text: str, flag: str) -> list[float]:
 
 def resolve_config(train_args: list[str]):
     """The config `python -m sparserl.train TRAIN_ARGS` would run (presets, flags, overrides), or a UsageError."""
+    from absl import flags
+
     from sparserl import train
 
     try:
@@ -96,7 +109,7 @@ def resolve_config(train_args: list[str]):
         return train.resolve_config(overrides)
     except train.UsageError as error:
         raise UsageError(str(error)) from None
-    except Exception as error:  # an absl flags error: a bad value given to the study
+    except flags.Error as error:  # a bad flag value given to the study, e.g. --config.gradient_steps=two
         raise UsageError(str(error).splitlines()[0]) from None
 
 

@@ -103,6 +103,9 @@ def test_the_sparse_study_plans_a_parameter_matched_dense_run_per_sparsity(tmp_p
     (sparse_training_study, ["--ray_address=auto"], "--ray_address"),
     (sparse_training_study, ["--gpus_per_run=1.5"], "--gpus_per_run"),
     (sparse_training_study, ["--frobnicate"], "--frobnicate"),
+    (sparse_training_study, ["--seeds=two"], "--seeds"),
+    (sparse_training_study, ["--config.sparse.sparsity=0.3"], "--config.sparse.sparsity: the study sets it"),
+    (dormant_neuron_study, ["--config.gradient_steps=2"], "--config.gradient_steps: the study sets it"),
     (dormant_neuron_study, ["--replay_ratios=0.25,3"], "--replay_ratios"),
     (dormant_neuron_study, ["--agent=ppo"], "--agent"),
 ], ids=lambda value: value if isinstance(value, str) else None)
