@@ -47,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.replay_capacity = 100_000
     config.learning_starts = 1_000  # initial_collect_steps: uniformly random actions, no updates
     config.train_every = 1
+    config.gradient_steps = 1  # updates per learning step (replay ratio gradient_steps / train_every)
     config.target_update_period = 100  # hard copy (target_update_tau 1.0)
     # Epsilon: 1 (random) until learning_starts, then the gin's constant epsilon_greedy = 0.01 (dqn_train_eval.py
     # passes the float itself as the decay function; epsilon_decay_period is unused).

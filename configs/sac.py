@@ -45,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.replay_capacity = 100_000
     config.learning_starts = 1_000  # uniformly random actions before, and no updates
     config.train_every = 1
+    config.gradient_steps = 1  # updates per learning step (replay ratio gradient_steps / train_every)
     config.init_temperature = 1.0
     config.target_entropy_scale = 1.0  # target entropy = -scale * action_dim
     config.log_std_min = -5.0

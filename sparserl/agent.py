@@ -86,5 +86,11 @@ def network_sparsity(sparse: ml_collections.ConfigDict, network: str) -> float:
 
 
 def off_policy_updates(config: ml_collections.ConfigDict) -> int:
-    """Gradient updates in an off-policy run: one every `train_every` env steps after `learning_starts`."""
-    return max(1, (config.steps - config.learning_starts) // config.train_every)
+    """Gradient updates in an off-policy run: `gradient_steps` every `train_every` env steps after `learning_starts`.
+
+    The replay ratio (updates per env step, Sokar et al. 2023; D'Oro et al. 2023) is
+    gradient_steps / train_every. Raises ValueError (reported as bad input) when `gradient_steps` < 1.
+    """
+    if config.gradient_steps < 1:
+        raise ValueError(f"--config.gradient_steps: must be >= 1, got {config.gradient_steps}")
+    return max(1, (config.steps - config.learning_starts) // config.train_every) * config.gradient_steps

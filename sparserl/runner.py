@@ -65,13 +65,23 @@ def make_off_policy_step(agent: Agent, config: ml_collections.ConfigDict, state_
         state, redo_key = _split_rng(state)
         state, act_key = _split_rng(state)
 
-        def learn(state):
+        def sample_and_update(state, keys):
+            sample_key, update_key = keys
             return agent.update(state, replay_lib.sample(replay, sample_key, config.batch_size), update_key)
+
+        def learn(state):
+            """`gradient_steps` updates, each on its own batch; metrics are their mean."""
+            if config.gradient_steps == 1:
+                return sample_and_update(state, (sample_key, update_key))
+            keys = (jax.random.split(sample_key, config.gradient_steps), jax.random.split(update_key, config.gradient_steps))
+            state, metrics = jax.lax.scan(sample_and_update, state, keys)
+            return state, jax.tree.map(lambda values: jnp.mean(values, axis=0), metrics)
 
         def skip(state):
             return state, nan_like(jax.eval_shape(learn, state)[1])
 
         is_learning_step = (env_step >= learn_from) & (env_step % config.train_every == 0)
+        steps_before = state.step
         state, metrics = jax.lax.cond(is_learning_step, learn, skip, state)
 
         recycled = jnp.zeros((), jnp.int32)
@@ -80,8 +90,10 @@ def make_off_policy_step(agent: Agent, config: ml_collections.ConfigDict, state_
                 batch_key, recycle_key = jax.random.split(redo_key)
                 return agent.recycle(state, replay_lib.sample(replay, batch_key, config.redo.batch_size), recycle_key)
 
+            # Due when any of this learning step's updates reached the schedule (gradient_steps > 1 skips numbers).
+            updates = steps_before + 1 + jnp.arange(config.gradient_steps)
             state, recycled = jax.lax.cond(
-                is_learning_step & recycle_schedule.is_due(state.step), recycle, lambda s: (s, recycled), state
+                is_learning_step & jnp.any(recycle_schedule.is_due(updates)), recycle, lambda s: (s, recycled), state
             )
         actions = agent.act(state, observations, act_key, env_step + 1, True)
         return state, replay, actions, metrics, recycled

@@ -31,6 +31,7 @@ CASES = [
     (["--config={not_a_config}"], "--config"),
     (["--config.no_such_field=3"], "--config.no_such_field"),
     (["--config.batch_size=abc"], "--config.batch_size"),
+    (["--config.gradient_steps=0"], "--config.gradient_steps"),
     (["--workdir={file}/runs"], "--workdir"),
     (["--run_name=../escape"], "--run_name"),
     (["--unknown_flag=1"], "unknown_flag"),

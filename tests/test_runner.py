@@ -7,7 +7,8 @@ import numpy as np
 
 from agents import dqn
 from configs import dqn as dqn_config
-from sparserl import envs, runner
+from sparserl import envs, replay as replay_lib, runner
+from sparserl.agent import off_policy_updates
 from sparserl.logging import read_csv
 from tests.conftest import run_train
 
@@ -54,3 +55,83 @@ def test_a_run_with_a_zero_learning_rate_is_reported_frozen(tmp_path):
     assert result.stdout.count("warning: the online network of seed(s) 0 got no update at all") == 1
     rows = read_csv(tmp_path / "run" / "seed0" / "metrics.csv")
     assert [row["warnings/frozen/online"] for row in rows] == [1.0, 1.0, 1.0]
+
+
+def _filled_replay(config, spec, num_seeds, size):
+    """A replay per seed holding `size` random CartPole-shaped transitions."""
+    replay = jax.vmap(lambda _: replay_lib.init(config.replay_capacity, spec.observation_shape,
+                                                spec.observation_dtype, (), jnp.int32))(jnp.arange(num_seeds))
+    keys = jax.random.split(jax.random.key(7), 3)
+    transitions = replay_lib.Transition(
+        observation=jax.random.normal(keys[0], (size, num_seeds, 4)),
+        action=jax.random.randint(keys[1], (size, num_seeds), 0, 2),
+        reward=jnp.ones((size, num_seeds)),
+        next_observation=jax.random.normal(keys[2], (size, num_seeds, 4)),
+        terminated=jnp.zeros((size, num_seeds), bool),
+    )
+    for t in range(size):
+        replay = jax.vmap(replay_lib.add)(replay, jax.tree.map(lambda leaf: leaf[t], transitions))
+    return replay, jax.tree.map(lambda leaf: leaf[0], transitions)
+
+
+def test_gradient_steps_take_that_many_updates_each_on_its_own_batch():
+    """With gradient_steps=2 one learning step equals two consecutive single updates, on the batches and keys the
+    step draws: its sample and update keys, each split in two (Sokar et al. 2023's replay ratio above 1)."""
+    spec = envs.env_spec("CartPole-v1")
+    config = dqn_config.get_config()
+    config.network.hidden_sizes = (8,)
+    config.update(batch_size=4, learning_starts=0, gradient_steps=2, target_update_period=1)
+    agent = dqn.make(config, spec)
+    state = runner.init_states(agent, [0, 1])
+    axes = runner.seed_axes(state)
+    replay, transition = _filled_replay(config, spec, num_seeds=2, size=16)
+    observations = np.zeros((2, 1, 4), np.float32)
+
+    def batches_and_keys(state, replay, transition):
+        replay = replay_lib.add(replay, transition)
+        rng, sample_key = jax.random.split(state.rng)
+        rng, update_key = jax.random.split(rng)
+        sample_keys, update_keys = jax.random.split(sample_key, 2), jax.random.split(update_key, 2)
+        batches = [replay_lib.sample(replay, key, config.batch_size) for key in sample_keys]
+        state = state.replace(rng=jax.random.split(jax.random.split(rng)[0])[0])  # after the redo and act keys' splits
+        return state, batches, update_keys
+
+    state_after_keys, batches, update_keys = jax.jit(jax.vmap(
+        batches_and_keys, in_axes=(axes, 0, 0), out_axes=(axes, 0, 0)))(state, replay, transition)
+    single_update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, 0), out_axes=(axes, 0)))
+    expected_state, first = single_update(state_after_keys, batches[0], update_keys[:, 0])
+    expected_state, second = single_update(expected_state, batches[1], update_keys[:, 1])
+    expected_loss = (first["loss/td"] + second["loss/td"]) / 2
+    step = runner.make_off_policy_step(agent, config, axes)
+    state, _, _, metrics, _ = step(jax.tree.map(jnp.copy, state), replay, transition, observations, 0, 0)
+    assert int(state.step) == 2
+    for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(expected_state)):
+        if jnp.issubdtype(got.dtype, jax.dtypes.prng_key):
+            got, want = jax.random.key_data(got), jax.random.key_data(want)
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(metrics["loss/td"], expected_loss)
+
+
+def test_off_policy_updates_count_gradient_steps():
+    config = dqn_config.get_config()
+    config.update(steps=1_000, learning_starts=100, train_every=2, gradient_steps=4)
+    assert off_policy_updates(config) == (900 // 2) * 4
+
+
+def test_redo_runs_when_any_update_of_a_learning_step_reaches_its_period():
+    """ReDo every 3 updates at 2 updates per learning step: updates 1-2 recycle nothing, updates 3-4 do (update 3 is
+    due even though the counter jumps from 2 to 4)."""
+    spec = envs.env_spec("CartPole-v1")
+    config = dqn_config.get_config()
+    config.network.hidden_sizes = (8,)
+    config.update(batch_size=4, learning_starts=0, gradient_steps=2)
+    config.redo.update(enabled=True, period=3, tau=100.0, batch_size=4)  # tau 100: every hidden neuron is dormant
+    agent = dqn.make(config, spec)
+    state = runner.init_states(agent, [0])
+    replay, transition = _filled_replay(config, spec, num_seeds=1, size=8)
+    step = runner.make_off_policy_step(agent, config, runner.seed_axes(state))
+    observations = np.zeros((1, 1, 4), np.float32)
+    state, replay, _, _, recycled = step(state, replay, transition, observations, 0, 0)
+    assert int(state.step) == 2 and recycled.tolist() == [0]
+    state, replay, _, _, recycled = step(state, replay, transition, observations, 1, 0)
+    assert int(state.step) == 4 and recycled.tolist() == [8]

@@ -1,0 +1,44 @@
+"""experiments.launch: finished runs are skipped, a failed run is reported by name and the others go on."""
+
+import json
+
+import pytest
+
+from experiments import launch
+from experiments.study import SMOKE
+
+
+def _seed_dir(run_dir, seed, steps, eval_steps):
+    seed_dir = run_dir / f"seed{seed}"
+    seed_dir.mkdir(parents=True)
+    (seed_dir / "config.json").write_text(json.dumps({"steps": steps, "seed": seed}))
+    (seed_dir / "eval.csv").write_text("step,seed,eval/episode_return\n" + "".join(
+        f"{step},{seed},1.0\n" for step in eval_steps))
+
+
+def test_a_run_is_finished_when_every_seed_evaluated_its_last_step(tmp_path):
+    _seed_dir(tmp_path / "done", 0, 300, [100, 200, 300])
+    _seed_dir(tmp_path / "done", 1, 300, [100, 200, 300])
+    assert launch.is_finished(str(tmp_path / "done"), (0, 1))
+    assert not launch.is_finished(str(tmp_path / "done"), (0, 1, 2))  # seed 2 never ran
+    _seed_dir(tmp_path / "cut", 0, 300, [100, 200])  # stopped before its last evaluation
+    assert not launch.is_finished(str(tmp_path / "cut"), (0,))
+    _seed_dir(tmp_path / "fresh", 0, 300, [])
+    assert not launch.is_finished(str(tmp_path / "fresh"), (0,))
+    assert not launch.is_finished(str(tmp_path / "missing"), (0,))
+
+
+@pytest.mark.slow
+def test_a_failed_run_is_reported_by_name_and_the_next_one_still_runs(tmp_path, capsys):
+    scale = SMOKE["dqn"]
+    good = launch.RunSpec("good", ("--agent=dqn", "--env=CartPole-v1", "--steps=200", *scale.flags,
+                                   "--config.learning_starts=100"), (0,))
+    bad = launch.RunSpec("bad", ("--agent=dqn", "--env=NoSuchEnv-v0", "--steps=200"), (0,))
+    outcomes = launch.launch([bad, good], str(tmp_path / "runs"), str(tmp_path / "logs"), max_parallel=1)
+    assert [(o.name, o.status) for o in outcomes] == [("bad", "failed"), ("good", "done")]
+    assert outcomes[0].detail.startswith("exit 2: error: --env:") and str(tmp_path / "logs" / "bad.log") in outcomes[0].detail
+    assert "FAILED: bad, exit 2" in capsys.readouterr().out
+    assert launch.is_finished(str(tmp_path / "runs" / "good"), (0,))
+    # Launched again: the finished run is skipped, the failing one fails again.
+    outcomes = launch.launch([bad, good], str(tmp_path / "runs"), str(tmp_path / "logs"), max_parallel=1)
+    assert [(o.name, o.status) for o in outcomes] == [("bad", "failed"), ("good", "skipped")]

@@ -1,0 +1,170 @@
+"""The study commands: a smoke sweep end to end (local and Ray), resuming, plans, and bad input."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import aggregate, dormant_neuron_study, sparse_training_study
+from tests.conftest import cli_environment
+
+SMOKE_SWEEP = ["--scale=smoke", "--methods=static,rigl", "--sparsities=0.5,0.9", "--seeds=2", "--bootstrap_reps=500"]
+RUN_NAMES = {f"dqn_CartPole-v1_{method}_{sparsity}" for method in ("static", "rigl") for sparsity in ("0.5", "0.9")}
+
+
+def run_study(module, *arguments, timeout=900):
+    return subprocess.run([sys.executable, "-m", f"experiments.{module}", *arguments], capture_output=True, text=True,
+                          env=cli_environment(), timeout=timeout)
+
+
+def check_study_directory(out):
+    plan = json.loads((out / "plan.json").read_text())
+    assert {run["name"] for run in plan["runs"]} == RUN_NAMES and plan["methods"] == ["static", "rigl"]
+    rows = aggregate.read_table(str(out / "results.csv"))
+    assert sorted((row["run"], row["seed"]) for row in rows) == sorted((name, s) for name in RUN_NAMES for s in (0.0, 1.0))
+    assert all(row["last_eval_step"] == 300 for row in rows)
+    table = aggregate.read_table(str(out / "iqm.csv"))
+    assert {entry["run"] for entry in table} == RUN_NAMES
+    assert all(entry["iqm_low"] <= entry["iqm"] <= entry["iqm_high"] for entry in table)
+    for name in ("return_vs_sparsity", "dormant_vs_step", "return_vs_step", "performance_profiles"):
+        assert (out / f"{name}.png").stat().st_size > 10_000, name
+    summary = (out / "summary.md").read_text()
+    rigl = next(entry for entry in table if entry["run"] == "dqn_CartPole-v1_rigl_0.9")
+    assert "| rigl | " in summary and f"{rigl['iqm']:.4g} [{rigl['iqm_low']:.4g}, {rigl['iqm_high']:.4g}]" in summary
+    assert "rigl minus static" in summary
+
+
+@pytest.mark.slow
+def test_smoke_sweep_writes_the_study_and_a_second_launch_runs_nothing(tmp_path):
+    out = tmp_path / "study"
+    result = run_study("sparse_training_study", *SMOKE_SWEEP, f"--out={out}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "4 runs: 0 already finished, 4 to run (local)" in result.stdout
+    check_study_directory(out)
+    logs = {path: os.stat(path).st_mtime_ns for path in (out / "logs").iterdir()}
+    again = run_study("sparse_training_study", *SMOKE_SWEEP, f"--out={out}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "4 runs: 4 already finished, 0 to run (local)" in again.stdout and "done:" not in again.stdout
+    assert {path: os.stat(path).st_mtime_ns for path in (out / "logs").iterdir()} == logs
+
+
+@pytest.mark.slow
+def test_smoke_sweep_through_ray(tmp_path):
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed (pip install sparserl[cluster])")
+    out = tmp_path / "study"
+    result = run_study("sparse_training_study", *SMOKE_SWEEP, "--launcher=ray", "--max_parallel=2", f"--out={out}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "4 runs: 0 already finished, 4 to run (ray)" in result.stdout
+    check_study_directory(out)
+
+
+def test_the_dormant_study_plans_every_replay_ratio_with_and_without_redo(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert dormant_neuron_study.main(["--scale=smoke", "--dry_run", f"--out={out}"]) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    runs = {run["name"]: run["args"] for run in plan["runs"]}
+    assert len(runs) == 10 and not (out / "runs").exists()
+    expected = {0.25: (4, 1), 0.5: (2, 1), 1: (1, 1), 2: (1, 2), 4: (1, 4)}
+    for ratio, (train_every, gradient_steps) in expected.items():
+        for redo, suffix in ((False, ""), (True, "_redo")):
+            args = runs[f"dqn_CartPole-v1_dense_0{suffix}_rr{ratio:g}"]
+            assert f"--config.train_every={train_every}" in args and f"--config.gradient_steps={gradient_steps}" in args
+            assert f"--redo={str(redo).lower()}" in args
+    commands = capsys.readouterr().out.strip().splitlines()
+    assert len(commands) == 10 and all(command.startswith("python -m sparserl.train ") for command in commands)
+
+
+def test_the_sparse_study_plans_a_parameter_matched_dense_run_per_sparsity(tmp_path):
+    out = tmp_path / "study"
+    assert sparse_training_study.main(["--scale=smoke", "--methods=dense,prune", "--sparsities=0.9",
+                                       "--config.sparse.distribution=uniform", "--dry_run", f"--out={out}"]) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    assert [run["name"] for run in plan["runs"]] == [
+        "dqn_CartPole-v1_dense_0", "dqn_CartPole-v1_prune_0.9", "dqn_CartPole-v1_dense_0_matched-0.9"]
+    # Smoke network 4-16-16-2, uniform 90%: kernels keep 7 + 26 + 4 weights, plus 34 biases = 71 parameters; a dense
+    # net of width k has k^2 + 8k + 2, so k = 5 (67 parameters) is the widest within 71.
+    matched = plan["param_matched"]["dqn_CartPole-v1_dense_0_matched-0.9"]
+    assert matched == {"sparsity": 0.9, "width_multiplier": 5 / 16, "dense_parameters": 67, "sparse_parameters": 71}
+    assert "--config.network.width_multiplier=0.3125" in plan["runs"][2]["args"]
+
+
+@pytest.mark.parametrize("module, arguments, flag", [
+    (sparse_training_study, ["--methods=static,magic"], "--methods: unknown method 'magic'"),
+    (sparse_training_study, ["--sparsities=0.5,1.5"], "--sparsities"),
+    (sparse_training_study, ["--sparsities=a,b"], "--sparsities"),
+    (sparse_training_study, ["--scale=huge"], "--scale"),
+    (sparse_training_study, ["--env=NoSuchEnv-v0"], "--env"),
+    (sparse_training_study, ["--seeds=0"], "--seeds"),
+    (sparse_training_study, ["--config.no_such_field=1"], "--config.no_such_field"),
+    (sparse_training_study, ["--ray_address=auto"], "--ray_address"),
+    (sparse_training_study, ["--gpus_per_run=1.5"], "--gpus_per_run"),
+    (sparse_training_study, ["--frobnicate"], "--frobnicate"),
+    (sparse_training_study, ["--seeds=two"], "--seeds"),
+    (sparse_training_study, ["--config.sparse.sparsity=0.3"], "--config.sparse.sparsity: the study sets it"),
+    (dormant_neuron_study, ["--config.gradient_steps=2"], "--config.gradient_steps: the study sets it"),
+    (dormant_neuron_study, ["--replay_ratios=0.25,3"], "--replay_ratios"),
+    (dormant_neuron_study, ["--agent=ppo"], "--agent"),
+], ids=lambda value: value if isinstance(value, str) else None)
+def test_bad_study_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, module, arguments, flag):
+    out = tmp_path / "study"
+    try:
+        status = module.main(["--scale=smoke", *arguments, f"--out={out}"])
+    except SystemExit as exit_:
+        status = exit_.code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], lines
+    assert not out.exists()
+
+
+def test_the_dormant_summary_states_the_trend_and_the_redo_effect(tmp_path):
+    from tests.test_aggregate import write_run
+
+    runs = tmp_path / "runs"
+    run_dirs = []
+    # Replay ratio 0.25 (train_every 4) and 2 (gradient_steps 2), without and with ReDo; dormant % at tau 0.1 over
+    # the last 10% of rows (the last row of these 4): 5% and 7% without ReDo, 1% and 2% with it.
+    for name, train_every, gradient_steps, redo, final in (("a", 4, 1, False, 0.05), ("b", 4, 1, True, 0.01),
+                                                            ("c", 1, 2, False, 0.07), ("d", 1, 2, True, 0.02)):
+        for seed in (0, 1):
+            write_run(runs / name, seed, [-100.0 + seed], env="CartPole-v1", redo=redo, train_every=train_every,
+                      gradient_steps=gradient_steps, dormant=[0.5, 0.5, 0.5, final])
+        run_dirs.append(str(runs / name))
+    result = aggregate.aggregate(run_dirs, str(tmp_path / "out"), reps=100)
+    plan = dict(command="python -m experiments.dormant_neuron_study ...", agent="dqn", env="CartPole-v1", scale="smoke",
+                steps=100)
+    text = dormant_neuron_study.summarize(plan, result)
+    assert "| 0.25 | no | 1.25 | 2.50 | 5.00 |" in text and "| 2 | yes | 0.50 | 1.00 | 2.00 |" in text
+    assert ("dormant/0.1/total without ReDo, by replay ratio (0.25, 2): 5.00%, 7.00%; it grows with every step up in "
+            "replay ratio.") in text
+    assert ("dormant/0.1/total without -> with ReDo, per replay ratio: 0.25: 5.00% -> 1.00%; 2: 7.00% -> 2.00% "
+            "(lower with ReDo at 2 of 2 ratios).") in text
+
+
+def test_the_sparse_summary_compares_methods_with_dense_and_with_static(tmp_path):
+    from tests.test_aggregate import write_run
+
+    runs = tmp_path / "runs"
+    scores = {("dense", 0.0): [-70.0, -66.0], ("static", 0.5): [-71.0, -67.0], ("static", 0.9): [-200.0, -190.0],
+              ("rigl", 0.5): [-69.0, -68.0], ("rigl", 0.9): [-100.0, -90.0]}
+    for (method, sparsity), values in scores.items():
+        for seed, value in enumerate(values):
+            write_run(runs / f"{method}_{sparsity}", seed, [value], method=method, sparsity=sparsity)
+    for seed, value in enumerate([-80.0, -76.0]):
+        write_run(runs / "matched", seed, [value], width=0.25)
+    result = aggregate.aggregate([str(runs / f"{m}_{s}") for m, s in scores] + [str(runs / "matched")],
+                                 str(tmp_path / "out"), reps=100)
+    plan = dict(command="python -m experiments.sparse_training_study ...", agent="dqn", env="gymnax:Acrobot-v1",
+                scale="small", steps=100, param_matched={"matched": dict(sparsity=0.9, width_multiplier=0.25)})
+    text = sparse_training_study.summarize(plan, result)
+    assert "| dense, parameter-matched |  | -78 [-80, -76] |" in text
+    assert "- Same parameter count as sparsity 0.9 (width x0.25): dense -78 [-80, -76] vs rigl -95." in text
+    # Two seeds: IQM = mean; the bootstrap CI of two values spans them.
+    assert "| rigl | -68.5 [-69, -68] | -95 [-100, -90] |" in text
+    assert "- Sparse vs dense -68 [-70, -66]: static: CIs overlap the dense CI at 0.5; first apart at 0.9" in text
+    assert "- rigl minus static, IQM difference per sparsity: 0.5: +0.5, 0.9: +100 (CIs apart)." in text
+    assert "- Best sparse method by IQM per sparsity: 0.5: rigl, 0.9: rigl." in text
+    assert "Published (Graesser et al. 2022, DQN on Acrobot-v1" in text
