@@ -256,8 +256,15 @@ def row_sparse_update(settings: Settings) -> list[Row]:
 # Row: dormancy logging and ReDo
 
 
-def _redo_overhead(env_id: str, overrides: dict, settings: Settings) -> tuple[float, float, dict]:
-    """(ms per env step with ReDo + dormancy logging, ms without) of DQN's jitted loop step, amortised."""
+def _redo_overhead(env_id: str, overrides: dict, settings: Settings) -> tuple[float, float]:
+    """(ms per env step with ReDo and dormancy logging, ms without) of DQN's loop step programs, amortised.
+
+    The runner's programs for a step that acts, one that also learns, a ReDo
+    call and a dormancy measurement are timed side by side; ReDo runs every
+    `redo.period` gradient steps and the measurement every `log_every` env
+    steps (`runner.OffPolicyStep` decides on the host, so the other steps run
+    the same programs with or without ReDo).
+    """
     import jax
     import jax.numpy as jnp
 
@@ -265,47 +272,34 @@ def _redo_overhead(env_id: str, overrides: dict, settings: Settings) -> tuple[fl
     from sparserl import envs, replay as replay_lib, runner
 
     env_spec = envs.env_spec(env_id)
-    functions, configs = {}, {}
-    for variant, redo in (("without", False), ("with", True)):
-        config = agent_config("dqn", env_id, {**overrides, "redo.enabled": redo, "steps": 10**8})
-        agent = dqn.make(config, env_spec)
-        state = runner.init_states(agent, [0])
-        axes = runner.seed_axes(state)
-        step = runner.make_off_policy_step(agent, config, axes)
-        action_shape = ()
-        replay = jax.vmap(lambda _: replay_lib.init(
-            config.replay_capacity, env_spec.observation_shape, env_spec.observation_dtype, action_shape, jnp.int32))(jnp.arange(1))
-        batch = random_transitions(env_spec, 1, seed=2)
-        transition = jax.tree.map(lambda leaf: leaf[:, 0], batch)
-        observations = batch.observation
-        carry = {"state": jax.tree.map(jnp.copy, state).replace(step=jnp.int32(config.redo.period + 1)), "replay": replay}
-        # The ReDo branch sits behind `is_learning_step`; step counters chosen so that it is never due here.
-        learn_step = config.learning_starts
+    config = agent_config("dqn", env_id, {**overrides, "redo.enabled": True, "steps": 10**8})
+    agent = dqn.make(config, env_spec)
+    state = runner.init_states(agent, [0])
+    axes = runner.seed_axes(state)
+    step = runner.OffPolicyStep(agent, config, axes)
+    replay = jax.vmap(lambda _: replay_lib.init(
+        config.replay_capacity, env_spec.observation_shape, env_spec.observation_dtype, (), jnp.int32))(jnp.arange(1))
+    batch = random_transitions(env_spec, 1, seed=2)
+    transition, observations = jax.tree.map(lambda leaf: leaf[:, 0], batch), batch.observation
+    carry = {"state": jax.tree.map(jnp.copy, state), "replay": replay}
 
-        def learning(step=step, carry=carry, transition=transition, observations=observations):
-            carry["state"], carry["replay"], actions, metrics, _ = step(
-                carry["state"], carry["replay"], transition, observations, learn_step, 0)
-            carry["state"] = carry["state"].replace(step=jnp.int32(config.redo.period + 1))
+    def program(learn):
+        def call():
+            carry["state"], carry["replay"], actions, _, _ = step.programs[learn, False](
+                carry["state"], carry["replay"], transition, observations, config.learning_starts)
             return actions
+        return call
 
-        functions[f"learn {variant}"] = learning
-        if redo:
-            measure = jax.jit(jax.vmap(agent.measure, in_axes=(axes, 0)))
-            recycle = jax.jit(jax.vmap(agent.recycle, in_axes=(axes, 0, 0), out_axes=(axes, 0)))
-            big_batch = random_transitions(env_spec, config.redo.batch_size, seed=3)
-            keys = runner.seed_keys([3])
-            functions["measure"] = lambda measure=measure, s=state, b=big_batch: measure(s, b)
-            functions["recycle"] = lambda recycle=recycle, s=state, b=big_batch: recycle(s, b, keys)
-        configs[variant] = config
-    ms = interleaved_ms(functions, rounds=settings.pick(6, 3), calls=settings.pick(10, 4))
-    config = configs["with"]
-    # Per env step: a learning step every `train_every` env steps; ReDo every `redo.period` gradient steps;
-    # a dormancy measurement every `log_every` env steps. Non-learning steps are the same on both sides and are
-    # left out, which can only make the overhead look larger.
-    without = ms["learn without"] / config.train_every
-    with_redo = (ms["learn with"] / config.train_every + ms["recycle"] / (config.redo.period * config.train_every)
-                 + ms["measure"] / config.log_every)
-    return with_redo, without, dict(ms, redo_period=config.redo.period, log_every=config.log_every)
+    measure = jax.jit(jax.vmap(agent.measure, in_axes=(axes, 0)))
+    recycle = jax.jit(jax.vmap(agent.recycle, in_axes=(axes, 0, 0), out_axes=(axes, 0)))
+    big_batch = random_transitions(env_spec, config.redo.batch_size, seed=3)
+    keys = runner.seed_keys([3])
+    ms = interleaved_ms({"act": program(False), "learn": program(True), "measure": lambda: measure(state, big_batch),
+                         "recycle": lambda: recycle(state, big_batch, keys)},
+                        rounds=settings.pick(6, 3), calls=settings.pick(10, 4))
+    without = (ms["learn"] + (config.train_every - 1) * ms["act"]) / config.train_every
+    with_redo = without + ms["recycle"] / (config.redo.period * config.train_every) + ms["measure"] / config.log_every
+    return with_redo, without
 
 
 def row_dormancy_redo(settings: Settings) -> list[Row]:
@@ -315,7 +309,7 @@ def row_dormancy_redo(settings: Settings) -> list[Row]:
         ("DQN CartPole 2x512 batch 128 (Graesser)", "CartPole-v1", {}),
         ("DQN Atari Nature CNN batch 32", "ALE/Pong-v5", {"replay_capacity": 1000}),
     ):
-        with_redo, without, _ = _redo_overhead(env_id, overrides, settings)
+        with_redo, without = _redo_overhead(env_id, overrides, settings)
         rows.append(Row("dormancy + ReDo", name, with_redo, without, "ms/env step", with_redo / without,
                         "with / without", "<= 1.03"))
     return rows
@@ -389,10 +383,11 @@ def train_in_process(config, clock: StepClock) -> None:
     env_spec = envs.env_spec(config.env)
     agent = agent_module.make(config, env_spec)
     seeds = list(range(config.seed, config.seed + config.num_seeds))
-    with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(io.StringIO()):
+    quiet = io.StringIO()
+    with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(quiet):
         seed_dirs = [os.path.join(workdir, f"seed{seed}") for seed in seeds]
         writers = [MetricsWriter(seed_dir, seed) for seed, seed_dir in zip(seeds, seed_dirs)]
-        run = runner.Run(seeds, writers, ProgressPrinter("bench", config.steps), checkpoint.Checkpointer(seed_dirs, 1))
+        run = runner.Run(seeds, writers, ProgressPrinter("bench", config.steps, stream=quiet), checkpoint.Checkpointer(seed_dirs, 1))
         try:
             with clocked_training_envs(clock):
                 runner.LOOPS[agent_module.LOOP](agent, config, env_spec, run)
