@@ -15,6 +15,9 @@ slows both sides alike; absolute times are printed for context only. Rows
   plus the amortised cost of a recycle and of a dormancy measurement.
 - `seeds`: N seeds vmapped vs one seed (N = 1, 4, 8, 16), aggregate steady env
   steps per second of the host loop, DQN and PPO on CartPole.
+- `envs_per_seed`: PPO's rollout collected by 4 or 8 envs per seed (one
+  `gymnasium.vector.SyncVectorEnv`, one jitted `act` call per vector step) vs
+  one env, same rollout size.
 - `startup`: process start to the first env step, warm compilation cache vs
   cold (and vs sbx with `--peers`).
 - `end_to_end`: steady steps/s and whole-process wall time of short runs of
@@ -400,7 +403,7 @@ def row_seeds(settings: Settings) -> list[Row]:
     """Aggregate steady env steps/s of N vmapped seeds vs one seed (host loop, CartPole)."""
     rows = []
     for name, agent, overrides, steps in (
-        ("DQN CartPole (sbx settings)", "dqn", DQN_SBX_SETTINGS, settings.pick(8_000, 3_000)),
+        ("DQN CartPole (sbx settings)", "dqn", DQN_SBX_SETTINGS, settings.pick(8_000, 2_500)),
         ("PPO CartPole (SB3 settings)", "ppo", PPO_SB3_SETTINGS, settings.pick(5 * 2048, 3 * 2048)),
     ):
         rates = {}
@@ -415,6 +418,21 @@ def row_seeds(settings: Settings) -> list[Row]:
             rows.append(Row("seeds vmapped", f"{name}, {num_seeds} seeds vs 1", rate, rates[1], "env steps/s",
                             rate / rates[1], f"{num_seeds} seeds / 1 seed (aggregate)"))
     return rows
+
+
+def row_envs_per_seed(settings: Settings) -> list[Row]:
+    """PPO CartPole with the 2048-transition rollout collected by E envs per seed (one `SyncVectorEnv`) vs one env."""
+    rates = {}
+    for num_envs in (1, 4, 8):
+        config = agent_config("ppo", "CartPole-v1", {
+            **PPO_SB3_SETTINGS, "num_envs": num_envs, "rollout_steps": 2048 // num_envs,
+            "steps": settings.pick(6 * 2048, 3 * 2048), "eval_every": 10**9, "eval_episodes": 1,
+            "checkpoint_every": 10**9})
+        clock = StepClock()
+        train_in_process(config, clock)
+        rates[num_envs] = clock.steady_rate(from_fraction=0.34)
+    return [Row("envs per seed", f"PPO CartPole, {num_envs} envs x {2048 // num_envs} steps vs 1 x 2048", rate, rates[1],
+                "env steps/s", rate / rates[1], f"{num_envs} envs / 1 env") for num_envs, rate in rates.items()]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -558,6 +576,7 @@ ROWS: dict[str, Callable[[Settings], list[Row]]] = {
     "sparse_update": row_sparse_update,
     "dormancy_redo": row_dormancy_redo,
     "seeds": row_seeds,
+    "envs_per_seed": row_envs_per_seed,
     "startup": row_startup,
     "end_to_end": row_end_to_end,
 }
