@@ -415,8 +415,9 @@ def row_seeds(settings: Settings) -> list[Row]:
             train_in_process(config, clock)
             rates[num_seeds] = clock.steady_rate(from_fraction=0.4)
         for num_seeds, rate in rates.items():
-            rows.append(Row("seeds vmapped", f"{name}, {num_seeds} seeds vs 1", rate, rates[1], "env steps/s",
-                            rate / rates[1], f"{num_seeds} seeds / 1 seed (aggregate)"))
+            seeds = f"{num_seeds} seed{'s' if num_seeds > 1 else ''}"
+            rows.append(Row("seeds vmapped", f"{name}, {seeds} vs 1", rate, rates[1], "env steps/s",
+                            rate / rates[1], f"{seeds} / 1 seed (aggregate)"))
     return rows
 
 
@@ -621,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child_exit_at_first_step", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # on a GPU, leave memory to the child processes
     compilation_cache.enable()
     if args.child:
         side, workload = args.child.split(":")
