@@ -288,8 +288,9 @@ def _redo_overhead(env_id: str, overrides: dict, settings: Settings) -> tuple[fl
 
     def program(learn):
         def call():
-            carry["state"], carry["replay"], actions, _, _ = step.programs[learn, False](
+            new_state, carry["replay"], actions, _, _ = step.programs[learn, False](
                 carry["state"], carry["replay"], transition, observations, config.learning_starts)
+            carry["state"] = new_state if learn else carry["state"].replace(rng=new_state)  # acting returns the key
             return actions
         return call
 

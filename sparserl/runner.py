@@ -61,7 +61,9 @@ class OffPolicyStep:
     decided on the host, which picks one of three jitted programs: XLA on CPU
     runs convolutions inside `lax.cond` about 10x slower than outside it
     (measured with `python -m sparserl.bench`: a Nature CNN DQN update took
-    65 ms plain and 770 ms inside a cond).
+    65 ms plain and 770 ms inside a cond). The program of a step that only
+    acts returns the new RNG key rather than the whole TrainState, which it
+    neither changes nor takes over (fewer buffers to hand over per call).
     """
 
     def __init__(self, agent: Agent, config: ml_collections.ConfigDict, state_axes: Any):
@@ -81,10 +83,11 @@ class OffPolicyStep:
                     batch_key, recycle_key = jax.random.split(redo_key)
                     state, recycled = agent.recycle(state, replay_lib.sample(replay, batch_key, config.redo.batch_size), recycle_key)
                 actions = agent.act(state, observations, act_key, env_step + 1, True)
-                return state, replay, actions, metrics, recycled
+                return state if learn else rng, replay, actions, metrics, recycled
 
-            batched = jax.vmap(step, in_axes=(state_axes, 0, 0, 0, None), out_axes=(state_axes, 0, 0, 0, 0))
-            return jax.jit(batched, donate_argnums=(0, 1))
+            state_out = state_axes if learn else 0
+            batched = jax.vmap(step, in_axes=(state_axes, 0, 0, 0, None), out_axes=(state_out, 0, 0, 0, 0))
+            return jax.jit(batched, donate_argnums=(0, 1) if learn else (1,))
 
         self.programs = {(learn, recycle): program(learn, recycle) for learn, recycle in
                          ((False, False), (True, False), (True, True))}
@@ -97,8 +100,9 @@ class OffPolicyStep:
                 self.gradient_steps = int(state.step)
             self.gradient_steps += 1
             recycle = self.config.redo.enabled and bool(self.recycle_schedule.is_due(self.gradient_steps))
-        state, replay, actions, metrics, recycled = self.programs[learn, recycle](
+        new_state, replay, actions, metrics, recycled = self.programs[learn, recycle](
             state, replay, transition, observations, env_step)
+        state = new_state if learn else state.replace(rng=new_state)
         if recycled is None:
             recycled = np.zeros(len(transition.reward), np.int32)
         return state, replay, actions, metrics, recycled
