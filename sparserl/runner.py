@@ -54,52 +54,117 @@ def nan_like(tree: Any) -> Any:
     return jax.tree.map(lambda leaf: jnp.full(leaf.shape, jnp.nan, leaf.dtype), tree)
 
 
-def make_off_policy_step(agent: Agent, config: ml_collections.ConfigDict, state_axes: Any) -> Callable:
-    """The jitted per-env-step function of DQN and SAC: store, learn when due, recycle when due, act."""
-    recycle_schedule = dormancy.RecycleSchedule(period=config.redo.period)
+def _branch(flag, true_fn: Callable, false_fn: Callable, operand):
+    """`true_fn(operand)` if `flag` else `false_fn(operand)`: decided in Python when `flag` is a Python bool, by
+    `lax.cond` when it is traced. XLA on CPU runs convolutions inside `lax.cond` about 10x slower than outside it
+    (a Nature CNN DQN update: 65 ms plain, 770 ms inside a cond; `python -m sparserl.bench`), so the host loop
+    decides on the host and compiles one program per branch."""
+    if isinstance(flag, bool):
+        return true_fn(operand) if flag else false_fn(operand)
+    return jax.lax.cond(flag, true_fn, false_fn, operand)
 
-    def step(state, replay, transition, observations, env_step, learn_from):
+
+def is_learning_step(env_step, learn_from, config: ml_collections.ConfigDict):
+    """Whether env step `env_step` (a Python int or traced) takes the learning step's `gradient_steps` updates."""
+    return (env_step >= learn_from) & (env_step % config.train_every == 0)
+
+
+def is_recycle_due(updates_before, config: ml_collections.ConfigDict):
+    """Whether ReDo runs after a learning step that starts at gradient update `updates_before`: when any of its
+    `gradient_steps` updates reaches the schedule (several updates per step skip numbers)."""
+    if not config.redo.enabled:
+        return False
+    schedule = dormancy.RecycleSchedule(period=config.redo.period)
+    return jnp.any(schedule.is_due(updates_before + 1 + jnp.arange(config.gradient_steps)))
+
+
+def off_policy_step(agent: Agent, config: ml_collections.ConfigDict) -> Callable:
+    """One seed's env step of DQN and SAC after the env moved: store, learn when due, recycle when due, act.
+
+    `step(state, replay, transition, observations, env_step, learn, recycle) -> (state, replay, actions, metrics,
+    recycled)`. A learning step takes `gradient_steps` updates, each on its own batch (a `lax.scan` when more than
+    one; its metrics are their mean); metrics are NaN where no update was taken. `learn` and `recycle` are
+    Python bools (the host loop, `OffPolicyStep`) or traced ones (the compiled loop,
+    `sparserl.compiled_runner`, inside its scan); see `_branch`.
+    """
+
+    def sample_and_update(state, keys):
+        replay, sample_key, update_key = keys
+        return agent.update(state, replay_lib.sample(replay, sample_key, config.batch_size), update_key)
+
+    def learn_from(operands):
+        state, replay, sample_key, update_key = operands
+        if config.gradient_steps == 1:
+            return sample_and_update(state, (replay, sample_key, update_key))
+        keys = (jax.random.split(sample_key, config.gradient_steps), jax.random.split(update_key, config.gradient_steps))
+        state, metrics = jax.lax.scan(lambda state, keys: sample_and_update(state, (replay, *keys)), state, keys)
+        return state, jax.tree.map(lambda values: jnp.mean(values, axis=0), metrics)
+
+    def skip_learning(operands):
+        return operands[0], nan_like(jax.eval_shape(learn_from, operands)[1])
+
+    def recycle_from(operands):
+        state, replay, redo_key = operands
+        batch_key, recycle_key = jax.random.split(redo_key)
+        return agent.recycle(state, replay_lib.sample(replay, batch_key, config.redo.batch_size), recycle_key)
+
+    def skip_recycling(operands):
+        return operands[0], jnp.zeros((), jnp.int32)
+
+    def step(state, replay, transition, observations, env_step, learn, recycle):
         replay = replay_lib.add(replay, transition)
-        state, sample_key = _split_rng(state)
-        state, update_key = _split_rng(state)
-        state, redo_key = _split_rng(state)
-        state, act_key = _split_rng(state)
-
-        def sample_and_update(state, keys):
-            sample_key, update_key = keys
-            return agent.update(state, replay_lib.sample(replay, sample_key, config.batch_size), update_key)
-
-        def learn(state):
-            """`gradient_steps` updates, each on its own batch; metrics are their mean."""
-            if config.gradient_steps == 1:
-                return sample_and_update(state, (sample_key, update_key))
-            keys = (jax.random.split(sample_key, config.gradient_steps), jax.random.split(update_key, config.gradient_steps))
-            state, metrics = jax.lax.scan(sample_and_update, state, keys)
-            return state, jax.tree.map(lambda values: jnp.mean(values, axis=0), metrics)
-
-        def skip(state):
-            return state, nan_like(jax.eval_shape(learn, state)[1])
-
-        is_learning_step = (env_step >= learn_from) & (env_step % config.train_every == 0)
-        steps_before = state.step
-        state, metrics = jax.lax.cond(is_learning_step, learn, skip, state)
-
-        recycled = jnp.zeros((), jnp.int32)
-        if config.redo.enabled:
-            def recycle(state):
-                batch_key, recycle_key = jax.random.split(redo_key)
-                return agent.recycle(state, replay_lib.sample(replay, batch_key, config.redo.batch_size), recycle_key)
-
-            # Due when any of this learning step's updates reached the schedule (gradient_steps > 1 skips numbers).
-            updates = steps_before + 1 + jnp.arange(config.gradient_steps)
-            state, recycled = jax.lax.cond(
-                is_learning_step & jnp.any(recycle_schedule.is_due(updates)), recycle, lambda s: (s, recycled), state
-            )
+        rng, sample_key, update_key, redo_key, act_key = jax.random.split(state.rng, 5)
+        state = state.replace(rng=rng)
+        state, metrics = _branch(learn, learn_from, skip_learning, (state, replay, sample_key, update_key))
+        state, recycled = _branch(recycle, recycle_from, skip_recycling, (state, replay, redo_key))
         actions = agent.act(state, observations, act_key, env_step + 1, True)
         return state, replay, actions, metrics, recycled
 
-    batched = jax.vmap(step, in_axes=(state_axes, 0, 0, 0, None, None), out_axes=(state_axes, 0, 0, 0, 0))
-    return jax.jit(batched, donate_argnums=(0, 1))
+    return step
+
+
+class OffPolicyStep:
+    """The host loop's per-env-step call of DQN and SAC (`off_policy_step`, vmapped over seeds).
+
+    `step(state, replay, transition, observations, env_step, learn_from)` returns
+    `(state, replay, actions, metrics, recycled)`. Whether a step learns (a
+    function of the env step) and recycles (of the gradient update count, read
+    once from the state and then counted here) is decided on the host, which
+    picks one of three jitted programs (see `_branch`). The program of a step
+    that only acts returns the new RNG key rather than the whole TrainState,
+    which it neither changes nor takes over (fewer buffers to hand over per call).
+    """
+
+    def __init__(self, agent: Agent, config: ml_collections.ConfigDict, state_axes: Any):
+        self.config = config
+        self.gradient_updates: int | None = None  # the state's `step`, read once at the first learning step
+        step = off_policy_step(agent, config)
+
+        def program(learn: bool, recycle: bool) -> Callable:
+            def call(state, replay, transition, observations, env_step):
+                state, replay, actions, metrics, recycled = step(state, replay, transition, observations, env_step,
+                                                                 learn, recycle)
+                return state if learn else state.rng, replay, actions, metrics, recycled
+
+            state_out = state_axes if learn else 0
+            batched = jax.vmap(call, in_axes=(state_axes, 0, 0, 0, None), out_axes=(state_out, 0, 0, 0, 0))
+            return jax.jit(batched, donate_argnums=(0, 1) if learn else (1,))
+
+        self.programs = {(learn, recycle): program(learn, recycle) for learn, recycle in
+                         ((False, False), (True, False), (True, True))}
+
+    def __call__(self, state, replay, transition, observations, env_step: int, learn_from: int):
+        learn = bool(is_learning_step(env_step, learn_from, self.config))
+        recycle = False
+        if learn:
+            if self.gradient_updates is None:
+                self.gradient_updates = int(state.step)
+            recycle = bool(is_recycle_due(self.gradient_updates, self.config))
+            self.gradient_updates += self.config.gradient_steps
+        new_state, replay, actions, metrics, recycled = self.programs[learn, recycle](
+            state, replay, transition, observations, env_step)
+        state = new_state if learn else state.replace(rng=new_state)
+        return state, replay, actions, metrics, recycled
 
 
 def make_actor(agent: Agent, state_axes: Any, explore: bool) -> Callable:
@@ -312,7 +377,7 @@ def run_off_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: En
     seeds = run.seeds
     state = init_states(agent, seeds)
     state_axes = seed_axes(state)
-    train_step = make_off_policy_step(agent, config, state_axes)
+    train_step = OffPolicyStep(agent, config, state_axes)
     measure = jax.jit(jax.vmap(
         lambda state, replay, key: agent.measure(state, replay_lib.sample(replay, key, config.redo.batch_size)),
         in_axes=(state_axes, 0, 0)))

@@ -302,9 +302,10 @@ def main(argv: list[str]) -> None:
 def _train(config, agent, loop: str, env_spec, run_dir: str, seeds: list[int]) -> None:
     """Writes the run directory and runs the loop; exits 1 on divergence or when no checkpoint reads back."""
     # Imported only now, so that a mistake is reported before JAX and the libraries load.
-    from sparserl import checkpoint, preemption, runner
+    from sparserl import checkpoint, compilation_cache, preemption, runner
     from sparserl.logging import MetricsWriter, ProgressPrinter, atomic_write_text
 
+    compilation_cache.enable()
     seed_dirs = [os.path.join(run_dir, f"seed{seed}") for seed in seeds]
     checkpointer = checkpoint.Checkpointer(seed_dirs, config.checkpoints_to_keep)
     try:

@@ -25,10 +25,11 @@ def cli_environment() -> dict[str, str]:
     """The environment of a CLI run in the tests: CPU, unbuffered output, and Python's fault handler on (so a
     run stopped with SIGABRT prints the stacks of all its threads).
 
-    No shared persistent compilation cache: the tests SIGKILL runs, and a run killed while it holds the
-    cache's lock could leave the next run waiting on it.
+    No persistent compilation cache (`SPARSERL_COMPILATION_CACHE=0`): each run compiles its own programs, so
+    no test depends on what an earlier run left in a shared cache.
     """
-    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1",
+                SPARSERL_COMPILATION_CACHE="0")
 
 
 def run_train(*args: str, cwd=None, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -185,7 +185,7 @@ def test_runner_recycles_dead_neurons():
     bias = state.online.params["dense_0"]["bias"]
     state = state.replace(online=state.online.replace(params={
         **state.online.params, "dense_0": {**state.online.params["dense_0"], "bias": bias.at[:, :20].set(-100.0)}}))
-    step = runner.make_off_policy_step(agent, config, runner.seed_axes(state))
+    step = runner.OffPolicyStep(agent, config, runner.seed_axes(state))
     replay = jax.vmap(lambda _: replay_lib.init(16, (4,), jnp.float32))(jnp.arange(1))
     transition = jax.tree.map(lambda x: x[None], _hand_batch())
     transition = replay_lib.Transition(*(leaf[:, 0] for leaf in transition))

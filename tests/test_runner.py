@@ -89,11 +89,10 @@ def test_gradient_steps_take_that_many_updates_each_on_its_own_batch():
 
     def batches_and_keys(state, replay, transition):
         replay = replay_lib.add(replay, transition)
-        rng, sample_key = jax.random.split(state.rng)
-        rng, update_key = jax.random.split(rng)
+        rng, sample_key, update_key, _, _ = jax.random.split(state.rng, 5)  # the step's own split: the redo and act keys last
         sample_keys, update_keys = jax.random.split(sample_key, 2), jax.random.split(update_key, 2)
         batches = [replay_lib.sample(replay, key, config.batch_size) for key in sample_keys]
-        state = state.replace(rng=jax.random.split(jax.random.split(rng)[0])[0])  # after the redo and act keys' splits
+        state = state.replace(rng=rng)
         return state, batches, update_keys
 
     state_after_keys, batches, update_keys = jax.jit(jax.vmap(
@@ -102,7 +101,7 @@ def test_gradient_steps_take_that_many_updates_each_on_its_own_batch():
     expected_state, first = single_update(state_after_keys, batches[0], update_keys[:, 0])
     expected_state, second = single_update(expected_state, batches[1], update_keys[:, 1])
     expected_loss = (first["loss/td"] + second["loss/td"]) / 2
-    step = runner.make_off_policy_step(agent, config, axes)
+    step = runner.OffPolicyStep(agent, config, axes)
     state, _, _, metrics, _ = step(jax.tree.map(jnp.copy, state), replay, transition, observations, 0, 0)
     assert int(state.step) == 2
     for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(expected_state)):
@@ -129,7 +128,7 @@ def test_redo_runs_when_any_update_of_a_learning_step_reaches_its_period():
     agent = dqn.make(config, spec)
     state = runner.init_states(agent, [0])
     replay, transition = _filled_replay(config, spec, num_seeds=1, size=8)
-    step = runner.make_off_policy_step(agent, config, runner.seed_axes(state))
+    step = runner.OffPolicyStep(agent, config, runner.seed_axes(state))
     observations = np.zeros((1, 1, 4), np.float32)
     state, replay, _, _, recycled = step(state, replay, transition, observations, 0, 0)
     assert int(state.step) == 2 and recycled.tolist() == [0]
