@@ -54,8 +54,13 @@ def nan_like(tree: Any) -> Any:
     return jax.tree.map(lambda leaf: jnp.full(leaf.shape, jnp.nan, leaf.dtype), tree)
 
 
-def make_off_policy_step(agent: Agent, config: ml_collections.ConfigDict, state_axes: Any) -> Callable:
-    """The jitted per-env-step function of DQN and SAC: store, learn when due, recycle when due, act."""
+def off_policy_step(agent: Agent, config: ml_collections.ConfigDict) -> Callable:
+    """One seed's env step of DQN and SAC after the env moved: store, learn when due, recycle when due, act.
+
+    `step(state, replay, transition, observations, env_step, learn_from) -> (state, replay, actions, metrics,
+    recycled)`; metrics are NaN where no gradient step was taken. Shared by the host loop (jitted and
+    vmapped per env step) and the compiled loop (`sparserl.compiled_runner`, inside its scan).
+    """
     recycle_schedule = dormancy.RecycleSchedule(period=config.redo.period)
 
     def step(state, replay, transition, observations, env_step, learn_from):
@@ -86,7 +91,12 @@ def make_off_policy_step(agent: Agent, config: ml_collections.ConfigDict, state_
         actions = agent.act(state, observations, act_key, env_step + 1, True)
         return state, replay, actions, metrics, recycled
 
-    batched = jax.vmap(step, in_axes=(state_axes, 0, 0, 0, None, None), out_axes=(state_axes, 0, 0, 0, 0))
+    return step
+
+
+def make_off_policy_step(agent: Agent, config: ml_collections.ConfigDict, state_axes: Any) -> Callable:
+    """The jitted per-env-step function of DQN and SAC, vmapped over seeds (`off_policy_step`)."""
+    batched = jax.vmap(off_policy_step(agent, config), in_axes=(state_axes, 0, 0, 0, None, None), out_axes=(state_axes, 0, 0, 0, 0))
     return jax.jit(batched, donate_argnums=(0, 1))
 
 
@@ -244,9 +254,13 @@ class Recorder:
         self.window_returns = [[] for _ in self.run.seeds]
         self.window_start, self.window_time = done, time.perf_counter()
 
+    def eval_returns(self, state: Any, done: int) -> np.ndarray:
+        """Mean evaluation return per seed, on host envs (the compiled loop evaluates inside its program)."""
+        return evaluate(self.eval_actor, state, self.config, self.run.seeds, done)
+
     def evaluate(self, state: Any, done: int) -> None:
         started = time.perf_counter()
-        returns = evaluate(self.eval_actor, state, self.config, self.run.seeds, done)
+        returns = self.eval_returns(state, done)
         for seed_index, writer in enumerate(self.run.writers):
             writer.write(done, {"eval/episode_return": returns[seed_index]}, kind="eval")
         print(f"  eval at step {done:,}: return {np.mean(returns):.1f} (mean of {len(returns)} seed(s))", flush=True)
