@@ -52,12 +52,22 @@ def _split_rng(state):
     return state.replace(rng=rng), key
 
 
+# A seed's envs are one vmapped call; across seeds (and sweep levels) the calls run one after another
+# (`sequential_vmap`). XLA on CPU computes an elementwise op (CartPole's sin and cos) on a vector of one
+# seed's values and on a vector of several seeds' with different code, so the last bit could differ; one
+# seed at a time keeps seed i of a batch equal to a run of seed i alone (DESIGN contract 1).
+
+
 def _reset_envs(env: GymnaxEnv, key: jax.Array, num_envs: int) -> tuple[jax.Array, GymnaxEnvState]:
-    return jax.vmap(env.reset)(jax.random.split(key, num_envs))
+    reset = jax.custom_batching.sequential_vmap(lambda key: jax.vmap(env.reset)(jax.random.split(key, num_envs)))
+    return reset(key)
 
 
 def _step_envs(env: GymnaxEnv, key: jax.Array, env_state: GymnaxEnvState, actions: jax.Array):
-    return jax.vmap(env.step)(jax.random.split(key, actions.shape[0]), env_state, actions)
+    step = jax.custom_batching.sequential_vmap(
+        lambda key, env_state, actions: jax.vmap(env.step)(jax.random.split(key, actions.shape[0]), env_state, actions)
+    )
+    return step(key, env_state, actions)
 
 
 def env_actions(env_spec: EnvSpec, actions: jax.Array) -> jax.Array:
