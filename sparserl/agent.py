@@ -7,6 +7,7 @@ import ml_collections
 
 from sparserl import networks
 from sparserl.sparse import SparsityConfig
+from sparserl.sparse.config import is_concrete
 
 
 class Agent(NamedTuple):
@@ -55,7 +56,7 @@ def sparsity_config(sparse: ml_collections.ConfigDict, total_updates: int, spars
     80% Atari); `prune` prunes every `prune_frequency` updates between
     `prune_start_fraction` and `prune_end_fraction`.
     """
-    method = sparse.method if sparsity > 0.0 or sparse.method == "dense" else "dense"
+    method = "dense" if is_concrete(sparsity) and sparsity == 0.0 else sparse.method  # a traced level is > 0
     if method == "prune":
         start = int(sparse.prune_start_fraction * total_updates)
         end = max(start + 1, int(sparse.prune_end_fraction * total_updates))

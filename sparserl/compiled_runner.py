@@ -105,10 +105,11 @@ def _init_envs(env: GymnaxEnv, seed: jax.Array, num_envs: int) -> EnvCarry:
     return EnvCarry(env_state, observation, key)
 
 
-def _evaluator(agent: Agent, env: GymnaxEnv, episodes: int) -> Callable:
-    """One seed's mean return of `episodes` greedy episodes on fresh envs, run side by side to their ends."""
+def _evaluator(agent_for: Callable, env: GymnaxEnv, episodes: int) -> Callable:
+    """One member's mean return of `episodes` greedy episodes on fresh envs, run side by side to their ends."""
 
-    def evaluate(state, seed, eval_step):
+    def evaluate(level, state, seed, eval_step):
+        agent = agent_for(level)
         reset_key, key = jax.random.split(jax.random.fold_in(_stream(seed, _EVAL_STREAM), eval_step))
         observation, env_state = _reset_envs(env, reset_key, episodes)
 
@@ -132,13 +133,32 @@ def _evaluator(agent: Agent, env: GymnaxEnv, episodes: int) -> Callable:
 class _Recorder(runner.Recorder):
     """The host loops' bookkeeping, with evaluation done by a jitted program on gymnax envs."""
 
-    def __init__(self, config, run, evaluate: Callable, state_axes: Any):
+    def __init__(self, config, run, evaluate: Callable, state_axes: Any, members: "Members"):
         super().__init__(config, run, eval_actor=None)
-        self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(state_axes, 0, None)))
-        self._seed_values = jnp.asarray(run.seeds, jnp.uint32)
+        self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, state_axes, 0, None)))
+        self._members = members
 
     def eval_returns(self, state: Any, done: int) -> np.ndarray:
-        return np.asarray(self._evaluate(state, self._seed_values, done))
+        return np.asarray(self._evaluate(self._members.levels, state, self._members.seeds, done))
+
+
+class Members(NamedTuple):
+    """The runs one program trains side by side (its vmapped axis): a seed and a sparsity level each.
+
+    Without a sweep every member has the run's own level (unused: the agent is built once, concretely).
+    """
+
+    seeds: jax.Array  # uint32 [members]
+    levels: jax.Array  # float32 [members]
+
+
+def _init_states(agent_for: Callable, members: Members) -> tuple[Any, Any]:
+    """Every member's initial TrainState (`agent.init(key(seed))`) and the vmap axes of a TrainState."""
+    abstract = jax.eval_shape(agent_for(float(members.levels[0])).init, jax.random.key(0))
+    axes = runner.seed_axes(abstract)
+    init = jax.vmap(lambda level, key: agent_for(level).init(key), out_axes=axes)
+    # Waited for, as in runner.init_states (jaxlib 0.10 CPU deadlock when compiling while this runs).
+    return jax.block_until_ready(jax.jit(init)(members.levels, runner.seed_keys(members.seeds))), axes
 
 
 def _window_ends(start: int, every: int, steps: int, granularity: int = 1):
@@ -174,11 +194,13 @@ def _seed_axes(arrays: dict, state_axes: Any) -> dict:
     return {name: state_axes if name == "state" else jax.tree.map(lambda _: 0, tree) for name, tree in arrays.items()}
 
 
-def _off_policy_window(agent: Agent, config: ml_collections.ConfigDict, env: GymnaxEnv, length: int) -> Callable:
-    """One seed's window of `length` env steps: env step, then `runner.off_policy_step`, in a scan."""
-    step = runner.off_policy_step(agent, config)
+def _off_policy_window(agent_for: Callable, config: ml_collections.ConfigDict, env: GymnaxEnv, length: int) -> Callable:
+    """One member's window of `length` env steps: env step, then `runner.off_policy_step`, in a scan."""
 
-    def window(state, replay, carry: OffPolicyCarry, seed, start, learn_from):
+    def window(level, state, replay, carry: OffPolicyCarry, seed, start, learn_from):
+        agent = agent_for(level)
+        step = runner.off_policy_step(agent, config)
+
         def env_step(loop, env_step):
             state, replay, carry, last_metrics, recycled_total = loop
             key, step_key = jax.random.split(carry.envs.key)
@@ -211,17 +233,22 @@ def _off_policy_window(agent: Agent, config: ml_collections.ConfigDict, env: Gym
 
 def run_off_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: EnvSpec, run: runner.Run) -> None:
     """DQN and SAC on a gymnax env, `config.log_every` env steps per compiled call (see the module docstring)."""
+    _run_off_policy(lambda level: agent, _members(run.seeds, config.sparse.sparsity), config, env_spec, run)
+
+
+def _run_off_policy(agent_for: Callable, members: Members, config: ml_collections.ConfigDict, env_spec: EnvSpec,
+                    run: runner.Run) -> None:
     env = GymnaxEnv(config.env)
-    seed_values = jnp.asarray(run.seeds, jnp.uint32)
-    state = runner.init_states(agent, run.seeds)
-    state_axes = runner.seed_axes(state)
-    recorder = _Recorder(config, run, _evaluator(agent, env, config.eval_episodes), state_axes)
+    seed_values = members.seeds
+    state, state_axes = _init_states(agent_for, members)
+    recorder = _Recorder(config, run, _evaluator(agent_for, env, config.eval_episodes), state_axes, members)
 
-    def init_carry(state, seed):
+    def init_carry(level, state, seed):
         envs = _init_envs(env, seed, 1)
-        return OffPolicyCarry(envs, agent.act(state, envs.observation, _stream(seed, _FIRST_ACTION_STREAM), 0, True))
+        first_key = _stream(seed, _FIRST_ACTION_STREAM)
+        return OffPolicyCarry(envs, agent_for(level).act(state, envs.observation, first_key, 0, True))
 
-    carry = jax.jit(jax.vmap(init_carry, in_axes=(state_axes, 0)))(state, seed_values)
+    carry = jax.jit(jax.vmap(init_carry, in_axes=(0, state_axes, 0)))(members.levels, state, seed_values)
     action_shape = () if env_spec.discrete else (env_spec.num_actions,)
     action_dtype = jnp.int32 if env_spec.discrete else jnp.float32
     replay = jax.vmap(lambda _: replay_lib.init(
@@ -244,24 +271,26 @@ def run_off_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: En
 
     @functools.cache
     def compiled_window(length: int) -> Callable:
-        window = jax.vmap(_off_policy_window(agent, config, env, length),
-                          in_axes=(state_axes, 0, 0, 0, None, None), out_axes=(state_axes, 0, 0, 0))
-        return jax.jit(window, donate_argnums=(0, 1, 2))
+        window = jax.vmap(_off_policy_window(agent_for, config, env, length),
+                          in_axes=(0, state_axes, 0, 0, 0, None, None), out_axes=(state_axes, 0, 0, 0))
+        return jax.jit(window, donate_argnums=(1, 2, 3))
 
     for start, done in _window_ends(start, config.log_every, config.steps):
-        state, replay, carry, output = compiled_window(done - start)(state, replay, carry, seed_values, start, learn_from)
+        state, replay, carry, output = compiled_window(done - start)(
+            members.levels, state, replay, carry, seed_values, start, learn_from
+        )
         jax.block_until_ready(output)
         first_update = max(start, learn_from) + (-max(start, learn_from)) % config.train_every
         _close_window(recorder, config, start, done, output, first_update < done, state,
                       arrays_of(state, replay, carry), axes)
 
 
-def _on_policy_window(agent: Agent, config: ml_collections.ConfigDict, env_spec: EnvSpec, env: GymnaxEnv,
+def _on_policy_window(agent_for: Callable, config: ml_collections.ConfigDict, env_spec: EnvSpec, env: GymnaxEnv,
                       rollouts: int) -> Callable:
-    """One seed's window of `rollouts` PPO iterations: collect a rollout in a scan, then `agent.update` of it."""
+    """One member's window of `rollouts` PPO iterations: collect a rollout in a scan, then `agent.update` of it."""
     num_envs, num_steps = config.num_envs, config.rollout_steps
 
-    def rollout(state, envs: EnvCarry, start):
+    def rollout(agent, state, envs: EnvCarry, start):
         state, key = _split_rng(state)
         act_keys = jax.random.split(key, num_steps)
 
@@ -279,15 +308,15 @@ def _on_policy_window(agent: Agent, config: ml_collections.ConfigDict, env_spec:
         state, metrics = agent.update(state, batch, key)
         return state, envs, batch, metrics, episode_return
 
-    def window(state, envs: EnvCarry, seed, start):
-        del seed
+    def window(level, state, envs: EnvCarry, start):
+        agent = agent_for(level)
 
         def iteration(loop, index):
             state, envs, _ = loop
-            state, envs, batch, metrics, episode_return = rollout(state, envs, start + index * num_envs * num_steps)
+            state, envs, batch, metrics, episode_return = rollout(agent, state, envs, start + index * num_envs * num_steps)
             return (state, envs, batch), (metrics, episode_return)
 
-        batch_shape = jax.eval_shape(rollout, state, envs, start)[2]
+        batch_shape = jax.eval_shape(functools.partial(rollout, agent), state, envs, start)[2]
         empty_batch = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), batch_shape)
         (state, envs, batch), (metrics, episode_return) = jax.lax.scan(
             iteration, (state, envs, empty_batch), jnp.arange(rollouts)
@@ -306,12 +335,15 @@ def run_on_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: Env
     Windows end at the first rollout boundary that reaches a multiple of
     `log_every` (or the end), as in the host loop (`runner.run_on_policy`).
     """
+    _run_on_policy(lambda level: agent, _members(run.seeds, config.sparse.sparsity), config, env_spec, run)
+
+
+def _run_on_policy(agent_for: Callable, members: Members, config: ml_collections.ConfigDict, env_spec: EnvSpec,
+                   run: runner.Run) -> None:
     env = GymnaxEnv(config.env)
-    seed_values = jnp.asarray(run.seeds, jnp.uint32)
-    state = runner.init_states(agent, run.seeds)
-    state_axes = runner.seed_axes(state)
-    recorder = _Recorder(config, run, _evaluator(agent, env, config.eval_episodes), state_axes)
-    envs = jax.jit(jax.vmap(lambda seed: _init_envs(env, seed, config.num_envs)))(seed_values)
+    state, state_axes = _init_states(agent_for, members)
+    recorder = _Recorder(config, run, _evaluator(agent_for, env, config.eval_episodes), state_axes, members)
+    envs = jax.jit(jax.vmap(lambda seed: _init_envs(env, seed, config.num_envs)))(members.seeds)
     axes = _seed_axes({"state": state, "loop": envs}, state_axes)
     start = 0
     if run.resume_step is not None:
@@ -320,15 +352,44 @@ def run_on_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: Env
 
     @functools.cache
     def compiled_window(rollouts: int) -> Callable:
-        window = jax.vmap(_on_policy_window(agent, config, env_spec, env, rollouts),
-                          in_axes=(state_axes, 0, 0, None), out_axes=(state_axes, 0, 0))
-        return jax.jit(window, donate_argnums=(0, 1))
+        window = jax.vmap(_on_policy_window(agent_for, config, env_spec, env, rollouts),
+                          in_axes=(0, state_axes, 0, None), out_axes=(state_axes, 0, 0))
+        return jax.jit(window, donate_argnums=(1, 2))
 
     rollout_size = config.num_envs * config.rollout_steps
     for start, done in _window_ends(start, config.log_every, config.steps, rollout_size):
-        state, envs, output = compiled_window((done - start) // rollout_size)(state, envs, seed_values, start)
+        state, envs, output = compiled_window((done - start) // rollout_size)(members.levels, state, envs, start)
         jax.block_until_ready(output)
         _close_window(recorder, config, start, done, output, True, state, {"state": state, "loop": envs}, axes)
 
 
 LOOPS = {"off_policy": run_off_policy, "on_policy": run_on_policy}
+_SWEEP_LOOPS = {"off_policy": _run_off_policy, "on_policy": _run_on_policy}
+
+
+def _members(seeds, level: float) -> Members:
+    return Members(jnp.asarray(seeds, jnp.uint32), jnp.full(len(seeds), level, jnp.float32))
+
+
+def with_sparsity(config: ml_collections.ConfigDict, level) -> ml_collections.ConfigDict:
+    """A copy of `config` at sparsity `level` (a float, or a traced scalar inside a sweep)."""
+    copy = config.copy_and_resolve_references()
+    with copy.sparse.ignore_type():
+        copy.sparse.sparsity = level
+    return copy
+
+
+def run_sweep(make_agent: Callable, loop: str, config: ml_collections.ConfigDict, env_spec: EnvSpec,
+              levels, run: runner.Run) -> None:
+    """Several sparsity levels of one method, each with the run's seeds, trained in one compiled program.
+
+    The level is a traced value: the agent is built inside the vmapped program by
+    `make_agent(with_sparsity(config, level))` (e.g. `agents.dqn.make` with the env spec bound), so ERK
+    sparsities, mask counts and drop counts follow it (`sparserl.sparse`). `run` holds one writer and seed
+    directory per member, level-major: level 0's seeds, then level 1's... Member (level, seed) equals a
+    run of that seed at that level (`config.sparse.sparsity` = level).
+    """
+    num_seeds = len(run.seeds) // len(levels)
+    members = Members(jnp.asarray(run.seeds, jnp.uint32), jnp.repeat(jnp.asarray(levels, jnp.float32), num_seeds))
+    agent_for = lambda level: make_agent(with_sparsity(config, level))  # noqa: E731
+    _SWEEP_LOOPS[loop](agent_for, members, config, env_spec, run)

@@ -1,4 +1,4 @@
-"""The compiled loop on gymnax envs, end to end through the CLI: seeds as a batch axis, learning, resume."""
+"""The compiled loop on gymnax envs: seeds and sparsity levels as batch axes, learning, resume (mostly via the CLI)."""
 
 import math
 
@@ -6,9 +6,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from sparserl import checkpoint
-
-from sparserl.logging import read_csv
+import configs.dqn
+from agents import dqn
+from sparserl import checkpoint, compiled_runner, envs, runner
+from sparserl.logging import MetricsWriter, ProgressPrinter, read_csv
 from tests.conftest import run_train, run_train_side_by_side
 from tests.test_resume import _assert_same_rows, _kill_after_checkpoint, _rows_without_sps
 
@@ -139,3 +140,59 @@ def test_sac_learns_gymnax_pendulum(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     returns = _eval_returns(tmp_path / "sac")
     assert max(returns) >= -400, returns
+
+
+# --- sparsity sweeps: levels as a traced value, vmapped in one program ---------------------------------------
+
+
+def _tiny_dqn_config():
+    config = configs.dqn.get_config()
+    config.env = "gymnax:CartPole-v1"
+    config.update(dict(steps=600, learning_starts=200, log_every=200, eval_every=600, eval_episodes=2,
+                       checkpoint_every=600))
+    config.network.hidden_sizes = (64, 64)
+    config.sparse.update_period = 50  # RigL drops and grows every 50 updates: drop counts follow the level
+    config.redo.update(dict(enabled=True, period=100))
+    return config
+
+
+def _run_of(run_dirs_and_seeds, config) -> runner.Run:
+    seed_dirs = [str(run_dir / f"seed{seed}") for run_dir, seed in run_dirs_and_seeds]
+    return runner.Run(
+        seeds=[seed for _, seed in run_dirs_and_seeds],
+        writers=[MetricsWriter(seed_dir, seed) for seed_dir, (_, seed) in zip(seed_dirs, run_dirs_and_seeds)],
+        progress=ProgressPrinter("sweep test", config.steps),
+        checkpointer=checkpoint.Checkpointer(seed_dirs, 1),
+    )
+
+
+def _close(run: runner.Run) -> None:
+    for writer in run.writers:
+        writer.close()
+
+
+@pytest.mark.slow
+def test_a_sparsity_sweep_in_one_program_equals_the_levels_run_one_by_one(tmp_path):
+    """Levels 0.5, 0.8, 0.9 of RigL (ERK) x seeds 0, 1 as one vmapped program (the level traced) equal,
+    bit for bit, each level run alone with a Python-float sparsity: metrics, evaluations, final checkpoint."""
+    config, levels, seeds = _tiny_dqn_config(), (0.5, 0.8, 0.9), (0, 1)
+    env_spec = envs.env_spec(config.env)
+    make_agent = lambda level_config: dqn.make(level_config, env_spec)  # noqa: E731
+    sweep = _run_of([(tmp_path / f"sweep_{level}", seed) for level in levels for seed in seeds], config)
+    compiled_runner.run_sweep(make_agent, dqn.LOOP, config, env_spec, levels, sweep)
+    _close(sweep)
+    for level in levels:
+        level_config = compiled_runner.with_sparsity(config, level)
+        alone = _run_of([(tmp_path / f"alone_{level}", seed) for seed in seeds], level_config)
+        compiled_runner.run_off_policy(dqn.make(level_config, env_spec), level_config, env_spec, alone)
+        _close(alone)
+        for seed in seeds:
+            swept, single = tmp_path / f"sweep_{level}" / f"seed{seed}", tmp_path / f"alone_{level}" / f"seed{seed}"
+            for filename in ("metrics.csv", "eval.csv"):
+                _assert_same_rows(_rows_without_sps(swept / filename), _rows_without_sps(single / filename))
+            swept_leaves, single_leaves = _final_checkpoint_leaves(swept), _final_checkpoint_leaves(single)
+            assert swept_leaves.keys() == single_leaves.keys()
+            for name in single_leaves:
+                np.testing.assert_array_equal(swept_leaves[name], single_leaves[name], err_msg=f"{level} {seed} {name}")
+            last = read_csv(single / "metrics.csv")[-1]
+            assert abs(last["sparsity/total"] - level) <= 0.01 and last["step"] == 600
