@@ -387,7 +387,9 @@ def run_sweep(make_agent: Callable, loop: str, config: ml_collections.ConfigDict
     `make_agent(with_sparsity(config, level))` (e.g. `agents.dqn.make` with the env spec bound), so ERK
     sparsities, mask counts and drop counts follow it (`sparserl.sparse`). `run` holds one writer and seed
     directory per member, level-major: level 0's seeds, then level 1's... Member (level, seed) equals a
-    run of that seed at that level (`config.sparse.sparsity` = level).
+    run of that seed at that level (`config.sparse.sparsity` = level), bit for bit where the level's float32
+    arithmetic gives the same per-layer zero counts as the Python float: always in the tests' MLPs; a layer
+    of 10^5+ weights may keep one weight more or less (tests/test_sparse_distributions.py).
     """
     num_seeds = len(run.seeds) // len(levels)
     members = Members(jnp.asarray(run.seeds, jnp.uint32), jnp.repeat(jnp.asarray(levels, jnp.float32), num_seeds))
