@@ -50,26 +50,31 @@ def steady_sps(arguments: tuple[str, ...], env_id: str, seeds: int, steps: int, 
     return statistics.median(windows) * seeds
 
 
+def measure_row(goal_row: tuple, workdir: str, quick: bool = False) -> dict:
+    """One goal row: compiled and host aggregate steps/s and their ratio."""
+    name, arguments, env_id, seeds, (compiled_steps, host_steps) = goal_row
+    scale = 4 if quick else 1
+    log_every = 2_048 if arguments is PPO else 1_000
+    compiled = steady_sps(arguments, f"gymnax:{env_id}", seeds, compiled_steps // scale, log_every, workdir)
+    host = steady_sps(arguments, env_id, seeds, max(host_steps // scale, 4 * log_every), log_every, workdir)
+    return {"row": name, "compiled_sps": compiled, "host_sps": host, "ratio": compiled / host}
+
+
 def rows(quick: bool = False) -> list[dict]:
-    """One dict per goal row: compiled and host aggregate steps/s and their ratio."""
-    results = []
+    """Every goal row (`GOAL_ROWS`), measured one after the other."""
     with tempfile.TemporaryDirectory() as workdir:
-        for name, arguments, env_id, seeds, (compiled_steps, host_steps) in GOAL_ROWS:
-            scale = 4 if quick else 1
-            log_every = 2_048 if arguments is PPO else 1_000
-            compiled = steady_sps(arguments, f"gymnax:{env_id}", seeds, compiled_steps // scale, log_every, workdir)
-            host = steady_sps(arguments, env_id, seeds, max(host_steps // scale, 4 * log_every), log_every, workdir)
-            results.append({"row": name, "compiled_sps": compiled, "host_sps": host, "ratio": compiled / host})
-    return results
+        return [measure_row(goal_row, workdir, quick) for goal_row in GOAL_ROWS]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a quarter of the steps")
     arguments = parser.parse_args()
-    print(f"{'row':45s} {'compiled steps/s':>17s} {'host steps/s':>13s} {'ratio':>7s}")
-    for row in rows(arguments.quick):
-        print(f"{row['row']:45s} {row['compiled_sps']:17,.0f} {row['host_sps']:13,.0f} {row['ratio']:6.1f}x", flush=True)
+    print(f"{'row':45s} {'compiled steps/s':>17s} {'host steps/s':>13s} {'ratio':>7s}", flush=True)
+    with tempfile.TemporaryDirectory() as workdir:
+        for goal_row in GOAL_ROWS:
+            row = measure_row(goal_row, workdir, arguments.quick)
+            print(f"{row['row']:45s} {row['compiled_sps']:17,.0f} {row['host_sps']:13,.0f} {row['ratio']:6.1f}x", flush=True)
 
 
 if __name__ == "__main__":
