@@ -37,7 +37,8 @@ GOAL_ROWS = (
 
 
 def steady_sps(arguments: tuple[str, ...], env_id: str, seeds: int, steps: int, log_every: int, workdir: str) -> float:
-    """Aggregate env steps/s over all seeds of one CLI training run, in its steady state."""
+    """Aggregate env steps/s over all seeds of one CLI training run (in a fresh run directory), in its steady state."""
+    workdir = tempfile.mkdtemp(dir=workdir)
     command = [sys.executable, "-m", "sparserl.train", *arguments, f"--env={env_id}", f"--num_seeds={seeds}",
                f"--steps={steps}", f"--eval_every={steps}", f"--config.log_every={log_every}",
                f"--config.checkpoint_every={steps}", "--config.eval_episodes=1", f"--workdir={workdir}",
