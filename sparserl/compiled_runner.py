@@ -133,8 +133,8 @@ def _evaluator(agent_for: Callable, env: GymnaxEnv, episodes: int) -> Callable:
 class _Recorder(runner.Recorder):
     """The host loops' bookkeeping, with evaluation done by a jitted program on gymnax envs."""
 
-    def __init__(self, config, run, evaluate: Callable, state_axes: Any, members: "Members"):
-        super().__init__(config, run, eval_actor=None)
+    def __init__(self, config, run, evaluate: Callable, state: Any, state_axes: Any, members: "Members"):
+        super().__init__(config, run, eval_actor=None, state=state)
         self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, state_axes, 0, None)))
         self._members = members
 
@@ -176,17 +176,20 @@ def _window_ends(start: int, every: int, steps: int, granularity: int = 1):
 
 def _close_window(recorder: _Recorder, config, start: int, done: int, output: WindowOutput,
                   learned: bool, state: Any, arrays: dict, axes: dict) -> None:
-    """Host side of a window's end: episodes, a metrics row per seed, eval and checkpoint when due."""
+    """Host side of a window's end: episodes, a metrics row per seed, eval and checkpoint when due (and when
+    SIGTERM/SIGINT asked the run to stop: then `Stopped` is raised after the checkpoint)."""
     output = jax.device_get(output)
     recorder.add_episodes(output.episode_return)
     recorder.recycled_total += output.recycled.astype(np.int64)
     final = done >= config.steps
     reached = lambda every: done // every > start // every or final  # noqa: E731
-    recorder.log(done, output.update_metrics if learned else {}, output.network_metrics, final)
+    recorder.log(done, state, output.update_metrics if learned else {}, output.network_metrics, final)
     if reached(config.eval_every):
         recorder.evaluate(state, done)
-    if reached(config.checkpoint_every):
+    if reached(config.checkpoint_every) or recorder.run.stop_requests.requested:
         recorder.checkpoint(done, arrays, axes, [{} for _ in recorder.run.seeds])
+        if not final:
+            recorder.stop_if_requested(done)
 
 
 def _seed_axes(arrays: dict, state_axes: Any) -> dict:
@@ -241,7 +244,7 @@ def _run_off_policy(agent_for: Callable, members: Members, config: ml_collection
     env = GymnaxEnv(config.env)
     seed_values = members.seeds
     state, state_axes = _init_states(agent_for, members)
-    recorder = _Recorder(config, run, _evaluator(agent_for, env, config.eval_episodes), state_axes, members)
+    recorder = _Recorder(config, run, _evaluator(agent_for, env, config.eval_episodes), state, state_axes, members)
 
     def init_carry(level, state, seed):
         envs = _init_envs(env, seed, 1)
@@ -342,7 +345,7 @@ def _run_on_policy(agent_for: Callable, members: Members, config: ml_collections
                    run: runner.Run) -> None:
     env = GymnaxEnv(config.env)
     state, state_axes = _init_states(agent_for, members)
-    recorder = _Recorder(config, run, _evaluator(agent_for, env, config.eval_episodes), state_axes, members)
+    recorder = _Recorder(config, run, _evaluator(agent_for, env, config.eval_episodes), state, state_axes, members)
     envs = jax.jit(jax.vmap(lambda seed: _init_envs(env, seed, config.num_envs)))(members.seeds)
     axes = _seed_axes({"state": state, "loop": envs}, state_axes)
     start = 0
