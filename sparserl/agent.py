@@ -7,6 +7,7 @@ import ml_collections
 
 from sparserl import networks
 from sparserl.sparse import SparsityConfig
+from sparserl.sparse.config import is_concrete
 
 
 class Agent(NamedTuple):
@@ -58,7 +59,7 @@ def sparsity_config(sparse: ml_collections.ConfigDict, total_updates: int, spars
     2022's gin files, named beside each value. Static and dense networks
     never change their masks and use no schedule.
     """
-    method = sparse.method if sparsity > 0.0 or sparse.method == "dense" else "dense"
+    method = "dense" if is_concrete(sparsity) and sparsity == 0.0 else sparse.method  # a traced level is > 0
     schedule = {}
     if method in sparse:
         block = sparse[method]

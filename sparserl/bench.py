@@ -195,7 +195,7 @@ def _off_policy_update_ms(agent_name: str, env_id: str, overrides: dict, setting
     functions, period = {}, None
     for variant, extra in (("dense", {}), ("masked", SPARSE_SETTINGS)):
         config = agent_config(agent_name, env_id, {**overrides, **extra, "steps": 10**8})
-        period = config.sparse.update_period
+        period = config.sparse.rigl.update_period
         agent = agent_module.make(config, env_spec)
         state = runner.init_states(agent, [0])
         axes = runner.seed_axes(state)
@@ -224,7 +224,7 @@ def _ppo_update_ms(settings: Settings) -> tuple[float, float, int]:
     functions, period, minibatch_steps = {}, None, None
     for variant, extra in (("dense", {}), ("masked", SPARSE_SETTINGS)):
         config = agent_config("ppo", "CartPole-v1", {**PPO_SB3_SETTINGS, **extra, "steps": 10**8})
-        period, minibatch_steps = config.sparse.update_period, config.update_epochs * config.num_minibatches
+        period, minibatch_steps = config.sparse.rigl.update_period, config.update_epochs * config.num_minibatches
         agent = ppo.make(config, env_spec)
         states = {"state": runner.init_states(agent, [0])}
         axes = runner.seed_axes(states["state"])

@@ -15,6 +15,10 @@ Families (DESIGN section 5):
 - ``mujoco``: Gymnasium MuJoCo v5 tasks (``HalfCheetah-v5`` ...), ``float32`` observations.
 - ``dmc``: ``dmc:<domain>-<task>`` from the DeepMind Control Suite (Tassa et al., 2018) through
   :class:`DmControlEnv`, an adapter over its ``dm_env`` interface.
+- ``gymnax``: ``gymnax:<id>``, JAX-native ports (Lange, 2022) of classic control (``CartPole-v1``,
+  ``Acrobot-v1``, ``MountainCar-v0``, ``Pendulum-v1``) and MinAtar (``Breakout-MinAtar`` ...), stepped
+  inside the compiled training loop (``sparserl.compiled_runner``) through :class:`GymnaxEnv`, not
+  as Gymnasium envs. gymnax's time limit is a truncation, apart from termination.
 
 Every env's outermost wrapper is ``RecordEpisodeStatistics``, so the episode returns reported by
 :class:`SeedEnvs` are the true undiscounted returns (for Atari: the whole game, raw rewards).
@@ -27,7 +31,7 @@ import importlib
 import math
 import pickle
 import warnings
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import gymnasium
 import numpy as np
@@ -37,10 +41,24 @@ from gymnasium.wrappers import (
     RecordEpisodeStatistics,
 )
 
-FAMILIES = ("classic", "atari", "minatar", "mujoco", "dmc")
+FAMILIES = ("classic", "atari", "minatar", "mujoco", "dmc", "gymnax")
 
 _DMC_PREFIX = "dmc:"
 _DMC_DEFAULT_STEP_LIMIT = 1000
+
+GYMNAX_PREFIX = "gymnax:"
+# gymnax id -> the family of its Gymnasium counterpart, whose config preset it takes.
+GYMNAX_IDS = {
+    "CartPole-v1": "classic",
+    "Acrobot-v1": "classic",
+    "MountainCar-v0": "classic",
+    "Pendulum-v1": "classic",
+    "Breakout-MinAtar": "minatar",
+    "Asterix-MinAtar": "minatar",
+    "Freeway-MinAtar": "minatar",
+    "SpaceInvaders-MinAtar": "minatar",
+    "Seaquest-MinAtar": "minatar",
+}
 
 # Machado et al. (2018) / Dopamine Atari protocol.
 ATARI_STICKY_ACTION_PROBABILITY = 0.25
@@ -58,7 +76,8 @@ def _unknown_env(env_id: str) -> UnknownEnvError:
     return UnknownEnvError(
         f"--env: unknown environment {env_id!r}; use a Gymnasium classic-control id "
         "(e.g. CartPole-v1), ALE/<Game>-v5, MinAtar/<Game>-v1, a MuJoCo v5 id "
-        "(e.g. HalfCheetah-v5) or dmc:<domain>-<task>"
+        "(e.g. HalfCheetah-v5), dmc:<domain>-<task> or gymnax:<id> "
+        f"({', '.join(GYMNAX_IDS)})"
     )
 
 
@@ -118,6 +137,10 @@ def env_family(env_id: str) -> str:
     if env_id.startswith(_DMC_PREFIX):
         _dmc_domain_and_task(env_id)
         return "dmc"
+    if env_id.startswith(GYMNAX_PREFIX):
+        if env_id[len(GYMNAX_PREFIX):] not in GYMNAX_IDS:
+            raise _unknown_env(env_id)
+        return "gymnax"
     if env_id.startswith("ALE/"):
         _register_ale()
     elif env_id.startswith("MinAtar/"):
@@ -143,6 +166,12 @@ def env_family(env_id: str) -> str:
     if entry_point.startswith("minatar."):
         return "minatar"
     raise _unknown_env(env_id)
+
+
+def preset_family(env_id: str) -> str:
+    """The family whose config preset ``env_id`` takes: a gymnax port takes its Gymnasium counterpart's."""
+    family = env_family(env_id)
+    return GYMNAX_IDS[env_id[len(GYMNAX_PREFIX):]] if family == "gymnax" else family
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,6 +336,8 @@ def _spec_of(env_id: str, env: gymnasium.Env) -> EnvSpec:
 
 def env_spec(env_id: str) -> EnvSpec:
     """The :class:`EnvSpec` of ``env_id`` (builds one env to read its spaces, then closes it)."""
+    if env_family(env_id) == "gymnax":
+        return GymnaxEnv(env_id).spec
     env = make_env(env_id)
     try:
         return _spec_of(env_id, env)
@@ -413,3 +444,88 @@ class SeedEnvs:
 
     def close(self) -> None:
         self._envs.close()
+
+
+class GymnaxEnvState(NamedTuple):
+    """One gymnax env's state and the return and length of its current episode so far."""
+
+    env_state: Any
+    episode_return: Any
+    episode_length: Any
+
+
+class GymnaxStep(NamedTuple):
+    """One step of one gymnax env (jax arrays); the fields mean what :class:`StepResult`'s do."""
+
+    observation: Any
+    next_observation: Any
+    reward: Any
+    terminated: Any
+    truncated: Any
+    episode_return: Any
+    episode_length: Any
+
+
+class GymnaxEnv:
+    """One ``gymnax:<id>`` env as pure, jittable ``reset`` and ``step`` (vmap them for many envs).
+
+    gymnax 1.x ``step`` resets an env whose episode ended (terminated, or truncated by
+    ``max_steps_in_episode``) within the same call and returns the final observation as
+    ``info["final_observation"]``: that is the transition's s' here, as in :class:`SeedEnvs`.
+    Observations are ``float32``; discrete actions are ``int32``.
+    """
+
+    def __init__(self, env_id: str):
+        import gymnax
+
+        if env_family(env_id) != "gymnax":
+            raise _unknown_env(env_id)
+        self._env, self._params = gymnax.make(env_id[len(GYMNAX_PREFIX):])
+        observation_space = self._env.observation_space(self._params)
+        action_space = self._env.action_space(self._params)
+        discrete = not hasattr(action_space, "low")
+        action_shape = tuple(action_space.shape)
+        self.spec = EnvSpec(
+            env_id=env_id,
+            family="gymnax",
+            observation_shape=tuple(observation_space.shape),
+            observation_dtype=np.dtype(np.float32),
+            discrete=discrete,
+            num_actions=int(action_space.n) if discrete else int(np.prod(action_shape)),
+            action_low=None if discrete else np.broadcast_to(action_space.low, action_shape).astype(np.float32),
+            action_high=None if discrete else np.broadcast_to(action_space.high, action_shape).astype(np.float32),
+            max_episode_steps=int(self._params.max_steps_in_episode),
+        )
+
+    def reset(self, key) -> tuple[Any, GymnaxEnvState]:
+        """A fresh episode: (observation, state)."""
+        import jax.numpy as jnp
+
+        observation, env_state = self._env.reset(key, self._params)
+        zero = jnp.zeros((), jnp.float32)
+        return observation.astype(jnp.float32), GymnaxEnvState(env_state, zero, jnp.zeros((), jnp.int32))
+
+    def step(self, key, state: GymnaxEnvState, action) -> tuple[GymnaxEnvState, GymnaxStep]:
+        """One step; where the episode ended the env is already reset and its true return reported."""
+        import jax.numpy as jnp
+
+        observation, env_state, reward, terminated, truncated, info = self._env.step(
+            key, state.env_state, action, self._params
+        )
+        reward = jnp.asarray(reward, jnp.float32)
+        ended = jnp.logical_or(terminated, truncated)
+        episode_return = state.episode_return + reward
+        episode_length = state.episode_length + 1
+        result = GymnaxStep(
+            observation=observation.astype(jnp.float32),
+            next_observation=info["final_observation"].astype(jnp.float32),
+            reward=reward,
+            terminated=jnp.asarray(terminated, bool),
+            truncated=jnp.asarray(truncated, bool) & ~jnp.asarray(terminated, bool),
+            episode_return=jnp.where(ended, episode_return, jnp.nan),
+            episode_length=jnp.where(ended, episode_length, 0),
+        )
+        next_state = GymnaxEnvState(
+            env_state, jnp.where(ended, 0.0, episode_return), jnp.where(ended, 0, episode_length)
+        )
+        return next_state, result

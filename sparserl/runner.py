@@ -321,9 +321,13 @@ class Recorder:
         self.window_returns = [[] for _ in self.run.seeds]
         self.window_start, self.window_time = done, time.perf_counter()
 
+    def eval_returns(self, state: Any, done: int) -> np.ndarray:
+        """Mean evaluation return per seed, on host envs (the compiled loop evaluates inside its program)."""
+        return evaluate(self.eval_actor, state, self.config, self.run.seeds, done)
+
     def evaluate(self, state: Any, done: int) -> None:
         started = time.perf_counter()
-        returns = evaluate(self.eval_actor, state, self.config, self.run.seeds, done)
+        returns = self.eval_returns(state, done)
         for seed_index, writer in enumerate(self.run.writers):
             writer.write(done, {"eval/episode_return": returns[seed_index]}, kind="eval")
         print(f"  eval at step {done:,}: return {np.mean(returns):.1f} (mean of {len(returns)} seed(s))", flush=True)

@@ -140,7 +140,7 @@ def resolve_config(overrides: dict[str, str]) -> ml_collections.ConfigDict:
     config = module.get_config()
     env_id = FLAGS.env or overrides.get("env") or config.env
     try:
-        family = envs.env_family(env_id)
+        family = envs.preset_family(env_id)  # a gymnax port takes its Gymnasium counterpart's preset
     except envs.UnknownEnvError as error:
         raise UsageError(str(error)) from None
     for field, value in getattr(module, "PRESETS", {}).get(family, {}).items():
@@ -302,7 +302,7 @@ def main(argv: list[str]) -> None:
 def _train(config, agent, loop: str, env_spec, run_dir: str, seeds: list[int]) -> None:
     """Writes the run directory and runs the loop; exits 1 on divergence or when no checkpoint reads back."""
     # Imported only now, so that a mistake is reported before JAX and the libraries load.
-    from sparserl import checkpoint, compilation_cache, preemption, runner
+    from sparserl import checkpoint, compilation_cache, compiled_runner, preemption, runner
     from sparserl.logging import MetricsWriter, ProgressPrinter, atomic_write_text
 
     compilation_cache.enable()
@@ -333,7 +333,8 @@ def _train(config, agent, loop: str, env_spec, run_dir: str, seeds: list[int]) -
         resume_step=resume_step,
     )
     try:
-        runner.LOOPS[loop](agent, config, env_spec, run)
+        loops = compiled_runner.LOOPS if env_spec.family == "gymnax" else runner.LOOPS  # JAX-native envs: one program
+        loops[loop](agent, config, env_spec, run)
     except runner.TrainingDiverged as error:
         last = checkpoint.latest_common_step(seed_dirs)
         kept = f"the last good checkpoint is step {last:,}" if last is not None else "no checkpoint was written"

@@ -215,3 +215,83 @@ def test_atari_protocol_live():
     assert ale.lives() == lives - 1, "no life lost in 3000 random steps"
     assert not terminated and not truncated
     env.close()
+
+
+# --- gymnax: JAX-native envs for the compiled loop -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "env_id, preset", [("gymnax:CartPole-v1", "classic"), ("gymnax:Pendulum-v1", "classic"),
+                       ("gymnax:Breakout-MinAtar", "minatar"), ("gymnax:Seaquest-MinAtar", "minatar")]
+)
+def test_gymnax_family_and_the_preset_it_takes(env_id, preset):
+    assert envs.env_family(env_id) == "gymnax"
+    assert envs.preset_family(env_id) == preset
+
+
+@pytest.mark.parametrize("env_id", ["gymnax:NoSuchEnv-v0", "gymnax:", "gymnax:Catch-bsuite", "gymnax:MinAtar/Breakout-v1"])
+def test_unknown_gymnax_env_is_one_line_naming_the_flag(env_id):
+    with pytest.raises(envs.UnknownEnvError) as error:
+        envs.env_family(env_id)
+    message = str(error.value)
+    assert message.startswith("--env: ") and "\n" not in message and "gymnax:<id>" in message
+
+
+@pytest.mark.parametrize(
+    "env_id, shape, discrete, num_actions, bound, max_steps",
+    [
+        ("gymnax:CartPole-v1", (4,), True, 2, None, 500),
+        ("gymnax:Acrobot-v1", (6,), True, 3, None, 500),
+        ("gymnax:MountainCar-v0", (2,), True, 3, None, 200),
+        ("gymnax:Pendulum-v1", (3,), False, 1, 2.0, 200),
+        ("gymnax:Breakout-MinAtar", (10, 10, 4), True, 3, None, 1000),
+        ("gymnax:Freeway-MinAtar", (10, 10, 7), True, 3, None, 2500),
+    ],
+)
+def test_gymnax_env_spec(env_id, shape, discrete, num_actions, bound, max_steps):
+    spec = envs.env_spec(env_id)
+    assert (spec.env_id, spec.family, spec.observation_shape, spec.observation_dtype) == (env_id, "gymnax", shape, np.float32)
+    assert (spec.discrete, spec.num_actions, spec.max_episode_steps) == (discrete, num_actions, max_steps)
+    if discrete:
+        assert spec.action_low is None and spec.action_high is None
+    else:
+        np.testing.assert_array_equal(spec.action_low, np.full(num_actions, -bound, np.float32))
+        np.testing.assert_array_equal(spec.action_high, np.full(num_actions, bound, np.float32))
+
+
+def _gymnax_episode(env_id: str, action, max_steps: int):
+    """Steps one gymnax env from a reset with a fixed action until its episode ends; the per-step results."""
+    import jax
+
+    env = envs.GymnaxEnv(env_id)
+    step = jax.jit(env.step)
+    observation, state = env.reset(jax.random.key(0))
+    results = []
+    for index in range(max_steps):
+        state, result = step(jax.random.key(index + 1), state, action)
+        results.append(jax.tree.map(np.asarray, result))
+        if result.terminated or result.truncated:
+            return observation, results
+        np.testing.assert_array_equal(result.next_observation, result.observation)
+        observation = result.observation
+    raise AssertionError(f"no episode end within {max_steps} steps")
+
+
+def test_gymnax_time_limit_is_a_truncation_with_the_final_observation_and_the_true_return():
+    _, results = _gymnax_episode("gymnax:Pendulum-v1", np.zeros(1, np.float32), 250)  # never terminates
+    last = results[-1]
+    assert len(results) == 200 and last.truncated and not last.terminated
+    assert not np.array_equal(last.next_observation, last.observation)  # s' is the final one; the env is reset
+    assert all(np.isnan(result.episode_return) and result.episode_length == 0 for result in results[:-1])
+    assert last.episode_length == 200
+    np.testing.assert_allclose(last.episode_return, sum(float(result.reward) for result in results), rtol=1e-5)
+
+
+def test_gymnax_pole_falling_is_a_termination():
+    _, results = _gymnax_episode("gymnax:CartPole-v1", np.int32(0), 100)  # always push left
+    last = results[-1]
+    assert last.terminated and not last.truncated
+    assert last.episode_length == len(results) and last.episode_return == len(results)  # reward 1 per step
+    x, theta = last.next_observation[0], last.next_observation[2]
+    assert abs(x) > 2.4 or abs(theta) > 12 * 2 * np.pi / 360
+    assert not np.array_equal(last.next_observation, last.observation)

@@ -88,3 +88,13 @@ def test_dense_masks_and_metrics():
     total = 320 + 4096 + 192
     zeros = math.floor(0.5 * 320) + math.floor(0.9 * 4096)
     assert float(metrics["sparsity/critic/total"]) == pytest.approx(zeros / total)
+
+
+def test_random_mask_of_a_traced_sparsity_has_the_same_zeros():
+    """A traced sparsity (a sweep) draws the same mask as the Python float: exactly floor(s * n) zeros."""
+    levels = jnp.asarray([0.5, 0.8, 0.9, 0.99], jnp.float32)
+    traced = jax.jit(jax.vmap(lambda level: random_mask(jax.random.key(3), (64, 64), level)))(levels)
+    for index, level in enumerate([0.5, 0.8, 0.9, 0.99]):
+        concrete = random_mask(jax.random.key(3), (64, 64), level)
+        np.testing.assert_array_equal(traced[index], concrete)
+        assert int(np.sum(~np.asarray(concrete))) == math.floor(level * 64 * 64)

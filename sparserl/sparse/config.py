@@ -3,6 +3,11 @@
 import dataclasses
 
 
+def is_concrete(value) -> bool:
+    """True for a Python number; False for a traced value (a sparsity level vmapped over in a sweep)."""
+    return isinstance(value, (int, float))
+
+
 @dataclasses.dataclass(frozen=True)
 class SparsityConfig:
     """How one network is made and kept sparse.
@@ -13,6 +18,11 @@ class SparsityConfig:
     (`drop_fraction` at `update_start`) of each layer's active weights. For
     `prune`, `update_start` and `update_end` are Zhu & Gupta's t0 and t1 and
     `update_period` is the pruning frequency.
+
+    `sparsity` may be a traced scalar, so that several levels vmap in one
+    program (`sparserl.compiled_runner.run_sweep`); masks then hold exactly the
+    counts the traced level gives (float32 arithmetic), and only a concrete
+    level is range-checked here.
     """
 
     method: str = "dense"
@@ -26,7 +36,7 @@ class SparsityConfig:
     drop_fraction: float = 0.3
 
     def __post_init__(self):
-        if not 0.0 <= self.sparsity < 1.0:
+        if is_concrete(self.sparsity) and not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.update_period < 1:
             raise ValueError(f"update_period must be >= 1, got {self.update_period}")

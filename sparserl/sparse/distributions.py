@@ -15,8 +15,9 @@ import math
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 
-from sparserl.sparse.config import SparsityConfig
+from sparserl.sparse.config import SparsityConfig, is_concrete
 
 Shape = tuple[int, ...]
 
@@ -36,34 +37,51 @@ def kernel_shapes(params: Any) -> dict[str, Shape]:
     return shapes
 
 
-def uniform_sparsities(shapes: Mapping[str, Shape], sparsity: float) -> dict[str, float]:
+def uniform_sparsities(shapes: Mapping[str, Shape], sparsity) -> dict[str, float]:
     """Every masked layer at the same sparsity."""
     return {name: sparsity for name in shapes}
 
 
-def erk_sparsities(shapes: Mapping[str, Shape], sparsity: float) -> dict[str, float]:
-    """ERK sparsities (Evci et al. 2020, section 3), with the dense-fallback loop."""
-    dense_layers: set[str] = set()
-    while True:
+def erk_sparsities(shapes: Mapping[str, Shape], sparsity) -> dict[str, float]:
+    """ERK sparsities (Evci et al. 2020, section 3), with the dense-fallback loop.
+
+    The loop makes dense, one step at a time, the layers of the largest raw
+    density, so the dense set after k steps is the layers in the k largest raw
+    densities. Each candidate k is solved here in turn; a concrete `sparsity`
+    returns the first valid one (what the loop stops at). A traced `sparsity`
+    (a sweep vmapped over levels) gets every candidate solved with traced
+    arithmetic and the first valid one chosen with `jnp`.
+    """
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+    raw = {name: sum(shape) / sizes[name] for name, shape in shapes.items()}
+    raw_levels = sorted(set(raw.values()), reverse=True)
+    epsilons, valids = [], []
+    for num_dense_levels in range(len(raw_levels) + 1):
+        dense = {name for name in shapes if num_dense_levels and raw[name] >= raw_levels[num_dense_levels - 1]}
+        if len(dense) == len(shapes):
+            epsilons.append(0.0)
+            valids.append(True)
+            break
         kept_budget = 0.0
         divisor = 0.0
-        raw_densities = {}
-        for name, shape in shapes.items():
-            size = math.prod(shape)
-            if name in dense_layers:
-                kept_budget -= size * sparsity
+        for name in shapes:
+            if name in dense:
+                kept_budget -= sizes[name] * sparsity
             else:
-                kept_budget += size * (1.0 - sparsity)
-                raw_densities[name] = sum(shape) / size
-                divisor += raw_densities[name] * size
-        if not raw_densities:
-            return {name: 0.0 for name in shapes}
+                kept_budget += sizes[name] * (1.0 - sparsity)
+                divisor += raw[name] * sizes[name]
         epsilon = kept_budget / divisor
-        largest = max(raw_densities.values())
-        if largest * epsilon <= 1.0:
-            break
-        dense_layers.update(name for name, raw in raw_densities.items() if raw == largest)
-    return {name: 0.0 if name in dense_layers else 1.0 - epsilon * raw_densities[name] for name in shapes}
+        valid = raw_levels[num_dense_levels] * epsilon <= 1.0
+        if is_concrete(sparsity) and valid:
+            return {name: 0.0 if name in dense else 1.0 - epsilon * raw[name] for name in shapes}
+        epsilons.append(epsilon)
+        valids.append(valid)
+    if is_concrete(sparsity):
+        return {name: 0.0 for name in shapes}
+    chosen = jnp.argmax(jnp.stack([jnp.asarray(valid) for valid in valids]))  # the first valid candidate
+    epsilon = jnp.stack([jnp.asarray(value, jnp.float32) for value in epsilons])[chosen]
+    level_of = {name: raw_levels.index(raw[name]) for name in shapes}  # dense once chosen > this index
+    return {name: jnp.where(level_of[name] < chosen, 0.0, 1.0 - epsilon * raw[name]) for name in shapes}
 
 
 DISTRIBUTIONS: dict[str, Callable[[Mapping[str, Shape], float], dict[str, float]]] = {

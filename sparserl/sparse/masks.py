@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from sparserl.sparse.config import is_concrete
 from sparserl.sparse.distributions import leaf_name
 
 
@@ -23,10 +24,17 @@ def layer_of(path) -> str | None:
     return name.rsplit("/", 1)[0] if "/" in name else name
 
 
-def random_mask(key: jax.Array, shape: tuple[int, ...], sparsity: float) -> jax.Array:
-    """A uniformly random mask with exactly floor(sparsity * n) zeros."""
+def zero_count(sparsity, size: int):
+    """floor(sparsity * size): a Python int for a concrete sparsity, a traced int32 for a traced one."""
+    if is_concrete(sparsity):
+        return math.floor(sparsity * size)
+    return jnp.floor(sparsity * size).astype(jnp.int32)
+
+
+def random_mask(key: jax.Array, shape: tuple[int, ...], sparsity) -> jax.Array:
+    """A uniformly random mask with exactly floor(sparsity * n) zeros (`sparsity` concrete or traced)."""
     size = math.prod(shape)
-    num_zeros = math.floor(sparsity * size)
+    num_zeros = zero_count(sparsity, size)
     ranks = jax.random.permutation(key, size)
     return (ranks >= num_zeros).reshape(shape)
 

@@ -1,0 +1,199 @@
+"""The compiled loop on gymnax envs: seeds and sparsity levels as batch axes, learning, resume (mostly via the CLI)."""
+
+import math
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import configs.dqn
+from agents import dqn
+from sparserl import checkpoint, compiled_runner, envs, runner
+from sparserl.logging import MetricsWriter, ProgressPrinter, read_csv
+from tests.conftest import run_train, run_train_side_by_side
+from tests.test_resume import _assert_same_rows, _kill_after_checkpoint, _rows_without_sps
+
+TINY_DQN = ("--agent=dqn", "--env=gymnax:CartPole-v1", "--sparsity=0.9", "--redo", "--redo_period=100",
+            "--steps=1000", "--config.learning_starts=200", "--config.log_every=250", "--eval_every=500",
+            "--config.eval_episodes=2", "--config.network.hidden_sizes=64,64", "--config.sparse.rigl.update_period=50")
+TINY_PPO = ("--agent=ppo", "--env=gymnax:CartPole-v1", "--sparsity=0.9", "--redo", "--redo_period=8",
+            "--steps=2048", "--config.num_envs=2", "--config.rollout_steps=128", "--config.log_every=512",
+            "--eval_every=1024", "--config.eval_episodes=2", "--config.sparse.rigl.update_period=16")
+
+
+def _eval_returns(run_dir) -> list[float]:
+    return [row["eval/episode_return"] for row in read_csv(run_dir / "seed0" / "eval.csv")]
+
+
+def _final_checkpoint_leaves(seed_dir) -> dict:
+    directory = seed_dir / checkpoint.CHECKPOINTS / str(checkpoint.checkpoint_steps(seed_dir)[-1]) / "arrays"
+    return ocp.StandardCheckpointer().restore(directory)
+
+
+def _assert_close_rows(left, right):
+    assert [row["step"] for row in left] == [row["step"] for row in right]
+    for left_row, right_row in zip(left, right):
+        assert left_row.keys() == right_row.keys()
+        for name in left_row:
+            assert left_row[name] == pytest.approx(right_row[name], rel=1e-5, abs=1e-6, nan_ok=True), (left_row["step"], name)
+
+
+@pytest.mark.parametrize("arguments, exact", [(TINY_DQN, True), (TINY_PPO, False)], ids=["dqn", "ppo"])
+def test_num_seeds_equals_single_seed_runs(tmp_path, arguments, exact):
+    """Seed 5 of a 3-seed run (seeds 4, 5, 6 vmapped in one program) equals a run of seed 5 alone.
+
+    DQN: bit for bit, every metric and the whole final checkpoint (TrainState, env states, keys, replay).
+    PPO: evaluations bit for bit, metrics and state to float32 rounding, as the host loop's PPO test
+    (tests/test_ppo.py): XLA on CPU may sum PPO's minibatch gradients in another order with 3 seeds.
+    """
+    results = run_train_side_by_side(
+        {"batched": (*arguments, "--num_seeds=3", "--seed=4"), "single": (*arguments, "--seed=5")}, tmp_path
+    )
+    for result in results.values():
+        assert result.returncode == 0, result.stderr[-3000:]
+    batched_leaves = _final_checkpoint_leaves(tmp_path / "batched" / "seed5")
+    single_leaves = _final_checkpoint_leaves(tmp_path / "single" / "seed5")
+    assert batched_leaves.keys() == single_leaves.keys() and len(single_leaves) > 10
+    for name in single_leaves:
+        if exact:
+            np.testing.assert_array_equal(batched_leaves[name], single_leaves[name], err_msg=name)
+        else:
+            np.testing.assert_allclose(batched_leaves[name], single_leaves[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    _assert_same_rows(*(_rows_without_sps(tmp_path / run / "seed5" / "eval.csv") for run in ("batched", "single")))
+    metrics = [_rows_without_sps(tmp_path / run / "seed5" / "metrics.csv") for run in ("batched", "single")]
+    (_assert_same_rows if exact else _assert_close_rows)(*metrics)
+    rows = read_csv(tmp_path / "single" / "seed5" / "metrics.csv")
+    assert [row["step"] for row in rows] == ([250, 500, 750, 1000] if arguments is TINY_DQN else [512, 1024, 1536, 2048])
+    assert abs(rows[-1]["sparsity/total" if arguments is TINY_DQN else "sparsity/actor/total"] - 0.9) <= 0.01
+    assert rows[-1]["redo/recycled"] >= 0 and not math.isnan(rows[-1]["train/episode_return"])
+    other = read_csv(tmp_path / "batched" / "seed4" / "metrics.csv")
+    assert other[-1]["train/episode_return"] != rows[-1]["train/episode_return"]  # seeds differ
+
+
+MINATAR_DQN = ("--agent=dqn", "--env=gymnax:Breakout-MinAtar", "--sparsity=0.9", "--redo", "--redo_period=200",
+               "--steps=3000", "--config.learning_starts=200", "--config.replay_capacity=2000",
+               "--config.log_every=250", "--eval_every=1000", "--config.eval_episodes=2",
+               "--config.checkpoint_every=500", "--config.sparse.rigl.update_period=100")
+
+
+@pytest.mark.slow
+def test_minatar_breakout_runs_and_a_killed_run_resumes_exactly(tmp_path):
+    """gymnax Breakout (MinAtar preset: CNN) with 90% RigL and ReDo; killed after its step-500 checkpoint,
+    the rerun resumes there and writes the same rows as an uninterrupted run."""
+    whole = run_train(*MINATAR_DQN, f"--workdir={tmp_path / 'whole'}", "--run_name=run")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    rows = read_csv(tmp_path / "whole" / "run" / "seed0" / "metrics.csv")
+    assert rows[-1]["step"] == 3000 and abs(rows[-1]["sparsity/total"] - 0.9) <= 0.005
+    assert "dormant/0.1/conv_0" in rows[-1] and math.isfinite(rows[-1]["loss/td"])
+
+    _kill_after_checkpoint(MINATAR_DQN, tmp_path / "killed", 500)
+    resumed = run_train(*MINATAR_DQN, f"--workdir={tmp_path / 'killed'}", "--run_name=run")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from the checkpoint of step" in resumed.stdout
+    for filename in ("metrics.csv", "eval.csv"):
+        whole_rows = _rows_without_sps(tmp_path / "whole" / "run" / "seed0" / filename)
+        resumed_rows = _rows_without_sps(tmp_path / "killed" / "run" / "seed0" / filename)
+        steps = [row["step"] for row in resumed_rows]
+        assert len(steps) == len(set(steps)), "a step was written twice"
+        _assert_same_rows(whole_rows, resumed_rows)
+
+
+# --- learning ------------------------------------------------------------------------------------------------
+
+# DQN at a cheap setting that learns CartPole fast: 2x256, batch 64, an update every 2 steps, epsilon over 10k.
+DQN_CARTPOLE = ("--agent=dqn", "--env=gymnax:CartPole-v1", "--seed=0", "--steps=12000", "--eval_every=2000",
+                "--config.log_every=2000", "--config.network.hidden_sizes=256,256", "--config.batch_size=64",
+                "--config.train_every=2", "--config.epsilon_decay_steps=10000")
+PPO_CARTPOLE = ("--agent=ppo", "--env=gymnax:CartPole-v1", "--seed=0", "--steps=50000", "--eval_every=10000")
+
+
+@pytest.fixture(scope="module")
+def cartpole_runs(tmp_path_factory):
+    """Dense and 90%-sparse RigL (ERK) DQN and PPO on gymnax:CartPole-v1, seed 0, two at a time."""
+    workdir = tmp_path_factory.mktemp("compiled_cartpole")
+    results = {}
+    for agent, common in (("dqn", DQN_CARTPOLE), ("ppo", PPO_CARTPOLE)):
+        runs = {f"{agent}_dense": common, f"{agent}_rigl_0.9": (*common, "--sparsity=0.9")}
+        results.update(run_train_side_by_side(runs, workdir))
+    return workdir, results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, threshold", [("dqn_dense", 300), ("dqn_rigl_0.9", 300),
+                                             ("ppo_dense", 400), ("ppo_rigl_0.9", 400)])
+def test_learns_gymnax_cartpole(cartpole_runs, name, threshold):
+    """A greedy eval return >= threshold on gymnax:CartPole-v1: DQN within 12k steps, PPO within 50k, seed 0."""
+    workdir, results = cartpole_runs
+    assert results[name].returncode == 0, results[name].stderr[-3000:]
+    returns = _eval_returns(workdir / name)
+    assert max(returns) >= threshold, returns
+    if "rigl" in name:
+        last = read_csv(workdir / name / "seed0" / "metrics.csv")[-1]
+        assert abs(last["sparsity/total" if name.startswith("dqn") else "sparsity/actor/total"] - 0.9) <= 0.01
+
+
+@pytest.mark.slow
+def test_sac_learns_gymnax_pendulum(tmp_path):
+    """A greedy eval return >= -400 on gymnax:Pendulum-v1 within 8k steps (SAC, 2x128, batch 128), seed 0."""
+    result = run_train("--agent=sac", "--env=gymnax:Pendulum-v1", "--seed=0", "--steps=8000", "--eval_every=2000",
+                       "--config.network.hidden_sizes=128,128", "--config.batch_size=128",
+                       f"--workdir={tmp_path}", "--run_name=sac")
+    assert result.returncode == 0, result.stderr[-3000:]
+    returns = _eval_returns(tmp_path / "sac")
+    assert max(returns) >= -400, returns
+
+
+# --- sparsity sweeps: levels as a traced value, vmapped in one program ---------------------------------------
+
+
+def _tiny_dqn_config():
+    config = configs.dqn.get_config()
+    config.env = "gymnax:CartPole-v1"
+    config.update(dict(steps=600, learning_starts=200, log_every=200, eval_every=600, eval_episodes=2,
+                       checkpoint_every=600))
+    config.network.hidden_sizes = (64, 64)
+    config.sparse.rigl.update_period = 50  # RigL drops and grows every 50 updates: drop counts follow the level
+    config.redo.update(dict(enabled=True, period=100))
+    return config
+
+
+def _run_of(run_dirs_and_seeds, config) -> runner.Run:
+    seed_dirs = [str(run_dir / f"seed{seed}") for run_dir, seed in run_dirs_and_seeds]
+    return runner.Run(
+        seeds=[seed for _, seed in run_dirs_and_seeds],
+        writers=[MetricsWriter(seed_dir, seed) for seed_dir, (_, seed) in zip(seed_dirs, run_dirs_and_seeds)],
+        progress=ProgressPrinter("sweep test", config.steps),
+        checkpointer=checkpoint.Checkpointer(seed_dirs, 1),
+    )
+
+
+def _close(run: runner.Run) -> None:
+    for writer in run.writers:
+        writer.close()
+
+
+@pytest.mark.slow
+def test_a_sparsity_sweep_in_one_program_equals_the_levels_run_one_by_one(tmp_path):
+    """Levels 0.5, 0.8, 0.9 of RigL (ERK) x seeds 0, 1 as one vmapped program (the level traced) equal,
+    bit for bit, each level run alone with a Python-float sparsity: metrics, evaluations, final checkpoint."""
+    config, levels, seeds = _tiny_dqn_config(), (0.5, 0.8, 0.9), (0, 1)
+    env_spec = envs.env_spec(config.env)
+    make_agent = lambda level_config: dqn.make(level_config, env_spec)  # noqa: E731
+    sweep = _run_of([(tmp_path / f"sweep_{level}", seed) for level in levels for seed in seeds], config)
+    compiled_runner.run_sweep(make_agent, dqn.LOOP, config, env_spec, levels, sweep)
+    _close(sweep)
+    for level in levels:
+        level_config = compiled_runner.with_sparsity(config, level)
+        alone = _run_of([(tmp_path / f"alone_{level}", seed) for seed in seeds], level_config)
+        compiled_runner.run_off_policy(dqn.make(level_config, env_spec), level_config, env_spec, alone)
+        _close(alone)
+        for seed in seeds:
+            swept, single = tmp_path / f"sweep_{level}" / f"seed{seed}", tmp_path / f"alone_{level}" / f"seed{seed}"
+            for filename in ("metrics.csv", "eval.csv"):
+                _assert_same_rows(_rows_without_sps(swept / filename), _rows_without_sps(single / filename))
+            swept_leaves, single_leaves = _final_checkpoint_leaves(swept), _final_checkpoint_leaves(single)
+            assert swept_leaves.keys() == single_leaves.keys()
+            for name in single_leaves:
+                np.testing.assert_array_equal(swept_leaves[name], single_leaves[name], err_msg=f"{level} {seed} {name}")
+            last = read_csv(single / "metrics.csv")[-1]
+            assert abs(last["sparsity/total"] - level) <= 0.01 and last["step"] == 600
