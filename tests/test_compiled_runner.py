@@ -101,7 +101,7 @@ def test_minatar_breakout_runs_and_a_killed_run_resumes_exactly(tmp_path):
 # --- learning ------------------------------------------------------------------------------------------------
 
 # DQN at a cheap setting that learns CartPole fast: 2x256, batch 64, an update every 2 steps, epsilon over 10k.
-DQN_CARTPOLE = ("--agent=dqn", "--env=gymnax:CartPole-v1", "--seed=0", "--steps=12000", "--eval_every=2000",
+DQN_CARTPOLE = ("--agent=dqn", "--env=gymnax:CartPole-v1", "--seed=0", "--steps=20000", "--eval_every=2000",
                 "--config.log_every=2000", "--config.network.hidden_sizes=256,256", "--config.batch_size=64",
                 "--config.train_every=2", "--config.epsilon_decay_steps=10000")
 PPO_CARTPOLE = ("--agent=ppo", "--env=gymnax:CartPole-v1", "--seed=0", "--steps=50000", "--eval_every=10000")
@@ -122,7 +122,7 @@ def cartpole_runs(tmp_path_factory):
 @pytest.mark.parametrize("name, threshold", [("dqn_dense", 300), ("dqn_rigl_0.9", 300),
                                              ("ppo_dense", 400), ("ppo_rigl_0.9", 400)])
 def test_learns_gymnax_cartpole(cartpole_runs, name, threshold):
-    """A greedy eval return >= threshold on gymnax:CartPole-v1: DQN within 12k steps, PPO within 50k, seed 0."""
+    """A greedy eval return >= threshold on gymnax:CartPole-v1: DQN within 20k steps, PPO within 50k, seed 0."""
     workdir, results = cartpole_runs
     assert results[name].returncode == 0, results[name].stderr[-3000:]
     returns = _eval_returns(workdir / name)
