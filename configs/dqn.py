@@ -63,11 +63,20 @@ def get_config() -> ml_collections.ConfigDict:
     # mask_updater: update_freq 1000, init_drop_fraction 0.5, cosine, last_update_step 75,000 of 100,000)
     # and dqn_gym_pruning_config.gin (begin_step 20,000, end_step 75,000, frequency 1000).
     # sparse_init_rescale: init at each unit's sparse fan-in (the gin's init_masks.fixed_sparse_init = True).
+    # structure (--structure): unstructured, fan_in (every neuron keeps the same number of inputs) or nm:N:M
+    # (N of every M consecutive inputs; fixes the sparsity at 1 - N/M). dense_layers: layer paths kept dense
+    # (fnmatch patterns, e.g. "q*/output"; dense_first_layer/dense_last_layer add each sub-network's first/last).
+    # srigl: RigL's schedule plus gamma_sal, the neuron-ablation threshold (Lasby et al. 2023's default 0.3).
+    # srste: N:M masks from |W| every step over the whole run and the pruned-weight decay lambda_W = 2e-4
+    # (Zhou et al. 2021, eq. 6).
     config.sparse = ml_collections.ConfigDict(
         dict(method="rigl", sparsity=0.0, distribution="erk", dense_first_layer=False, dense_last_layer=False,
+             structure="unstructured", dense_layers=(),
              sparse_init_rescale=True,
              set=dict(update_period=1_000, drop_fraction=0.5, start_fraction=0.0, end_fraction=0.75),
              rigl=dict(update_period=1_000, drop_fraction=0.5, start_fraction=0.0, end_fraction=0.75),
+             srigl=dict(update_period=1_000, drop_fraction=0.5, start_fraction=0.0, end_fraction=0.75, ablation_threshold=0.3),
+             srste=dict(update_period=1, start_fraction=0.0, end_fraction=1.0, decay=2e-4),
              prune=dict(update_period=1_000, start_fraction=0.2, end_fraction=0.75))
     )
     # ReDo recycles the online network only (Dopamine labs/redo/recycled_dqn_agents.py); reset_target=True
@@ -103,7 +112,9 @@ PRESETS = {
         "sparse.set.drop_fraction": 0.3,
         "sparse.set.end_fraction": 0.8,
         "sparse.rigl.drop_fraction": 0.3,
+        "sparse.srigl.drop_fraction": 0.3,
         "sparse.rigl.end_fraction": 0.8,
+        "sparse.srigl.end_fraction": 0.8,
         "sparse.prune.end_fraction": 0.8,
     },
     "atari": {
@@ -134,8 +145,11 @@ PRESETS = {
         "sparse.set.drop_fraction": 0.3,
         "sparse.set.end_fraction": 0.8,
         "sparse.rigl.update_period": 5_000,
+        "sparse.srigl.update_period": 5_000,
         "sparse.rigl.drop_fraction": 0.3,
+        "sparse.srigl.drop_fraction": 0.3,
         "sparse.rigl.end_fraction": 0.8,
+        "sparse.srigl.end_fraction": 0.8,
         # rigl/rl/sparsetrain_configs/dqn_atari_prune.gin: begin_step 500k, end_step 2M of 2.5M (20% -> 80%),
         # frequency 5000.
         "sparse.prune.update_period": 5_000,

@@ -71,12 +71,21 @@ def get_config() -> ml_collections.ConfigDict:
     # "~20%" and "~75%", frequency 500). No reference gin for the other families: the same, ending at 80%
     # for Atari and MinAtar as the DQN Atari gins do.
     # sparse_init_rescale: init at each unit's sparse fan-in (the gins' init_masks.fixed_sparse_init = True).
+    # structure (--structure): unstructured, fan_in (every neuron keeps the same number of inputs) or nm:N:M
+    # (N of every M consecutive inputs; fixes the sparsity at 1 - N/M). dense_layers: layer paths kept dense
+    # (fnmatch patterns, e.g. "q*/output"; dense_first_layer/dense_last_layer add each sub-network's first/last).
+    # srigl: RigL's schedule plus gamma_sal, the neuron-ablation threshold (Lasby et al. 2023's default 0.3).
+    # srste: N:M masks from |W| every step over the whole run and the pruned-weight decay lambda_W = 2e-4
+    # (Zhou et al. 2021, eq. 6).
     config.sparse = ml_collections.ConfigDict(
         dict(method="rigl", sparsity=0.0,
              actor_sparsity=config_dict.placeholder(float), critic_sparsity=config_dict.placeholder(float),
-             distribution="erk", dense_first_layer=False, dense_last_layer=False, sparse_init_rescale=True,
+             distribution="erk", dense_first_layer=False, dense_last_layer=False,
+             structure="unstructured", dense_layers=(), sparse_init_rescale=True,
              set=dict(update_period=250, drop_fraction=0.3, start_fraction=0.0, end_fraction=0.75),
              rigl=dict(update_period=250, drop_fraction=0.3, start_fraction=0.0, end_fraction=0.75),
+             srigl=dict(update_period=250, drop_fraction=0.3, start_fraction=0.0, end_fraction=0.75, ablation_threshold=0.3),
+             srste=dict(update_period=1, start_fraction=0.0, end_fraction=1.0, decay=2e-4),
              prune=dict(update_period=500, start_fraction=0.2, end_fraction=0.75))
     )
     config.redo = ml_collections.ConfigDict(dict(enabled=False, tau=0.1, period=1_000, batch_size=256))
@@ -124,6 +133,7 @@ PRESETS = {
         "ent_coef": 0.01,
         "sparse.set.end_fraction": 0.8,
         "sparse.rigl.end_fraction": 0.8,
+        "sparse.srigl.end_fraction": 0.8,
         "sparse.prune.end_fraction": 0.8,
     },
     "minatar": {
@@ -145,6 +155,7 @@ PRESETS = {
         "ent_coef": 0.01,
         "sparse.set.end_fraction": 0.8,
         "sparse.rigl.end_fraction": 0.8,
+        "sparse.srigl.end_fraction": 0.8,
         "sparse.prune.end_fraction": 0.8,
     },
 }

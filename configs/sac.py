@@ -56,12 +56,21 @@ def get_config() -> ml_collections.ConfigDict:
     # sac_mujoco_pruning_config.gin (begin_step 200,000, end_step 800,000 of 1M, frequency 1000). No
     # reference gin for Pendulum or the DeepMind Control Suite: the same fractions.
     # sparse_init_rescale: init at each unit's sparse fan-in (the gins' init_masks.fixed_sparse_init = True).
+    # structure (--structure): unstructured, fan_in (every neuron keeps the same number of inputs) or nm:N:M
+    # (N of every M consecutive inputs; fixes the sparsity at 1 - N/M). dense_layers: layer paths kept dense
+    # (fnmatch patterns, e.g. "q*/output"; dense_first_layer/dense_last_layer add each sub-network's first/last).
+    # srigl: RigL's schedule plus gamma_sal, the neuron-ablation threshold (Lasby et al. 2023's default 0.3).
+    # srste: N:M masks from |W| every step over the whole run and the pruned-weight decay lambda_W = 2e-4
+    # (Zhou et al. 2021, eq. 6).
     config.sparse = ml_collections.ConfigDict(
         dict(method="rigl", sparsity=0.0,
              actor_sparsity=config_dict.placeholder(float), critic_sparsity=config_dict.placeholder(float),
-             distribution="erk", dense_first_layer=False, dense_last_layer=False, sparse_init_rescale=True,
+             distribution="erk", dense_first_layer=False, dense_last_layer=False,
+             structure="unstructured", dense_layers=(), sparse_init_rescale=True,
              set=dict(update_period=1_000, drop_fraction=0.5, start_fraction=0.0, end_fraction=0.8),
              rigl=dict(update_period=1_000, drop_fraction=0.5, start_fraction=0.0, end_fraction=0.8),
+             srigl=dict(update_period=1_000, drop_fraction=0.5, start_fraction=0.0, end_fraction=0.8, ablation_threshold=0.3),
+             srste=dict(update_period=1, start_fraction=0.0, end_fraction=1.0, decay=2e-4),
              prune=dict(update_period=1_000, start_fraction=0.2, end_fraction=0.8))
     )
     # ReDo recycles the online networks only (Dopamine labs/redo/tfagents/sac_train_eval.py:

@@ -22,7 +22,7 @@ import ml_collections
 
 
 AGENTS = ("dqn", "sac", "ppo")
-_METHODS = ("dense", "static", "set", "rigl", "prune")
+_METHODS = ("dense", "static", "set", "rigl", "prune", "srigl", "srste")  # sparserl.sparse.TOPOLOGIES
 _DISTRIBUTIONS = ("erk", "uniform")
 
 flags.DEFINE_string("agent", "dqn", f"Agent: {', '.join(AGENTS)}.")
@@ -31,6 +31,8 @@ flags.DEFINE_float("sparsity", 0.0, "Fraction of zero weights in [0, 1); 0 train
 flags.DEFINE_float("actor_sparsity", None, "Actor sparsity (sac, ppo); default --sparsity.")
 flags.DEFINE_float("critic_sparsity", None, "Critic sparsity (sac, ppo); default --sparsity.")
 flags.DEFINE_string("method", None, f"Sparse training method: {', '.join(_METHODS)} (default rigl when sparsity > 0).")
+flags.DEFINE_string("structure", None, "Mask structure: unstructured, fan_in (constant fan-in) or nm:N:M (N of every M "
+                    "inputs; fixes the sparsity at 1 - N/M). Kept by every method.")
 flags.DEFINE_string("distribution", None, f"Per-layer sparsity distribution: {', '.join(_DISTRIBUTIONS)}.")
 flags.DEFINE_bool("redo", None, "Recycle dormant neurons with ReDo (Sokar et al. 2023).")
 flags.DEFINE_float("redo_tau", None, "ReDo dormancy threshold tau (>= 0).")
@@ -54,6 +56,7 @@ _FLAG_FIELDS = {
     "critic_sparsity": "sparse.critic_sparsity",
     "method": "sparse.method",
     "distribution": "sparse.distribution",
+    "structure": "sparse.structure",
     "redo": "redo.enabled",
     "redo_tau": "redo.tau",
     "redo_period": "redo.period",
@@ -158,6 +161,7 @@ def resolve_config(overrides: dict[str, str]) -> ml_collections.ConfigDict:
         if not isinstance(node, ml_collections.ConfigDict) or name not in node:
             raise UsageError(f"--config.{field}: the {config.agent} config has no such field")
         _set_field(config, field, _parse_value(field, text, node.get_type(name), node[name]), f"--config.{field}")
+    resolve_structure_sparsity(config.sparse)
     if not FLAGS["method"].present and "sparse.method" not in overrides:
         sparse = config.sparse
         sparsities = [sparse.sparsity] + [sparse.get(name) or 0.0 for name in ("actor_sparsity", "critic_sparsity")]
@@ -165,6 +169,27 @@ def resolve_config(overrides: dict[str, str]) -> ml_collections.ConfigDict:
             sparse.method = "dense"
     validate(config)
     return config
+
+
+def resolve_structure_sparsity(sparse: ml_collections.ConfigDict) -> None:
+    """An N:M structure fixes the sparsity at 1 - N/M: sets it, or rejects a different one given."""
+    text = sparse.get("structure", "unstructured")
+    if text == "unstructured":
+        return  # no need to load JAX for the default
+    from sparserl.sparse import structure
+
+    try:
+        fixed = structure.parse(text).fixed_sparsity
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if fixed is None:
+        return
+    for name in ("sparsity", "actor_sparsity", "critic_sparsity"):
+        value = sparse.get(name)
+        if value and abs(value - fixed) > 1e-6:
+            raise UsageError(f"--{name}: {value:g} conflicts with --structure={text}, "
+                             f"which fixes the sparsity at 1 - N/M = {fixed:g}; leave --{name} out")
+    sparse.sparsity = fixed
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -197,7 +222,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def default_run_name(config: ml_collections.ConfigDict) -> str:
     sparse = config.sparse
     sparsity = max(sparse.sparsity, sparse.get("actor_sparsity") or 0.0, sparse.get("critic_sparsity") or 0.0)
-    name = f"{config.agent}_{config.env}_{sparse.method}_{sparsity:g}" + ("_redo" if config.redo.enabled else "")
+    structure = "" if sparse.get("structure", "unstructured") == "unstructured" else f"_{sparse.structure}"
+    name = f"{config.agent}_{config.env}_{sparse.method}{structure}_{sparsity:g}" + ("_redo" if config.redo.enabled else "")
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
 
 
@@ -358,7 +384,8 @@ def describe(config: ml_collections.ConfigDict, run_dir: str) -> str:
             sparsity += f" {network}={sparse[f'{network}_sparsity']:g}"
     redo = f"redo tau={config.redo.tau:g} every {config.redo.period}" if config.redo.enabled else "no redo"
     return (
-        f"{config.agent} on {config.env} | {sparse.method} {sparse.distribution} {sparsity} | {redo} | "
+        f"{config.agent} on {config.env} | {sparse.method} {sparse.get('structure', 'unstructured')} "
+        f"{sparse.distribution} {sparsity} | {redo} | "
         f"{config.steps:,} steps x {config.num_seeds} seed(s) from seed {config.seed} | run dir {run_dir}"
     )
 
