@@ -17,6 +17,11 @@ from sparserl.sparse.structure import (FAN_IN, NM, Structure, column_counts, fro
                                        parse, to_groups)
 from sparserl.sparse.topology import TOPOLOGIES, drop_and_grow, magnitude_mask
 
+
+def _random_masks(seed, params, sparsities, structure):
+    """random_masks under one jit (the sparsities stay Python floats: concrete counts)."""
+    return jax.jit(lambda key: random_masks(key, params, sparsities, structure))(jax.random.key(seed))
+
 T, F = True, False
 FAN = Structure(FAN_IN)
 TWO_FOUR = Structure(NM, 2, 4)
@@ -65,7 +70,7 @@ def test_erk_with_fan_in_rounds_per_layer():
     # c: fan-in 8, floor(8 * 55/84) = floor(5.24) = 5 zeros -> k = 3, sparsity 0.625 (ERK: 0.655).
     shapes = {"a": (2, 4), "b": (3, 6), "c": (2, 4, 6)}
     params = {name: {"kernel": jnp.ones(shape)} for name, shape in shapes.items()}
-    masks = random_masks(jax.random.key(0), params, erk_sparsities(shapes, 0.5), FAN)
+    masks = _random_masks(0, params, erk_sparsities(shapes, 0.5), FAN)
     assert [int(c) for c in column_counts(masks["a"]["kernel"])] == [2] * 4
     assert [int(c) for c in column_counts(masks["b"]["kernel"])] == [3] * 6
     assert [int(c) for c in column_counts(masks["c"]["kernel"])] == [3] * 6
@@ -73,11 +78,11 @@ def test_erk_with_fan_in_rounds_per_layer():
     # floor(512 * 0.910547) = floor(466.2) = 466 zeros, k = 46 per neuron (sparsity 0.91016).
     shapes = {"dense_0": (4, 512), "dense_1": (512, 512), "output": (512, 2)}
     params = {name: {"kernel": jnp.ones(shape)} for name, shape in shapes.items()}
-    masks = random_masks(jax.random.key(1), params, erk_sparsities(shapes, 0.9), FAN)
+    masks = _random_masks(1, params, erk_sparsities(shapes, 0.9), FAN)
     assert set(np.asarray(column_counts(masks["dense_1"]["kernel"])).tolist()) == {46}
     assert bool(jnp.all(masks["dense_0"]["kernel"])) and bool(jnp.all(masks["output"]["kernel"]))
     # Uniform 0.9: k = 1, 52, 52.
-    masks = random_masks(jax.random.key(1), params, {name: 0.9 for name in shapes}, FAN)
+    masks = _random_masks(1, params, {name: 0.9 for name in shapes}, FAN)
     assert [set(np.asarray(column_counts(masks[name]["kernel"])).tolist()) for name in shapes] == [{1}, {52}, {52}]
 
 
@@ -86,12 +91,12 @@ def test_nm_masks_and_fixed_sparsity():
     config = SparsityConfig(method="static", sparsity=0.5, distribution="erk", structure="nm:2:4")
     sparsities = layer_sparsities(params, config)
     assert sparsities == {"dense_0": 0.5, "dense_1": 0.5, "output": 0.5}  # ERK does not apply
-    masks = random_masks(jax.random.key(2), params, sparsities, TWO_FOUR)
+    masks = _random_masks(2, params, sparsities, TWO_FOUR)
     for name in sparsities:
         assert set(np.asarray(group_counts(TWO_FOUR, masks[name]["kernel"])).tolist()) == {2}, name
     # dense_0: groups of inputs 0-3 and 4-5 (2 real): 2 + 2 kept per neuron.
     assert set(np.asarray(column_counts(masks["dense_0"]["kernel"])).tolist()) == {4}
-    one_four = random_masks(jax.random.key(2), params, sparsities, Structure(NM, 1, 4))
+    one_four = _random_masks(2, params, {name: 0.75 for name in sparsities}, Structure(NM, 1, 4))
     assert set(np.asarray(column_counts(one_four["dense_0"]["kernel"])).tolist()) == {2}
 
 
@@ -101,11 +106,19 @@ GRADS = jnp.array([[0.0, 0.1], [0.8, 0.05], [0.9, -0.4]])
 
 
 def test_drop_and_grow_per_column_by_hand():
-    # fan_in, f = 0.5: each column drops floor(0.5 * 2) = 1 (row 1: 0.1 and 0.3) and grows 1 among rows 1, 2:
-    # column 0 |g| 0.8, 0.9 -> row 2; column 1 |g| 0.05, 0.4 -> row 2.
+    # f = 0.5: floor(0.5 * 4) = 2 dropped in the layer (row 1: 0.1 and 0.3). fan_in regrows each column to 2
+    # among rows 1, 2: column 0 |g| 0.8, 0.9 -> row 2; column 1 |g| 0.05, 0.4 -> row 2.
     np.testing.assert_array_equal(drop_and_grow(WEIGHTS, MASK, jnp.abs(GRADS), 0.5, FAN), [[T, T], [F, F], [T, T]])
     # Unstructured drops the same two but grows the two largest |g| of the layer, both in column 0.
     np.testing.assert_array_equal(drop_and_grow(WEIGHTS, MASK, jnp.abs(GRADS), 0.5), [[T, T], [T, F], [T, F]])
+    # f = 0.25: one drop (0.1, column 0), regrown in column 0 (row 2, |g| 0.9), not where the layer's next largest is.
+    np.testing.assert_array_equal(drop_and_grow(WEIGHTS, MASK, jnp.abs(GRADS), 0.25, FAN), [[T, T], [F, T], [T, F]])
+    # 2:4 on an 8-input neuron: f = 0.25 drops floor(0.25 * 4) = 1 in the layer (-0.1, group 0), regrown in
+    # group 0 (|g| 0.3 at input 2), not at input 6 (|g| 0.9, group 1). A per-group drop, floor(0.25 * 2) = 0, changes nothing.
+    column = jnp.array([0.5, -0.1, 0.0, 0.0, 0.7, 0.6, 0.0, 0.0])[:, None]
+    mask = jnp.array([T, T, F, F, T, T, F, F])[:, None]
+    grads = jnp.array([0.0, 0.1, 0.3, 0.2, 0.0, 0.0, 0.9, 0.05])[:, None]
+    np.testing.assert_array_equal(drop_and_grow(column, mask, grads, 0.25, TWO_FOUR)[:, 0], [T, F, T, F, T, T, F, F])
 
 
 def test_magnitude_mask_per_column_and_group_by_hand():
@@ -233,7 +246,7 @@ def test_dense_layers_by_path_on_the_twin_critic_and_the_cnn():
     assert set(layer_sparsities(cnn_params, both)) == {"conv_1", "dense_0"}
     first = SparsityConfig(method="static", sparsity=0.8, dense_first_layer=True)
     assert set(layer_sparsities(cnn_params, first)) == {"conv_1", "dense_0", "output"}
-    masks = random_masks(jax.random.key(0), twin, layer_sparsities(twin, both), FAN)
+    masks = _random_masks(0, twin, layer_sparsities(twin, both), FAN)
     for layer in ("q1/dense_0", "q1/output", "q2/dense_0", "q2/output"):
         head, name = layer.split("/")
         assert bool(jnp.all(masks[head][name]["kernel"])), layer

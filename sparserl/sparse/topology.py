@@ -48,19 +48,24 @@ def drop_and_grow(weights: jax.Array, mask: jax.Array, grow_scores: jax.Array, d
                   structure: Structure = UNSTRUCTURED, drop_scores: jax.Array | None = None) -> jax.Array:
     """One SET/RigL mask update of a layer; the number of active connections of every group is unchanged.
 
-    In each group (`structure`), drops n = floor(f * nnz) active weights of
-    smallest drop score (default |w|), then grows n connections with the
-    largest `grow_scores` among those not kept (so a dropped connection may be
-    grown back). Unstructured: one group, the whole layer.
+    Drops n = floor(f * nnz) active weights of smallest drop score (default
+    |w|) over the whole layer, then regrows, in every group (`structure`), as
+    many connections as the group lost, those of largest `grow_scores` among
+    its connections not kept (so a dropped connection may be grown back).
+    Unstructured: one group, n grown in the layer. fan_in / nm: each neuron
+    (group of M) is refilled to its count, as the SRigL reference code does
+    for RigL with constant fan-in (`rigl_constant_fan.py`: a layer-wide drop,
+    a per-neuron regrow). A per-group drop, floor(f * k) per neuron, would
+    change nothing while f * k < 1 (k = 2 in 2:4, k = 1 on a 4-input layer at 90%).
     """
-    grouped_mask = to_groups(structure, mask, fill=False)
     drop_scores = jnp.abs(weights) if drop_scores is None else drop_scores
-    num_changed = jnp.floor(drop_fraction * jnp.sum(grouped_mask, axis=1, keepdims=True)).astype(jnp.int32)
-    grouped_drop = jnp.where(grouped_mask, to_groups(structure, drop_scores), jnp.inf)
-    kept = grouped_mask & (group_ranks(grouped_drop) >= num_changed)
+    num_changed = jnp.floor(drop_fraction * jnp.sum(mask)).astype(jnp.int32)
+    layer_drop = jnp.where(mask, drop_scores, jnp.inf).reshape(1, -1)
+    kept = to_groups(structure, mask & (group_ranks(layer_drop) >= num_changed).reshape(mask.shape), fill=False)
+    missing = structure_lib.group_counts(structure, mask)[:, None] - jnp.sum(kept, axis=1, keepdims=True)
     real = structure_lib.valid(structure, mask.shape)
     grouped_grow = jnp.where(kept | ~real, -jnp.inf, to_groups(structure, grow_scores))
-    grown = group_ranks(-grouped_grow) < num_changed
+    grown = group_ranks(-grouped_grow) < missing
     return structure_lib.from_groups(structure, kept | grown, mask.shape)
 
 
