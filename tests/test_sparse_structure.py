@@ -250,3 +250,40 @@ def test_dense_layers_by_path_on_the_twin_critic_and_the_cnn():
     for layer in ("q1/dense_0", "q1/output", "q2/dense_0", "q2/output"):
         head, name = layer.split("/")
         assert bool(jnp.all(masks[head][name]["kernel"])), layer
+
+
+# --- the command line: N:M fixes the sparsity ---------------------------------------------------------------------
+
+def test_nm_fixes_the_sparsity_and_rejects_another_in_process():
+    import configs.dqn
+    import configs.sac
+    from sparserl.train import UsageError, resolve_structure_sparsity
+
+    sparse = configs.dqn.get_config().sparse
+    sparse.structure = "nm:2:4"
+    resolve_structure_sparsity(sparse)
+    assert sparse.sparsity == 0.5  # set when --sparsity is not given
+    resolve_structure_sparsity(sparse)  # the same value given is fine
+    sparse.sparsity = 0.9
+    with pytest.raises(UsageError, match=r"^--sparsity: 0.9 conflicts with --structure=nm:2:4, which fixes the sparsity at 1 - N/M = 0.5"):
+        resolve_structure_sparsity(sparse)
+    sparse = configs.sac.get_config().sparse
+    sparse.structure, sparse.critic_sparsity = "nm:1:4", 0.5
+    with pytest.raises(UsageError, match="^--critic_sparsity: 0.5 conflicts"):
+        resolve_structure_sparsity(sparse)
+    sparse.structure = "nm:5:4"
+    with pytest.raises(UsageError, match="^--structure: unknown structure 'nm:5:4'"):
+        resolve_structure_sparsity(sparse)
+    sparse.structure, sparse.sparsity = "fan_in", 0.9
+    resolve_structure_sparsity(sparse)
+    assert sparse.sparsity == 0.9
+
+
+def test_nm_with_another_sparsity_exits_2_end_to_end(tmp_path):
+    from tests.conftest import run_train
+
+    result = run_train("--structure=nm:2:4", "--sparsity=0.9", "--steps=10", f"--workdir={tmp_path / 'work'}", timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "error: --sparsity: 0.9 conflicts with --structure=nm:2:4, which fixes the sparsity at 1 - N/M = 0.5; leave --sparsity out"]
+    assert not (tmp_path / "work").exists()
