@@ -108,7 +108,36 @@ def test_redo_resets_dormant_neurons_but_not_the_structure(method):
     recycled, count = jax.jit(instance.recycle)(state, batch, jax.random.key(1))
     assert int(count) == 32  # both hidden layers of 16
     jax.tree.map(np.testing.assert_array_equal, recycled.online.opt_state.masks, state.online.opt_state.masks)
+    # The method's own state survives (SR-STE's dense weights: their pruned entries are untouched).
+    assert jax.tree.structure(recycled.online.opt_state) == jax.tree.structure(state.online.opt_state)
+    jax.tree.map(lambda new, old, mask: np.testing.assert_array_equal(np.where(mask, 0.0, new), np.where(mask, 0.0, old)),
+                 recycled.online.opt_state.topology, state.online.opt_state.topology,
+                 state.online.opt_state.masks if method == "srste" else ())
     assert _structure_holds(recycled.online.opt_state.masks, STRUCTURES[method]) == 3
     before, after = state.online.params["dense_1"]["kernel"], recycled.online.params["dense_1"]["kernel"]
     assert not bool(jnp.all(before == after))
     assert not bool(jnp.any(jnp.where(recycled.online.opt_state.masks["dense_1"]["kernel"], 0.0, after)))
+
+
+def test_sparsity_config_lets_each_method_read_its_own_block():
+    from sparserl.agent import sparsity_config
+
+    sparse = configs.dqn.get_config().sparse
+    schedule = lambda resolved: (resolved.update_period, resolved.update_start, resolved.update_end)  # noqa: E731
+    sparse.method = "srigl"
+    resolved = sparsity_config(sparse, 1_000, 0.9)
+    assert (resolved.method, resolved.structure, schedule(resolved), resolved.drop_fraction) == ("srigl", "fan_in", (1_000, 0, 750), 0.5)
+    assert resolved.options == (("ablation_threshold", 0.3),)
+    sparse.method = "prune"
+    resolved = sparsity_config(sparse, 1_000, 0.9)
+    assert (resolved.structure, schedule(resolved), resolved.options) == ("unstructured", (1_000, 200, 750), ())
+    sparse.method, sparse.structure = "srste", "nm:2:4"
+    resolved = sparsity_config(sparse, 1_000, 0.5)
+    assert (resolved.structure, schedule(resolved), resolved.options) == ("nm:2:4", (1, 0, 1_000), (("decay", 2e-4),))
+    sparse.structure = "fan_in"
+    with pytest.raises(ValueError, match="--structure: --method=srste trains N:M"):
+        sparsity_config(sparse, 1_000, 0.5)
+    sparse.method, sparse.dense_layers = "static", ("q*/output",)
+    resolved = sparsity_config(sparse, 1_000, 0.9)
+    assert (resolved.structure, resolved.dense_layers, resolved.options) == ("fan_in", ("q*/output",), ())
+    assert sparsity_config(sparse, 1_000, 0.0).method == "dense"
