@@ -172,13 +172,16 @@ def resolve_config(overrides: dict[str, str]) -> ml_collections.ConfigDict:
 
 
 def resolve_structure_sparsity(sparse: ml_collections.ConfigDict) -> None:
-    """An N:M structure fixes the sparsity at 1 - N/M: sets it, or rejects a different one given."""
+    """The structure the method trains (srigl: fan_in) and the sparsity an N:M structure fixes at 1 - N/M:
+    sets them, or rejects a structure the method cannot train and a different sparsity given."""
     text = sparse.get("structure", "unstructured")
-    if text == "unstructured":
+    if text == "unstructured" and sparse.method in ("dense", "static", "set", "rigl", "prune"):
         return  # no need to load JAX for the default
-    from sparserl.sparse import structure
+    from sparserl.sparse import structure, topology
 
     try:
+        if sparse.method in topology.TOPOLOGIES:
+            text = sparse.structure = topology.get_topology(sparse.method).structure_for(text)
         fixed = structure.parse(text).fixed_sparsity
     except ValueError as error:
         raise UsageError(str(error)) from None

@@ -277,6 +277,12 @@ def test_nm_fixes_the_sparsity_and_rejects_another_in_process():
     sparse.structure, sparse.sparsity = "fan_in", 0.9
     resolve_structure_sparsity(sparse)
     assert sparse.sparsity == 0.9
+    sparse.method, sparse.structure = "srigl", "unstructured"
+    resolve_structure_sparsity(sparse)
+    assert sparse.structure == "fan_in"  # what srigl trains, in config.json and the run name
+    sparse.method = "srste"
+    with pytest.raises(UsageError, match="^--structure: --method=srste trains N:M sparsity"):
+        resolve_structure_sparsity(sparse)
 
 
 def test_nm_with_another_sparsity_exits_2_end_to_end(tmp_path):
