@@ -13,8 +13,8 @@ from sparserl.networks import MLP, NatureCNN, TwinCritic
 from sparserl.sparse import SparsityConfig, layer_sparsities, sparse_optimizer
 from sparserl.sparse.distributions import dense_layer_paths, erk_sparsities, kernel_shapes
 from sparserl.sparse.masks import random_masks
-from sparserl.sparse.structure import (FAN_IN, NM, Structure, column_counts, from_groups, group_counts, kept_per_group,
-                                       parse, to_groups)
+from sparserl.sparse.structure import (FAN_IN, NM, Structure, column_counts, fan_in_indices, from_groups, group_counts,
+                                       kept_per_group, parse, to_groups)
 from sparserl.sparse.topology import TOPOLOGIES, drop_and_grow, magnitude_mask
 
 
@@ -51,6 +51,15 @@ def test_grouped_views_by_hand():
         conv = jnp.arange(48).reshape(2, 2, 3, 4)  # fan-in h * w * in = 12
         np.testing.assert_array_equal(from_groups(structure, to_groups(structure, conv), conv.shape), conv)
     np.testing.assert_array_equal(to_groups(FAN, jnp.arange(48).reshape(2, 2, 3, 4))[1], np.arange(1, 48, 4))
+
+
+def test_fan_in_indices_by_hand():
+    mask = jnp.array([[T, F, F], [F, T, F], [T, T, F], [F, F, F]])  # neurons keep inputs {0, 2}, {1, 2}, {} (ablated)
+    np.testing.assert_array_equal(fan_in_indices(mask, 2), [[0, 2], [1, 2], [0, 1]])
+    weights = jnp.arange(12.0).reshape(4, 3) * mask
+    x = jnp.array([1.0, -2.0, 3.0, 0.5])
+    condensed = jnp.sum(x[fan_in_indices(mask, 2)] * jnp.take_along_axis(weights.T, fan_in_indices(mask, 2), axis=1), axis=1)
+    np.testing.assert_allclose(condensed, x @ weights)
 
 
 def test_kept_per_group_by_hand():

@@ -182,3 +182,15 @@ def column_counts(mask: jax.Array) -> jax.Array:
 def group_counts(structure: Structure, mask: jax.Array) -> jax.Array:
     """Kept entries of every group of the grouped view: [groups]."""
     return jnp.sum(to_groups(structure, mask, fill=False), axis=1)
+
+
+def fan_in_indices(mask: jax.Array, k: int) -> jax.Array:
+    """[out, k] int32: for each neuron (kernel column), the fan-in positions of its kept inputs, ascending.
+
+    Positions index the flattened fan-in (h * w * in, row-major). For a
+    `fan_in` mask every column has exactly k kept inputs. A column with fewer
+    (a neuron SRigL ablated) is filled up with its first inactive positions,
+    whose weights are 0 in the masked params, so a gather of params at these
+    indices computes the same outputs as the masked dense kernel.
+    """
+    return jnp.argsort(~to_groups(Structure(FAN_IN), mask), axis=1, stable=True)[:, :k].astype(jnp.int32)
