@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import run_train
+from tests.helpers import run_train
 
 BROKEN_CONFIG = "def get_config(:\n"
 NOT_A_CONFIG = "x = 1\n"
