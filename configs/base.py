@@ -55,6 +55,21 @@ def get_config(*, agent: str, env: str, steps: int, eval_every: int, log_every: 
     return config
 
 
+def add_network(config: ml_collections.ConfigDict, *, hidden_sizes: tuple[int, ...], activation: str, cnn: bool) -> None:
+    """The `network` block (sparserl.agent.network_module builds it); `cnn` adds the Nature CNN's fields (Mnih et al.
+    2015: convs 32/64/64, kernels 8/4/3, strides 4/2/1, one dense layer of 512), used with `kind="cnn"`."""
+    config.network = ml_collections.ConfigDict()
+    config.network.kind = "mlp"  # "mlp", or "cnn" (the fields below)
+    config.network.hidden_sizes = hidden_sizes  # the MLP's hidden layers
+    config.network.width_multiplier = 1.0  # scales every hidden layer (never the output layer)
+    config.network.activation = activation  # hidden activation: a name from sparserl.networks.ACTIVATION_FUNCTIONS
+    if cnn:
+        config.network.conv_features = (32, 64, 64)  # the CNN's conv layers: output channels,
+        config.network.kernel_sizes = (8, 4, 3)  # square kernel sizes
+        config.network.strides = (4, 2, 1)  # and strides
+        config.network.dense_sizes = (512,)  # the CNN's dense layers after the convs
+
+
 def add_schedules(config: ml_collections.ConfigDict, *, update_period: int, drop_fraction: float,
                   end_fraction: float, prune_update_period: int) -> None:
     """The per-method schedule blocks `sparse.set`, `sparse.rigl` and `sparse.prune`.

@@ -32,14 +32,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # truncated-normal and the output U(-0.03, 0.03) with bias -0.2, and its sparse layers are re-drawn
     # Glorot-uniform at their sparse fan-avg (fixed_sparse_init); ours are LeCun-normal at the sparse
     # fan-in (sparse.sparse_init_rescale), the same init every agent here uses.
-    config.network = ml_collections.ConfigDict(dict(
-        kind="mlp",  # "mlp", or "cnn": the Nature CNN (conv_features, kernel_sizes, strides, then dense_sizes)
-        hidden_sizes=(512, 512),  # the MLP's hidden layers
-        width_multiplier=1.0,  # scales every hidden layer (never the output layer)
-        activation="relu",  # hidden activation: a name from sparserl.networks.ACTIVATION_FUNCTIONS
-        conv_features=(32, 64, 64), kernel_sizes=(8, 4, 3), strides=(4, 2, 1),  # the CNN's conv layers
-        dense_sizes=(512,),  # the CNN's dense layers after the convs
-    ))
+    base.add_network(config, hidden_sizes=(512, 512), activation="relu", cnn=True)
     config.learning_rate = 1e-3  # train_eval's default
     config.adam_eps = 1e-7  # tf.keras.optimizers.Adam's default epsilon
     # An L2 penalty weight_decay * sum(w^2) on the hidden kernels, added to the loss (Keras

@@ -29,22 +29,14 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config = base.get_config(agent="ppo", env="CartPole-v1", steps=1_000_000, eval_every=50_000, log_every=10_000,
                              checkpoint_every=100_000, per_network_sparsity=True)
 
-    # The actor and the critic each have these layers, separately.
-    config.network = ml_collections.ConfigDict(dict(
-        kind="mlp",  # "mlp", or "cnn": the Nature CNN (conv_features, kernel_sizes, strides, then dense_sizes)
-        hidden_sizes=(64, 64),  # the MLP's hidden layers
-        width_multiplier=1.0,  # scales every hidden layer (never the output layer)
-        activation="tanh",  # hidden activation: a name from sparserl.networks.ACTIVATION_FUNCTIONS
-        conv_features=(32, 64, 64), kernel_sizes=(8, 4, 3), strides=(4, 2, 1),  # the CNN's conv layers
-        dense_sizes=(512,),  # the CNN's dense layers after the convs
-    ))
+    base.add_network(config, hidden_sizes=(64, 64), activation="tanh", cnn=True)  # the actor and the critic each
     config.num_envs = 1  # envs per seed
     config.rollout_steps = 2_048  # steps per env in one rollout: a rollout holds num_envs * rollout_steps transitions
     config.num_minibatches = 32  # minibatch size = num_envs * rollout_steps / num_minibatches (64 here)
     config.update_epochs = 10  # passes over each rollout
-    config.learning_rate = 3e-4
+    config.learning_rate = 3e-4  # Adam, actor and critic
     config.anneal_learning_rate = True  # linear decay to 0 over the run's gradient steps
-    config.adam_eps = 1e-5
+    config.adam_eps = 1e-5  # CleanRL's (PyTorch's default is 1e-8)
     config.max_grad_norm = 0.5  # global-norm gradient clip
     # True clips the actor and critic gradients together, as CleanRL, SB3 and rigl's TF-Agents PPO
     # (ppo_train_eval.py: tf.clip_by_global_norm over all variables) do. Default False, each network on its
@@ -53,7 +45,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # value gradients scale the sparse actor's small ones below Adam's eps (1e-5).
     config.clip_grad_norm_jointly = False
     config.gamma = 0.99  # discount
-    config.gae_lambda = 0.95
+    config.gae_lambda = 0.95  # GAE lambda (Schulman et al. 2016)
     config.clip_coef = 0.2  # the surrogate's probability-ratio clip
     config.clip_value_loss = True  # clip the value loss around the old values, with clip_coef
     config.vf_coef = 0.5  # value-loss weight

@@ -25,22 +25,18 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config = base.get_config(agent="sac", env="Pendulum-v1", steps=15_000, eval_every=2_500, log_every=1_000,
                              checkpoint_every=5_000, per_network_sparsity=True)
 
-    # The actor's trunk and each critic head; the actor's output layer gives mean and log-std per action.
-    config.network = ml_collections.ConfigDict(dict(
-        kind="mlp",  # SAC builds MLPs only (its critic reads the observation and the action)
-        hidden_sizes=(256, 256),  # hidden layers of the actor and of each critic
-        width_multiplier=1.0,  # scales every hidden layer (never the output layer)
-        activation="relu",  # hidden activation: a name from sparserl.networks.ACTIVATION_FUNCTIONS
-    ))
+    # The actor's trunk and each critic head (MLPs only: the critic reads the observation and the action); the
+    # actor's output layer gives mean and log-std per action.
+    base.add_network(config, hidden_sizes=(256, 256), activation="relu", cnn=False)
     config.learning_rate = 3e-4  # actor and critics
-    config.temperature_learning_rate = 3e-4
+    config.temperature_learning_rate = 3e-4  # the temperature alpha's Adam
     config.gamma = 0.99  # discount
     config.tau = 0.005  # Polyak averaging of the target critic, every gradient step
     base.add_off_policy(config, batch_size=256)
     config.init_temperature = 1.0  # alpha at the start
     config.target_entropy_scale = 1.0  # target entropy = -scale * action_dim
     config.log_std_min = -5.0  # the actor's log-std range (tanh-rescaled into it)
-    config.log_std_max = 2.0
+    config.log_std_max = 2.0  # its upper end
 
     # Per-method schedules: rigl/rl/tfagents/configs/sac_mujoco_sparse_config.gin (SET and RigL share its
     # mask_updater: update_freq 1000, init_drop_fraction 0.5, cosine, last_update_step 800,000 of 1M) and

@@ -261,6 +261,12 @@ def sparsities(sparse: ml_collections.ConfigDict) -> list[float]:
     return [sparse.sparsity] + [sparse[name] for name in ("actor_sparsity", "critic_sparsity") if sparse.get(name) is not None]
 
 
+def _field_value(config: ml_collections.ConfigDict, field: str) -> Any:
+    for part in field.split("."):
+        config = config[part]
+    return config
+
+
 def _flag_of(field: str) -> str:
     """The command-line flag that sets a config field."""
     flag_names = {field_name: flag_name for flag_name, field_name in FLAG_FIELDS.items()}
@@ -288,7 +294,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise UsageError(f"--method: dense cannot train at a sparsity > 0; choose one of {', '.join(sparse_methods)}")
     for field, minimum in (("num_seeds", 1), ("steps", 1), ("eval_every", 1), ("log_every", 1), ("checkpoint_every", 1),
                            ("seed", 0), ("redo.tau", 0.0), ("redo.period", 1)):
-        value = config[field] if "." not in field else config[field.split(".")[0]][field.split(".")[1]]
+        value = _field_value(config, field)
         if value < minimum:
             raise UsageError(f"{_flag_of(field)}: must be >= {minimum:g}, got {value:g}")
     for name in ("hidden_sizes", "conv_features", "kernel_sizes", "strides", "dense_sizes"):
