@@ -393,10 +393,10 @@ def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
     return fields
 
 
-def _parse_flags(argv: list[str]) -> ml_collections.ConfigDict:
-    """app.run's flags parser: the config goes to `main`."""
+def _parse_flags(argv: list[str]) -> Prepared:
+    """app.run's flags parser: the checked run goes to `main`."""
     try:
-        return config_from_arguments(argv)
+        return prepare(argv)
     except UsageError as error:
         _usage_exit(str(error))
 
@@ -406,12 +406,8 @@ def _usage_exit(message: str) -> None:
     sys.exit(2)
 
 
-def main(config: ml_collections.ConfigDict) -> None:
+def main(prepared: Prepared) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # keep library INFO lines (XLA backends, MuJoCo GL) off the console
-    try:
-        prepared = prepare_run(config, FLAGS.workdir, FLAGS.run_name)
-    except UsageError as error:
-        _usage_exit(str(error))
 
     from sparserl import run_lock
 
