@@ -235,12 +235,14 @@ def _apply_overrides(config: ml_collections.ConfigDict, arguments: list[str]) ->
 def _check_field(config: ml_collections.ConfigDict, field: str) -> None:
     if field in _FLAG_ONLY_FIELDS:
         raise UsageError(f"--config.{field}: set it with --{field}")
-    node = config
+    node, path = config, []
     for part in field.split("."):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            choices = ", ".join(node) if isinstance(node, ml_collections.ConfigDict) else "none (not a block)"
-            raise UsageError(f"--config.{field}: the {config.agent} config has no such field; choose one of {choices}")
-        node = node[part]
+        if not isinstance(node, ml_collections.ConfigDict):
+            raise UsageError(f"--config.{field}: {'.'.join(path)} is a value, not a block of fields")
+        if part not in node:
+            raise UsageError(f"--config.{field}: the {config.agent} config has no such field; "
+                             f"choose one of {', '.join(node)}")
+        node, path = node[part], path + [part]
 
 
 def _flag_error(error: flags.Error) -> str:

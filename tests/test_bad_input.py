@@ -56,6 +56,7 @@ CASES = [
     (["--config.no_such_field=3"], "--config.no_such_field: the dqn config has no such field; choose one of adam_eps, agent"),
     (["--config.sparse.rigl.update_perod=3"], "--config.sparse.rigl.update_perod: the dqn config has no such field; choose one "
                                               "of drop_fraction, end_fraction, start_fraction, update_period"),
+    (["--config.batch_size.x=1"], "--config.batch_size.x: batch_size is a value, not a block of fields"),
     (["--config.env=ALE/Pong-v5"], "--config.env: set it with --env"),
     (["--config.batch_size=abc"], "--config.batch_size: invalid literal for int()"),
     (["--config.batch_size=1.5"], "--config.batch_size"),
