@@ -10,8 +10,7 @@ import configs.dqn
 from agents import dqn
 from sparserl import checkpoint, compiled_runner, envs, runner
 from sparserl.logging import MetricsWriter, ProgressPrinter, read_csv
-from tests.conftest import run_train, run_train_side_by_side
-from tests.test_resume import _assert_same_rows, _kill_after_checkpoint, _rows_without_sps
+from tests.helpers import assert_same_rows, kill_after_checkpoint, rows_without_sps, run_train, run_train_side_by_side
 
 TINY_DQN = ("--agent=dqn", "--env=gymnax:CartPole-v1", "--sparsity=0.9", "--redo", "--redo_period=100",
             "--steps=1000", "--config.learning_starts=200", "--config.log_every=250", "--eval_every=500",
@@ -59,9 +58,9 @@ def test_num_seeds_equals_single_seed_runs(tmp_path, arguments, exact):
             np.testing.assert_array_equal(batched_leaves[name], single_leaves[name], err_msg=name)
         else:
             np.testing.assert_allclose(batched_leaves[name], single_leaves[name], rtol=1e-4, atol=1e-6, err_msg=name)
-    _assert_same_rows(*(_rows_without_sps(tmp_path / run / "seed5" / "eval.csv") for run in ("batched", "single")))
-    metrics = [_rows_without_sps(tmp_path / run / "seed5" / "metrics.csv") for run in ("batched", "single")]
-    (_assert_same_rows if exact else _assert_close_rows)(*metrics)
+    assert_same_rows(*(rows_without_sps(tmp_path / run / "seed5" / "eval.csv") for run in ("batched", "single")))
+    metrics = [rows_without_sps(tmp_path / run / "seed5" / "metrics.csv") for run in ("batched", "single")]
+    (assert_same_rows if exact else _assert_close_rows)(*metrics)
     rows = read_csv(tmp_path / "single" / "seed5" / "metrics.csv")
     assert [row["step"] for row in rows] == ([250, 500, 750, 1000] if arguments is TINY_DQN else [512, 1024, 1536, 2048])
     assert abs(rows[-1]["sparsity/total" if arguments is TINY_DQN else "sparsity/actor/total"] - 0.9) <= 0.01
@@ -86,16 +85,16 @@ def test_minatar_breakout_runs_and_a_killed_run_resumes_exactly(tmp_path):
     assert rows[-1]["step"] == 3000 and abs(rows[-1]["sparsity/total"] - 0.9) <= 0.005
     assert "dormant/0.1/conv_0" in rows[-1] and math.isfinite(rows[-1]["loss/td"])
 
-    _kill_after_checkpoint(MINATAR_DQN, tmp_path / "killed", 500)
+    kill_after_checkpoint(MINATAR_DQN, tmp_path / "killed", 500)
     resumed = run_train(*MINATAR_DQN, f"--workdir={tmp_path / 'killed'}", "--run_name=run")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from the checkpoint of step" in resumed.stdout
     for filename in ("metrics.csv", "eval.csv"):
-        whole_rows = _rows_without_sps(tmp_path / "whole" / "run" / "seed0" / filename)
-        resumed_rows = _rows_without_sps(tmp_path / "killed" / "run" / "seed0" / filename)
+        whole_rows = rows_without_sps(tmp_path / "whole" / "run" / "seed0" / filename)
+        resumed_rows = rows_without_sps(tmp_path / "killed" / "run" / "seed0" / filename)
         steps = [row["step"] for row in resumed_rows]
         assert len(steps) == len(set(steps)), "a step was written twice"
-        _assert_same_rows(whole_rows, resumed_rows)
+        assert_same_rows(whole_rows, resumed_rows)
 
 
 # --- learning ------------------------------------------------------------------------------------------------
@@ -190,7 +189,7 @@ def test_a_sparsity_sweep_in_one_program_equals_the_levels_run_one_by_one(tmp_pa
         for seed in seeds:
             swept, single = tmp_path / f"sweep_{level}" / f"seed{seed}", tmp_path / f"alone_{level}" / f"seed{seed}"
             for filename in ("metrics.csv", "eval.csv"):
-                _assert_same_rows(_rows_without_sps(swept / filename), _rows_without_sps(single / filename))
+                assert_same_rows(rows_without_sps(swept / filename), rows_without_sps(single / filename))
             swept_leaves, single_leaves = _final_checkpoint_leaves(swept), _final_checkpoint_leaves(single)
             assert swept_leaves.keys() == single_leaves.keys()
             for name in single_leaves:

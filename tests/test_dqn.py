@@ -11,7 +11,7 @@ from sparserl import envs
 from sparserl.agent import network_module
 from sparserl.logging import read_csv
 from sparserl.replay import Transition
-from tests.conftest import run_train_side_by_side
+from tests.helpers import run_train_side_by_side
 
 
 def test_td_errors_match_a_plain_python_loop():

@@ -13,7 +13,7 @@ from agents import ppo
 from configs import ppo as ppo_config
 from sparserl import envs, runner
 from sparserl.logging import read_csv
-from tests.conftest import run_train, run_train_side_by_side
+from tests.helpers import run_train, run_train_side_by_side, with_fields
 
 GAMMA, LAMBDA = 0.9, 0.8
 
@@ -112,13 +112,7 @@ def _small_config(**fields) -> ml_collections.ConfigDict:
     config = ppo_config.get_config()
     config.steps, config.num_envs, config.rollout_steps = 256, 2, 32
     config.num_minibatches, config.update_epochs = 4, 2
-    for name, value in fields.items():
-        node = config
-        *parents, leaf = name.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
+    return with_fields(config, **fields)
 
 
 def _random_rollout(spec: envs.EnvSpec, steps: int, num_envs: int, seed: int = 0) -> runner.Rollout:
@@ -243,7 +237,8 @@ def test_atari_smoke_run(tmp_path):
     rows = _metrics(tmp_path / "pong", 0)
     assert rows[-1]["step"] == 64 and np.isfinite(rows[-1]["loss/policy"])
     assert "dormant/0.1/actor/conv_0" in rows[-1] and "sparsity/critic/conv_2" in rows[-1]
-    assert _metrics(tmp_path / "pong", 0, "eval")[-1]["eval/episode_return"] >= -21
+    eval_rows = _metrics(tmp_path / "pong", 0, "eval")
+    assert [row["step"] for row in eval_rows] == [64] and np.isfinite(eval_rows[0]["eval/episode_return"])
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,11 @@ from configs import sac as sac_config
 from sparserl import envs, replay as replay_lib
 from sparserl.logging import read_csv
 
-from tests.conftest import run_train, run_train_side_by_side
+from tests.helpers import run_train, run_train_side_by_side, with_fields
 
 
 def _config(**fields):
-    config = sac_config.get_config()
-    for name, value in fields.items():
-        node = config
-        *parents, leaf = name.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
+    return with_fields(sac_config.get_config(), **fields)
 
 
 def _batch(spec, size, key):

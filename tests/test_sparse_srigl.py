@@ -102,7 +102,7 @@ def test_srigl_learns_gymnax_cartpole(tmp_path):
     (the same masks without ablation), 199 with SRigL seed 1, and 325 with unstructured RigL (2026-11-30).
     """
     from sparserl.logging import read_csv
-    from tests.conftest import run_train
+    from tests.helpers import run_train
     from tests.test_compiled_runner import DQN_CARTPOLE
 
     result = run_train(*DQN_CARTPOLE, "--sparsity=0.9", "--method=srigl", f"--workdir={tmp_path}", "--run_name=srigl")

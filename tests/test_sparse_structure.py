@@ -295,7 +295,7 @@ def test_nm_fixes_the_sparsity_and_rejects_another_in_process():
 
 
 def test_nm_with_another_sparsity_exits_2_end_to_end(tmp_path):
-    from tests.conftest import run_train
+    from tests.helpers import run_train
 
     result = run_train("--structure=nm:2:4", "--sparsity=0.9", "--steps=10", f"--workdir={tmp_path / 'work'}", timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
