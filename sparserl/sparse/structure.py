@@ -7,14 +7,14 @@ is a kernel column.
 
 - `unstructured`: the whole kernel is one group of n entries; it keeps
   n - floor(s * n) (DESIGN section 4).
-- `fan_in` (Lasby et al. 2023, section 3, "constant fan-in"): each output
+- `fan_in` (Lasby et al. 2023, "constant fan-in"): each output
   neuron is a group of its f inputs and keeps the same k = f - floor(s_l * f)
   of them, s_l the layer's sparsity from the distribution (ERK or uniform).
   So every column has exactly floor(s_l * f) zeros, the per-column form of the
   unstructured count; the layer's sparsity is floor(s_l * f) / f, at most s_l
   and less than 1 / f below it (tests/test_sparse_structure.py works ERK
   examples by hand).
-- `nm:N:M` (Zhou et al. 2021, section 3): the fan-in of each neuron is cut
+- `nm:N:M` (Zhou et al. 2021, "N:M fine-grained structured sparsity"): the fan-in of each neuron is cut
   into groups of M consecutive inputs, each keeping N. The sparsity is fixed
   at 1 - N/M on every masked layer (the distribution does not apply). A
   trailing group of r < M inputs (f not a multiple of M) keeps min(N, r), as
@@ -25,8 +25,10 @@ to [groups, group size] (padding N:M's last group), the operation ranks within
 rows, and `from_groups` reshapes back. The unstructured view is one row in the
 kernel's row-major order, so unstructured results are the flat ones.
 
-The condensed kernels read a `fan_in` mask as a kernel column of exactly k
-True entries; `kept_per_group(structure, shape, sparsity)` gives that k.
+Condensed kernels read a `fan_in` mask as columns of exactly k True entries:
+`kept_per_group(Structure("fan_in"), shape, layer sparsity)` gives k and
+`fan_in_indices(mask, k)` each neuron's kept input positions. SRigL changes k
+when it ablates neurons (k' <= f; `sparserl.sparse.srigl`).
 """
 
 import dataclasses
