@@ -13,7 +13,7 @@ from agents import ppo
 from configs import ppo as ppo_config
 from sparserl import envs, runner
 from sparserl.logging import read_csv
-from tests.helpers import run_train, run_train_side_by_side, with_fields
+from tests.helpers import eval_returns, mean_of_last_evals, run_train, run_train_side_by_side, with_fields
 
 GAMMA, LAMBDA = 0.9, 0.8
 
@@ -243,20 +243,22 @@ def test_atari_smoke_run(tmp_path):
 
 @pytest.fixture(scope="module")
 def cartpole_runs(tmp_path_factory):
-    """90%-sparse (RigL, ERK) and dense PPO on CartPole-v1, seed 0, 100k steps, side by side."""
+    """90%-sparse (RigL, ERK) and dense PPO on CartPole-v1 (Gymnasium, the host loop), seeds 0 and 1 vmapped, 100k
+    steps, side by side."""
     workdir = tmp_path_factory.mktemp("ppo_cartpole")
-    common = ("--agent=ppo", "--steps=100000", "--seed=0")
+    common = ("--agent=ppo", "--steps=100000", "--seed=0", "--num_seeds=2")
     return workdir, run_train_side_by_side({"rigl_0.9": (*common, "--sparsity=0.9"), "dense": common}, workdir)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["rigl_0.9", "dense"])
 def test_ppo_learns_cartpole(cartpole_runs, name):
-    """A greedy eval return >= 450 on CartPole-v1 within 100k steps, fixed seed."""
+    """Mean over seeds 0 and 1 of the mean of the last 3 greedy evals >= 300 on CartPole-v1 within 100k steps
+    (reached when written: RigL 396, dense 369; random: about 20)."""
     workdir, results = cartpole_runs
     _check(results[name])
-    returns = [row["eval/episode_return"] for row in _metrics(workdir / name, 0, "eval")]
-    assert max(returns) >= 450, returns
+    score = mean_of_last_evals(workdir / name, seeds=(0, 1), last=3)
+    assert score >= 300, (score, [eval_returns(workdir / name, seed) for seed in (0, 1)])
 
 
 @pytest.mark.slow
