@@ -95,19 +95,21 @@ def test_srigl_needs_constant_fan_in():
 
 @pytest.mark.slow
 def test_srigl_learns_gymnax_cartpole(tmp_path):
-    """90% SRigL (ERK, constant fan-in, gamma_sal 0.3) DQN on gymnax:CartPole-v1 at the compiled-loop learning
-    protocol of tests/test_compiled_runner.py: a greedy eval return >= 200 within 20k steps, seed 0.
+    """90% SRigL (ERK, constant fan-in, gamma_sal 0.3) DQN on gymnax:CartPole-v1 at the learning protocol and
+    threshold of 90% RigL in tests/test_compiled_runner.py: seeds 0 and 1 vmapped, the mean over seeds of the
+    mean of the last 3 greedy evals >= 120 within 20k steps.
 
-    Not RigL's threshold (300): on this protocol seed 0 peaks at 228 with SRigL, 231 with RigL at constant fan-in
-    (the same masks without ablation), 199 with SRigL seed 1, and 325 with unstructured RigL (2026-11-30).
+    Reached when written (2026-11-30): 165 (seed 0: 164, 201, 171; seed 1: 127, 178, 151); RigL reaches 192.
+    The best single evals stay lower than RigL's: 228 and 199 against 325 for seed 0.
     """
     from sparserl.logging import read_csv
-    from tests.helpers import run_train
+    from tests.helpers import eval_returns, mean_of_last_evals, run_train
     from tests.test_compiled_runner import DQN_CARTPOLE
 
     result = run_train(*DQN_CARTPOLE, "--sparsity=0.9", "--method=srigl", f"--workdir={tmp_path}", "--run_name=srigl")
     assert result.returncode == 0, result.stderr[-3000:]
-    returns = [row["eval/episode_return"] for row in read_csv(tmp_path / "srigl" / "seed0" / "eval.csv")]
-    assert max(returns) >= 200, returns
-    last = read_csv(tmp_path / "srigl" / "seed0" / "metrics.csv")[-1]
-    assert abs(last["sparsity/total"] - 0.9) <= 0.01
+    score = mean_of_last_evals(tmp_path / "srigl", seeds=(0, 1), last=3)
+    assert score >= 120, (score, [eval_returns(tmp_path / "srigl", seed) for seed in (0, 1)])
+    for seed in (0, 1):
+        last = read_csv(tmp_path / "srigl" / f"seed{seed}" / "metrics.csv")[-1]
+        assert abs(last["sparsity/total"] - 0.9) <= 0.01
