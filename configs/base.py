@@ -42,8 +42,12 @@ def get_config(*, agent: str, env: str, steps: int, eval_every: int, log_every: 
         config.sparse.actor_sparsity = config_dict.placeholder(float)  # the actor's, when set; else sparsity
         config.sparse.critic_sparsity = config_dict.placeholder(float)  # the critic's, when set; else sparsity
     config.sparse.distribution = "erk"  # per-layer sparsities: a name from sparserl.sparse.DISTRIBUTIONS
-    config.sparse.dense_first_layer = False  # keep the first kernel dense
-    config.sparse.dense_last_layer = False  # keep the last kernel dense
+    # unstructured, fan_in (every neuron keeps the same number of inputs) or nm:N:M (N of every M consecutive
+    # inputs; fixes the sparsity at 1 - N/M): kept by every method (sparserl.sparse.structure).
+    config.sparse.structure = "unstructured"
+    config.sparse.dense_first_layer = False  # keep every sub-network's first layer dense (e.g. q1/dense_0, q2/dense_0)
+    config.sparse.dense_last_layer = False  # keep every sub-network's last layer dense (e.g. q1/output, q2/output)
+    config.sparse.dense_layers = ()  # more layer paths kept dense: fnmatch patterns such as "q*/output"
     # Init at each unit's sparse fan-in (rigl's gins: init_masks.fixed_sparse_init = True); False keeps the
     # masked dense init.
     config.sparse.sparse_init_rescale = True
@@ -72,7 +76,7 @@ def add_network(config: ml_collections.ConfigDict, *, hidden_sizes: tuple[int, .
 
 def add_schedules(config: ml_collections.ConfigDict, *, update_period: int, drop_fraction: float,
                   end_fraction: float, prune_update_period: int) -> None:
-    """The per-method schedule blocks `sparse.set`, `sparse.rigl` and `sparse.prune`.
+    """The per-method schedule blocks `sparse.set`, `sparse.rigl`, `sparse.srigl`, `sparse.prune` and `sparse.srste`.
 
     Fractions count the run's gradient steps. SET and RigL share one block of
     values in every reference gin (their mask_updater); pruning starts at 20%
@@ -86,6 +90,11 @@ def add_schedules(config: ml_collections.ConfigDict, *, update_period: int, drop
     )
     config.sparse.set = dict(drop_and_grow)
     config.sparse.rigl = dict(drop_and_grow)
+    # SRigL (Lasby et al. 2023): RigL's schedule and gamma_sal, the neuron-ablation threshold (the paper's 0.3).
+    config.sparse.srigl = dict(drop_and_grow, ablation_threshold=0.3)
+    # SR-STE (Zhou et al. 2021, eq. 6): N:M masks recomputed from |W| (the paper: every step, all run long) and
+    # lambda_W, the decay of the pruned weights (the paper's 2e-4).
+    config.sparse.srste = dict(update_period=1, start_fraction=0.0, end_fraction=1.0, decay=2e-4)
     config.sparse.prune = dict(
         update_period=prune_update_period,  # the pruning frequency
         start_fraction=0.2,  # t0: sparsity grows from 0 here

@@ -86,7 +86,9 @@ PRESETS = {
         "sparse.set.drop_fraction": 0.3,
         "sparse.set.end_fraction": 0.8,
         "sparse.rigl.drop_fraction": 0.3,
+        "sparse.srigl.drop_fraction": 0.3,
         "sparse.rigl.end_fraction": 0.8,
+        "sparse.srigl.end_fraction": 0.8,
         "sparse.prune.end_fraction": 0.8,
     },
     "atari": {
@@ -117,8 +119,11 @@ PRESETS = {
         "sparse.set.drop_fraction": 0.3,
         "sparse.set.end_fraction": 0.8,
         "sparse.rigl.update_period": 5_000,
+        "sparse.srigl.update_period": 5_000,
         "sparse.rigl.drop_fraction": 0.3,
+        "sparse.srigl.drop_fraction": 0.3,
         "sparse.rigl.end_fraction": 0.8,
+        "sparse.srigl.end_fraction": 0.8,
         # rigl/rl/sparsetrain_configs/dqn_atari_prune.gin: begin_step 500k, end_step 2M of 2.5M (20% -> 80%),
         # frequency 5000.
         "sparse.prune.update_period": 5_000,

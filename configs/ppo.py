@@ -107,6 +107,7 @@ PRESETS = {
         "ent_coef": 0.01,
         "sparse.set.end_fraction": 0.8,
         "sparse.rigl.end_fraction": 0.8,
+        "sparse.srigl.end_fraction": 0.8,
         "sparse.prune.end_fraction": 0.8,
     },
     "minatar": {
@@ -129,6 +130,7 @@ PRESETS = {
         "ent_coef": 0.01,
         "sparse.set.end_fraction": 0.8,
         "sparse.rigl.end_fraction": 0.8,
+        "sparse.srigl.end_fraction": 0.8,
         "sparse.prune.end_fraction": 0.8,
     },
 }

@@ -10,6 +10,7 @@ import ml_collections
 from sparserl import networks
 from sparserl.sparse import SparsityConfig
 from sparserl.sparse.config import is_concrete
+from sparserl.sparse.topology import get_topology
 
 
 class Agent(NamedTuple):
@@ -80,34 +81,30 @@ def network_module(network: ml_collections.ConfigDict, output_size: int, **overr
 
 
 def sparsity_config(sparse: ml_collections.ConfigDict, total_updates: int, sparsity: float) -> SparsityConfig:
-    """A SparsityConfig with the method's schedule taken from its own block, `sparse.<method>`.
+    """A SparsityConfig with the method's schedule and options read by the method itself from its block, `sparse.<method>`.
 
-    Each of `sparse.set`, `sparse.rigl` and `sparse.prune` holds its
-    `update_period` (prune: the pruning frequency), `start_fraction` and
-    `end_fraction` of the run's gradient updates (prune: Zhu & Gupta's t0 and
-    t1; SET/RigL change the topology in [start, end)), and for SET/RigL the
-    initial `drop_fraction`. The configs take these from Graesser et al.
-    2022's gin files, named beside each value. Static and dense networks
-    never change their masks and use no schedule.
+    Each topology names the fields of its block it reads (`Topology.config_fields`):
+    SET, RigL and SRigL their `update_period`, `start_fraction` and
+    `end_fraction` of the run's gradient updates and initial `drop_fraction`;
+    prune the same window as Zhu & Gupta's t0 and t1 and `update_period` as its
+    frequency; a method's own options (SRigL's `ablation_threshold`, SR-STE's
+    `decay`) likewise. The configs take these from the papers and Graesser et
+    al. 2022's gin files, named beside each value. Static and dense networks
+    never change their masks and use no schedule. `sparse.structure` (default
+    unstructured) and `sparse.dense_layers` (path patterns, default none) apply
+    to every method.
     """
     method = "dense" if is_concrete(sparsity) and sparsity == 0.0 else sparse.method  # a traced level is > 0
-    schedule = {}
-    if method in sparse:
-        block = sparse[method]
-        start = int(block.start_fraction * total_updates)
-        schedule = dict(
-            update_period=block.update_period,
-            update_start=start,
-            update_end=max(start + 1, int(block.end_fraction * total_updates)),
-            drop_fraction=block.get("drop_fraction", 0.0),
-        )
+    topology = get_topology(method)
     return SparsityConfig(
         method=method,
         sparsity=sparsity,
         distribution=sparse.distribution,
         dense_first_layer=sparse.dense_first_layer,
         dense_last_layer=sparse.dense_last_layer,
-        **schedule,
+        structure=topology.structure_for(sparse.get("structure", "unstructured")),
+        dense_layers=tuple(sparse.get("dense_layers", ())),
+        **topology.config_fields(sparse.get(method), total_updates),
     )
 
 

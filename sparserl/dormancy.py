@@ -149,7 +149,7 @@ def recycle(
     rewritten = jax.tree_util.tree_map_with_path(rewrite, params, fresh, masks)
     new_params, touched = jax.tree.transpose(jax.tree.structure(params), jax.tree.structure((0, 0)), rewritten)
     inner = zero_moments(opt_state.inner, params, touched)
-    return RecycleResult(new_params, SparseOptState(inner, masks), touched, num_recycled)
+    return RecycleResult(new_params, opt_state._replace(inner=inner), touched, num_recycled)
 
 
 def follow_online(target_params: Any, online_params: Any, touched: Any) -> Any:

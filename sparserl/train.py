@@ -26,6 +26,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from sparserl.agent import AGENTS, Agent, agent_module, config_module
+from sparserl.sparse import structure as structure_lib
 from sparserl.sparse.distributions import DISTRIBUTIONS
 from sparserl.sparse.topology import TOPOLOGIES
 
@@ -35,6 +36,8 @@ flags.DEFINE_float("sparsity", 0.0, "Fraction of zero weights in [0, 1); 0 train
 flags.DEFINE_float("actor_sparsity", None, "Actor sparsity (sac, ppo); default --sparsity.")
 flags.DEFINE_float("critic_sparsity", None, "Critic sparsity (sac, ppo); default --sparsity.")
 flags.DEFINE_string("method", None, f"Sparse training method: {', '.join(TOPOLOGIES)} (default rigl when sparsity > 0).")
+flags.DEFINE_string("structure", None, f"Mask structure: {structure_lib.ALLOWED} (fan_in: every neuron keeps the same "
+                    "number of inputs; nm: N of every M inputs, the sparsity fixed at 1 - N/M). Kept by every method.")
 flags.DEFINE_string("distribution", None, f"Per-layer sparsity distribution: {', '.join(DISTRIBUTIONS)}.")
 flags.DEFINE_bool("redo", None, "Recycle dormant neurons with ReDo (Sokar et al. 2023).")
 flags.DEFINE_float("redo_tau", None, "ReDo dormancy threshold tau (>= 0).")
@@ -61,6 +64,7 @@ FLAG_FIELDS = {
     "critic_sparsity": "sparse.critic_sparsity",
     "method": "sparse.method",
     "distribution": "sparse.distribution",
+    "structure": "sparse.structure",
     "redo": "redo.enabled",
     "redo_tau": "redo.tau",
     "redo_period": "redo.period",
@@ -95,6 +99,7 @@ def config_from_arguments(argv: list[str]) -> ml_collections.ConfigDict:
             _set(config, field, FLAGS[flag_name].value, f"--{flag_name}")
     overridden = _apply_overrides(config, unparsed)
     sparse = config.sparse
+    resolve_structure_sparsity(sparse)
     if not FLAGS["method"].present and "sparse.method" not in overridden and max(sparsities(sparse)) == 0.0:
         sparse.method = "dense"
     validate(config)
@@ -275,6 +280,26 @@ def _flag_of(field: str) -> str:
     return f"--{flag_names[field]}" if field in flag_names else f"--config.{field}"
 
 
+def resolve_structure_sparsity(sparse: ml_collections.ConfigDict) -> None:
+    """The structure the method trains (srigl: fan_in) and the sparsity an N:M structure fixes at 1 - N/M:
+    sets them, or rejects a structure the method cannot train and a different sparsity given."""
+    text = sparse.structure
+    try:
+        if sparse.method in TOPOLOGIES:
+            text = sparse.structure = TOPOLOGIES[sparse.method].structure_for(text)
+        fixed = structure_lib.parse(text).fixed_sparsity
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if fixed is None:
+        return
+    for name in ("sparsity", "actor_sparsity", "critic_sparsity"):
+        value = sparse.get(name)
+        if value and abs(value - fixed) > 1e-6:
+            raise UsageError(f"--{name}: {value:g} conflicts with --structure={text}, "
+                             f"which fixes the sparsity at 1 - N/M = {fixed:g}; leave --{name} out")
+    sparse.sparsity = fixed
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises UsageError, naming the flag (or `--config.<field>`), for a config no agent can train."""
     if config.agent not in AGENTS:
@@ -346,7 +371,8 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str, run_name: str |
 def default_run_name(config: ml_collections.ConfigDict) -> str:
     sparse = config.sparse
     sparsity = max(sparse.sparsity, sparse.get("actor_sparsity") or 0.0, sparse.get("critic_sparsity") or 0.0)
-    name = f"{config.agent}_{config.env}_{sparse.method}_{sparsity:g}" + ("_redo" if config.redo.enabled else "")
+    structure = "" if sparse.structure == "unstructured" else f"_{sparse.structure}"
+    name = f"{config.agent}_{config.env}_{sparse.method}{structure}_{sparsity:g}" + ("_redo" if config.redo.enabled else "")
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
 
 
@@ -487,7 +513,7 @@ def describe(config: ml_collections.ConfigDict, run_dir: str) -> str:
             sparsity += f" {network}={sparse[f'{network}_sparsity']:g}"
     redo = f"redo tau={config.redo.tau:g} every {config.redo.period}" if config.redo.enabled else "no redo"
     return (
-        f"{config.agent} on {config.env} | {sparse.method} {sparse.distribution} {sparsity} | {redo} | "
+        f"{config.agent} on {config.env} | {sparse.method} {sparse.structure} {sparse.distribution} {sparsity} | {redo} | "
         f"{config.steps:,} steps x {config.num_seeds} seed(s) from seed {config.seed} | run dir {run_dir}"
     )
 
