@@ -63,9 +63,11 @@ def get_config() -> ml_collections.ConfigDict:
     # mask_updater: update_freq 1000, init_drop_fraction 0.5, cosine, last_update_step 75,000 of 100,000)
     # and dqn_gym_pruning_config.gin (begin_step 20,000, end_step 75,000, frequency 1000).
     # sparse_init_rescale: init at each unit's sparse fan-in (the gin's init_masks.fixed_sparse_init = True).
+    # kernels: "masked" (dense matmuls), "condensed" or "auto" (gather kernels for constant fan-in masks,
+    # sparserl/sparse/condensed.py); masked by default: on a 2-core CPU condensed loses at these layer sizes.
     config.sparse = ml_collections.ConfigDict(
         dict(method="rigl", sparsity=0.0, distribution="erk", dense_first_layer=False, dense_last_layer=False,
-             sparse_init_rescale=True,
+             sparse_init_rescale=True, kernels="masked",
              set=dict(update_period=1_000, drop_fraction=0.5, start_fraction=0.0, end_fraction=0.75),
              rigl=dict(update_period=1_000, drop_fraction=0.5, start_fraction=0.0, end_fraction=0.75),
              prune=dict(update_period=1_000, start_fraction=0.2, end_fraction=0.75))

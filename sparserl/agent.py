@@ -80,6 +80,22 @@ def sparsity_config(sparse: ml_collections.ConfigDict, total_updates: int, spars
     )
 
 
+def kernels(sparse: ml_collections.ConfigDict) -> str:
+    """The forward kernels of a network under `sparse`: `sparse.kernels` ("masked", "condensed", "auto"), which
+    only runs condensed where the masks keep a constant fan-in all along (`sparse.structure` "fan_in", a
+    concrete sparsity level, a method other than prune, whose fan-in shrinks over training).
+
+    "auto" falls back to "masked" elsewhere; "condensed" there raises ValueError (reported as bad input).
+    """
+    chosen = sparse.get("kernels", "masked")
+    constant_fan_in = (sparse.get("structure", "unstructured") == "fan_in" and sparse.method != "prune"
+                       and is_concrete(sparse.sparsity))
+    if chosen == "condensed" and not constant_fan_in:
+        raise ValueError("--config.sparse.kernels: condensed needs constant fan-in masks "
+                         "(--config.sparse.structure=fan_in, a method other than prune)")
+    return chosen if constant_fan_in else "masked"
+
+
 def network_sparsity(sparse: ml_collections.ConfigDict, network: str) -> float:
     """`sparse.<network>_sparsity` when set (SAC, PPO: 'actor', 'critic'), else `sparse.sparsity`."""
     value = sparse.get(f"{network}_sparsity")
