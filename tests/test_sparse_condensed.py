@@ -15,24 +15,11 @@ from sparserl import checkpoint, envs, learner, networks, runner
 from sparserl.agent import kernels
 from sparserl.logging import MetricsWriter, ProgressPrinter, read_csv
 from sparserl.sparse import SparsityConfig, condensed, topology
-from sparserl.sparse import masks as mask_lib
 
 
 def fan_in_mask(key: jax.Array, shape: tuple[int, int], sparsity: float) -> jax.Array:
     """A random [in, out] mask keeping exactly `condensed.fan_in(in, sparsity)` inputs in every column."""
-    fan_in_count = condensed.fan_in(shape[0], sparsity)
-    ranks = jax.vmap(lambda column_key: jax.random.permutation(column_key, shape[0]))(jax.random.split(key, shape[1]))
-    return (ranks < fan_in_count).T
-
-
-def fan_in_masks(key, params, sparsities):
-    """`topology.Topology.init_masks` with constant fan-in (a test fixture until the fan_in structure lands)."""
-    paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    keys = jax.random.split(key, len(paths_and_leaves))
-    masks = [fan_in_mask(leaf_key, leaf.shape, sparsities[mask_lib.layer_of(path)])
-             if mask_lib.layer_of(path) in sparsities else jnp.ones(leaf.shape, bool)
-             for leaf_key, (path, leaf) in zip(keys, paths_and_leaves)]
-    return jax.tree.unflatten(treedef, masks)
+    return condensed.random_fan_in_masks(key, {"layer": {"kernel": jnp.zeros(shape)}}, {"layer": sparsity})["layer"]["kernel"]
 
 
 def test_fan_in_is_the_kept_count_per_column():
@@ -106,10 +93,10 @@ def _fan_in_topology(monkeypatch, update_every: int | None = None):
         return (step % update_every == 0) if update_every else jnp.zeros_like(step, dtype=bool)
 
     def update_masks(key, step, params, dense_grads, masks, sparsities, config):
-        return fan_in_masks(jax.random.fold_in(key, step), params, sparsities)
+        return condensed.random_fan_in_masks(jax.random.fold_in(key, step), params, sparsities)
 
     monkeypatch.setitem(topology.TOPOLOGIES, "fanin_test",
-                        topology.Topology("fanin_test", fan_in_masks, is_update_step, update_masks))
+                        topology.Topology("fanin_test", condensed.random_fan_in_masks, is_update_step, update_masks))
 
 
 def _network(kernels_name: str):

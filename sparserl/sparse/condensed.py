@@ -30,11 +30,10 @@ see the same pytrees as before):
   "auto" (`is_faster`, a rule measured with `python -m sparserl.bench
   --rows=condensed`).
 
-Backward: plain autodiff through the gathers (a scatter-add for the inputs,
-one for the values). Its gradient w.r.t. the dense kernel is nonzero only at
-the kept connections, so RigL's growth, which ranks the dense gradient of the
-*dropped* connections, gets it from a masked-dense pass on topology-update
-steps only (`learner.value_and_grad`).
+Backward: a custom VJP (`dense`). Its gradient w.r.t. the dense kernel is
+nonzero only at the kept connections, so RigL's growth, which ranks the dense
+gradient of the connections not kept, gets it from a masked-dense pass on
+topology-update steps only (`learner.value_and_grad`).
 """
 
 import math
@@ -63,6 +62,27 @@ def fan_in(in_features: int, sparsity: float) -> int:
     return in_features - math.floor(sparsity * in_features)
 
 
+def random_fan_in_masks(key: jax.Array, params: Any, sparsities: Mapping[str, float]) -> Any:
+    """Random masks keeping exactly `fan_in(in, s)` inputs of every neuron of the 2-D kernels in `sparsities`.
+
+    A `Topology.init_masks` (all-True elsewhere) for the condensed benchmark rows and tests; the
+    `sparse.structure` option builds the masks of training runs.
+    """
+    paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    keys = jax.random.split(key, max(1, len(paths_and_leaves)))
+    masks = []
+    for leaf_key, (path, leaf) in zip(keys, paths_and_leaves):
+        layer = layer_of(path)
+        if layer in sparsities and leaf.ndim == 2:
+            in_features, out_features = leaf.shape
+            ranks = jax.vmap(lambda column_key: jax.random.permutation(column_key, in_features))(
+                jax.random.split(leaf_key, out_features))
+            masks.append((ranks < fan_in(in_features, sparsities[layer])).T)
+        else:
+            masks.append(jnp.ones(leaf.shape, bool))
+    return jax.tree.unflatten(treedef, masks)
+
+
 def kernel_indices(mask: jax.Array, k: int) -> jax.Array:
     """[out, k] int32: the rows of the first k kept entries of every column of `mask` [in, out], ascending.
 
@@ -71,16 +91,55 @@ def kernel_indices(mask: jax.Array, k: int) -> jax.Array:
     return jnp.argsort(~mask, axis=0, stable=True)[:k].T.astype(jnp.int32)
 
 
+def _flat_indices(kernel: jax.Array, indices: jax.Array) -> jax.Array:
+    """Positions of W[idx[o, j], o] in the flattened kernel, [out, k]."""
+    out = kernel.shape[1]
+    return indices * out + jnp.arange(out, dtype=indices.dtype)[:, None]
+
+
+def _sum_last(values: jax.Array) -> jax.Array:
+    """Sum over the last axis as a matrix-vector product (on CPU, XLA runs it several times faster than a reduce)."""
+    return (values.reshape(-1, values.shape[-1]) @ jnp.ones(values.shape[-1], values.dtype)).reshape(values.shape[:-1])
+
+
+def _forward(x: jax.Array, kernel: jax.Array, indices: jax.Array) -> jax.Array:
+    values = jnp.take(kernel.reshape(-1), _flat_indices(kernel, indices), mode="clip")  # [out, k]
+    gathered = jnp.take(x, indices, axis=1, mode="clip")  # [batch, out, k]
+    return _sum_last(gathered * values)
+
+
+@jax.custom_vjp
 def dense(x: jax.Array, kernel: jax.Array, indices: jax.Array) -> jax.Array:
     """x [batch, in] times the kernel [in, out] restricted to `indices` [out, k]: the gather + reduction.
 
-    Equal to `x @ kernel` when every weight off the indices is zero.
-    Differentiable (w.r.t. x and kernel) and vmappable like any jnp function.
+    Equal to `x @ kernel`, in value and in gradient, when every weight off the
+    indices is zero (the learner's masked params), except that the kernel's
+    gradient is zero off the indices. Vmappable like any jnp function.
+
+    Backward (a custom VJP, measured about 3x faster than autodiff's
+    scatter-adds on the 2-core CPU at batch 128 and 1.7x at batch 1):
+    dx = dy @ kernel^T (a dense matmul, exact because the kernel is zero off
+    the indices), d values[o, j] = sum_b dy[b, o] x[b, idx[o, j]] (a gather),
+    written into a dense zero kernel at the indices.
     """
-    out = kernel.shape[1]
-    values = jnp.take(kernel.reshape(-1), indices * out + jnp.arange(out, dtype=indices.dtype)[:, None], mode="clip")
+    return _forward(x, kernel, indices)
+
+
+def _dense_forward(x, kernel, indices):
+    return _forward(x, kernel, indices), (x, kernel, indices)
+
+
+def _dense_backward(residuals, output_grad):
+    x, kernel, indices = residuals
+    input_grad = output_grad @ kernel.T
     gathered = jnp.take(x, indices, axis=1, mode="clip")  # [batch, out, k]
-    return jnp.einsum("bok,ok->bo", gathered, values)
+    value_grad = _sum_last(jnp.moveaxis(output_grad[:, :, None] * gathered, 0, -1))  # [out, k]
+    kernel_grad = jnp.zeros(kernel.size, kernel.dtype).at[_flat_indices(kernel, indices)].set(
+        value_grad, mode="promise_in_bounds", unique_indices=True)
+    return input_grad, kernel_grad.reshape(kernel.shape), None
+
+
+dense.defvjp(_dense_forward, _dense_backward)
 
 
 def layer_indices(masks: Any, sparsities: Mapping[str, float]) -> dict:
