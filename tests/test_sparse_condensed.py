@@ -184,6 +184,7 @@ def _dqn_run(kernels_name: str, workdir) -> list[dict]:
     return read_csv(str(workdir / "metrics.csv")) + read_csv(str(workdir / "eval.csv"))
 
 
+@pytest.mark.slow
 def test_a_dqn_run_with_condensed_kernels_matches_masked(monkeypatch, tmp_path):
     _fan_in_topology(monkeypatch, update_every=100)  # masks change during the run: the indices must follow
     masked = _dqn_run("masked", tmp_path / "masked")
