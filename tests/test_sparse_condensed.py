@@ -81,6 +81,7 @@ def test_auto_runs_condensed_only_under_the_measured_bound():
     params = {"dense_0": {"kernel": jnp.zeros((512, 512))}, "output": {"kernel": jnp.zeros((512, 2))}}
     indices = {"dense_0": {"indices": jnp.zeros((512, 52), jnp.int32)}, "output": {"indices": jnp.zeros((2, 52), jnp.int32)}}
     assert condensed.select(indices, params, 1, "auto") == {"output": indices["output"]}  # 2 * 52 gathered vs 512 * 52
+    assert condensed.select(indices, params, 16, "auto") == {"output": indices["output"]}  # 16 * 2 * 52 = 1664
     assert condensed.select(indices, params, 128, "auto") == {}  # 128 * 2 * 52 > AUTO_MAX_GATHERED
     assert condensed.select(indices, params, 128, "condensed") is indices
     assert condensed.select(indices, params, 1, "masked") == {}

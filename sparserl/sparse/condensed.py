@@ -48,7 +48,7 @@ COLLECTION = "condensed"
 KERNELS = ("masked", "condensed", "auto")
 
 # `is_faster`'s bound on the gathered elements batch * out * k of one layer (see its docstring).
-AUTO_MAX_GATHERED = 1024
+AUTO_MAX_GATHERED = 2048
 
 
 def fan_in(in_features: int, sparsity: float) -> int:
@@ -180,13 +180,15 @@ def is_faster(batch: int, in_features: int, out_features: int, k: int) -> bool:
     """The "auto" rule: condensed when the layer gathers at most `AUTO_MAX_GATHERED` elements (batch * out * k).
 
     Measured on a 2-core CPU (jaxlib 0.10.2, `python -m sparserl.bench
-    --rows=condensed`): XLA's CPU gathers cost about 1-4 ns per element while
-    a dense matmul runs at about 0.02-0.25 ns per multiply-add with a fixed
-    cost of some 10-40 us per op, so condensed wins only on layers that gather
-    very little, e.g. a 512x2 output layer at batch 1 (k = 51: about 5x),
-    and loses on the 512x512 hidden layer at 90% (k = 51) at every batch size
-    (about 0.3x at batch 1, 0.05x at 128). `in_features` is unused by this
-    rule; it is part of the signature so a rule for another machine can use it.
+    --rows=condensed`, three runs): XLA's CPU gathers cost about 1-4 ns per
+    element while a dense matmul runs at about 0.02-0.25 ns per multiply-add
+    with a fixed cost of some 10-40 us per op, so condensed wins only on
+    layers that gather little: 4x512 (k = 1) and 512x2 (k = 52) at batch 1
+    (forward about 5x; 104 and 512 elements), 512x2 at batch 16 (1.1-1.75x;
+    1,664 elements); it ties or loses on 4x512 at batch 16 and up (8,192+)
+    and loses on the 512x512 layer at 90% (k = 52) at every batch size
+    (forward 0.3-0.4x at batch 1, 0.15-0.2x at 128). `in_features` is unused
+    by this rule; it is in the signature for a rule measured elsewhere.
     """
     del in_features
     return batch * out_features * k <= AUTO_MAX_GATHERED
