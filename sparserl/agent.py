@@ -6,7 +6,7 @@ import flax.linen as nn
 import ml_collections
 
 from sparserl import networks
-from sparserl.sparse import SparsityConfig
+from sparserl.sparse import SparsityConfig, condensed
 from sparserl.sparse.config import is_concrete
 
 
@@ -87,7 +87,7 @@ def kernels(sparse: ml_collections.ConfigDict) -> str:
 
     "auto" falls back to "masked" elsewhere; "condensed" there raises ValueError (reported as bad input).
     """
-    chosen = sparse.get("kernels", "masked")
+    chosen = condensed.check_kernels(sparse.get("kernels", "masked"))
     constant_fan_in = (sparse.get("structure", "unstructured") == "fan_in" and sparse.method != "prune"
                        and is_concrete(sparse.sparsity))
     if chosen == "condensed" and not constant_fan_in:

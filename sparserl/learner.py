@@ -56,9 +56,7 @@ def make_network(
     module: nn.Module, inner: optax.GradientTransformation, sparsity: SparsityConfig, name: str = "",
     sparse_init_rescale: bool = True, kernels: str = "masked",
 ) -> SparseNetwork:
-    if kernels not in condensed.KERNELS:
-        raise ValueError(f"--config.sparse.kernels: unknown kernels {kernels!r}; choose one of {', '.join(condensed.KERNELS)}")
-    return SparseNetwork(module, sparse_optimizer(inner, sparsity), name, sparse_init_rescale, kernels)
+    return SparseNetwork(module, sparse_optimizer(inner, sparsity), name, sparse_init_rescale, condensed.check_kernels(kernels))
 
 
 def rescale_to_sparse_fan_in(params: Any, masks: Any) -> Any:

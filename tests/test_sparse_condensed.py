@@ -160,6 +160,9 @@ def test_kernels_run_condensed_only_with_constant_fan_in():
     config.sparse.kernels = "condensed"
     with pytest.raises(ValueError, match="--config.sparse.kernels: condensed needs constant fan-in"):
         kernels(config.sparse)
+    config.sparse.kernels = "fast"
+    with pytest.raises(ValueError, match="--config.sparse.kernels: unknown kernels 'fast'; choose one of masked, "):
+        kernels(config.sparse)  # even where the masks would make it masked
     with pytest.raises(ValueError, match="--config.sparse.kernels: unknown kernels 'fast'"):
         learner.make_network(networks.MLP((4,), 2), optax.adam(1e-3), SparsityConfig(), kernels="fast")
 

@@ -51,6 +51,13 @@ KERNELS = ("masked", "condensed", "auto")
 AUTO_MAX_GATHERED = 2048
 
 
+def check_kernels(kernels: str) -> str:
+    """`kernels` if it is one of `KERNELS`, else ValueError naming the flag (reported as bad input)."""
+    if kernels not in KERNELS:
+        raise ValueError(f"--config.sparse.kernels: unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
+    return kernels
+
+
 def fan_in(in_features: int, sparsity: float) -> int:
     """Kept inputs per output neuron of a constant-fan-in layer: in - floor(s * in).
 
