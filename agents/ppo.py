@@ -191,15 +191,13 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         adam = optax.adam(learning_rate, eps=config.adam_eps)
         return adam if config.clip_grad_norm_jointly else optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adam)
 
-    mlp = config.network.kind == "mlp"
-    hidden_init = dict(hidden_kernel_init=networks.orthogonal(np.sqrt(2.0))) if mlp else {}
-    actor_torso = network_module(
-        config.network, num_actions, **hidden_init, **(dict(output_kernel_init=networks.orthogonal(0.01)) if mlp else {})
-    )
+    # CleanRL's layer_init: orthogonal hidden kernels (gain sqrt 2), output gain 0.01 (actor) and 1 (critic).
+    hidden_init = networks.orthogonal(np.sqrt(2.0))
+    actor_torso = network_module(config.network, num_actions, hidden_kernel_init=hidden_init,
+                                 output_kernel_init=networks.orthogonal(0.01))
     actor_module = actor_torso if discrete else GaussianPolicy(actor_torso, num_actions, config.log_std_init)
-    critic_module = network_module(
-        config.network, 1, **hidden_init, **(dict(output_kernel_init=networks.orthogonal(1.0)) if mlp else {})
-    )
+    critic_module = network_module(config.network, 1, hidden_kernel_init=hidden_init,
+                                   output_kernel_init=networks.orthogonal(1.0))
     actor = learner.make_network(
         actor_module, inner_optimizer(), sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "actor")), "actor",
         sparse_init_rescale=config.sparse.sparse_init_rescale,

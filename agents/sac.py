@@ -93,6 +93,9 @@ def temperature_loss(log_alpha: jax.Array, log_prob: jax.Array, target_entropy: 
 def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     if env_spec.discrete:
         raise ValueError(f"--agent=sac needs a continuous action space; {env_spec.env_id} is discrete (use --agent=dqn or ppo)")
+    if config.network.kind != "mlp":
+        raise ValueError(f"--config.network.kind: sac builds MLPs only (its critics read observation and action); "
+                         f"choose one of mlp, got {config.network.kind!r}")
     action_dim = env_spec.num_actions
     updates = off_policy_updates(config)
     actor_net = learner.make_network(
@@ -103,7 +106,8 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         sparse_init_rescale=config.sparse.sparse_init_rescale,
     )
     critic_net = learner.make_network(
-        networks.TwinCritic(tuple(config.network.hidden_sizes), width_multiplier=config.network.width_multiplier),
+        networks.TwinCritic(tuple(config.network.hidden_sizes), width_multiplier=config.network.width_multiplier,
+                            activation=config.network.activation),
         optax.adam(config.learning_rate),
         sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "critic")),
         name="critic",

@@ -1,5 +1,7 @@
-"""What the runners need from an agent, and the config helpers every agent shares."""
+"""What the runners need from an agent, the registry of agents, and the config helpers every agent shares."""
 
+import importlib
+from types import ModuleType
 from typing import Callable, NamedTuple
 
 import flax.linen as nn
@@ -28,13 +30,40 @@ class Agent(NamedTuple):
     recycle: Callable
 
 
+AGENTS = ("dqn", "sac", "ppo")
+"""The agents, by name: each has `agents/<name>.py` (`make(config, env_spec)`, `LOOP`) and `configs/<name>.py`
+(`get_config(preset=None)`, `PRESETS`). Adding an agent is adding its name here and those two files."""
+
+
+def agent_module(name: str) -> ModuleType:
+    """`agents/<name>.py` of an agent in `AGENTS`."""
+    return importlib.import_module(f"agents.{name}")
+
+
+def config_module(name: str) -> ModuleType:
+    """`configs/<name>.py` of an agent in `AGENTS`."""
+    return importlib.import_module(f"configs.{name}")
+
+
+NETWORK_KINDS = ("mlp", "cnn")
+
+
 def network_module(network: ml_collections.ConfigDict, output_size: int, **overrides) -> nn.Module:
-    """The flax module a network config describes: `kind` 'mlp' or 'cnn' (Nature CNN and its MinAtar variant)."""
+    """The flax module a network config describes: `kind` 'mlp' or 'cnn' (Nature CNN and its MinAtar variant).
+
+    Both kinds take `activation` and the `overrides` (`hidden_kernel_init`, `output_kernel_init`). Raises
+    ValueError (reported as bad input) for an unknown kind or activation.
+    """
+    if network.kind not in NETWORK_KINDS:
+        raise ValueError(f"--config.network.kind: unknown kind {network.kind!r}; choose one of {', '.join(NETWORK_KINDS)}")
+    if network.activation not in networks.ACTIVATION_FUNCTIONS:
+        raise ValueError(f"--config.network.activation: unknown activation {network.activation!r}; "
+                         f"choose one of {', '.join(networks.ACTIVATION_FUNCTIONS)}")
     if network.kind == "mlp":
         return networks.MLP(
             tuple(network.hidden_sizes),
             output_size,
-            activation=network.get("activation", "relu"),
+            activation=network.activation,
             width_multiplier=network.width_multiplier,
             **overrides,
         )
@@ -45,6 +74,8 @@ def network_module(network: ml_collections.ConfigDict, output_size: int, **overr
         strides=tuple(network.strides),
         dense_sizes=tuple(network.dense_sizes),
         width_multiplier=network.width_multiplier,
+        activation=network.activation,
+        **overrides,
     )
 
 

@@ -229,7 +229,7 @@ def _off_policy_window(agent_for: Callable, config: ml_collections.ConfigDict, e
         )
         end = start + length
         batch_key = jax.random.fold_in(_stream(seed, _MEASURE_STREAM), end)
-        network_metrics = agent.measure(state, replay_lib.sample(replay, batch_key, config.redo.batch_size))
+        network_metrics = agent.measure(state, replay_lib.sample(replay, batch_key, config.dormancy.batch_size))
         return state, replay, carry, WindowOutput(episode_return, last_metrics, network_metrics, recycled)
 
     return window

@@ -26,7 +26,7 @@ from sparserl.sparse import condensed
 ACTIVATIONS = "activations"
 POST_ACTIVATION = "post_activation"
 
-_ACTIVATION_FUNCTIONS: dict[str, Callable] = {"relu": nn.relu, "tanh": nn.tanh}
+ACTIVATION_FUNCTIONS: dict[str, Callable] = {"relu": nn.relu, "tanh": nn.tanh}  # the `network.activation` names
 
 
 def scaled_width(width: int, width_multiplier: float) -> int:
@@ -90,7 +90,7 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        activation = _ACTIVATION_FUNCTIONS[self.activation]
+        activation = ACTIVATION_FUNCTIONS[self.activation]
         x = x.reshape((x.shape[0], -1)).astype(jnp.float32)
         for i, width in enumerate(self.hidden_sizes):
             name = f"dense_{i}"
@@ -111,7 +111,9 @@ class NatureCNN(nn.Module):
     (Young & Tian 2019) is `NatureCNN(conv_features=(16,), kernel_sizes=(3,),
     strides=(1,), dense_sizes=(128,))`. Inputs are NHWC; uint8 frames are
     scaled to [0, 1]. The flatten is in HWC order: flat index i belongs to
-    channel ``i % C`` of the last conv layer.
+    channel ``i % C`` of the last conv layer. `hidden_kernel_init` initialises
+    the conv and dense kernels, `output_kernel_init` the output layer's (CleanRL's
+    `ppo_atari.py` uses orthogonal sqrt(2) and 0.01 / 1).
     """
 
     output_size: int
@@ -121,9 +123,13 @@ class NatureCNN(nn.Module):
     dense_sizes: Sequence[int] = (512,)
     width_multiplier: float = 1.0
     padding: str = "VALID"
+    activation: str = "relu"
+    output_kernel_init: Callable = nn.initializers.lecun_normal()
+    hidden_kernel_init: Callable = nn.initializers.lecun_normal()
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        activation = ACTIVATION_FUNCTIONS[self.activation]
         if x.dtype == jnp.uint8:
             x = x.astype(jnp.float32) / 255.0
         x = x.astype(jnp.float32)
@@ -134,17 +140,18 @@ class NatureCNN(nn.Module):
                 (kernel, kernel),
                 (stride, stride),
                 padding=self.padding,
+                kernel_init=self.hidden_kernel_init,
                 name=name,
             )
-            x = nn.relu(layer(x))
+            x = activation(layer(x))
             _capture(layer, x)
         x = x.reshape((x.shape[0], -1))
         for i, width in enumerate(self.dense_sizes):
             name = f"dense_{i}"
-            layer = nn.Dense(scaled_width(width, self.width_multiplier), name=name)
-            x = nn.relu(layer(x))
+            layer = nn.Dense(scaled_width(width, self.width_multiplier), kernel_init=self.hidden_kernel_init, name=name)
+            x = activation(layer(x))
             _capture(layer, x)
-        return nn.Dense(self.output_size, name="output")(x)
+        return nn.Dense(self.output_size, kernel_init=self.output_kernel_init, name="output")(x)
 
     def chains(self) -> list[list[str]]:
         convs = [f"conv_{i}" for i in range(len(self.conv_features))]
@@ -157,10 +164,11 @@ class TwinCritic(nn.Module):
 
     hidden_sizes: Sequence[int]
     width_multiplier: float = 1.0
+    activation: str = "relu"
 
     def setup(self):
-        self.q1 = MLP(self.hidden_sizes, 1, width_multiplier=self.width_multiplier)
-        self.q2 = MLP(self.hidden_sizes, 1, width_multiplier=self.width_multiplier)
+        self.q1 = MLP(self.hidden_sizes, 1, activation=self.activation, width_multiplier=self.width_multiplier)
+        self.q2 = MLP(self.hidden_sizes, 1, activation=self.activation, width_multiplier=self.width_multiplier)
 
     def __call__(self, observations: jnp.ndarray, actions: jnp.ndarray) -> jnp.ndarray:
         inputs = jnp.concatenate([observations.reshape((observations.shape[0], -1)), actions], axis=-1)

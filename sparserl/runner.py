@@ -383,7 +383,7 @@ def run_off_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: En
     state_axes = seed_axes(state)
     train_step = OffPolicyStep(agent, config, state_axes)
     measure = jax.jit(jax.vmap(
-        lambda state, replay, key: agent.measure(state, replay_lib.sample(replay, key, config.redo.batch_size)),
+        lambda state, replay, key: agent.measure(state, replay_lib.sample(replay, key, config.dormancy.batch_size)),
         in_axes=(state_axes, 0, 0)))
     recorder = Recorder(config, run, make_actor(agent, state_axes, explore=False), state)
 

@@ -10,7 +10,7 @@ import pytest
 
 from configs import dqn as dqn_config
 from experiments import aggregate
-from tests.conftest import cli_environment
+from tests.helpers import cli_environment
 
 
 def write_run(run_dir, seed, evals, *, method="dense", sparsity=0.0, env="Acrobot-v1", redo=False, width=1.0,

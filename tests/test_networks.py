@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sparserl.networks import ACTIVATIONS, MLP, POST_ACTIVATION, NatureCNN, TwinCritic, orthogonal, scaled_width
-from tests.conftest import cli_environment
+from tests.helpers import cli_environment
 
 KEY = jax.random.key(0)
 SMALL_CNN = dict(conv_features=(8, 16), kernel_sizes=(3, 3), strides=(2, 1), dense_sizes=(32,))

@@ -13,7 +13,7 @@ from agents import ppo
 from configs import ppo as ppo_config
 from sparserl import envs, runner
 from sparserl.logging import read_csv
-from tests.conftest import run_train, run_train_side_by_side
+from tests.helpers import eval_returns, mean_of_last_evals, run_train, run_train_side_by_side, with_fields
 
 GAMMA, LAMBDA = 0.9, 0.8
 
@@ -112,13 +112,7 @@ def _small_config(**fields) -> ml_collections.ConfigDict:
     config = ppo_config.get_config()
     config.steps, config.num_envs, config.rollout_steps = 256, 2, 32
     config.num_minibatches, config.update_epochs = 4, 2
-    for name, value in fields.items():
-        node = config
-        *parents, leaf = name.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
+    return with_fields(config, **fields)
 
 
 def _random_rollout(spec: envs.EnvSpec, steps: int, num_envs: int, seed: int = 0) -> runner.Rollout:
@@ -243,25 +237,28 @@ def test_atari_smoke_run(tmp_path):
     rows = _metrics(tmp_path / "pong", 0)
     assert rows[-1]["step"] == 64 and np.isfinite(rows[-1]["loss/policy"])
     assert "dormant/0.1/actor/conv_0" in rows[-1] and "sparsity/critic/conv_2" in rows[-1]
-    assert _metrics(tmp_path / "pong", 0, "eval")[-1]["eval/episode_return"] >= -21
+    eval_rows = _metrics(tmp_path / "pong", 0, "eval")
+    assert [row["step"] for row in eval_rows] == [64] and np.isfinite(eval_rows[0]["eval/episode_return"])
 
 
 @pytest.fixture(scope="module")
 def cartpole_runs(tmp_path_factory):
-    """90%-sparse (RigL, ERK) and dense PPO on CartPole-v1, seed 0, 100k steps, side by side."""
+    """90%-sparse (RigL, ERK) and dense PPO on CartPole-v1 (Gymnasium, the host loop), seeds 0 and 1 vmapped, 100k
+    steps, side by side."""
     workdir = tmp_path_factory.mktemp("ppo_cartpole")
-    common = ("--agent=ppo", "--steps=100000", "--seed=0")
+    common = ("--agent=ppo", "--steps=100000", "--seed=0", "--num_seeds=2")
     return workdir, run_train_side_by_side({"rigl_0.9": (*common, "--sparsity=0.9"), "dense": common}, workdir)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["rigl_0.9", "dense"])
 def test_ppo_learns_cartpole(cartpole_runs, name):
-    """A greedy eval return >= 450 on CartPole-v1 within 100k steps, fixed seed."""
+    """Mean over seeds 0 and 1 of the mean of the last 3 greedy evals >= 300 on CartPole-v1 within 100k steps
+    (reached when written: RigL 396, dense 369; random: about 20)."""
     workdir, results = cartpole_runs
     _check(results[name])
-    returns = [row["eval/episode_return"] for row in _metrics(workdir / name, 0, "eval")]
-    assert max(returns) >= 450, returns
+    score = mean_of_last_evals(workdir / name, seeds=(0, 1), last=3)
+    assert score >= 300, (score, [eval_returns(workdir / name, seed) for seed in (0, 1)])
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from configs import dqn as dqn_config
 from sparserl import envs, replay as replay_lib, runner
 from sparserl.agent import off_policy_updates
 from sparserl.logging import read_csv
-from tests.conftest import run_train
+from tests.helpers import run_train
 
 
 def test_frozen_watch_flags_exactly_unchanged_networks_per_seed(capsys):

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from experiments import aggregate, dormant_neuron_study, sparse_training_study
-from tests.conftest import cli_environment
+from tests.helpers import cli_environment
 
 SMOKE_SWEEP = ["--scale=smoke", "--methods=static,rigl", "--sparsities=0.5,0.9", "--seeds=2", "--bootstrap_reps=500"]
 RUN_NAMES = {f"dqn_CartPole-v1_{method}_{sparsity}" for method in ("static", "rigl") for sparsity in ("0.5", "0.9")}
