@@ -22,7 +22,7 @@ see the same pytrees as before):
   are vmapped over seeds and checkpointed with the rest of the TrainState.
   ReDo never changes masks, so it keeps them.
 - the *values* are gathered from the dense kernel inside `dense` (26k scalars
-  for a 512x512 layer at k = 51), so they can never be stale.
+  for a 512x512 layer at k = 52), so they can never be stale.
 - a forward pass takes the indices as the flax collection `condensed`
   (`networks.Dense` reads it); layers left out of it run as plain dense
   matmuls. `select` decides per layer and batch size (static at trace time)
