@@ -17,7 +17,7 @@ import optax
 import rlax
 
 from sparserl import dormancy, learner
-from sparserl.agent import Agent, network_module, off_policy_updates, sparsity_config
+from sparserl.agent import Agent, kernels, network_module, off_policy_updates, sparsity_config
 from sparserl.envs import EnvSpec
 from sparserl.replay import Transition
 from sparserl.sparse.masks import layer_of
@@ -72,6 +72,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         optax.chain(hidden_kernel_l2(config.weight_decay), optax.adam(config.learning_rate, eps=config.adam_eps)),
         sparsity_config(config.sparse, off_policy_updates(config), config.sparse.sparsity),
         sparse_init_rescale=config.sparse.sparse_init_rescale,
+        kernels=kernels(config.sparse),
     )
     sample_observation = jnp.zeros((1, *env_spec.observation_shape), env_spec.observation_dtype)
     epsilon = optax.linear_schedule(
@@ -85,7 +86,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
 
     def act(state: DQNState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
         """Epsilon-greedy actions for a batch of observations."""
-        greedy = jnp.argmax(learner.apply(network, state.online.params, observations), axis=-1)
+        greedy = jnp.argmax(learner.apply(network, state.online.params, observations, indices=state.online.indices), axis=-1)
         random_key, explore_key = jax.random.split(key)
         random_actions = jax.random.randint(random_key, greedy.shape, 0, env_spec.num_actions)
         exploration = epsilon(env_step) if explore else config.eval_epsilon
@@ -94,14 +95,15 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     def update(state: DQNState, batch: Transition, key: jax.Array) -> tuple[DQNState, dict[str, jax.Array]]:
         if config.reward_clip:
             batch = batch._replace(reward=jnp.clip(batch.reward, -1.0, 1.0))
+        # The target's masks lag the online ones by up to target_update_period steps: it runs masked dense.
         next_target_q_values = learner.apply(network, state.target_params, batch.next_observation)
 
-        def loss_fn(params):
-            q_values = learner.apply(network, params, batch.observation)
+        def loss_fn(params, indices):
+            q_values = learner.apply(network, params, batch.observation, indices=indices)
             errors = td_errors(q_values, next_target_q_values, batch, config.gamma)
             return jnp.mean(TD_LOSSES[config.td_loss](errors)), q_values
 
-        (loss, q_values), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.online.params)
+        (loss, q_values), grads = learner.value_and_grad(network, loss_fn, state.online, state.step)
         online = learner.apply_gradients(network, state.online, grads, state.step, key)
         step = state.step + 1
         target_params = jax.lax.cond(

@@ -8,7 +8,7 @@ import flax.linen as nn
 import ml_collections
 
 from sparserl import networks
-from sparserl.sparse import SparsityConfig
+from sparserl.sparse import SparsityConfig, condensed
 from sparserl.sparse.config import is_concrete
 from sparserl.sparse.topology import get_topology
 
@@ -106,6 +106,22 @@ def sparsity_config(sparse: ml_collections.ConfigDict, total_updates: int, spars
         dense_layers=tuple(sparse.get("dense_layers", ())),
         **topology.config_fields(sparse.get(method), total_updates),
     )
+
+
+def kernels(sparse: ml_collections.ConfigDict) -> str:
+    """The forward kernels of a network under `sparse`: `sparse.kernels` ("masked", "condensed", "auto"), which
+    only runs condensed where the masks keep a constant fan-in all along (`sparse.structure` "fan_in", a
+    concrete sparsity level, a method other than prune, whose fan-in shrinks over training).
+
+    "auto" falls back to "masked" elsewhere; "condensed" there raises ValueError (reported as bad input).
+    """
+    chosen = condensed.check_kernels(sparse.get("kernels", "masked"))
+    constant_fan_in = (sparse.get("structure", "unstructured") == "fan_in" and sparse.method != "prune"
+                       and is_concrete(sparse.sparsity))
+    if chosen == "condensed" and not constant_fan_in:
+        raise ValueError("--config.sparse.kernels: condensed needs constant fan-in masks "
+                         "(--config.sparse.structure=fan_in, a method other than prune)")
+    return chosen if constant_fan_in else "masked"
 
 
 def network_sparsity(sparse: ml_collections.ConfigDict, network: str) -> float:

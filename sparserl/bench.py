@@ -20,6 +20,11 @@ slows both sides alike; absolute times are printed for context only. Rows
   one env, same rollout size.
 - `startup`: process start to the first env step, warm compilation cache vs
   cold (and vs sbx with `--peers`).
+- `condensed`: condensed kernels (issue 14) vs masked dense at 90% constant
+  fan-in: forward and forward+backward of single layers (512x512, 4x512,
+  512x2) at batch 1, 16, 128, 256; DQN acting at batch 1 and a DQN update at
+  batch 128 on the 2x512 MLP (Graesser et al.'s protocol); end to end, DQN
+  CartPole at that protocol (host loop, steady env steps/s).
 - `end_to_end`: steady steps/s and whole-process wall time of short runs of
   `python -m sparserl.train`: DQN CartPole, PPO CartPole, SAC HalfCheetah-v5,
   DQN Pong; with `--peers`, the same settings run with sbx
@@ -540,6 +545,118 @@ def run_child(side: str, workload_name: str, steps: int, exit_at_first_step: boo
     return dict(result, startup_s=result["first_step_wall_time"] - started, wall_s=wall)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Row: condensed kernels
+
+CONDENSED_SPARSITY = 0.9
+CONDENSED_LAYERS = ((512, 512), (4, 512), (512, 2))
+
+
+@contextlib.contextmanager
+def fan_in_static_masks():
+    """Inside the block, `--config.sparse.method=static` draws constant fan-in masks (`condensed.random_fan_in_masks`).
+
+    Agents made inside keep them (the optimizer takes its topology when made).
+    """
+    from sparserl.sparse import condensed, topology
+
+    original = topology.TOPOLOGIES["static"]
+    topology.TOPOLOGIES["static"] = original._replace(init_masks=condensed.random_fan_in_masks)
+    try:
+        yield
+    finally:
+        topology.TOPOLOGIES["static"] = original
+
+
+def condensed_dqn_config(kernels: str, overrides: dict):
+    """DQN CartPole at Graesser et al.'s protocol (2x512, batch 128, ERK), 90% static fan-in, `kernels`."""
+    config = agent_config("dqn", "CartPole-v1", {"sparse.method": "static", "sparse.sparsity": CONDENSED_SPARSITY,
+                                                 "sparse.kernels": kernels, **overrides})
+    config.sparse.structure = "fan_in"
+    return config
+
+
+def _layer_rows(settings: Settings) -> list[Row]:
+    """Forward and forward+backward of one layer, condensed vs masked dense, per layer shape and batch size."""
+    import jax
+    import jax.numpy as jnp
+
+    from sparserl.sparse import condensed
+
+    rows = []
+    for in_features, out_features in CONDENSED_LAYERS:
+        k = condensed.fan_in(in_features, CONDENSED_SPARSITY)
+        params = {"layer": {"kernel": jnp.zeros((in_features, out_features))}}
+        mask = condensed.random_fan_in_masks(jax.random.key(0), params, {"layer": CONDENSED_SPARSITY})["layer"]["kernel"]
+        kernel = jnp.where(mask, jax.random.normal(jax.random.key(1), mask.shape), 0.0)
+        indices = condensed.kernel_indices(mask, k)
+        for batch in (1, 16, 128, 256):
+            x = jax.random.normal(jax.random.key(2), (batch, in_features))
+            target = jax.random.normal(jax.random.key(3), (batch, out_features))
+            forwards = {"masked": lambda x, w: x @ w, "condensed": lambda x, w: condensed.dense(x, w, indices)}
+            functions = {}
+            for name, forward in forwards.items():
+                functions[f"{name} forward"] = lambda f=jax.jit(forward): f(x, kernel)
+                backward = jax.jit(jax.grad(lambda x, w, forward=forward: jnp.sum(forward(x, w) * target), argnums=(0, 1)))
+                functions[f"{name} forward+backward"] = lambda f=backward: f(x, kernel)
+            ms = interleaved_ms(functions, rounds=settings.pick(5, 2), calls=settings.pick(20, 5))
+            for part in ("forward", "forward+backward"):
+                masked, condensed_ms = ms[f"masked {part}"], ms[f"condensed {part}"]
+                rows.append(Row("condensed layer", f"{in_features}x{out_features} k={k}, batch {batch}: {part}",
+                                condensed_ms, masked, "ms", masked / condensed_ms, "masked / condensed (speed-up)"))
+    return rows
+
+
+def _dqn_program_ms(settings: Settings) -> dict[str, float]:
+    """ms per call of DQN's jitted act (batch 1) and update (batch 128), masked and condensed kernels."""
+    import jax
+    import jax.numpy as jnp
+
+    from agents import dqn
+    from sparserl import envs, runner
+
+    env_spec = envs.env_spec("CartPole-v1")
+    functions = {}
+    for kernels in ("masked", "condensed"):
+        config = condensed_dqn_config(kernels, {"steps": 10**8})
+        with fan_in_static_masks():
+            agent = dqn.make(config, env_spec)
+        state = runner.init_states(agent, [0])
+        axes = runner.seed_axes(state)
+        actor = runner.make_actor(agent, axes, explore=True)
+        update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, 0), out_axes=(axes, 0)))
+        observation = jnp.zeros((1, 1, *env_spec.observation_shape), jnp.float32)
+        batch = random_transitions(env_spec, config.batch_size, seed=1)
+        keys = runner.seed_keys([1])
+        functions[f"act {kernels}"] = lambda f=actor, s=state: f(s, observation, keys, config.learning_starts)
+        functions[f"update {kernels}"] = lambda f=update, s=state, b=batch: f(s, b, keys)
+    return interleaved_ms(functions, rounds=settings.pick(8, 4), calls=settings.pick(20, 8))
+
+
+def row_condensed(settings: Settings) -> list[Row]:
+    """Condensed kernels vs masked dense at 90% constant fan-in (goals: acting >= 2x, update and end to end >= 1.5x)."""
+    rows = _layer_rows(settings)
+    ms = _dqn_program_ms(settings)
+    for program, label, goal in (("act", "DQN act, 2x512, batch 1", ">= 2"), ("update", "DQN update, 2x512, batch 128", ">= 1.5")):
+        masked, condensed_ms = ms[f"{program} masked"], ms[f"{program} condensed"]
+        rows.append(Row("condensed DQN", label, condensed_ms, masked, "ms", masked / condensed_ms,
+                        "masked / condensed (speed-up)", goal))
+    rates: dict[str, list[float]] = {"masked": [], "condensed": []}
+    steps = settings.pick(6_000, 2_000)  # learning from step 1,000; the steady rate from half the run on
+    for _ in range(settings.pick(2, 1)):  # alternate the two sides so that load changes hit both
+        for kernels in rates:
+            config = condensed_dqn_config(kernels, {"steps": steps, "eval_every": 10**9, "eval_episodes": 1,
+                                                    "checkpoint_every": 10**9, "checkpoint_replay": False})
+            clock = StepClock()
+            with fan_in_static_masks():
+                train_in_process(config, clock)
+            rates[kernels].append(clock.steady_rate(from_fraction=0.5))
+    masked, condensed_rate = statistics.median(rates["masked"]), statistics.median(rates["condensed"])
+    rows.append(Row("condensed DQN", f"DQN CartPole end to end, 2x512 batch 128, {steps:,} steps", condensed_rate, masked,
+                    "env steps/s", condensed_rate / masked, "condensed / masked (speed-up)", ">= 1.5"))
+    return rows
+
+
 def row_startup(settings: Settings) -> list[Row]:
     """Process start to the first env step, DQN CartPole: warm compilation cache vs cold (goal: warm <= 3 s)."""
     with tempfile.TemporaryDirectory() as cache_dir:
@@ -579,6 +696,7 @@ ROWS: dict[str, Callable[[Settings], list[Row]]] = {
     "dormancy_redo": row_dormancy_redo,
     "seeds": row_seeds,
     "envs_per_seed": row_envs_per_seed,
+    "condensed": row_condensed,
     "startup": row_startup,
     "end_to_end": row_end_to_end,
 }

@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sparserl.sparse import condensed
+
 ACTIVATIONS = "activations"
 POST_ACTIVATION = "post_activation"
 
@@ -50,6 +52,26 @@ def orthogonal(scale: float = 1.0) -> Callable:
     return init
 
 
+class Dense(nn.Dense):
+    """`nn.Dense` (same params) that runs as a condensed kernel when given its indices.
+
+    When the `condensed` collection holds `indices` [out, k] for this layer
+    (`learner.apply` passes them; see `sparserl.sparse.condensed`), the output
+    is `condensed.dense(x, kernel, indices) + bias`, equal to the dense matmul
+    when the kernel is zero off the indices; otherwise it is `nn.Dense`.
+    """
+
+    @nn.compact
+    def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
+        if not self.has_variable(condensed.COLLECTION, "indices"):
+            return super().__call__(inputs)
+        kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features), self.param_dtype)
+        outputs = condensed.dense(inputs, kernel, self.get_variable(condensed.COLLECTION, "indices"))
+        if self.use_bias:
+            outputs = outputs + self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        return outputs
+
+
 def _capture(layer: nn.Module, outputs: jnp.ndarray) -> None:
     """Stores a layer's post-activation outputs at `activations/<layer path>/post_activation`."""
     # One entry per call: reduce_fn replaces instead of appending to a tuple.
@@ -72,10 +94,10 @@ class MLP(nn.Module):
         x = x.reshape((x.shape[0], -1)).astype(jnp.float32)
         for i, width in enumerate(self.hidden_sizes):
             name = f"dense_{i}"
-            layer = nn.Dense(scaled_width(width, self.width_multiplier), kernel_init=self.hidden_kernel_init, name=name)
+            layer = Dense(scaled_width(width, self.width_multiplier), kernel_init=self.hidden_kernel_init, name=name)
             x = activation(layer(x))
             _capture(layer, x)
-        return nn.Dense(self.output_size, kernel_init=self.output_kernel_init, name="output")(x)
+        return Dense(self.output_size, kernel_init=self.output_kernel_init, name="output")(x)
 
     def chains(self) -> list[list[str]]:
         return [[f"dense_{i}" for i in range(len(self.hidden_sizes))] + ["output"]]
