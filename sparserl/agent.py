@@ -108,19 +108,24 @@ def sparsity_config(sparse: ml_collections.ConfigDict, total_updates: int, spars
     )
 
 
+# Methods under which every neuron of a fan_in layer keeps exactly k inputs for the whole run.
+CONSTANT_FAN_IN_METHODS = ("static", "set", "rigl")
+
+
 def kernels(sparse: ml_collections.ConfigDict) -> str:
     """The forward kernels of a network under `sparse`: `sparse.kernels` ("masked", "condensed", "auto"), which
-    only runs condensed where the masks keep a constant fan-in all along (`sparse.structure` "fan_in", a
-    concrete sparsity level, a method other than prune, whose fan-in shrinks over training).
+    only runs condensed where every neuron keeps the same fan-in all along: `sparse.structure` "fan_in", a
+    concrete sparsity level, and static, SET or RigL (prune shrinks the fan-in over training; SRigL's neuron
+    ablation gives the surviving neurons more inputs than k).
 
     "auto" falls back to "masked" elsewhere; "condensed" there raises ValueError (reported as bad input).
     """
     chosen = condensed.check_kernels(sparse.get("kernels", "masked"))
-    constant_fan_in = (sparse.get("structure", "unstructured") == "fan_in" and sparse.method != "prune"
+    constant_fan_in = (sparse.get("structure", "unstructured") == "fan_in" and sparse.method in CONSTANT_FAN_IN_METHODS
                        and is_concrete(sparse.sparsity))
     if chosen == "condensed" and not constant_fan_in:
         raise ValueError("--config.sparse.kernels: condensed needs constant fan-in masks "
-                         "(--config.sparse.structure=fan_in, a method other than prune)")
+                         f"(--config.sparse.structure=fan_in, --method one of {', '.join(CONSTANT_FAN_IN_METHODS)})")
     return chosen if constant_fan_in else "masked"
 
 

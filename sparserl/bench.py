@@ -552,22 +552,6 @@ CONDENSED_SPARSITY = 0.9
 CONDENSED_LAYERS = ((512, 512), (4, 512), (512, 2))
 
 
-@contextlib.contextmanager
-def fan_in_static_masks():
-    """Inside the block, `--config.sparse.method=static` draws constant fan-in masks (`condensed.random_fan_in_masks`).
-
-    Agents made inside keep them (the optimizer takes its topology when made).
-    """
-    from sparserl.sparse import condensed, topology
-
-    original = topology.TOPOLOGIES["static"]
-    topology.TOPOLOGIES["static"] = original._replace(init_masks=condensed.random_fan_in_masks)
-    try:
-        yield
-    finally:
-        topology.TOPOLOGIES["static"] = original
-
-
 def condensed_dqn_config(kernels: str, overrides: dict):
     """DQN CartPole at Graesser et al.'s protocol (2x512, batch 128, ERK), 90% static fan-in, `kernels`."""
     config = agent_config("dqn", "CartPole-v1", {"sparse.method": "static", "sparse.sparsity": CONDENSED_SPARSITY,
@@ -581,15 +565,15 @@ def _layer_rows(settings: Settings) -> list[Row]:
     import jax
     import jax.numpy as jnp
 
-    from sparserl.sparse import condensed
+    from sparserl.sparse import condensed, structure
 
     rows = []
     for in_features, out_features in CONDENSED_LAYERS:
         k = condensed.fan_in(in_features, CONDENSED_SPARSITY)
-        params = {"layer": {"kernel": jnp.zeros((in_features, out_features))}}
-        mask = condensed.random_fan_in_masks(jax.random.key(0), params, {"layer": CONDENSED_SPARSITY})["layer"]["kernel"]
+        mask = structure.random_mask(condensed.CONSTANT_FAN_IN, jax.random.key(0), (in_features, out_features),
+                                     CONDENSED_SPARSITY)
         kernel = jnp.where(mask, jax.random.normal(jax.random.key(1), mask.shape), 0.0)
-        indices = condensed.kernel_indices(mask, k)
+        indices = structure.fan_in_indices(mask, k)
         for batch in (1, 16, 128, 256):
             x = jax.random.normal(jax.random.key(2), (batch, in_features))
             target = jax.random.normal(jax.random.key(3), (batch, out_features))
@@ -619,8 +603,7 @@ def _dqn_program_ms(settings: Settings) -> dict[str, float]:
     functions = {}
     for kernels in ("masked", "condensed"):
         config = condensed_dqn_config(kernels, {"steps": 10**8})
-        with fan_in_static_masks():
-            agent = dqn.make(config, env_spec)
+        agent = dqn.make(config, env_spec)
         state = runner.init_states(agent, [0])
         axes = runner.seed_axes(state)
         actor = runner.make_actor(agent, axes, explore=True)
@@ -648,8 +631,7 @@ def row_condensed(settings: Settings) -> list[Row]:
             config = condensed_dqn_config(kernels, {"steps": steps, "eval_every": 10**9, "eval_episodes": 1,
                                                     "checkpoint_every": 10**9, "checkpoint_replay": False})
             clock = StepClock()
-            with fan_in_static_masks():
-                train_in_process(config, clock)
+            train_in_process(config, clock)
             rates[kernels].append(clock.steady_rate(from_fraction=0.5))
     masked, condensed_rate = statistics.median(rates["masked"]), statistics.median(rates["condensed"])
     rows.append(Row("condensed DQN", f"DQN CartPole end to end, 2x512 batch 128, {steps:,} steps", condensed_rate, masked,

@@ -14,12 +14,12 @@ from configs import dqn as dqn_config
 from sparserl import checkpoint, envs, learner, networks, runner
 from sparserl.agent import kernels
 from sparserl.logging import MetricsWriter, ProgressPrinter, read_csv
-from sparserl.sparse import SparsityConfig, condensed, topology
+from sparserl.sparse import SparsityConfig, condensed, structure
 
 
 def fan_in_mask(key: jax.Array, shape: tuple[int, int], sparsity: float) -> jax.Array:
     """A random [in, out] mask keeping exactly `condensed.fan_in(in, sparsity)` inputs in every column."""
-    return condensed.random_fan_in_masks(key, {"layer": {"kernel": jnp.zeros(shape)}}, {"layer": sparsity})["layer"]["kernel"]
+    return structure.random_mask(condensed.CONSTANT_FAN_IN, key, shape, sparsity)
 
 
 def test_fan_in_is_the_kept_count_per_column():
@@ -30,8 +30,8 @@ def test_fan_in_is_the_kept_count_per_column():
 
 def test_indices_are_the_kept_rows_of_each_column_in_order():
     mask = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 0]], bool)  # [in=4, out=3], two inputs per column
-    np.testing.assert_array_equal(condensed.kernel_indices(jnp.asarray(mask), 2), [[0, 2], [1, 2], [0, 1]])
-    assert condensed.kernel_indices(jnp.asarray(mask), 2).dtype == jnp.int32
+    np.testing.assert_array_equal(structure.fan_in_indices(jnp.asarray(mask), 2), [[0, 2], [1, 2], [0, 1]])
+    assert structure.fan_in_indices(jnp.asarray(mask), 2).dtype == jnp.int32
 
 
 def _layer(key, batch, in_features, out_features, sparsity):
@@ -39,7 +39,7 @@ def _layer(key, batch, in_features, out_features, sparsity):
     mask = fan_in_mask(mask_key, (in_features, out_features), sparsity)
     kernel = jnp.where(mask, jax.random.normal(kernel_key, mask.shape), 0.0)
     x = jax.random.normal(x_key, (batch, in_features))
-    return x, kernel, mask, condensed.kernel_indices(mask, condensed.fan_in(in_features, sparsity))
+    return x, kernel, mask, structure.fan_in_indices(mask, condensed.fan_in(in_features, sparsity))
 
 
 @pytest.mark.parametrize("batch, in_features, out_features", [(1, 64, 32), (16, 64, 32), (5, 4, 16), (3, 64, 2)])
@@ -87,26 +87,14 @@ def test_auto_runs_condensed_only_under_the_measured_bound():
     assert condensed.select(indices, params, 1, "masked") == {}
 
 
-def _fan_in_topology(monkeypatch, update_every: int | None = None):
-    """Registers `fanin_test`: fan-in masks at init and, every `update_every` steps, fresh fan-in masks."""
-
-    def is_update_step(step, config):
-        return (step % update_every == 0) if update_every else jnp.zeros_like(step, dtype=bool)
-
-    def update_masks(key, step, params, dense_grads, masks, sparsities, config):
-        return condensed.random_fan_in_masks(jax.random.fold_in(key, step), params, sparsities)
-
-    monkeypatch.setitem(topology.TOPOLOGIES, "fanin_test",
-                        topology.Topology("fanin_test", condensed.random_fan_in_masks, is_update_step, update_masks))
-
-
 def _network(kernels_name: str):
-    config = SparsityConfig(method="fanin_test", sparsity=0.8, distribution="uniform")
+    """An 80%-sparse RigL MLP on constant fan-in masks whose topology changes every 2 steps."""
+    config = SparsityConfig(method="rigl", sparsity=0.8, distribution="uniform", structure="fan_in", update_period=2,
+                            update_start=0, update_end=100, drop_fraction=0.5)
     return learner.make_network(networks.MLP((24, 24), 3), optax.adam(1e-2), config, kernels=kernels_name)
 
 
-def test_indices_follow_the_masks_at_init_and_after_a_topology_update(monkeypatch):
-    _fan_in_topology(monkeypatch, update_every=2)
+def test_indices_follow_the_masks_at_init_and_after_a_topology_update():
     network = _network("condensed")
     x = jax.random.normal(jax.random.key(0), (6, 5))
     state = learner.init(network, jax.random.key(1), x)
@@ -115,7 +103,7 @@ def test_indices_follow_the_masks_at_init_and_after_a_topology_update(monkeypatc
         for layer in ("dense_0", "dense_1", "output"):
             mask = state.opt_state.masks[layer]["kernel"]
             np.testing.assert_array_equal(state.indices[layer]["indices"],
-                                          condensed.kernel_indices(mask, condensed.fan_in(mask.shape[0], 0.8)))
+                                          structure.fan_in_indices(mask, condensed.fan_in(mask.shape[0], 0.8)))
         np.testing.assert_allclose(learner.apply(network, state.params, x, indices=state.indices),
                                    learner.apply(network, state.params, x), rtol=1e-5, atol=1e-5)
 
@@ -129,8 +117,7 @@ def test_indices_follow_the_masks_at_init_and_after_a_topology_update(monkeypatc
     assert_consistent(changed)
 
 
-def test_value_and_grad_is_dense_on_topology_steps_only(monkeypatch):
-    _fan_in_topology(monkeypatch, update_every=2)
+def test_value_and_grad_is_dense_on_topology_steps_only():
     network = _network("condensed")
     x = jax.random.normal(jax.random.key(0), (6, 5))
     state = learner.init(network, jax.random.key(1), x)
@@ -155,8 +142,9 @@ def test_kernels_run_condensed_only_with_constant_fan_in():
     assert kernels(config.sparse) == "masked"  # unstructured masks
     config.sparse.structure = "fan_in"
     assert kernels(config.sparse) == "auto"
-    config.sparse.method = "prune"  # the fan-in shrinks over training
-    assert kernels(config.sparse) == "masked"
+    for method in ("prune", "srigl"):  # prune shrinks the fan-in; SRigL's ablation gives survivors more than k
+        config.sparse.method = method
+        assert kernels(config.sparse) == "masked"
     config.sparse.kernels = "condensed"
     with pytest.raises(ValueError, match="--config.sparse.kernels: condensed needs constant fan-in"):
         kernels(config.sparse)
@@ -172,10 +160,10 @@ def _dqn_run(kernels_name: str, workdir) -> list[dict]:
     config.update_from_flattened_dict({
         "steps": 400, "learning_starts": 100, "log_every": 100, "eval_every": 400, "eval_episodes": 2,
         "checkpoint_every": 10**9, "batch_size": 16, "network.hidden_sizes": (32, 32), "target_update_period": 50,
-        "sparse.method": "fanin_test", "sparse.sparsity": 0.75, "sparse.distribution": "uniform",
+        "sparse.method": "rigl", "sparse.sparsity": 0.75, "sparse.distribution": "uniform",
         "sparse.kernels": kernels_name})
     config.sparse.structure = "fan_in"
-    config.sparse.fanin_test = dict(update_period=100, start_fraction=0.0, end_fraction=0.75)
+    config.sparse.rigl.update_period = 100  # masks change during the run: the indices must follow
     env_spec = envs.env_spec(config.env)
     agent = dqn.make(config, env_spec)
     writer = MetricsWriter(str(workdir), 0)
@@ -189,8 +177,7 @@ def _dqn_run(kernels_name: str, workdir) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_a_dqn_run_with_condensed_kernels_matches_masked(monkeypatch, tmp_path):
-    _fan_in_topology(monkeypatch, update_every=100)  # masks change during the run: the indices must follow
+def test_a_dqn_run_with_condensed_kernels_matches_masked(tmp_path):
     masked = _dqn_run("masked", tmp_path / "masked")
     condensed_rows = _dqn_run("condensed", tmp_path / "condensed")
     assert len(masked) == len(condensed_rows) >= 4

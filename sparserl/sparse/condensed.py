@@ -36,13 +36,15 @@ gradient of the connections not kept, gets it from a masked-dense pass on
 topology-update steps only (`learner.value_and_grad`).
 """
 
-import math
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 
+from sparserl.sparse import structure as structure_lib
 from sparserl.sparse.masks import layer_of
+
+CONSTANT_FAN_IN = structure_lib.Structure(structure_lib.FAN_IN)
 
 COLLECTION = "condensed"
 KERNELS = ("masked", "condensed", "auto")
@@ -59,43 +61,13 @@ def check_kernels(kernels: str) -> str:
 
 
 def fan_in(in_features: int, sparsity: float) -> int:
-    """Kept inputs per output neuron of a constant-fan-in layer: in - floor(s * in).
+    """Kept inputs per output neuron of a constant-fan-in layer: k = in - floor(s * in), the count
+    `structure.kept_per_group` gives every neuron of a `fan_in` mask.
 
-    The constant-fan-in masks must keep exactly this many inputs per neuron
-    (the per-column form of `masks.random_mask`'s floor(s * n) zeros). A
-    mask with fewer kept inputs is still computed exactly (the extra indices
+    A mask with fewer kept inputs is still computed exactly (the extra indices
     point at zero weights); one with more would not be.
     """
-    return in_features - math.floor(sparsity * in_features)
-
-
-def random_fan_in_masks(key: jax.Array, params: Any, sparsities: Mapping[str, float]) -> Any:
-    """Random masks keeping exactly `fan_in(in, s)` inputs of every neuron of the 2-D kernels in `sparsities`.
-
-    A `Topology.init_masks` (all-True elsewhere) for the condensed benchmark rows and tests; the
-    `sparse.structure` option builds the masks of training runs.
-    """
-    paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    keys = jax.random.split(key, max(1, len(paths_and_leaves)))
-    masks = []
-    for leaf_key, (path, leaf) in zip(keys, paths_and_leaves):
-        layer = layer_of(path)
-        if layer in sparsities and leaf.ndim == 2:
-            in_features, out_features = leaf.shape
-            ranks = jax.vmap(lambda column_key: jax.random.permutation(column_key, in_features))(
-                jax.random.split(leaf_key, out_features))
-            masks.append((ranks < fan_in(in_features, sparsities[layer])).T)
-        else:
-            masks.append(jnp.ones(leaf.shape, bool))
-    return jax.tree.unflatten(treedef, masks)
-
-
-def kernel_indices(mask: jax.Array, k: int) -> jax.Array:
-    """[out, k] int32: the rows of the first k kept entries of every column of `mask` [in, out], ascending.
-
-    A stable sort of `~mask` along the inputs puts the kept rows first, in order.
-    """
-    return jnp.argsort(~mask, axis=0, stable=True)[:k].T.astype(jnp.int32)
+    return structure_lib.kept_per_group(CONSTANT_FAN_IN, (in_features, 1), sparsity)
 
 
 def _flat_indices(kernel: jax.Array, indices: jax.Array) -> jax.Array:
@@ -168,7 +140,7 @@ def layer_indices(masks: Any, sparsities: Mapping[str, float]) -> dict:
         node = tree
         for part in layer.split("/"):
             node = node.setdefault(part, {})
-        node["indices"] = kernel_indices(mask, fan_in(mask.shape[0], sparsities[layer]))
+        node["indices"] = structure_lib.fan_in_indices(mask, fan_in(mask.shape[0], sparsities[layer]))
     return tree
 
 
@@ -177,7 +149,7 @@ def refresh(indices: dict, masks: Any) -> dict:
 
     def recompute(index_node, mask_node):
         if "indices" in index_node:
-            return {"indices": kernel_indices(mask_node["kernel"], index_node["indices"].shape[-1])}
+            return {"indices": structure_lib.fan_in_indices(mask_node["kernel"], index_node["indices"].shape[-1])}
         return {name: recompute(child, mask_node[name]) for name, child in index_node.items()}
 
     return recompute(indices, masks)
