@@ -36,6 +36,7 @@ class DQNState(flax.struct.PyTreeNode):
     target_params: Any
     rng: jax.Array
     step: jax.Array  # gradient updates so far; shared by all seeds (unbatched under the runner's vmap)
+    recycled: jax.Array  # neurons ReDo recycled so far (`dormancy.recycle_when_due`)
 
 
 def td_errors(q_values: jax.Array, next_target_q_values: jax.Array, batch: Transition, gamma: float) -> jax.Array:
@@ -74,6 +75,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         sparse_init_rescale=config.sparse.sparse_init_rescale,
     )
     sample_observation = jnp.zeros((1, *env_spec.observation_shape), env_spec.observation_dtype)
+    redo_schedule = dormancy.schedule_of(config.redo)
     epsilon = optax.linear_schedule(
         1.0, config.epsilon_end, config.epsilon_decay_steps, transition_begin=config.learning_starts
     )
@@ -81,7 +83,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     def init(key: jax.Array) -> DQNState:
         network_key, rng = jax.random.split(key)
         online = learner.init(network, network_key, sample_observation)
-        return DQNState(online, online.params, rng, jnp.zeros((), jnp.int32))
+        return DQNState(online, online.params, rng, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
     def act(state: DQNState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
         """Epsilon-greedy actions for a batch of observations."""
@@ -91,7 +93,8 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         exploration = epsilon(env_step) if explore else config.eval_epsilon
         return jnp.where(jax.random.uniform(explore_key, greedy.shape) < exploration, random_actions, greedy)
 
-    def update(state: DQNState, batch: Transition, key: jax.Array) -> tuple[DQNState, dict[str, jax.Array]]:
+    def update(state: DQNState, batch: Transition, key: jax.Array, sample=None) -> tuple[DQNState, dict[str, jax.Array]]:
+        """One gradient step on `batch`, then ReDo when due, on `sample(key, redo.batch_size)` from the replay."""
         if config.reward_clip:
             batch = batch._replace(reward=jnp.clip(batch.reward, -1.0, 1.0))
         next_target_q_values = learner.apply(network, state.target_params, batch.next_observation)
@@ -108,10 +111,13 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
             step % config.target_update_period == 0, lambda: online.params, lambda: state.target_params
         )
         metrics = {"loss/td": loss, "q/mean": jnp.mean(q_values)}
-        return DQNState(online, target_params, state.rng, step), metrics
+        state = DQNState(online, target_params, state.rng, step, state.recycled)
+        state = dormancy.recycle_when_due(redo_schedule, state, recycle, dormancy.replay_batch(sample, config.redo.batch_size),
+                                          dormancy.redo_key(key))
+        return state, metrics
 
     def measure(state: DQNState, batch: Transition) -> dict[str, jax.Array]:
-        return learner.metrics(network, state.online, batch.observation)
+        return {**learner.metrics(network, state.online, batch.observation), **dormancy.recycled_metrics(redo_schedule, state)}
 
     def recycle(state: DQNState, batch: Transition, key: jax.Array) -> tuple[DQNState, jax.Array]:
         online, result = learner.recycle(network, state.online, key, config.redo.tau, batch.observation)

@@ -302,7 +302,7 @@ def main(argv: list[str]) -> None:
 def _train(config, agent, loop: str, env_spec, run_dir: str, seeds: list[int]) -> None:
     """Writes the run directory and runs the loop; exits 1 on divergence or when no checkpoint reads back."""
     # Imported only now, so that a mistake is reported before JAX and the libraries load.
-    from sparserl import checkpoint, compilation_cache, compiled_runner, preemption, runner
+    from sparserl import checkpoint, compilation_cache, compiled_runner, preemption, run_guard, runner
     from sparserl.logging import MetricsWriter, ProgressPrinter, atomic_write_text
 
     compilation_cache.enable()
@@ -335,7 +335,7 @@ def _train(config, agent, loop: str, env_spec, run_dir: str, seeds: list[int]) -
     try:
         loops = compiled_runner.LOOPS if env_spec.family == "gymnax" else runner.LOOPS  # JAX-native envs: one program
         loops[loop](agent, config, env_spec, run)
-    except runner.TrainingDiverged as error:
+    except run_guard.TrainingDiverged as error:
         last = checkpoint.latest_common_step(seed_dirs)
         kept = f"the last good checkpoint is step {last:,}" if last is not None else "no checkpoint was written"
         print(f"error: training diverged at {error}; stopped, {kept}", file=sys.stderr, flush=True)
