@@ -7,6 +7,7 @@ A time-limit truncation is stored with terminated = False and s' = the final
 observation, so the target bootstraps through it.
 """
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -93,8 +94,9 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         exploration = epsilon(env_step) if explore else config.eval_epsilon
         return jnp.where(jax.random.uniform(explore_key, greedy.shape) < exploration, random_actions, greedy)
 
-    def update(state: DQNState, batch: Transition, key: jax.Array, sample=None) -> tuple[DQNState, dict[str, jax.Array]]:
-        """One gradient step on `batch`, then ReDo when due, on `sample(key, redo.batch_size)` from the replay."""
+    def update(state: DQNState, batch: Transition, key: jax.Array, sample=None, plan=None) -> tuple[DQNState, dict[str, jax.Array]]:
+        """One gradient step on `batch`, then ReDo when due, on `sample(key, redo.batch_size)` from the replay
+        (`plan`: `plan(first_update, 1)` when the caller knows the update number, see `dormancy.recycle_when_due`)."""
         if config.reward_clip:
             batch = batch._replace(reward=jnp.clip(batch.reward, -1.0, 1.0))
         next_target_q_values = learner.apply(network, state.target_params, batch.next_observation)
@@ -113,7 +115,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         metrics = {"loss/td": loss, "q/mean": jnp.mean(q_values)}
         state = DQNState(online, target_params, state.rng, step, state.recycled)
         state = dormancy.recycle_when_due(redo_schedule, state, recycle, dormancy.replay_batch(sample, config.redo.batch_size),
-                                          dormancy.redo_key(key))
+                                          dormancy.redo_key(key), plan)
         return state, metrics
 
     def measure(state: DQNState, batch: Transition) -> dict[str, jax.Array]:
@@ -126,4 +128,5 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
             state = state.replace(target_params=dormancy.follow_online(state.target_params, online.params, result.touched))
         return state, result.num_recycled
 
-    return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle)
+    return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle,
+                 plan=functools.partial(dormancy.plan_of, redo_schedule))

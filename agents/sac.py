@@ -19,6 +19,7 @@ stored with terminated = False and s' = the final observation, so the target
 bootstraps through it.
 """
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -146,8 +147,9 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         uniform = jax.random.uniform(random_key, mean.shape, minval=-1.0, maxval=1.0)
         return to_env(jnp.where(env_step < config.learning_starts, uniform, sampled))
 
-    def update(state: SACState, batch: Transition, key: jax.Array, sample=None) -> tuple[SACState, dict[str, jax.Array]]:
-        """One gradient step on `batch`, then ReDo when due, on `sample(key, redo.batch_size)` from the replay."""
+    def update(state: SACState, batch: Transition, key: jax.Array, sample=None, plan=None) -> tuple[SACState, dict[str, jax.Array]]:
+        """One gradient step on `batch`, then ReDo when due, on `sample(key, redo.batch_size)` from the replay
+        (`plan`: `plan(first_update, 1)` when the caller knows the update number, see `dormancy.recycle_when_due`)."""
         next_key, actor_key, critic_sparse_key, actor_sparse_key = jax.random.split(key, 4)
         alpha = jnp.exp(state.log_alpha)
         actions = from_env(batch.action)
@@ -192,7 +194,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         new_state = SACState(actor, critic, target_critic_params, log_alpha, alpha_opt_state, state.rng, state.step + 1,
                              state.recycled)
         new_state = dormancy.recycle_when_due(redo_schedule, new_state, recycle,
-                                              dormancy.replay_batch(sample, config.redo.batch_size), dormancy.redo_key(key))
+                                              dormancy.replay_batch(sample, config.redo.batch_size), dormancy.redo_key(key), plan)
         return new_state, metrics
 
     def measure(state: SACState, batch: Transition) -> dict[str, jax.Array]:
@@ -215,4 +217,5 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
             )
         return state, actor_result.num_recycled + critic_result.num_recycled
 
-    return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle)
+    return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle,
+                 plan=functools.partial(dormancy.plan_of, redo_schedule))

@@ -11,8 +11,8 @@ slows both sides alike; absolute times are printed for context only. Rows
   step counted at each agent's default period.
 - `dormancy_redo`: training time with ReDo and dormancy logging at the default
   periods vs without, for DQN on CartPole (Graesser et al.'s protocol) and
-  on Atari (Nature CNN): the host loop's jitted step with ReDo on (its update
-  holds the ReDo branch) and off, plus the amortised cost of a recycling
+  on Atari (Nature CNN): the host loop's jitted step with ReDo on (on the
+  updates it is not due on) and off, plus the amortised cost of a recycling
   update and of a dormancy measurement.
 - `seeds`: N seeds vmapped vs one seed (N = 1, 4, 8, 16), aggregate steady env
   steps per second of the host loop, DQN and PPO on CartPole.
@@ -264,11 +264,12 @@ def _redo_overhead(env_id: str, overrides: dict, settings: Settings) -> tuple[fl
     """(ms per env step with ReDo and dormancy logging, ms without) of DQN's host loop, amortised.
 
     Timed side by side: the runner's program for a step that only acts, its
-    program for a step that learns built with ReDo on (the update holds the
-    ReDo branch, `dormancy.recycle_when_due`) and with ReDo off, an update on
-    which ReDo is due and one on which it is not (their difference is a
-    recycle), and a dormancy measurement. ReDo runs every `redo.period`
-    gradient steps and the measurement every `log_every` env steps.
+    program for a step that learns with ReDo on (not due: the host loop
+    compiles ReDo out of it, `dormancy.recycle_when_due`) and with ReDo off,
+    an update on which ReDo is due and one on which it is not (their
+    difference is a recycle), and a dormancy measurement. ReDo runs every
+    `redo.period` gradient steps and the measurement every `log_every` env
+    steps.
     """
     import functools
 
@@ -294,7 +295,7 @@ def _redo_overhead(env_id: str, overrides: dict, settings: Settings) -> tuple[fl
 
         def program(learn, step=step, carry=carry, config=config):
             def call():
-                new_state, carry["replay"], actions, _ = step.programs[learn](
+                new_state, carry["replay"], actions, _ = step.program(learn, False)(
                     carry["state"], carry["replay"], transition, observations, config.learning_starts)
                 carry["state"] = new_state if learn else carry["state"].replace(rng=new_state)  # acting returns the key
                 return actions
@@ -304,16 +305,16 @@ def _redo_overhead(env_id: str, overrides: dict, settings: Settings) -> tuple[fl
         if redo:
             functions["act"] = program(False)
 
-            def update(state, replay, key, agent=agent, config=config):
+            def update(state, replay, key, plan, agent=agent, config=config):
                 sample = functools.partial(replay_lib.sample, replay)
-                return agent.update(state, sample(key, config.batch_size), key, sample)
+                return agent.update(state, sample(key, config.batch_size), key, sample, plan)
 
-            update = jax.jit(jax.vmap(update, in_axes=(axes, 0, 0), out_axes=(axes, 0)))
+            updates = {plan: jax.jit(jax.vmap(functools.partial(update, plan=plan), in_axes=(axes, 0, 0), out_axes=(axes, 0)))
+                       for plan in (True, False)}
             measure = jax.jit(jax.vmap(agent.measure, in_axes=(axes, 0)))
             keys, big_batch = runner.seed_keys([3]), random_transitions(env_spec, config.redo.batch_size, seed=3)
-            due, not_due = (state.replace(step=jnp.int32(config.redo.period - offset)) for offset in (1, 0))
-            functions["recycling update"] = lambda update=update, due=due: update(due, replay, keys)
-            functions["update"] = lambda update=update, not_due=not_due: update(not_due, replay, keys)
+            functions["recycling update"] = lambda carry=carry: updates[True](state, carry["replay"], keys)
+            functions["update"] = lambda carry=carry: updates[False](state, carry["replay"], keys)
             functions["measure"] = lambda measure=measure, state=state: measure(state, big_batch)
             redo_config = config
     ms = interleaved_ms(functions, rounds=settings.pick(6, 3), calls=settings.pick(10, 4))

@@ -111,22 +111,24 @@ class Checkpointer:
     def __init__(self, seed_dirs: Sequence[str], keep: int):
         self.seed_dirs = list(seed_dirs)
         self.keep = max(1, keep)
-        self._managers: dict[str, ocp.CheckpointManager] = {}
+        self._managers: dict[tuple[str, bool], ocp.CheckpointManager] = {}
         self._loaded = None  # (step, [(arrays, loop state) per seed]) read by load_latest
 
-    def _manager(self, seed_dir: str) -> ocp.CheckpointManager:
-        """The seed directory's manager, made on first use (the directory may not exist before the first save)."""
-        if seed_dir not in self._managers:
-            options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True, cleanup_tmp_directories=True,
-                                                   enable_async_checkpointing=False)
-            self._managers[seed_dir] = ocp.CheckpointManager(
+    def _manager(self, seed_dir: str, write: bool) -> ocp.CheckpointManager:
+        """The seed directory's manager for writing (made at the first save: it creates the directory and removes
+        the temporary directories of an interrupted save) or for reading, made on first use."""
+        if (seed_dir, write) not in self._managers:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=self.keep, create=True, cleanup_tmp_directories=True, enable_async_checkpointing=False
+            ) if write else ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
+            self._managers[seed_dir, write] = ocp.CheckpointManager(
                 os.path.abspath(os.path.join(seed_dir, CHECKPOINTS)), item_names=("arrays", "loop"), options=options)
-        return self._managers[seed_dir]
+        return self._managers[seed_dir, write]
 
     def save(self, step: int, arrays: Sequence[Any], loop_states: Sequence[Any]) -> None:
         """Writes checkpoint `step` of every seed: `arrays[i]` (a pytree of arrays) and `loop_states[i]` (picklable)."""
         for seed_dir, seed_arrays, loop_state in zip(self.seed_dirs, arrays, loop_states):
-            manager = self._manager(seed_dir)
+            manager = self._manager(seed_dir, write=True)
             if step in manager.all_steps():  # a step saved again (a stop requested at a checkpoint step) replaces it
                 manager.delete(step)
             stored = flax.traverse_util.unflatten_dict(
@@ -157,7 +159,7 @@ class Checkpointer:
         return None
 
     def _read(self, seed_dir: str, step: int) -> tuple[dict, Any]:
-        restored = self._manager(seed_dir).restore(
+        restored = self._manager(seed_dir, write=False).restore(
             step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(), loop=ocp.args.StandardRestore()))
         arrays = {path: np.asarray(value) for path, value in flax.traverse_util.flatten_dict(restored["arrays"]).items()}
         return arrays, _unpickled(restored["loop"])

@@ -167,8 +167,8 @@ class RecycleSchedule(NamedTuple):
     start: int = 0
     end: int | None = None
 
-    def is_due(self, step) -> jax.Array:
-        step = jnp.asarray(step)
+    def is_due(self, step) -> jax.Array | bool:
+        """Whether ReDo runs after gradient step `step` (a Python int on the host: a Python bool)."""
         due = (step >= self.start) & ((step - self.start) % self.period == 0) & (step > 0)
         if self.end is not None:
             due &= step < self.end
@@ -197,7 +197,18 @@ def replay_batch(sample: Callable | None, batch_size: int) -> Callable[[jax.Arra
     return batch
 
 
-def recycle_when_due(schedule: RecycleSchedule | None, state: Any, recycle: Callable, batch: Callable, key: jax.Array) -> Any:
+def plan_of(schedule: RecycleSchedule | None, first_update: int, count: int) -> bool | None:
+    """What `recycle_when_due` may know before tracing, for `count` updates from update number `first_update`:
+    False when none of them is due (the program leaves ReDo out), True when there is one update and it is due (the
+    program recycles with no branch), None when one of several is (the program decides per update)."""
+    due = [schedule is not None and schedule.is_due(step) for step in range(first_update, first_update + count)]
+    if not any(due):
+        return False
+    return True if count == 1 else None
+
+
+def recycle_when_due(schedule: RecycleSchedule | None, state: Any, recycle: Callable, batch: Callable, key: jax.Array,
+                     plan: bool | None = None) -> Any:
     """ReDo on schedule: what every agent's `update` calls right after each gradient step.
 
     `state.step` counts the gradient steps taken, this one included. When
@@ -211,8 +222,14 @@ def recycle_when_due(schedule: RecycleSchedule | None, state: Any, recycle: Call
     `state.step` is shared by all seeds (the runners vmap it with in_axes None), so under vmap this `lax.cond`
     keeps a scalar predicate and stays a real branch; a per-seed predicate would turn it into a select that runs
     the recycle on every update. With ReDo off (`schedule` None) the program holds no branch at all.
+
+    `plan` (`plan_of`, a Python value) lets a caller that knows the update numbers on the host (the off-policy host
+    loop) compile the decision away: False leaves ReDo out, True recycles unconditionally, None decides by
+    `lax.cond`. XLA on CPU runs an update that holds a `lax.cond` markedly slower even when the branch is not
+    taken (`python -m sparserl.bench --rows dormancy_redo`), and convolutions inside it about 10x slower
+    (`runner._branch`), so the host loop compiles one program per plan.
     """
-    if schedule is None:
+    if schedule is None or plan is False:
         return state
 
     def run(state, key):
@@ -220,6 +237,8 @@ def recycle_when_due(schedule: RecycleSchedule | None, state: Any, recycle: Call
         state, num_recycled = recycle(state, batch(batch_key), recycle_key)
         return state.replace(recycled=state.recycled + num_recycled)
 
+    if plan:
+        return run(state, key)
     return jax.lax.cond(schedule.is_due(state.step), run, lambda state, key: state, state, key)
 
 

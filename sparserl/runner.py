@@ -77,37 +77,39 @@ def is_learning_step(env_step, learn_from, config: ml_collections.ConfigDict):
 def off_policy_step(agent: Agent, config: ml_collections.ConfigDict) -> Callable:
     """One seed's env step of DQN and SAC after the env moved: store, learn when due, act.
 
-    `step(state, replay, transition, observations, env_step, learn) -> (state, replay, actions, metrics)`. A
-    learning step takes `gradient_steps` updates, each on its own batch (a `lax.scan` when more than one; its
-    metrics are their mean); metrics are NaN where no update was taken. Each update may draw more transitions
-    from the replay (`sample`, e.g. for ReDo's batch, `dormancy.recycle_when_due`). `learn` is a Python bool (the
-    host loop, `OffPolicyStep`) or a traced one (the compiled loop, `sparserl.compiled_runner`, inside its scan);
-    see `_branch`.
+    `step(state, replay, transition, observations, env_step, learn, plan=None) -> (state, replay, actions,
+    metrics)`. A learning step takes `gradient_steps` updates, each on its own batch (a `lax.scan` when more than
+    one; its metrics are their mean); metrics are NaN where no update was taken. Each update may draw more
+    transitions from the replay (`sample`: ReDo's batch, `dormancy.recycle_when_due`). `learn` is a Python bool
+    (the host loop, `OffPolicyStep`) or a traced one (the compiled loop, `sparserl.compiled_runner`, inside its
+    scan); see `_branch`. `plan` is `agent.plan(first_update, gradient_steps)` of this step's updates where the
+    caller knows their numbers (the host loop), else None.
     """
 
-    def sample_and_update(state, keys):
+    def sample_and_update(state, keys, plan):
         replay, sample_key, update_key = keys
         sample = functools.partial(replay_lib.sample, replay)
-        return agent.update(state, sample(sample_key, config.batch_size), update_key, sample)
+        return agent.update(state, sample(sample_key, config.batch_size), update_key, sample, plan)
 
-    def learn_from(operands):
+    def learn_from(operands, plan=None):
         state, replay, sample_key, update_key = operands
         if config.gradient_steps == 1:
-            return sample_and_update(state, (replay, sample_key, update_key))
+            return sample_and_update(state, (replay, sample_key, update_key), plan)
         keys = (jax.random.split(sample_key, config.gradient_steps), jax.random.split(update_key, config.gradient_steps))
-        state, metrics = jax.lax.scan(lambda state, keys: sample_and_update(state, (replay, *keys)), state, keys)
+        state, metrics = jax.lax.scan(lambda state, keys: sample_and_update(state, (replay, *keys), plan), state, keys)
         return state, jax.tree.map(lambda values: jnp.mean(values, axis=0), metrics)
 
     def skip_learning(operands):
         return operands[0], nan_like(jax.eval_shape(learn_from, operands)[1])
 
-    def step(state, replay, transition, observations, env_step, learn):
+    def step(state, replay, transition, observations, env_step, learn, plan=None):
         replay = replay_lib.add(replay, transition)
         # The fourth key went to ReDo when the runner ran it; it stays drawn so that the act keys (and every
         # seeded run) are what they were.
         rng, sample_key, update_key, _, act_key = jax.random.split(state.rng, 5)
         state = state.replace(rng=rng)
-        state, metrics = _branch(learn, learn_from, skip_learning, (state, replay, sample_key, update_key))
+        state, metrics = _branch(learn, functools.partial(learn_from, plan=plan), skip_learning,
+                                 (state, replay, sample_key, update_key))
         actions = agent.act(state, observations, act_key, env_step + 1, True)
         return state, replay, actions, metrics
 
@@ -119,30 +121,41 @@ class OffPolicyStep:
 
     `step(state, replay, transition, observations, env_step, learn_from)` returns
     `(state, replay, actions, metrics)`. Whether a step learns (a function of
-    the env step) is decided on the host, which picks one of two jitted programs
-    (see `_branch`). The program of a step that only acts returns the new RNG
-    key rather than the whole TrainState, which it neither changes nor takes
-    over (fewer buffers to hand over per call).
+    the env step), and the agent's `plan` of the updates it takes (of the
+    gradient update count, read once from the state and then counted here), are
+    decided on the host, which picks one jitted program per (learn, plan) (see
+    `_branch`; with ReDo: a program for the steps it is due on, one for the
+    others). The program of a step that only acts returns the new RNG key
+    rather than the whole TrainState, which it neither changes nor takes over
+    (fewer buffers to hand over per call).
     """
 
     def __init__(self, agent: Agent, config: ml_collections.ConfigDict, state_axes: Any):
-        self.config = config
+        self.agent, self.config = agent, config
+        self.gradient_updates: int | None = None  # the state's `step`, read once at the first learning step
         step = off_policy_step(agent, config)
 
-        def program(learn: bool) -> Callable:
+        @functools.cache
+        def program(learn: bool, plan) -> Callable:
             def call(state, replay, transition, observations, env_step):
-                state, replay, actions, metrics = step(state, replay, transition, observations, env_step, learn)
+                state, replay, actions, metrics = step(state, replay, transition, observations, env_step, learn, plan)
                 return state if learn else state.rng, replay, actions, metrics
 
             state_out = state_axes if learn else 0
             batched = jax.vmap(call, in_axes=(state_axes, 0, 0, 0, None), out_axes=(state_out, 0, 0, 0))
             return jax.jit(batched, donate_argnums=(0, 1) if learn else (1,))
 
-        self.programs = {learn: program(learn) for learn in (False, True)}
+        self.program = program
 
     def __call__(self, state, replay, transition, observations, env_step: int, learn_from: int):
         learn = bool(is_learning_step(env_step, learn_from, self.config))
-        new_state, replay, actions, metrics = self.programs[learn](state, replay, transition, observations, env_step)
+        plan = None
+        if learn:
+            if self.gradient_updates is None:
+                self.gradient_updates = int(state.step)
+            plan = self.agent.plan(self.gradient_updates + 1, self.config.gradient_steps)
+            self.gradient_updates += self.config.gradient_steps
+        new_state, replay, actions, metrics = self.program(learn, plan)(state, replay, transition, observations, env_step)
         state = new_state if learn else state.replace(rng=new_state)
         return state, replay, actions, metrics
 

@@ -2,6 +2,7 @@
 
 import math
 
+import flax.traverse_util
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -27,7 +28,7 @@ def _eval_returns(run_dir) -> list[float]:
 
 def _final_checkpoint_leaves(seed_dir) -> dict:
     directory = seed_dir / checkpoint.CHECKPOINTS / str(checkpoint.checkpoint_steps(seed_dir)[-1]) / "arrays"
-    return ocp.StandardCheckpointer().restore(directory)
+    return flax.traverse_util.flatten_dict(ocp.StandardCheckpointer().restore(directory), sep="/")
 
 
 def _assert_close_rows(left, right):

@@ -17,6 +17,7 @@ from sparserl.dormancy import (
     dormant_fractions,
     follow_online,
     layer_scores,
+    plan_of,
     recycle,
     recycle_when_due,
     schedule_of,
@@ -441,3 +442,28 @@ def test_schedule_of_reads_the_redo_block():
     assert schedule_of(redo) == RecycleSchedule(period=250)
     redo.enabled = False
     assert schedule_of(redo) is None
+
+
+def test_plan_of_tells_which_updates_need_redo_in_their_program():
+    """Every 3 updates: one update numbered 3 is due (True), 1 is not (False); two updates 2-3 hold a due one
+    (None: decided per update in the program), 4-5 none."""
+    schedule = RecycleSchedule(period=3)
+    assert [plan_of(schedule, first, 1) for first in (1, 2, 3, 6)] == [False, False, True, True]
+    assert [plan_of(schedule, first, 2) for first in (1, 2, 3, 4)] == [False, None, None, False]
+    assert plan_of(None, 3, 1) is False
+
+
+def test_a_plan_compiles_the_decision_away_with_the_same_result():
+    """plan True recycles with no branch, False leaves ReDo out; both agree with the branch on a due update."""
+    for plan, due in ((True, True), (False, False)):
+        state = _CountingState(jnp.int32(3 if due else 4), jnp.zeros((), jnp.int32), jnp.zeros(5, jnp.int32))
+
+        def recycle(state, batch, key):
+            return state.replace(recycled_on=state.recycled_on.at[state.step].set(batch)), batch
+
+        def with_plan(state, plan):
+            return recycle_when_due(RecycleSchedule(period=3), state, recycle, lambda key: 9, jax.random.key(0), plan)
+
+        planned, decided = with_plan(state, plan), with_plan(state, None)
+        assert int(planned.recycled) == int(decided.recycled) == (9 if due else 0)
+        assert "cond[" not in str(jax.make_jaxpr(functools.partial(with_plan, plan=plan))(state))

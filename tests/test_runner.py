@@ -1,5 +1,8 @@
-"""sparserl.runner: seed axes and the frozen-network watch (the loops themselves run end to end in test_train,
-test_resume and the agents' tests)."""
+"""sparserl.runner: seed axes, the frozen-network watch, the off-policy step (gradient steps, ReDo inside the update)
+and an in-process run of the host loop (the loops also run end to end in test_train, test_resume and the agents'
+tests)."""
+
+import io
 
 import jax
 import jax.numpy as jnp
@@ -7,9 +10,9 @@ import numpy as np
 
 from agents import dqn
 from configs import dqn as dqn_config
-from sparserl import envs, replay as replay_lib, runner
+from sparserl import checkpoint, envs, replay as replay_lib, runner
 from sparserl.agent import off_policy_updates
-from sparserl.logging import read_csv
+from sparserl.logging import MetricsWriter, ProgressPrinter, read_csv
 from tests.conftest import run_train
 
 
@@ -136,3 +139,33 @@ def test_redo_runs_after_the_update_that_reaches_its_period_inside_a_learning_st
         state, replay, _, _ = step(state, replay, transition, observations, env_step, 0)
         counts.append((int(state.step), state.recycled.tolist()))
     assert counts == [(2, [0]), (4, [8]), (6, [16])]
+
+
+def test_an_in_process_run_logs_checkpoints_and_counts_redo(tmp_path):
+    """The host off-policy loop on CartPole, in process: a metrics row per log with ReDo's running count (every 10
+    updates from step 50 on, each hidden neuron dormant at tau 100: 8 per recycle), an eval row, and the final
+    checkpoint, whose state restores as it was."""
+    config = dqn_config.get_config()
+    config.network.hidden_sizes = (8,)
+    config.update(steps=200, learning_starts=50, log_every=100, eval_every=200, eval_episodes=1, checkpoint_every=200,
+                  batch_size=4, checkpoint_replay=False)
+    config.redo.update(enabled=True, period=10, tau=100.0, batch_size=4)
+    spec = envs.env_spec("CartPole-v1")
+    seed_dir = str(tmp_path / "seed3")
+    writer = MetricsWriter(seed_dir, 3)
+    run = runner.Run(seeds=[3], writers=[writer], progress=ProgressPrinter("test", config.steps, stream=io.StringIO()),
+                     checkpointer=checkpoint.Checkpointer([seed_dir], 1))
+    runner.run_off_policy(dqn.make(config, spec), config, spec, run)
+    writer.close()
+
+    rows = read_csv(tmp_path / "seed3" / "metrics.csv")
+    assert [row["step"] for row in rows] == [100, 200]
+    assert [row["redo/recycled"] for row in rows] == [8 * (50 // 10), 8 * (150 // 10)]  # updates 50 and 150 so far
+    assert [row["step"] for row in read_csv(tmp_path / "seed3" / "eval.csv")] == [200]
+    assert checkpoint.checkpoint_steps(seed_dir) == [200]
+    reader = checkpoint.Checkpointer([seed_dir], 1)
+    assert reader.load_latest(warn=print) == 200
+    template = runner.init_states(dqn.make(config, spec), [3])
+    [arrays], [loop_state] = reader.restore(200, [checkpoint.seed_slice({"state": template}, 0, {"state": runner.seed_axes(template)})])
+    assert int(arrays["state"].step) == 150 and int(arrays["state"].recycled) == 8 * 15
+    assert loop_state["window_returns"] == [] and loop_state["pending_action"].shape == (1,)
