@@ -35,8 +35,8 @@ import numpy as np
 from agents.ppo import Rollout
 from sparserl import replay as replay_lib, runner
 from sparserl.agent import Agent
-from sparserl.run_guard import RunGuard
 from sparserl.envs import EnvSpec, GymnaxEnv, GymnaxEnvState
+from sparserl.run_guard import RunGuard
 
 # Streams folded into a seed's key, apart from the agent's own (`agent.init(key(seed))`).
 _FIRST_ACTION_STREAM = 2**31 - 1  # the off-policy loop's first action, as in the host loop

@@ -25,10 +25,10 @@ from agents.ppo import Rollout
 from sparserl import learner, replay as replay_lib
 from sparserl.checkpoint import Checkpointer
 from sparserl.agent import Agent
-from sparserl.run_guard import RunGuard
 from sparserl.envs import EnvSpec, SeedEnvs
 from sparserl.logging import MetricsWriter, ProgressPrinter
 from sparserl.preemption import StopRequests
+from sparserl.run_guard import RunGuard
 
 
 def seed_axes(state: Any) -> Any:
