@@ -7,6 +7,7 @@ A time-limit truncation is stored with terminated = False and s' = the final
 observation, so the target bootstraps through it.
 """
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -36,6 +37,7 @@ class DQNState(flax.struct.PyTreeNode):
     target_params: Any
     rng: jax.Array
     step: jax.Array  # gradient updates so far; shared by all seeds (unbatched under the runner's vmap)
+    recycled: jax.Array  # neurons ReDo recycled so far (`dormancy.recycle_when_due`)
 
 
 def td_errors(q_values: jax.Array, next_target_q_values: jax.Array, batch: Transition, gamma: float) -> jax.Array:
@@ -75,6 +77,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         kernels=kernels(config.sparse),
     )
     sample_observation = jnp.zeros((1, *env_spec.observation_shape), env_spec.observation_dtype)
+    redo_schedule = dormancy.schedule_of(config.redo)
     epsilon = optax.linear_schedule(
         1.0, config.epsilon_end, config.epsilon_decay_steps, transition_begin=config.learning_starts
     )
@@ -82,7 +85,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     def init(key: jax.Array) -> DQNState:
         network_key, rng = jax.random.split(key)
         online = learner.init(network, network_key, sample_observation)
-        return DQNState(online, online.params, rng, jnp.zeros((), jnp.int32))
+        return DQNState(online, online.params, rng, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
     def act(state: DQNState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
         """Epsilon-greedy actions for a batch of observations."""
@@ -92,7 +95,9 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         exploration = epsilon(env_step) if explore else config.eval_epsilon
         return jnp.where(jax.random.uniform(explore_key, greedy.shape) < exploration, random_actions, greedy)
 
-    def update(state: DQNState, batch: Transition, key: jax.Array) -> tuple[DQNState, dict[str, jax.Array]]:
+    def update(state: DQNState, batch: Transition, key: jax.Array, sample=None, plan=None) -> tuple[DQNState, dict[str, jax.Array]]:
+        """One gradient step on `batch`, then ReDo when due, on `sample(key, redo.batch_size)` from the replay
+        (`plan`: `plan(first_update, 1)` when the caller knows the update number, see `dormancy.recycle_when_due`)."""
         if config.reward_clip:
             batch = batch._replace(reward=jnp.clip(batch.reward, -1.0, 1.0))
         # The target's masks lag the online ones by up to target_update_period steps: it runs masked dense.
@@ -110,10 +115,13 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
             step % config.target_update_period == 0, lambda: online.params, lambda: state.target_params
         )
         metrics = {"loss/td": loss, "q/mean": jnp.mean(q_values)}
-        return DQNState(online, target_params, state.rng, step), metrics
+        state = DQNState(online, target_params, state.rng, step, state.recycled)
+        state = dormancy.recycle_when_due(redo_schedule, state, recycle, dormancy.replay_batch(sample, config.redo.batch_size),
+                                          dormancy.redo_key(key), plan)
+        return state, metrics
 
     def measure(state: DQNState, batch: Transition) -> dict[str, jax.Array]:
-        return learner.metrics(network, state.online, batch.observation)
+        return {**learner.metrics(network, state.online, batch.observation), **dormancy.recycled_metrics(redo_schedule, state)}
 
     def recycle(state: DQNState, batch: Transition, key: jax.Array) -> tuple[DQNState, jax.Array]:
         online, result = learner.recycle(network, state.online, key, config.redo.tau, batch.observation)
@@ -122,4 +130,5 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
             state = state.replace(target_params=dormancy.follow_online(state.target_params, online.params, result.touched))
         return state, result.num_recycled
 
-    return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle)
+    return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle,
+                 plan=functools.partial(dormancy.plan_of, redo_schedule))

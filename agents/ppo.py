@@ -17,8 +17,8 @@ rollout, in one `lax.scan` over epochs x minibatches (as in CleanRL's
   each network's gradient clipped to a global norm of 0.5, or with
   `clip_grad_norm_jointly` the actor and critic gradients together (CleanRL's
   and SB3's one `clip_grad_norm_` over all parameters, rigl's TF-Agents PPO),
-  then Adam with a linearly decaying learning rate; ReDo on schedule (gradient steps),
-  scored on the whole rollout.
+  then Adam with a linearly decaying learning rate; ReDo on schedule (gradient steps,
+  `dormancy.recycle_when_due`), scored on the whole rollout.
 - observation normalisation (continuous control): running mean/variance in
   the state; the rollout is normalised with the statistics the actions were
   chosen with, then the statistics absorb the rollout.
@@ -31,7 +31,7 @@ log-probability is what the update uses); the runner clips it to the action
 bounds for the env. `act(explore=False)` returns the clipped mean.
 """
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import flax.struct
@@ -52,6 +52,21 @@ LOOP = "on_policy"
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
 
+class Rollout(NamedTuple):
+    """One on-policy rollout, arrays [rollout_steps, envs_per_seed, ...] (the runners add a leading seed axis).
+
+    `next_observation[t]` is the true s' of step t: the final observation
+    where an episode ended (terminated or truncated), else `observation[t + 1]`.
+    """
+
+    observation: Any
+    action: Any
+    reward: Any
+    terminated: Any
+    truncated: Any
+    next_observation: Any
+
+
 class RunningStats(flax.struct.PyTreeNode):
     """Running mean and variance of observations (parallel algorithm of Chan et al.)."""
 
@@ -66,6 +81,7 @@ class PPOState(flax.struct.PyTreeNode):
     obs_stats: RunningStats
     rng: jax.Array
     step: jax.Array  # gradient (minibatch) steps so far; shared by all seeds (unbatched under the runner's vmap)
+    recycled: jax.Array  # neurons ReDo recycled so far (`dormancy.recycle_when_due`)
 
 
 class _Bias(nn.Module):
@@ -210,7 +226,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     stats_shape = env_spec.observation_shape if config.normalize_observations else ()
     action_low = None if discrete else jnp.asarray(env_spec.action_low)
     action_high = None if discrete else jnp.asarray(env_spec.action_high)
-    recycle_schedule = dormancy.RecycleSchedule(period=config.redo.period)
+    redo_schedule = dormancy.schedule_of(config.redo)
 
     def normalize(stats: RunningStats, observations: jax.Array) -> jax.Array:
         if not config.normalize_observations:
@@ -237,6 +253,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
             obs_stats=init_stats(stats_shape),
             rng=rng,
             step=jnp.zeros((), jnp.int32),
+            recycled=jnp.zeros((), jnp.int32),
         )
 
     def act(state: PPOState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
@@ -280,8 +297,8 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     def flat(batch_array: jax.Array) -> jax.Array:
         return batch_array.reshape((-1, *batch_array.shape[2:]))
 
-    def update(state: PPOState, batch: Any, key: jax.Array) -> tuple[PPOState, dict[str, jax.Array]]:
-        """The PPO update of one rollout (`runner.Rollout`, arrays [T, num_envs, ...]): epochs x minibatches."""
+    def update(state: PPOState, batch: Rollout, key: jax.Array) -> tuple[PPOState, dict[str, jax.Array]]:
+        """The PPO update of one rollout (arrays [T, num_envs, ...]): epochs x minibatches."""
         steps, envs = batch.reward.shape
         observations = flat(normalize(state.obs_stats, batch.observation))
         next_observations = flat(normalize(state.obs_stats, batch.next_observation))
@@ -311,15 +328,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
                 critic=learner.apply_gradients(critic, state.critic, critic_grads, state.step, critic_key),
                 step=state.step + 1,
             )
-            if config.redo.enabled:
-                recycled = jnp.zeros((), jnp.int32)
-                state, recycled = jax.lax.cond(
-                    recycle_schedule.is_due(state.step),
-                    lambda s: recycle_observations(s, observations, redo_key),
-                    lambda s: (s, recycled),
-                    state,
-                )
-                metrics["redo/recycled"] = recycled
+            state = dormancy.recycle_when_due(redo_schedule, state, recycle_observations, lambda _: observations, redo_key)
             return (state, key), metrics
 
         def epoch(carry, epoch_key):
@@ -328,17 +337,18 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
 
         key, epochs_key = jax.random.split(key)
         (state, _), metrics = jax.lax.scan(epoch, (state, key), jax.random.split(epochs_key, config.update_epochs))
-        metrics = {name: (jnp.sum(value) if name == "redo/recycled" else jnp.mean(value)) for name, value in metrics.items()}
+        metrics = {name: jnp.mean(value) for name, value in metrics.items()}
         metrics["ppo/explained_variance"] = 1.0 - jnp.var(returns.reshape(-1) - values) / (jnp.var(returns) + 1e-8)
         if config.normalize_observations:
             state = state.replace(obs_stats=update_stats(state.obs_stats, flat(batch.observation)))
         return state, metrics
 
-    def measure(state: PPOState, batch: Any) -> dict[str, jax.Array]:
+    def measure(state: PPOState, batch: Rollout) -> dict[str, jax.Array]:
         observations = flat(normalize(state.obs_stats, batch.observation))
-        return {**learner.metrics(actor, state.actor, observations), **learner.metrics(critic, state.critic, observations)}
+        return {**learner.metrics(actor, state.actor, observations), **learner.metrics(critic, state.critic, observations),
+                **dormancy.recycled_metrics(redo_schedule, state)}
 
-    def recycle(state: PPOState, batch: Any, key: jax.Array) -> tuple[PPOState, jax.Array]:
+    def recycle(state: PPOState, batch: Rollout, key: jax.Array) -> tuple[PPOState, jax.Array]:
         return recycle_observations(state, flat(normalize(state.obs_stats, batch.observation)), key)
 
     return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle)

@@ -19,6 +19,7 @@ stored with terminated = False and s' = the final observation, so the target
 bootstraps through it.
 """
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -44,6 +45,7 @@ class SACState(flax.struct.PyTreeNode):
     alpha_opt_state: Any
     rng: jax.Array
     step: jax.Array  # gradient updates so far; shared by all seeds (unbatched under the runner's vmap)
+    recycled: jax.Array  # neurons ReDo recycled so far (`dormancy.recycle_when_due`)
 
 
 def critic_targets(reward: jax.Array, terminated: jax.Array, next_q: jax.Array, next_log_prob: jax.Array,
@@ -113,6 +115,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         name="critic",
         sparse_init_rescale=config.sparse.sparse_init_rescale,
     )
+    redo_schedule = dormancy.schedule_of(config.redo)
     alpha_optimizer = optax.adam(config.temperature_learning_rate)
     target_entropy = -config.target_entropy_scale * action_dim
     action_low = jnp.asarray(env_spec.action_low, jnp.float32)
@@ -136,7 +139,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         critic = learner.init(critic_net, critic_key, sample_observation, sample_action_input)
         log_alpha = jnp.asarray(jnp.log(config.init_temperature), jnp.float32)
         return SACState(actor, critic, critic.params, log_alpha, alpha_optimizer.init(log_alpha), rng,
-                        jnp.zeros((), jnp.int32))
+                        jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
     def act(state: SACState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
         """Env-bounded actions: sampled (uniform before `learning_starts`) when exploring, else tanh(mean)."""
@@ -148,7 +151,9 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         uniform = jax.random.uniform(random_key, mean.shape, minval=-1.0, maxval=1.0)
         return to_env(jnp.where(env_step < config.learning_starts, uniform, sampled))
 
-    def update(state: SACState, batch: Transition, key: jax.Array) -> tuple[SACState, dict[str, jax.Array]]:
+    def update(state: SACState, batch: Transition, key: jax.Array, sample=None, plan=None) -> tuple[SACState, dict[str, jax.Array]]:
+        """One gradient step on `batch`, then ReDo when due, on `sample(key, redo.batch_size)` from the replay
+        (`plan`: `plan(first_update, 1)` when the caller knows the update number, see `dormancy.recycle_when_due`)."""
         next_key, actor_key, critic_sparse_key, actor_sparse_key = jax.random.split(key, 4)
         alpha = jnp.exp(state.log_alpha)
         actions = from_env(batch.action)
@@ -190,13 +195,17 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
             "entropy": -jnp.mean(log_prob),
             "q/mean": jnp.mean(q),
         }
-        new_state = SACState(actor, critic, target_critic_params, log_alpha, alpha_opt_state, state.rng, state.step + 1)
+        new_state = SACState(actor, critic, target_critic_params, log_alpha, alpha_opt_state, state.rng, state.step + 1,
+                             state.recycled)
+        new_state = dormancy.recycle_when_due(redo_schedule, new_state, recycle,
+                                              dormancy.replay_batch(sample, config.redo.batch_size), dormancy.redo_key(key), plan)
         return new_state, metrics
 
     def measure(state: SACState, batch: Transition) -> dict[str, jax.Array]:
         return {
             **learner.metrics(actor_net, state.actor, batch.observation),
             **learner.metrics(critic_net, state.critic, batch.observation, from_env(batch.action)),
+            **dormancy.recycled_metrics(redo_schedule, state),
         }
 
     def recycle(state: SACState, batch: Transition, key: jax.Array) -> tuple[SACState, jax.Array]:
@@ -212,4 +221,5 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
             )
         return state, actor_result.num_recycled + critic_result.num_recycled
 
-    return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle)
+    return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle,
+                 plan=functools.partial(dormancy.plan_of, redo_schedule))

@@ -18,10 +18,18 @@ class Agent(NamedTuple):
 
     - `init(key) -> state`
     - `act(state, observations, key, env_step, explore) -> actions` (a batch of observations)
-    - `update(state, batch, key) -> (state, metrics)`: one gradient step, sparse topology updates included
-    - `measure(state, batch) -> metrics`: sparsity and dormant fractions of every network
-    - `recycle(state, batch, key) -> (state, num_recycled)`: ReDo on every network
-    Every state has `rng` (per seed) and `step` (gradient updates, shared by all seeds) fields.
+    - `update(state, batch, key) -> (state, metrics)`: one gradient step (PPO: a whole rollout's), sparse
+      topology updates and ReDo on their schedules included. Off-policy agents take `update(state, batch, key,
+      sample, plan)`: `sample(key, n)` draws n more transitions from the replay (ReDo's batch) and `plan` is
+      `plan(first_update, count)` for the updates this call belongs to, or None
+    - `measure(state, batch) -> metrics`: sparsity and dormant fractions of every network (and `redo/recycled`)
+    - `recycle(state, batch, key) -> (state, num_recycled)`: ReDo on every network, as `update` runs it
+    - `plan(first_update, count) -> hashable`: what of the scheduled work falls on updates
+      first_update..first_update + count - 1, as a static value that `update` specialises its program on (a
+      loop that knows the update numbers on the host compiles one program per value; see
+      `dormancy.recycle_when_due`)
+    Every state has `rng` (per seed), `step` (gradient updates, shared by all seeds) and `recycled` (ReDo's count)
+    fields.
     """
 
     init: Callable
@@ -29,6 +37,7 @@ class Agent(NamedTuple):
     update: Callable
     measure: Callable
     recycle: Callable
+    plan: Callable = lambda first_update, count: None
 
 
 AGENTS = ("dqn", "sac", "ppo")

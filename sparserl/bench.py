@@ -11,8 +11,9 @@ slows both sides alike; absolute times are printed for context only. Rows
   step counted at each agent's default period.
 - `dormancy_redo`: training time with ReDo and dormancy logging at the default
   periods vs without, for DQN on CartPole (Graesser et al.'s protocol) and
-  on Atari (Nature CNN): the jitted step with and without the ReDo branch,
-  plus the amortised cost of a recycle and of a dormancy measurement.
+  on Atari (Nature CNN): the host loop's jitted step with ReDo on (on the
+  updates it is not due on) and off, plus the amortised cost of a recycling
+  update and of a dormancy measurement.
 - `seeds`: N seeds vmapped vs one seed (N = 1, 4, 8, 16), aggregate steady env
   steps per second of the host loop, DQN and PPO on CartPole.
 - `envs_per_seed`: PPO's rollout collected by 4 or 8 envs per seed (one
@@ -168,8 +169,8 @@ def random_transitions(env_spec, batch_size: int, seed: int):
 
 
 def random_rollout(env_spec, steps: int, num_envs: int, seed: int):
-    """A `runner.Rollout` [1 seed, steps, num_envs, ...] of random data."""
-    from sparserl.runner import Rollout
+    """A `ppo.Rollout` [1 seed, steps, num_envs, ...] of random data."""
+    from agents.ppo import Rollout
 
     rng = np.random.default_rng(seed)
     shape = (1, steps, num_envs)
@@ -265,14 +266,18 @@ def row_sparse_update(settings: Settings) -> list[Row]:
 
 
 def _redo_overhead(env_id: str, overrides: dict, settings: Settings) -> tuple[float, float]:
-    """(ms per env step with ReDo and dormancy logging, ms without) of DQN's loop step programs, amortised.
+    """(ms per env step with ReDo and dormancy logging, ms without) of DQN's host loop, amortised.
 
-    The runner's programs for a step that acts, one that also learns, a ReDo
-    call and a dormancy measurement are timed side by side; ReDo runs every
+    Timed side by side: the runner's program for a step that only acts, its
+    program for a step that learns with ReDo on (not due: the host loop
+    compiles ReDo out of it, `dormancy.recycle_when_due`) and with ReDo off,
+    an update on which ReDo is due and one on which it is not (their
+    difference is a recycle), and a dormancy measurement. ReDo runs every
     `redo.period` gradient steps and the measurement every `log_every` env
-    steps (`runner.OffPolicyStep` decides on the host, so the other steps run
-    the same programs with or without ReDo).
+    steps.
     """
+    import functools
+
     import jax
     import jax.numpy as jnp
 
@@ -280,34 +285,49 @@ def _redo_overhead(env_id: str, overrides: dict, settings: Settings) -> tuple[fl
     from sparserl import envs, replay as replay_lib, runner
 
     env_spec = envs.env_spec(env_id)
-    config = agent_config("dqn", env_id, {**overrides, "redo.enabled": True, "steps": 10**8})
-    agent = dqn.make(config, env_spec)
-    state = runner.init_states(agent, [0])
-    axes = runner.seed_axes(state)
-    step = runner.OffPolicyStep(agent, config, axes)
-    replay = jax.vmap(lambda _: replay_lib.init(
-        config.replay_capacity, env_spec.observation_shape, env_spec.observation_dtype, (), jnp.int32))(jnp.arange(1))
     batch = random_transitions(env_spec, 1, seed=2)
     transition, observations = jax.tree.map(lambda leaf: leaf[:, 0], batch), batch.observation
-    carry = {"state": jax.tree.map(jnp.copy, state), "replay": replay}
+    functions = {}
+    for redo in (True, False):
+        config = agent_config("dqn", env_id, {**overrides, "redo.enabled": redo, "steps": 10**8})
+        agent = dqn.make(config, env_spec)
+        state = runner.init_states(agent, [0])
+        axes = runner.seed_axes(state)
+        step = runner.OffPolicyStep(agent, config, axes)
+        replay = jax.vmap(lambda _: replay_lib.init(
+            config.replay_capacity, env_spec.observation_shape, env_spec.observation_dtype, (), jnp.int32))(jnp.arange(1))
+        carry = {"state": jax.tree.map(jnp.copy, state), "replay": replay}
 
-    def program(learn):
-        def call():
-            new_state, carry["replay"], actions, _, _ = step.programs[learn, False](
-                carry["state"], carry["replay"], transition, observations, config.learning_starts)
-            carry["state"] = new_state if learn else carry["state"].replace(rng=new_state)  # acting returns the key
-            return actions
-        return call
+        def program(learn, step=step, carry=carry, config=config):
+            def call():
+                new_state, carry["replay"], actions, _ = step.program(learn, False)(
+                    carry["state"], carry["replay"], transition, observations, config.learning_starts)
+                carry["state"] = new_state if learn else carry["state"].replace(rng=new_state)  # acting returns the key
+                return actions
+            return call
 
-    measure = jax.jit(jax.vmap(agent.measure, in_axes=(axes, 0)))
-    recycle = jax.jit(jax.vmap(agent.recycle, in_axes=(axes, 0, 0), out_axes=(axes, 0)))
-    big_batch = random_transitions(env_spec, config.redo.batch_size, seed=3)
-    keys = runner.seed_keys([3])
-    ms = interleaved_ms({"act": program(False), "learn": program(True), "measure": lambda: measure(state, big_batch),
-                         "recycle": lambda: recycle(state, big_batch, keys)},
-                        rounds=settings.pick(6, 3), calls=settings.pick(10, 4))
-    without = (ms["learn"] + (config.train_every - 1) * ms["act"]) / config.train_every
-    with_redo = without + ms["recycle"] / (config.redo.period * config.train_every) + ms["measure"] / config.log_every
+        functions["learn" if redo else "learn without redo"] = program(True)
+        if redo:
+            functions["act"] = program(False)
+
+            def update(state, replay, key, plan, agent=agent, config=config):
+                sample = functools.partial(replay_lib.sample, replay)
+                return agent.update(state, sample(key, config.batch_size), key, sample, plan)
+
+            updates = {plan: jax.jit(jax.vmap(functools.partial(update, plan=plan), in_axes=(axes, 0, 0), out_axes=(axes, 0)))
+                       for plan in (True, False)}
+            measure = jax.jit(jax.vmap(agent.measure, in_axes=(axes, 0)))
+            keys, big_batch = runner.seed_keys([3]), random_transitions(env_spec, config.dormancy.batch_size, seed=3)
+            functions["recycling update"] = lambda carry=carry: updates[True](state, carry["replay"], keys)
+            functions["update"] = lambda carry=carry: updates[False](state, carry["replay"], keys)
+            functions["measure"] = lambda measure=measure, state=state: measure(state, big_batch)
+            redo_config = config
+    ms = interleaved_ms(functions, rounds=settings.pick(6, 3), calls=settings.pick(10, 4))
+    train_every, period = redo_config.train_every, redo_config.redo.period
+    acting = (train_every - 1) * ms["act"]
+    without = (ms["learn without redo"] + acting) / train_every
+    recycle = max(ms["recycling update"] - ms["update"], 0.0)
+    with_redo = (ms["learn"] + acting) / train_every + recycle / (period * train_every) + ms["measure"] / redo_config.log_every
     return with_redo, without
 
 

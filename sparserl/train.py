@@ -457,7 +457,7 @@ def _train(prepared: Prepared) -> None:
     config, agent, env_spec, run_dir, seeds = (prepared.config, prepared.agent, prepared.env_spec, prepared.run_dir,
                                                prepared.seeds)
     # Imported only now: the runners, checkpointing and logging load for a run that starts.
-    from sparserl import checkpoint, compilation_cache, compiled_runner, preemption, runner
+    from sparserl import checkpoint, compilation_cache, compiled_runner, preemption, run_guard, runner
     from sparserl.logging import MetricsWriter, ProgressPrinter, atomic_write_text
 
     compilation_cache.enable()
@@ -490,7 +490,7 @@ def _train(prepared: Prepared) -> None:
     try:
         loops = compiled_runner.LOOPS if env_spec.family == "gymnax" else runner.LOOPS  # JAX-native envs: one program
         loops[prepared.loop](agent, config, env_spec, run)
-    except runner.TrainingDiverged as error:
+    except run_guard.TrainingDiverged as error:
         last = checkpoint.latest_common_step(seed_dirs)
         kept = f"the last good checkpoint is step {last:,}" if last is not None else "no checkpoint was written"
         print(f"error: training diverged at {error}; stopped, {kept}", file=sys.stderr, flush=True)

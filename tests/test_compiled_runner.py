@@ -2,6 +2,7 @@
 
 import math
 
+import flax.traverse_util
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -23,7 +24,7 @@ TINY_PPO = ("--agent=ppo", "--env=gymnax:CartPole-v1", "--sparsity=0.9", "--redo
 
 def _final_checkpoint_leaves(seed_dir) -> dict:
     directory = seed_dir / checkpoint.CHECKPOINTS / str(checkpoint.checkpoint_steps(seed_dir)[-1]) / "arrays"
-    return ocp.StandardCheckpointer().restore(directory)
+    return flax.traverse_util.flatten_dict(ocp.StandardCheckpointer().restore(directory), sep="/")
 
 
 def _assert_close_rows(left, right):

@@ -154,8 +154,9 @@ def test_redo_rewrites_the_target_only_when_asked(reset_target):
         assert np.all((target == online) | (target == old_target))
 
 
-def test_runner_recycles_dead_neurons():
-    """The off-policy runner's ReDo path on a network with 20 planted dead neurons (bias -100): they are recycled."""
+def test_update_recycles_dead_neurons_in_the_runner():
+    """DQN's update recycles, through the off-policy runner's step, a network with 20 planted dead neurons
+    (bias -100) on a batch sampled from the replay: they are recycled."""
     from sparserl import replay as replay_lib, runner
 
     agent, config = _agent(learning_starts=0, batch_size=8, redo=dict(enabled=True, tau=0.1, period=1, batch_size=8,
@@ -168,6 +169,6 @@ def test_runner_recycles_dead_neurons():
     replay = jax.vmap(lambda _: replay_lib.init(16, (4,), jnp.float32))(jnp.arange(1))
     transition = jax.tree.map(lambda x: x[None], _hand_batch())
     transition = replay_lib.Transition(*(leaf[:, 0] for leaf in transition))
-    new_state, _, _, _, recycled = step(state, replay, transition, jnp.zeros((1, 1, 4)), 0, 0)
-    assert int(recycled[0]) >= 20
+    new_state, _, _, _ = step(state, replay, transition, jnp.zeros((1, 1, 4)), 0, 0)
+    assert int(new_state.recycled[0]) >= 20
     np.testing.assert_array_equal(new_state.online.params["dense_0"]["bias"][0, :20], 0.0)

@@ -191,7 +191,7 @@ _VMAPPED_ORTHOGONAL_SCRIPT = textwrap.dedent("""
     axes = runner.seed_axes(states)
     observations = jax.numpy.ones((len(seeds), 8, 4))
     init = jax.jit(jax.vmap(agent.init, out_axes=axes))
-    recycle = jax.jit(jax.vmap(lambda state, obs, key: agent.recycle(state, runner.Rollout(obs, None, None, None, None, None), key),
+    recycle = jax.jit(jax.vmap(lambda state, obs, key: agent.recycle(state, ppo.Rollout(obs, None, None, None, None, None), key),
                                in_axes=(axes, 0, 0), out_axes=(axes, 0)))
     for i in range(300):
         states = init(runner.seed_keys([4 * i + s for s in seeds]))
