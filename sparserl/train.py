@@ -495,6 +495,10 @@ def _train(prepared: Prepared) -> None:
         kept = f"the last good checkpoint is step {last:,}" if last is not None else "no checkpoint was written"
         print(f"error: training diverged at {error}; stopped, {kept}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except checkpoint.CheckpointMismatch as error:
+        print(f"error: --run_name: {error}; it was written by another version of this run's state, so train under "
+              "a new --run_name", file=sys.stderr, flush=True)
+        sys.exit(2)
     except preemption.Stopped as stopped:
         print(f"stopped at step {stopped.step:,}; rerun the same command to resume", flush=True)
         sys.exit(stopped.exit_status)

@@ -62,7 +62,7 @@ def test_num_seeds_equals_single_seed_runs(tmp_path, arguments, exact):
     rows = read_csv(tmp_path / "single" / "seed5" / "metrics.csv")
     assert [row["step"] for row in rows] == ([250, 500, 750, 1000] if arguments is TINY_DQN else [512, 1024, 1536, 2048])
     assert abs(rows[-1]["sparsity/total" if arguments is TINY_DQN else "sparsity/actor/total"] - 0.9) <= 0.01
-    assert rows[-1]["redo/recycled"] >= 0 and not math.isnan(rows[-1]["train/episode_return"])
+    assert "redo/recycled" in rows[-1] and not math.isnan(rows[-1]["train/episode_return"])
     other = read_csv(tmp_path / "batched" / "seed4" / "metrics.csv")
     assert other[-1]["train/episode_return"] != rows[-1]["train/episode_return"]  # seeds differ
 
