@@ -11,7 +11,7 @@ named, then flags, then `--config.<field>=value`.
 
 import ml_collections
 
-from configs import base
+from sparserl.configs import base
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:

@@ -22,7 +22,7 @@ counted in gradient (minibatch) steps. The actor and critic take
 
 import ml_collections
 
-from configs import base
+from sparserl.configs import base
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:

@@ -18,7 +18,7 @@ initial_collect_steps 1000 on MuJoCo where the preset here collects 10,000.
 
 import ml_collections
 
-from configs import base
+from sparserl.configs import base
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:

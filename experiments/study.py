@@ -15,9 +15,9 @@ import shlex
 import sys
 from typing import Callable
 
-from experiments import aggregate, launch
-from experiments.aggregate import OneLineParser, UsageError
-from sparserl.logging import atomic_write_text
+from sparserl.experiments import aggregate, launch
+from sparserl.experiments.aggregate import OneLineParser, UsageError
+from sparserl.reporting import atomic_write_text
 
 SCALES = ("smoke", "small", "paper")
 

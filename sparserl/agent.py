@@ -47,12 +47,12 @@ AGENTS = ("dqn", "sac", "ppo")
 
 def agent_module(name: str) -> ModuleType:
     """`agents/<name>.py` of an agent in `AGENTS`."""
-    return importlib.import_module(f"agents.{name}")
+    return importlib.import_module(f"sparserl.agents.{name}")
 
 
 def config_module(name: str) -> ModuleType:
     """`configs/<name>.py` of an agent in `AGENTS`."""
-    return importlib.import_module(f"configs.{name}")
+    return importlib.import_module(f"sparserl.configs.{name}")
 
 
 NETWORK_KINDS = ("mlp", "cnn")

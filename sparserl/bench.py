@@ -106,7 +106,7 @@ def agent_config(agent: str, env_id: str, overrides: dict[str, Any]):
     """The config `python -m sparserl.train --agent=AGENT --env=ENV --config.<field>=<value>...` resolves to."""
     from sparserl import envs
 
-    module = importlib.import_module(f"configs.{agent}")
+    module = importlib.import_module(f"sparserl.configs.{agent}")
     config = module.get_config()
     preset = {k: v for k, v in module.PRESETS.get(envs.env_family(env_id), {}).items() if k != "env"}
     config.update_from_flattened_dict(preset)
@@ -170,7 +170,7 @@ def random_transitions(env_spec, batch_size: int, seed: int):
 
 def random_rollout(env_spec, steps: int, num_envs: int, seed: int):
     """A `ppo.Rollout` [1 seed, steps, num_envs, ...] of random data."""
-    from agents.ppo import Rollout
+    from sparserl.agents.ppo import Rollout
 
     rng = np.random.default_rng(seed)
     shape = (1, steps, num_envs)
@@ -197,7 +197,7 @@ def _off_policy_update_ms(agent_name: str, env_id: str, overrides: dict, setting
     from sparserl import envs, runner
 
     env_spec = envs.env_spec(env_id)
-    agent_module = importlib.import_module(f"agents.{agent_name}")
+    agent_module = importlib.import_module(f"sparserl.agents.{agent_name}")
     functions, period = {}, None
     for variant, extra in (("dense", {}), ("masked", SPARSE_SETTINGS)):
         config = agent_config(agent_name, env_id, {**overrides, **extra, "steps": 10**8})
@@ -223,7 +223,7 @@ def _ppo_update_ms(settings: Settings) -> tuple[float, float, int]:
     """(masked ms, dense ms, topology period) per PPO minibatch step, from whole-rollout updates (SB3's settings)."""
     import jax
 
-    from agents import ppo
+    from sparserl.agents import ppo
     from sparserl import envs, runner
 
     env_spec = envs.env_spec("CartPole-v1")
@@ -281,7 +281,7 @@ def _redo_overhead(env_id: str, overrides: dict, settings: Settings) -> tuple[fl
     import jax
     import jax.numpy as jnp
 
-    from agents import dqn
+    from sparserl.agents import dqn
     from sparserl import envs, replay as replay_lib, runner
 
     env_spec = envs.env_spec(env_id)
@@ -406,9 +406,9 @@ def clocked_training_envs(clock: StepClock):
 def train_in_process(config, clock: StepClock) -> None:
     """Runs the agent's loop on `config` as `sparserl.train` would, in a throw-away run directory, quietly."""
     from sparserl import checkpoint, envs, runner
-    from sparserl.logging import MetricsWriter, ProgressPrinter
+    from sparserl.reporting import MetricsWriter, ProgressPrinter
 
-    agent_module = importlib.import_module(f"agents.{config.agent}")
+    agent_module = importlib.import_module(f"sparserl.agents.{config.agent}")
     env_spec = envs.env_spec(config.env)
     agent = agent_module.make(config, env_spec)
     seeds = list(range(config.seed, config.seed + config.num_seeds))
@@ -616,7 +616,7 @@ def _dqn_program_ms(settings: Settings) -> dict[str, float]:
     import jax
     import jax.numpy as jnp
 
-    from agents import dqn
+    from sparserl.agents import dqn
     from sparserl import envs, runner
 
     env_spec = envs.env_spec("CartPole-v1")

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from agents.ppo import Rollout
+from sparserl.agents.ppo import Rollout
 from sparserl import replay as replay_lib, runner
 from sparserl.agent import Agent
 from sparserl.envs import EnvSpec, GymnaxEnv, GymnaxEnvState

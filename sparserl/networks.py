@@ -56,7 +56,7 @@ class Dense(nn.Dense):
     """`nn.Dense` (same params) that runs as a condensed kernel when given its indices.
 
     When the `condensed` collection holds `indices` [out, k] for this layer
-    (`learner.apply` passes them; see `sparserl.sparse.condensed`), the output
+    (`sparse_network.apply` passes them; see `sparserl.sparse.condensed`), the output
     is `condensed.dense(x, kernel, indices) + bias`, equal to the dense matmul
     when the kernel is zero off the indices; otherwise it is `nn.Dense`.
     """

@@ -21,12 +21,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from agents.ppo import Rollout
-from sparserl import learner, replay as replay_lib
+from sparserl.agents.ppo import Rollout
+from sparserl import replay as replay_lib, sparse_network
 from sparserl.checkpoint import Checkpointer
 from sparserl.agent import Agent
 from sparserl.envs import EnvSpec, SeedEnvs
-from sparserl.logging import MetricsWriter, ProgressPrinter
+from sparserl.reporting import MetricsWriter, ProgressPrinter
 from sparserl.preemption import StopRequests
 from sparserl.run_guard import RunGuard
 
@@ -215,9 +215,9 @@ class Run:
 
 
 def network_params(state: Any) -> dict[str, Any]:
-    """The params of every network of an agent state (its `learner.NetworkState` fields), by field name."""
+    """The params of every network of an agent state (its `sparse_network.NetworkState` fields), by field name."""
     return {field.name: getattr(state, field.name).params for field in dataclasses.fields(state)
-            if isinstance(getattr(state, field.name), learner.NetworkState)}
+            if isinstance(getattr(state, field.name), sparse_network.NetworkState)}
 
 
 @jax.jit

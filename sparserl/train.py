@@ -458,7 +458,7 @@ def _train(prepared: Prepared) -> None:
                                                prepared.seeds)
     # Imported only now: the runners, checkpointing and logging load for a run that starts.
     from sparserl import checkpoint, compilation_cache, compiled_runner, preemption, run_guard, runner
-    from sparserl.logging import MetricsWriter, ProgressPrinter, atomic_write_text
+    from sparserl.reporting import MetricsWriter, ProgressPrinter, atomic_write_text
 
     compilation_cache.enable()
     seed_dirs = [os.path.join(run_dir, f"seed{seed}") for seed in seeds]

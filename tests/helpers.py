@@ -12,7 +12,7 @@ import ml_collections
 import pytest
 
 from sparserl import checkpoint
-from sparserl.logging import read_csv
+from sparserl.reporting import read_csv
 
 
 def cli_environment() -> dict[str, str]:

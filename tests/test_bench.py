@@ -99,7 +99,7 @@ def test_the_clock_counts_every_training_env_step_of_every_seed():
 
 
 def test_the_condensed_rows_run_dqn_at_graessers_protocol_on_constant_fan_in_masks():
-    from agents import dqn
+    from sparserl.agents import dqn
     from sparserl import envs
 
     config = bench.condensed_dqn_config("condensed", {})

@@ -7,10 +7,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import configs.dqn
-from agents import dqn
+from sparserl.configs import dqn as dqn_config
+from sparserl.agents import dqn
 from sparserl import checkpoint, compiled_runner, envs, runner
-from sparserl.logging import MetricsWriter, ProgressPrinter, read_csv
+from sparserl.reporting import MetricsWriter, ProgressPrinter, read_csv
 from tests.helpers import (assert_same_rows, eval_returns, kill_after_checkpoint, mean_of_last_evals, rows_without_sps,
                            run_train, run_train_side_by_side)
 
@@ -151,7 +151,7 @@ def test_learns_on_gymnax(learning_runs, name):
 
 
 def _tiny_dqn_config():
-    config = configs.dqn.get_config()
+    config = dqn_config.get_config()
     config.env = "gymnax:CartPole-v1"
     config.update(dict(steps=600, learning_starts=200, log_every=200, eval_every=600, eval_episodes=2,
                        checkpoint_every=600))

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import base, dqn as dqn_config, ppo as ppo_config, sac as sac_config
+from sparserl.configs import base, dqn as dqn_config, ppo as ppo_config, sac as sac_config
 from sparserl.agent import AGENTS, network_module, sparsity_config
 
 MODULES = {"dqn": dqn_config, "sac": sac_config, "ppo": ppo_config}
@@ -159,15 +159,15 @@ def _orthogonal_gain(kernel) -> float:
 
 def built_modules(monkeypatch, agent_module, config, env_spec) -> dict:
     """The flax modules `agent_module.make` builds its networks from, by network name."""
-    from sparserl import learner
+    from sparserl import sparse_network
 
-    modules, make_network = {}, learner.make_network
+    modules, make_network = {}, sparse_network.make_network
 
     def record(module, inner, sparsity, name="", **kwargs):
         modules[name] = module
         return make_network(module, inner, sparsity, name, **kwargs)
 
-    monkeypatch.setattr(learner, "make_network", record)
+    monkeypatch.setattr(sparse_network, "make_network", record)
     agent_module.make(config, env_spec)
     return modules
 
@@ -179,7 +179,7 @@ def test_ppo_cnn_takes_cleanrl_orthogonal_init(monkeypatch):
     import jax
     import jax.numpy as jnp
 
-    from agents import ppo
+    from sparserl.agents import ppo
     from sparserl.envs import EnvSpec
 
     env_spec = EnvSpec("test", "minatar", (6, 6, 2), np.dtype(np.float32), True, 3, None, None, None)
@@ -220,7 +220,7 @@ def test_sac_critic_takes_the_configured_activation_and_refuses_a_cnn(monkeypatc
     """The twin critic is built with `network.activation` (issue 15: it was always ReLU)."""
     import jax
 
-    from agents import sac
+    from sparserl.agents import sac
     from sparserl import envs
 
     config = sac_config.get_config()

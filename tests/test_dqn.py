@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agents import dqn
-from configs import dqn as dqn_config
+from sparserl.agents import dqn
+from sparserl.configs import dqn as dqn_config
 from sparserl import envs
 from sparserl.agent import network_module
 from sparserl.replay import Transition

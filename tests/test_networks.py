@@ -179,8 +179,8 @@ def test_orthogonal_draws_are_orthogonal_and_equal_under_vmap():
 # CPU within the first calls (issue: "vmapped orthogonal init hangs on CPU").
 _VMAPPED_ORTHOGONAL_SCRIPT = textwrap.dedent("""
     import jax
-    from agents import ppo
-    from configs import ppo as ppo_config
+    from sparserl.agents import ppo
+    from sparserl.configs import ppo as ppo_config
     from sparserl import envs, runner
 
     config = ppo_config.get_config()

@@ -9,10 +9,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from agents import ppo
-from configs import ppo as ppo_config
+from sparserl.agents import ppo
+from sparserl.configs import ppo as ppo_config
 from sparserl import dormancy, envs, runner
-from sparserl.logging import read_csv
+from sparserl.reporting import read_csv
 from tests.helpers import eval_returns, mean_of_last_evals, run_train, run_train_side_by_side, with_fields
 
 GAMMA, LAMBDA = 0.9, 0.8

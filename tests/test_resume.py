@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from sparserl import checkpoint
-from sparserl.logging import read_csv
+from sparserl.reporting import read_csv
 from tests.helpers import (assert_same_rows, kill_after_checkpoint, rows_without_sps, run_train, start_train,
                            wait_for_checkpoint)
 

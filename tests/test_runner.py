@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agents import dqn
-from configs import dqn as dqn_config
+from sparserl.agents import dqn
+from sparserl.configs import dqn as dqn_config
 from sparserl import checkpoint, envs, replay as replay_lib, runner
 from sparserl.agent import off_policy_updates
-from sparserl.logging import MetricsWriter, ProgressPrinter, read_csv
+from sparserl.reporting import MetricsWriter, ProgressPrinter, read_csv
 from tests.helpers import run_train
 
 

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agents import sac
-from configs import sac as sac_config
+from sparserl.agents import sac
+from sparserl.configs import sac as sac_config
 from sparserl import envs, replay as replay_lib
-from sparserl.logging import read_csv
+from sparserl.reporting import read_csv
 
 from tests.helpers import run_train, with_fields
 

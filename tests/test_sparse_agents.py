@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import configs.dqn
-import configs.ppo
-import configs.sac
-from agents import dqn, ppo, sac
+from sparserl.configs import dqn
+from sparserl.configs import ppo
+from sparserl.configs import sac
+from sparserl.agents import dqn, ppo, sac
 from sparserl import bench, envs
 from sparserl.sparse.structure import FAN_IN, NM, column_counts, group_counts, parse
 

@@ -9,11 +9,11 @@ import numpy as np
 import optax
 import pytest
 
-from agents import dqn
-from configs import dqn as dqn_config
-from sparserl import checkpoint, envs, learner, networks, runner
+from sparserl.agents import dqn
+from sparserl.configs import dqn as dqn_config
+from sparserl import checkpoint, envs, networks, runner, sparse_network
 from sparserl.agent import kernels
-from sparserl.logging import MetricsWriter, ProgressPrinter, read_csv
+from sparserl.reporting import MetricsWriter, ProgressPrinter, read_csv
 from sparserl.sparse import SparsityConfig, condensed, structure
 
 
@@ -91,25 +91,25 @@ def _network(kernels_name: str):
     """An 80%-sparse RigL MLP on constant fan-in masks whose topology changes every 2 steps."""
     config = SparsityConfig(method="rigl", sparsity=0.8, distribution="uniform", structure="fan_in", update_period=2,
                             update_start=0, update_end=100, drop_fraction=0.5)
-    return learner.make_network(networks.MLP((24, 24), 3), optax.adam(1e-2), config, kernels=kernels_name)
+    return sparse_network.make_network(networks.MLP((24, 24), 3), optax.adam(1e-2), config, kernels=kernels_name)
 
 
 def test_indices_follow_the_masks_at_init_and_after_a_topology_update():
     network = _network("condensed")
     x = jax.random.normal(jax.random.key(0), (6, 5))
-    state = learner.init(network, jax.random.key(1), x)
+    state = sparse_network.init(network, jax.random.key(1), x)
 
     def assert_consistent(state):
         for layer in ("dense_0", "dense_1", "output"):
             mask = state.opt_state.masks[layer]["kernel"]
             np.testing.assert_array_equal(state.indices[layer]["indices"],
                                           structure.fan_in_indices(mask, condensed.fan_in(mask.shape[0], 0.8)))
-        np.testing.assert_allclose(learner.apply(network, state.params, x, indices=state.indices),
-                                   learner.apply(network, state.params, x), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(sparse_network.apply(network, state.params, x, indices=state.indices),
+                                   sparse_network.apply(network, state.params, x), rtol=1e-5, atol=1e-5)
 
     assert_consistent(state)
     grads = jax.tree.map(jnp.ones_like, state.params)
-    apply_gradients = jax.jit(lambda state, step: learner.apply_gradients(network, state, grads, step, jax.random.key(2)))
+    apply_gradients = jax.jit(lambda state, step: sparse_network.apply_gradients(network, state, grads, step, jax.random.key(2)))
     same = apply_gradients(state, jnp.int32(1))  # not a topology step
     np.testing.assert_array_equal(same.indices["dense_1"]["indices"], state.indices["dense_1"]["indices"])
     changed = apply_gradients(same, jnp.int32(2))  # a topology step: new masks, new indices
@@ -120,13 +120,13 @@ def test_indices_follow_the_masks_at_init_and_after_a_topology_update():
 def test_value_and_grad_is_dense_on_topology_steps_only():
     network = _network("condensed")
     x = jax.random.normal(jax.random.key(0), (6, 5))
-    state = learner.init(network, jax.random.key(1), x)
+    state = sparse_network.init(network, jax.random.key(1), x)
 
     def loss_fn(params, indices):
-        outputs = learner.apply(network, params, x, indices=indices)
+        outputs = sparse_network.apply(network, params, x, indices=indices)
         return jnp.sum(outputs ** 2), outputs
 
-    grads = {step: learner.value_and_grad(network, loss_fn, state, jnp.int32(step))[1] for step in (1, 2)}
+    grads = {step: sparse_network.value_and_grad(network, loss_fn, state, jnp.int32(step))[1] for step in (1, 2)}
     mask = state.opt_state.masks["dense_1"]["kernel"]
     off_mask = lambda tree: jnp.where(mask, 0.0, tree["dense_1"]["kernel"])
     assert float(jnp.max(jnp.abs(off_mask(grads[1])))) == 0.0  # condensed: zero off the mask
@@ -152,7 +152,7 @@ def test_kernels_run_condensed_only_with_constant_fan_in():
     with pytest.raises(ValueError, match="--config.sparse.kernels: unknown kernels 'fast'; choose one of masked, "):
         kernels(config.sparse)  # even where the masks would make it masked
     with pytest.raises(ValueError, match="--config.sparse.kernels: unknown kernels 'fast'"):
-        learner.make_network(networks.MLP((4,), 2), optax.adam(1e-3), SparsityConfig(), kernels="fast")
+        sparse_network.make_network(networks.MLP((4,), 2), optax.adam(1e-3), SparsityConfig(), kernels="fast")
 
 
 def _dqn_run(kernels_name: str, workdir) -> list[dict]:

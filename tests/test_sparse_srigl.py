@@ -102,7 +102,7 @@ def test_srigl_learns_gymnax_cartpole(tmp_path):
     Reached when written (2026-11-30): 165 (seed 0: 164, 201, 171; seed 1: 127, 178, 151); RigL reaches 192.
     The best single evals stay lower than RigL's: 228 and 199 against 325 for seed 0.
     """
-    from sparserl.logging import read_csv
+    from sparserl.reporting import read_csv
     from tests.helpers import eval_returns, mean_of_last_evals, run_train
     from tests.test_compiled_runner import DQN_CARTPOLE
 

@@ -264,8 +264,8 @@ def test_dense_layers_by_path_on_the_twin_critic_and_the_cnn():
 # --- the command line: N:M fixes the sparsity ---------------------------------------------------------------------
 
 def test_nm_fixes_the_sparsity_and_rejects_another_in_process():
-    import configs.dqn
-    import configs.sac
+    from sparserl.configs import dqn
+    from sparserl.configs import sac
     from sparserl.train import UsageError, resolve_structure_sparsity
 
     sparse = configs.dqn.get_config().sparse

@@ -9,10 +9,10 @@ import os
 
 import pytest
 
-from configs import dqn as dqn_config
+from sparserl.configs import dqn as dqn_config
 from sparserl import train
 from sparserl.agent import config_module
-from sparserl.logging import read_csv
+from sparserl.reporting import read_csv
 from tests.helpers import run_train
 
 CONFIGS = config_module("dqn").__file__.rsplit("/", 1)[0]

@@ -15,9 +15,9 @@ see the same pytrees as before):
 
 - the *indices* of every masked kernel are computed from its mask by
   `layer_indices` when the masks change, never in a forward pass: at init
-  (`learner.init`) and on topology-update steps (`learner.apply_gradients`,
+  (`sparse_network.init`) and on topology-update steps (`sparse_network.apply_gradients`,
   under the same schedule predicate as the mask change). They live in
-  `learner.NetworkState.indices`, a dict mirroring the params tree with an
+  `sparse_network.NetworkState.indices`, a dict mirroring the params tree with an
   `indices` leaf per layer (`{"dense_1": {"indices": [out, k] int32}}`), so they
   are vmapped over seeds and checkpointed with the rest of the TrainState.
   ReDo never changes masks, so it keeps them.
@@ -33,7 +33,7 @@ see the same pytrees as before):
 Backward: a custom VJP (`dense`). Its gradient w.r.t. the dense kernel is
 nonzero only at the kept connections, so RigL's growth, which ranks the dense
 gradient of the connections not kept, gets it from a masked-dense pass on
-topology-update steps only (`learner.value_and_grad`).
+topology-update steps only (`sparse_network.value_and_grad`).
 """
 
 from typing import Any, Mapping
@@ -92,7 +92,7 @@ def dense(x: jax.Array, kernel: jax.Array, indices: jax.Array) -> jax.Array:
     """x [batch, in] times the kernel [in, out] restricted to `indices` [out, k]: the gather + reduction.
 
     Equal to `x @ kernel`, in value and in gradient, when every weight off the
-    indices is zero (the learner's masked params), except that the kernel's
+    indices is zero (the masked params of sparserl.sparse_network), except that the kernel's
     gradient is zero off the indices. Vmappable like any jnp function.
 
     Backward (a custom VJP, measured about 3x faster than autodiff's
