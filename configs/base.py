@@ -1,4 +1,4 @@
-"""What every agent's config holds once: the run, the `sparse` block and the `redo` block (DESIGN section 5).
+"""What every agent's config holds once: the run, the `sparse` block and the `redo` block (docs/design.md section 5).
 
 Each agent's `configs/<agent>.py` builds on `get_config`, adds its own
 fields, and keeps a `PRESETS` table: per environment family, the flattened

@@ -1,4 +1,4 @@
-"""DQN defaults (DESIGN section 5), with a preset per environment family.
+"""DQN defaults (docs/design.md section 5), with a preset per environment family.
 
 Classic control follows Graesser et al. 2022's gym protocol (rigl
 `rl/tfagents/configs/dqn_gym_*.gin`); Atari follows Dopamine's DQN

@@ -1,4 +1,4 @@
-"""PPO defaults (DESIGN section 5), with a preset per environment family.
+"""PPO defaults (docs/design.md section 5), with a preset per environment family.
 
 `get_config()` holds the PPO paper's MuJoCo defaults (Schulman et al. 2017,
 table 3; CleanRL `ppo_continuous_action.py`): separate 2x64 tanh actor and

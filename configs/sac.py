@@ -1,4 +1,4 @@
-"""SAC defaults (DESIGN section 5), with a preset per environment family.
+"""SAC defaults (docs/design.md section 5), with a preset per environment family.
 
 Soft actor-critic with a learned temperature (Haarnoja et al. 2018, "Soft
 Actor-Critic Algorithms and Applications"): 2x256 ReLU MLPs for the actor and

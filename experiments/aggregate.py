@@ -3,7 +3,7 @@
     python -m sparserl.experiments.aggregate runs/dqn_CartPole-v1_rigl_0.9 runs/dqn_CartPole-v1_dense_0 --out results/
 
 Works on any run directories `{workdir}/{run_name}` holding `seed*/config.json`,
-`metrics.csv` and `eval.csv` (DESIGN contracts 5 and 6). Each seed's score is
+`metrics.csv` and `eval.csv` (docs/design.md contracts 5 and 6). Each seed's score is
 the mean of the last 10% of its evaluations (at least one; the score issue 12
 sets for reproducing Graesser et al. 2022). Writes into --out:
 
@@ -491,7 +491,7 @@ def aggregate(run_dirs: list[str], out: str, reps: int = 10_000, seed: int = 0) 
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one `error: ...` line and exit status 2 (DESIGN contract 7)."""
+    """argparse whose errors are one `error: ...` line and exit status 2 (docs/design.md contract 7)."""
 
     def error(self, message):
         print(f"error: {message}", file=sys.stderr)

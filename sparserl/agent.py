@@ -14,7 +14,7 @@ from sparserl.sparse.topology import get_topology
 
 
 class Agent(NamedTuple):
-    """Pure functions over an agent's TrainState (DESIGN contract 1); the runner vmaps them over seeds.
+    """Pure functions over an agent's TrainState (docs/design.md contract 1); the runner vmaps them over seeds.
 
     - `init(key) -> state`
     - `act(state, observations, key, env_step, explore) -> actions` (a batch of observations)

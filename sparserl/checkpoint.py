@@ -1,4 +1,4 @@
-"""Checkpoints of a whole run, one per seed directory, written atomically (DESIGN contracts 2, 5 and 7).
+"""Checkpoints of a whole run, one per seed directory, written atomically (docs/design.md contracts 2, 5 and 7).
 
 A checkpoint of step k lives in `{seed_dir}/checkpoints/{k}/`, written by an
 orbax `CheckpointManager` per seed directory, and holds two items:

@@ -57,7 +57,7 @@ def _split_rng(state):
 # A seed's envs are one vmapped call; across seeds (and sweep levels) the calls run one after another
 # (`sequential_vmap`). XLA on CPU computes an elementwise op (CartPole's sin and cos) on a vector of one
 # seed's values and on a vector of several seeds' with different code, so the last bit could differ; one
-# seed at a time keeps seed i of a batch equal to a run of seed i alone (DESIGN contract 1).
+# seed at a time keeps seed i of a batch equal to a run of seed i alone (docs/design.md contract 1).
 
 
 def _reset_envs(env: GymnaxEnv, key: jax.Array, num_envs: int) -> tuple[jax.Array, GymnaxEnvState]:

@@ -12,7 +12,7 @@ are zeroed. Under a sparse mask only active connections receive new values and
 the mask never changes. Every agent's `update` runs it on schedule through
 `recycle_when_due`, the one place that decides when ReDo runs and on which
 batch; the runners know nothing of it. Everything here is pure, jittable and
-vmappable over seeds (DESIGN contract 1).
+vmappable over seeds (docs/design.md contract 1).
 """
 
 from typing import Any, Callable, NamedTuple, Sequence
@@ -29,7 +29,7 @@ DEFAULT_TAUS = (0.0, 0.025, 0.1)
 
 
 def tau_name(tau: float) -> str:
-    """How tau appears in metric names: 0 -> '0', 0.025 -> '0.025', 0.1 -> '0.1' (DESIGN contract 6)."""
+    """How tau appears in metric names: 0 -> '0', 0.025 -> '0.025', 0.1 -> '0.1' (docs/design.md contract 6)."""
     return format(float(tau), "g")
 
 

@@ -1,6 +1,6 @@
 """Environment factory: one id in, one fully wrapped Gymnasium env out.
 
-Families (DESIGN section 5):
+Families (docs/design.md section 5):
 
 - ``classic``: Gymnasium classic control (``CartPole-v1``, ``Acrobot-v1``, ``Pendulum-v1`` ...), as
   registered; ``TimeLimit`` reports truncation.
@@ -69,7 +69,7 @@ ATARI_FRAME_STACK = 4
 
 
 class UnknownEnvError(ValueError):
-    """An ``--env`` value that names no supported environment (a user mistake, DESIGN contract 7)."""
+    """An ``--env`` value that names no supported environment (a user mistake, docs/design.md contract 7)."""
 
 
 def _unknown_env(env_id: str) -> UnknownEnvError:
@@ -367,9 +367,9 @@ class StepResult(NamedTuple):
 
 
 class SeedEnvs:
-    """``num_seeds x envs_per_seed`` envs stepped as one vector (DESIGN contract 1).
+    """``num_seeds x envs_per_seed`` envs stepped as one vector (docs/design.md contract 1).
 
-    A ``SyncVectorEnv`` (faster than ``AsyncVectorEnv`` on few cores, DESIGN section 6) with
+    A ``SyncVectorEnv`` (faster than ``AsyncVectorEnv`` on few cores, docs/design.md section 6) with
     same-step autoreset set explicitly: an env whose episode ends is reset within the same
     ``step``, and its final observation is returned separately as ``next_observation``.
 

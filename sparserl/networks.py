@@ -39,7 +39,7 @@ def orthogonal(scale: float = 1.0) -> Callable:
 
     Under `jax.vmap` (seeds, sweeps, ReDo's re-draw inside the vmapped step) a
     plain `nn.initializers.orthogonal` becomes one batched LAPACK QR, which
-    deadlocks jaxlib 0.10.2's CPU runtime (DESIGN section 7).
+    deadlocks jaxlib 0.10.2's CPU runtime (docs/design.md section 7).
     `jax.custom_batching.sequential_vmap` turns the batch into a loop of
     unbatched QRs instead; each draw is the same as without vmap. Every network
     that wants orthogonal init takes it from here.

@@ -4,7 +4,7 @@ The first signal asks the training loop to finish its current step, write a
 checkpoint at that step and stop; `train` then prints `stopped at step N;
 rerun the same command to resume` and exits with 128 + the signal number
 (143 for SIGTERM, 130 for SIGINT). A second signal exits at once: checkpoints
-and CSV rows are written atomically (DESIGN contract 7), so even then the run
+and CSV rows are written atomically (docs/design.md contract 7), so even then the run
 resumes from its last complete checkpoint.
 """
 

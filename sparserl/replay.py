@@ -2,7 +2,7 @@
 
 A pure, functional ring buffer: `add` writes one transition and `sample`
 draws a uniform batch, both jittable. The runner vmaps them over seeds, so the
-stored arrays carry a leading seed axis (DESIGN contract 1), and donates the
+stored arrays carry a leading seed axis (docs/design.md contract 1), and donates the
 buffer to the jitted step so that adding a transition writes in place.
 Observations keep their dtype: Atari frames stay uint8.
 """

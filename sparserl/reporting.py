@@ -1,6 +1,6 @@
 """Metrics logging: per-seed CSV files, TensorBoard events and console progress.
 
-Each seed of a run owns a directory `{workdir}/{run_name}/seed{n}/` (DESIGN contract 5) holding
+Each seed of a run owns a directory `{workdir}/{run_name}/seed{n}/` (docs/design.md contract 5) holding
 `metrics.csv` (training metrics), `eval.csv` (evaluation metrics) and tensorboardX event files. Column
 names and TensorBoard tags are the metric names as given (contract 6).
 
@@ -124,7 +124,7 @@ class _CsvLog:
 
 class MetricsWriter:
     """Per-seed metrics: `metrics.csv` (train) and `eval.csv` (eval) plus TensorBoard events, in seed_dir
-    ({workdir}/{run_name}/seed{n}/, DESIGN contract 5). Column names / tags are the metric names as given
+    ({workdir}/{run_name}/seed{n}/, docs/design.md contract 5). Column names / tags are the metric names as given
     (contract 6: 'step', 'seed', 'train/episode_return', 'loss/td', 'sparsity/total', 'dormant/0.1/total', ...).
 
     With `resume_step=k` the CSVs keep only their complete rows with step <= k and TensorBoard discards the

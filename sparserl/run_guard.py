@@ -1,4 +1,4 @@
-"""What keeps a run safe to stop and to resume: NaN/inf stops, checkpoints and stop requests (DESIGN contract 7).
+"""What keeps a run safe to stop and to resume: NaN/inf stops, checkpoints and stop requests (docs/design.md contract 7).
 
 The loops (`sparserl.runner`, `sparserl.compiled_runner`) hand their state to
 one `RunGuard` per run: at every log it checks the losses, at every

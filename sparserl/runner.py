@@ -1,4 +1,4 @@
-"""The loops that drive agents over a vector of seeds (DESIGN contract 1).
+"""The loops that drive agents over a vector of seeds (docs/design.md contract 1).
 
 Every agent function is vmapped over a leading seed axis; only the gradient
 step counter `state.step` is shared by all seeds (it is unbatched, so

@@ -6,7 +6,7 @@ pytree state (params, the sparse optimizer state, which holds the masks, and
 the condensed-kernel indices of the masks, `sparserl.sparse.condensed`). Agents build their TrainState from
 NetworkStates and call these functions for gradient steps, sparsity and
 dormancy metrics, and ReDo, so no agent holds sparsity logic of its own
-(DESIGN contract 4).
+(docs/design.md contract 4).
 """
 
 import math
@@ -159,7 +159,7 @@ def scores(network: SparseNetwork, params: Any, *inputs) -> dict[str, jax.Array]
 
 
 def metrics(network: SparseNetwork, state: NetworkState, *inputs) -> dict[str, jax.Array]:
-    """Per-layer and total sparsity and dormant fractions, named as in DESIGN contract 6."""
+    """Per-layer and total sparsity and dormant fractions, named as in docs/design.md contract 6."""
     return {
         **sparsity_metrics(state.opt_state.masks, network.metric_name("sparsity")),
         **dormancy.dormant_fractions(scores(network, state.params, *inputs), network=network.name or None),

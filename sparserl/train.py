@@ -1,6 +1,6 @@
 """Train a sparse agent: `python -m sparserl.train --agent=dqn --sparsity=0.9`.
 
-flags -> config -> run directory -> runner (DESIGN section 2). The config is
+flags -> config -> run directory -> runner (docs/design.md section 2). The config is
 built in this order, later steps winning: the agent's `configs/<agent>.py`
 (or `--config=path.py`) with a preset applied, the flags given on the
 command line, then `--config.<field>=value` overrides (parsed by
@@ -8,7 +8,7 @@ ml_collections' `config_flags`, typed by the config's fields). The preset is
 the one of the env's family, or the one named after a colon:
 `--config=configs/dqn.py:atari`. Every input is checked before anything is
 written (`prepare`); a mistake ends with one line naming the flag and exit
-status 2 (DESIGN contract 7).
+status 2 (docs/design.md contract 7).
 """
 
 import dataclasses

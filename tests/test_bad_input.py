@@ -1,4 +1,4 @@
-"""User mistakes end with one line naming the flag, exit status 2, and nothing written (DESIGN contract 7).
+"""User mistakes end with one line naming the flag, exit status 2, and nothing written (docs/design.md contract 7).
 
 The cases run in-process through `sparserl.train.prepare`, every check the entry point makes before it writes
 anything; three run the CLI end to end for the exit status and the one line on stderr.

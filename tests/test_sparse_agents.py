@@ -7,15 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparserl.configs import dqn
-from sparserl.configs import ppo
-from sparserl.configs import sac
+from sparserl.configs import dqn as dqn_config, ppo as ppo_config, sac as sac_config
 from sparserl.agents import dqn, ppo, sac
 from sparserl import bench, envs
 from sparserl.sparse.structure import FAN_IN, NM, column_counts, group_counts, parse
 
-AGENTS = {"dqn": (dqn, configs.dqn, "gymnax:CartPole-v1"), "sac": (sac, configs.sac, "gymnax:Pendulum-v1"),
-          "ppo": (ppo, configs.ppo, "gymnax:CartPole-v1")}
+AGENTS = {"dqn": (dqn, dqn_config, "gymnax:CartPole-v1"), "sac": (sac, sac_config, "gymnax:Pendulum-v1"),
+          "ppo": (ppo, ppo_config, "gymnax:CartPole-v1")}
 STRUCTURES = {"prune": "unstructured", "srigl": "fan_in", "srste": "nm:2:4"}
 
 
@@ -122,7 +120,7 @@ def test_redo_resets_dormant_neurons_but_not_the_structure(method):
 def test_sparsity_config_lets_each_method_read_its_own_block():
     from sparserl.agent import sparsity_config
 
-    sparse = configs.dqn.get_config().sparse
+    sparse = dqn_config.get_config().sparse
     schedule = lambda resolved: (resolved.update_period, resolved.update_start, resolved.update_end)  # noqa: E731
     sparse.method = "srigl"
     resolved = sparsity_config(sparse, 1_000, 0.9)

@@ -32,7 +32,7 @@ def test_erk_hand_computed_example():
     assert sparsities["a"] == 0.0
     assert sparsities["b"] == pytest.approx(1 - 29 / 42)
     assert sparsities["c"] == pytest.approx(1 - 29 / 84)
-    # DESIGN section 4: 0.0, 0.31, 0.655 (0.3095 and 0.6548).
+    # docs/design.md section 4: 0.0, 0.31, 0.655 (0.3095 and 0.6548).
     assert [sparsities["a"], sparsities["b"], sparsities["c"]] == pytest.approx([0.0, 0.31, 0.655], abs=5e-4)
 
 

@@ -75,7 +75,7 @@ def test_kept_per_group_by_hand():
 
 def test_erk_with_fan_in_rounds_per_layer():
     """ERK's layer sparsity s_l becomes floor(s_l * f) zeros in every column (k = f - that)."""
-    # DESIGN's example at 0.5: a dense, b at 13/42, c at 55/84. b: floor(3 * 13/42) = 0 zeros -> k = 3, dense;
+    # docs/design.md's example at 0.5: a dense, b at 13/42, c at 55/84. b: floor(3 * 13/42) = 0 zeros -> k = 3, dense;
     # c: fan-in 8, floor(8 * 55/84) = floor(5.24) = 5 zeros -> k = 3, sparsity 0.625 (ERK: 0.655).
     shapes = {"a": (2, 4), "b": (3, 6), "c": (2, 4, 6)}
     params = {name: {"kernel": jnp.ones(shape)} for name, shape in shapes.items()}
@@ -264,11 +264,10 @@ def test_dense_layers_by_path_on_the_twin_critic_and_the_cnn():
 # --- the command line: N:M fixes the sparsity ---------------------------------------------------------------------
 
 def test_nm_fixes_the_sparsity_and_rejects_another_in_process():
-    from sparserl.configs import dqn
-    from sparserl.configs import sac
+    from sparserl.configs import dqn as dqn_config, sac as sac_config
     from sparserl.train import UsageError, resolve_structure_sparsity
 
-    sparse = configs.dqn.get_config().sparse
+    sparse = dqn_config.get_config().sparse
     sparse.structure = "nm:2:4"
     resolve_structure_sparsity(sparse)
     assert sparse.sparsity == 0.5  # set when --sparsity is not given
@@ -276,7 +275,7 @@ def test_nm_fixes_the_sparsity_and_rejects_another_in_process():
     sparse.sparsity = 0.9
     with pytest.raises(UsageError, match=r"^--sparsity: 0.9 conflicts with --structure=nm:2:4, which fixes the sparsity at 1 - N/M = 0.5"):
         resolve_structure_sparsity(sparse)
-    sparse = configs.sac.get_config().sparse
+    sparse = sac_config.get_config().sparse
     sparse.structure, sparse.critic_sparsity = "nm:1:4", 0.5
     with pytest.raises(UsageError, match="^--critic_sparsity: 0.5 conflicts"):
         resolve_structure_sparsity(sparse)

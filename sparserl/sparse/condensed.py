@@ -9,7 +9,7 @@ of each neuron) and the values W[idx[o, j], o], and
 
 costs batch * out * k multiply-adds instead of batch * in * out.
 
-Where things live (DESIGN contract 3 is unchanged: weights stay dense with
+Where things live (docs/design.md contract 3 is unchanged: weights stay dense with
 zeros, so masks, the optimizer wrapper, topology updates, ReDo and checkpoints
 see the same pytrees as before):
 

@@ -1,4 +1,4 @@
-"""The sparse-training settings shared by every agent (DESIGN section 4)."""
+"""The sparse-training settings shared by every agent (docs/design.md section 4)."""
 
 import dataclasses
 

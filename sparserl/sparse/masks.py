@@ -1,4 +1,4 @@
-"""Masks: pytrees of booleans that mirror the params pytree (DESIGN contract 3).
+"""Masks: pytrees of booleans that mirror the params pytree (docs/design.md contract 3).
 
 Sparse weights live dense, with zeros at pruned positions. A masked kernel's
 mask has exactly floor(s * n) False entries; every other leaf (biases, layers
@@ -66,7 +66,7 @@ def apply_masks(tree: Any, masks: Any) -> Any:
 
 
 def sparsity_metrics(masks: Any, prefix: str = "sparsity") -> dict[str, jax.Array]:
-    """`{prefix}/<layer>` per kernel and `{prefix}/total` over all kernels (DESIGN contract 6)."""
+    """`{prefix}/<layer>` per kernel and `{prefix}/total` over all kernels (docs/design.md contract 6)."""
     metrics = {}
     zeros = 0
     total = 0

@@ -1,4 +1,4 @@
-"""The optax wrapper that keeps a network sparse (DESIGN contract 3).
+"""The optax wrapper that keeps a network sparse (docs/design.md contract 3).
 
 One step, all inside jit and vmappable over seeds:
 

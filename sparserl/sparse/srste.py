@@ -12,7 +12,7 @@ plus a decay lambda_W (`decay`, the paper's 2e-4) of the pruned ones only
 (Ē = 1 - E), which pulls them toward zero so that the mask settles.
 
 How it fits the mask/optimizer wrapper: the params the agents see (and the
-forward pass uses) stay W~, masked with exact zeros (DESIGN contract 3), so
+forward pass uses) stay W~, masked with exact zeros (docs/design.md contract 3), so
 the gradient the agent computes is g(W~) at every position. W lives in the
 method's own state (`SparseOptState.topology`). Each step the wrapper trains W:
 W's active entries are taken from the params first (so what ReDo or the

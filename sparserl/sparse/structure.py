@@ -6,7 +6,7 @@ of kept connections. Kernels are [fan_in, out] (dense) or [h, w, in, out]
 is a kernel column.
 
 - `unstructured`: the whole kernel is one group of n entries; it keeps
-  n - floor(s * n) (DESIGN section 4).
+  n - floor(s * n) (docs/design.md section 4).
 - `fan_in` (Lasby et al. 2023, "constant fan-in"): each output
   neuron is a group of its f inputs and keeps the same k = f - floor(s_l * f)
   of them, s_l the layer's sparsity from the distribution (ERK or uniform).

@@ -7,7 +7,7 @@ config block `sparse.<name>` it reads (`schedule_fields`, `options`: so no
 agent or config helper special-cases a method), and, through three hooks,
 how the optimizer wrapper (`sparserl.sparse.optimizer`) trains the weights:
 `train_params_and_grads`, `masked_updates` and `finish`. The defaults train
-the weights on the mask (DESIGN contract 3); SR-STE (`sparserl.sparse.srste`)
+the weights on the mask (docs/design.md contract 3); SR-STE (`sparserl.sparse.srste`)
 overrides them to train dense weights behind the mask.
 
 Drop-and-grow methods (`DropAndGrow`) supply drop scores and grow scores; the
