@@ -9,6 +9,7 @@ import sys
 import time
 
 import ml_collections
+import numpy as np
 import pytest
 
 from sparserl import checkpoint
@@ -103,3 +104,29 @@ def eval_returns(run_dir, seed: int = 0) -> list[float]:
 def mean_of_last_evals(run_dir, seeds, last: int) -> float:
     """The learning tests' score: the mean over seeds of each seed's mean of its last `last` eval returns."""
     return sum(sum(eval_returns(run_dir, seed)[-last:]) / last for seed in seeds) / len(seeds)
+
+
+def built_modules(monkeypatch, agent_module, config, env_spec) -> dict:
+    """The flax modules `agent_module.make` builds its networks from, by network name."""
+    from sparserl import sparse_network
+
+    modules, make_network = {}, sparse_network.make_network
+
+    def record(module, inner, sparsity, name="", **kwargs):
+        modules[name] = module
+        return make_network(module, inner, sparsity, name, **kwargs)
+
+    monkeypatch.setattr(sparse_network, "make_network", record)
+    agent_module.make(config, env_spec)
+    return modules
+
+
+def hidden_outputs(module, *inputs) -> list[np.ndarray]:
+    """The post-activation outputs of every hidden layer of a freshly initialised module."""
+    import jax
+
+    from sparserl.networks import ACTIVATIONS
+
+    params = module.init(jax.random.key(0), *inputs)
+    _, captured = module.apply(params, *inputs, mutable=[ACTIVATIONS])
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(captured)]

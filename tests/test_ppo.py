@@ -13,7 +13,7 @@ from sparserl.agents import ppo
 from sparserl.configs import ppo as ppo_config
 from sparserl import dormancy, envs, runner
 from sparserl.reporting import read_csv
-from tests.helpers import eval_returns, mean_of_last_evals, run_train, run_train_side_by_side, with_fields
+from tests.helpers import built_modules, eval_returns, mean_of_last_evals, run_train, run_train_side_by_side, with_fields
 
 GAMMA, LAMBDA = 0.9, 0.8
 
@@ -289,3 +289,31 @@ def test_a_90_percent_sparse_actor_learns_acrobot_on_the_seed_that_froze(tmp_pat
     returns = [row["eval/episode_return"] for row in _metrics(tmp_path / "acrobot", 1, "eval")]
     assert returns[-1] >= -300, returns
     assert all(row["warnings/frozen/actor"] == 0.0 for row in _metrics(tmp_path / "acrobot", 1))
+
+
+def _orthogonal_gain(kernel) -> float:
+    """g when the kernel's columns (output units, over the flattened fan-in) are orthogonal with norm g, else nan."""
+    matrix = np.asarray(kernel).reshape(-1, kernel.shape[-1])
+    gram = matrix.T @ matrix
+    gain_squared = gram[0, 0]
+    return float(np.sqrt(gain_squared)) if np.allclose(gram, gain_squared * np.eye(len(gram)), atol=1e-5) else float("nan")
+
+
+def test_ppo_cnn_takes_cleanrl_orthogonal_init(monkeypatch):
+    """CleanRL ppo_atari.py's layer_init: orthogonal gain sqrt(2) for the convs and the dense layer, 0.01 for the
+    actor's output and 1 for the critic's (issue 15: network_module dropped these for CNNs, so Atari PPO got
+    LeCun-normal kernels)."""
+    import jax
+    import jax.numpy as jnp
+
+    from sparserl.agents import ppo
+    from sparserl.envs import EnvSpec
+
+    env_spec = EnvSpec("test", "minatar", (6, 6, 2), np.dtype(np.float32), True, 3, None, None, None)
+    modules = built_modules(monkeypatch, ppo, ppo_config.get_config("minatar"), env_spec)
+    actor, critic = (modules[name].init(jax.random.key(0), jnp.zeros((1, 6, 6, 2)))["params"] for name in ("actor", "critic"))
+    for params in (actor, critic):
+        assert _orthogonal_gain(params["conv_0"]["kernel"]) == pytest.approx(np.sqrt(2.0), rel=1e-4)
+        assert _orthogonal_gain(params["dense_0"]["kernel"]) == pytest.approx(np.sqrt(2.0), rel=1e-4)
+    assert _orthogonal_gain(actor["output"]["kernel"]) == pytest.approx(0.01, rel=1e-4)
+    assert _orthogonal_gain(critic["output"]["kernel"]) == pytest.approx(1.0, rel=1e-4)

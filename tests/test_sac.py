@@ -13,7 +13,7 @@ from sparserl.configs import sac as sac_config
 from sparserl import envs, replay as replay_lib
 from sparserl.reporting import read_csv
 
-from tests.helpers import run_train, with_fields
+from tests.helpers import built_modules, hidden_outputs, run_train, with_fields
 
 
 def _config(**fields):
@@ -248,3 +248,24 @@ def test_two_seeds_in_one_process_equal_two_single_seed_runs(tmp_path):
                 for name in row_both:
                     if name != "sps":
                         np.testing.assert_equal(row_both[name], row_single[name], err_msg=f"seed {seed} {kind} {name}")
+
+
+def test_sac_critic_takes_the_configured_activation_and_refuses_a_cnn(monkeypatch):
+    """The twin critic is built with `network.activation` (issue 15: it was always ReLU)."""
+    import jax
+
+    from sparserl.agents import sac
+    from sparserl import envs
+
+    config = sac_config.get_config()
+    config.network.hidden_sizes = (8, 8)
+    config.network.activation = "tanh"
+    env_spec = envs.env_spec("Pendulum-v1")
+    critic = built_modules(monkeypatch, sac, config, env_spec)["critic"]
+    hidden = hidden_outputs(critic, jax.random.normal(jax.random.key(1), (16, 3)), jax.random.uniform(jax.random.key(2), (16, 1)))
+    assert len(hidden) == 4  # q1 and q2, two hidden layers each
+    for outputs in hidden:
+        assert np.all(np.abs(outputs) < 1.0) and np.any(outputs < 0.0)
+    config.network.kind = "cnn"
+    with pytest.raises(ValueError, match="--config.network.kind: sac builds MLPs only"):
+        sac.make(config, env_spec)

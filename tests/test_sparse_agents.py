@@ -117,25 +117,3 @@ def test_redo_resets_dormant_neurons_but_not_the_structure(method):
     assert not bool(jnp.any(jnp.where(recycled.online.opt_state.masks["dense_1"]["kernel"], 0.0, after)))
 
 
-def test_sparsity_config_lets_each_method_read_its_own_block():
-    from sparserl.agent import sparsity_config
-
-    sparse = dqn_config.get_config().sparse
-    schedule = lambda resolved: (resolved.update_period, resolved.update_start, resolved.update_end)  # noqa: E731
-    sparse.method = "srigl"
-    resolved = sparsity_config(sparse, 1_000, 0.9)
-    assert (resolved.method, resolved.structure, schedule(resolved), resolved.drop_fraction) == ("srigl", "fan_in", (1_000, 0, 750), 0.5)
-    assert resolved.options == (("ablation_threshold", 0.3),)
-    sparse.method = "prune"
-    resolved = sparsity_config(sparse, 1_000, 0.9)
-    assert (resolved.structure, schedule(resolved), resolved.options) == ("unstructured", (1_000, 200, 750), ())
-    sparse.method, sparse.structure = "srste", "nm:2:4"
-    resolved = sparsity_config(sparse, 1_000, 0.5)
-    assert (resolved.structure, schedule(resolved), resolved.options) == ("nm:2:4", (1, 0, 1_000), (("decay", 2e-4),))
-    sparse.structure = "fan_in"
-    with pytest.raises(ValueError, match="--structure: --method=srste trains N:M"):
-        sparsity_config(sparse, 1_000, 0.5)
-    sparse.method, sparse.dense_layers = "static", ("q*/output",)
-    resolved = sparsity_config(sparse, 1_000, 0.9)
-    assert (resolved.structure, resolved.dense_layers, resolved.options) == ("fan_in", ("q*/output",), ())
-    assert sparsity_config(sparse, 1_000, 0.0).method == "dense"

@@ -12,7 +12,6 @@ import pytest
 from sparserl.agents import dqn
 from sparserl.configs import dqn as dqn_config
 from sparserl import checkpoint, envs, networks, runner, sparse_network
-from sparserl.agent import kernels
 from sparserl.reporting import MetricsWriter, ProgressPrinter, read_csv
 from sparserl.sparse import SparsityConfig, condensed, structure
 
@@ -135,26 +134,6 @@ def test_value_and_grad_is_dense_on_topology_steps_only():
                                rtol=1e-5, atol=1e-6)
 
 
-def test_kernels_run_condensed_only_with_constant_fan_in():
-    config = dqn_config.get_config()
-    config.sparse.sparsity = 0.9
-    config.sparse.kernels = "auto"
-    assert kernels(config.sparse) == "masked"  # unstructured masks
-    config.sparse.structure = "fan_in"
-    assert kernels(config.sparse) == "auto"
-    for method in ("prune", "srigl"):  # prune shrinks the fan-in; SRigL's ablation gives survivors more than k
-        config.sparse.method = method
-        assert kernels(config.sparse) == "masked"
-    config.sparse.kernels = "condensed"
-    with pytest.raises(ValueError, match="--config.sparse.kernels: condensed needs constant fan-in"):
-        kernels(config.sparse)
-    config.sparse.kernels = "fast"
-    with pytest.raises(ValueError, match="--config.sparse.kernels: unknown kernels 'fast'; choose one of masked, "):
-        kernels(config.sparse)  # even where the masks would make it masked
-    with pytest.raises(ValueError, match="--config.sparse.kernels: unknown kernels 'fast'"):
-        sparse_network.make_network(networks.MLP((4,), 2), optax.adam(1e-3), SparsityConfig(), kernels="fast")
-
-
 def _dqn_run(kernels_name: str, workdir) -> list[dict]:
     config = dqn_config.get_config()
     config.update_from_flattened_dict({
@@ -186,3 +165,8 @@ def test_a_dqn_run_with_condensed_kernels_matches_masked(tmp_path):
             if name == "sps" or math.isnan(value):
                 continue
             assert float(condensed_row[name]) == pytest.approx(float(value), rel=1e-4, abs=1e-5), name
+
+
+def test_a_network_with_unknown_kernels_is_refused():
+    with pytest.raises(ValueError, match="--config.sparse.kernels: unknown kernels 'fast'"):
+        sparse_network.make_network(networks.MLP((4,), 2), optax.adam(1e-3), SparsityConfig(), kernels="fast")
