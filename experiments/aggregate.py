@@ -292,6 +292,15 @@ def _figure(panels: int, rows: int = 1, width: float = 5.0, height: float = 3.6)
     return plt, figure, axes
 
 
+def _label(axis, title: str, xlabel: str, ylabel: str, legend_size: int) -> None:
+    """Title, axis labels, a light grid and the legend of one panel."""
+    axis.set_title(title)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=legend_size)
+
+
 def _save(plt, figure, path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -325,11 +334,7 @@ def plot_return_vs_sparsity(table: list[dict], matched_sparsity: dict[str, float
             line, = axis.plot(x, [p[1]["iqm"] for p in points], "o-" if "matched" not in label else "s:", label=label)
             axis.fill_between(x, [p[1]["iqm_low"] for p in points], [p[1]["iqm_high"] for p in points],
                               color=line.get_color(), alpha=0.2)
-        axis.set_title(f"{agent} {env}")
-        axis.set_xlabel("sparsity")
-        axis.set_ylabel("IQM of the final return (95% CI)")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        _label(axis, f"{agent} {env}", "sparsity", "IQM of the final return (95% CI)", legend_size=7)
     _save(plt, figure, path)
     return None
 
@@ -404,11 +409,7 @@ def plot_return_vs_step(seed_runs: list[SeedRun], path: str) -> str | None:
             steps, mean, std = curve
             line, = axis.plot(steps, mean, marker="o" if len(steps) == 1 else None, label=f"{run} ({len(runs)} seeds)")
             axis.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
-        axis.set_title(f"{agent} {env}")
-        axis.set_xlabel("environment steps")
-        axis.set_ylabel("eval return")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=6)
+        _label(axis, f"{agent} {env}", "environment steps", "eval return", legend_size=6)
     _save(plt, figure, path)
     return None
 

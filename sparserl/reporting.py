@@ -223,17 +223,10 @@ class ProgressPrinter:
         percent = 100 * step // self.total_steps if self.total_steps > 0 else 100
         fields = [f"step {step:,}/{self.total_steps:,} ({percent}%)"]
         steps_per_second = _finite_value(metrics, "sps")
-        if steps_per_second is not None:
-            fields.append(f"{steps_per_second:,.0f} sps")
-        episode_return = _finite_value(metrics, "train/episode_return")
-        if episode_return is not None:
-            fields.append(f"return {episode_return:.1f}")
-        sparsity = _first_network_value(metrics, "sparsity/")
-        if sparsity is not None:
-            fields.append(f"sparsity {sparsity:.3f}")
-        dormant = _first_network_value(metrics, "dormant/0.1/")
-        if dormant is not None:
-            fields.append(f"dormant(0.1) {dormant:.2f}")
+        shown = ((steps_per_second, "{:,.0f} sps"), (_finite_value(metrics, "train/episode_return"), "return {:.1f}"),
+                 (_first_network_value(metrics, "sparsity/"), "sparsity {:.3f}"),
+                 (_first_network_value(metrics, "dormant/0.1/"), "dormant(0.1) {:.2f}"))
+        fields += [text.format(value) for value, text in shown if value is not None]
         rate = steps_per_second if steps_per_second else self._measured_rate(step, now)
         if rate and step < self.total_steps:
             remaining_seconds = (self.total_steps - step) / rate
