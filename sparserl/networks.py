@@ -95,10 +95,10 @@ class Im2colConv(nn.Module):
 
     Why: XLA on CPU runs a convolution inside `lax.cond`/`lax.scan` bodies (the compiled loop,
     `sparserl.compiled_runner`) far slower than the same convolution in a plain jitted call, while a dot
-    inside control flow runs at full speed. A gradient step of the MinAtar network (batch 32), timed side by
-    side as a plain jitted call and inside a scan of `lax.cond`s: nn.Conv 1.0 and 5.9, Im2colConv 0.83 and
-    1.03; the Nature network: nn.Conv 1.0 and 15.1, Im2colConv 0.78 and 1.47 (docs/studies.md). Results
-    agree with nn.Conv to float32 rounding (the products are summed in another order).
+    inside control flow runs at full speed. A gradient step of the MinAtar network (batch 32) inside a scan
+    of `lax.cond`s took 5.9-19x a plain jitted nn.Conv step timed beside it with nn.Conv, 0.45-2.6x with
+    Im2colConv (4 runs on a loaded 2-core machine); the Nature network 15x and 1.5x (docs/studies.md has
+    the script). Results agree with nn.Conv to float32 rounding (the products are summed in another order).
     """
 
     features: int
