@@ -111,6 +111,7 @@ def summarize(plan: dict, result: dict) -> str:
         if len(without) > 1:
             values = [100 * e[name] for e in without]
             trend = ("grows with every step up in replay ratio" if all(b > a for a, b in zip(values, values[1:]))
+                     else "falls with every step up in replay ratio" if all(b < a for a, b in zip(values, values[1:]))
                      else "does not grow monotonically with the replay ratio")
             ratios = ", ".join(f"{e['replay_ratio']:g}" for e in without)
             lines.append(f"- {name} without ReDo, by replay ratio ({ratios}): "
