@@ -7,6 +7,7 @@ A time-limit truncation is stored with terminated = False and s' = the final
 observation, so the target bootstraps through it.
 """
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -16,8 +17,8 @@ import ml_collections
 import optax
 import rlax
 
-from sparserl import dormancy, learner
-from sparserl.agent import Agent, network_module, off_policy_updates, sparsity_config
+from sparserl import dormancy, sparse_network
+from sparserl.agent import Agent, kernels, network_module, off_policy_updates, sparsity_config
 from sparserl.envs import EnvSpec
 from sparserl.replay import Transition
 from sparserl.sparse.masks import layer_of
@@ -32,10 +33,11 @@ TD_LOSSES = {"huber": lambda errors: rlax.huber_loss(errors, 1.0), "mse": jnp.sq
 
 
 class DQNState(flax.struct.PyTreeNode):
-    online: learner.NetworkState
+    online: sparse_network.NetworkState
     target_params: Any
     rng: jax.Array
     step: jax.Array  # gradient updates so far; shared by all seeds (unbatched under the runner's vmap)
+    recycled: jax.Array  # neurons ReDo recycled so far (`dormancy.recycle_when_due`)
 
 
 def td_errors(q_values: jax.Array, next_target_q_values: jax.Array, batch: Transition, gamma: float) -> jax.Array:
@@ -67,57 +69,66 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         raise ValueError(f"--config.td_loss: unknown loss {config.td_loss!r}; choose one of {', '.join(TD_LOSSES)}")
     if not env_spec.discrete:
         raise ValueError(f"--agent=dqn needs a discrete action space; {env_spec.env_id} is continuous (use --agent=sac or ppo)")
-    network = learner.make_network(
+    network = sparse_network.make_network(
         network_module(config.network, env_spec.num_actions),
         optax.chain(hidden_kernel_l2(config.weight_decay), optax.adam(config.learning_rate, eps=config.adam_eps)),
         sparsity_config(config.sparse, off_policy_updates(config), config.sparse.sparsity),
         sparse_init_rescale=config.sparse.sparse_init_rescale,
+        kernels=kernels(config.sparse),
     )
     sample_observation = jnp.zeros((1, *env_spec.observation_shape), env_spec.observation_dtype)
+    redo_schedule = dormancy.schedule_of(config.redo)
     epsilon = optax.linear_schedule(
         1.0, config.epsilon_end, config.epsilon_decay_steps, transition_begin=config.learning_starts
     )
 
     def init(key: jax.Array) -> DQNState:
         network_key, rng = jax.random.split(key)
-        online = learner.init(network, network_key, sample_observation)
-        return DQNState(online, online.params, rng, jnp.zeros((), jnp.int32))
+        online = sparse_network.init(network, network_key, sample_observation)
+        return DQNState(online, online.params, rng, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
     def act(state: DQNState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
         """Epsilon-greedy actions for a batch of observations."""
-        greedy = jnp.argmax(learner.apply(network, state.online.params, observations), axis=-1)
+        greedy = jnp.argmax(sparse_network.apply(network, state.online.params, observations, indices=state.online.indices), axis=-1)
         random_key, explore_key = jax.random.split(key)
         random_actions = jax.random.randint(random_key, greedy.shape, 0, env_spec.num_actions)
         exploration = epsilon(env_step) if explore else config.eval_epsilon
         return jnp.where(jax.random.uniform(explore_key, greedy.shape) < exploration, random_actions, greedy)
 
-    def update(state: DQNState, batch: Transition, key: jax.Array) -> tuple[DQNState, dict[str, jax.Array]]:
+    def update(state: DQNState, batch: Transition, key: jax.Array, sample=None, plan=None) -> tuple[DQNState, dict[str, jax.Array]]:
+        """One gradient step on `batch`, then ReDo when due, on `sample(key, redo.batch_size)` from the replay
+        (`plan`: `plan(first_update, 1)` when the caller knows the update number, see `dormancy.recycle_when_due`)."""
         if config.reward_clip:
             batch = batch._replace(reward=jnp.clip(batch.reward, -1.0, 1.0))
-        next_target_q_values = learner.apply(network, state.target_params, batch.next_observation)
+        # The target's masks lag the online ones by up to target_update_period steps: it runs masked dense.
+        next_target_q_values = sparse_network.apply(network, state.target_params, batch.next_observation)
 
-        def loss_fn(params):
-            q_values = learner.apply(network, params, batch.observation)
+        def loss_fn(params, indices):
+            q_values = sparse_network.apply(network, params, batch.observation, indices=indices)
             errors = td_errors(q_values, next_target_q_values, batch, config.gamma)
             return jnp.mean(TD_LOSSES[config.td_loss](errors)), q_values
 
-        (loss, q_values), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.online.params)
-        online = learner.apply_gradients(network, state.online, grads, state.step, key)
+        (loss, q_values), grads = sparse_network.value_and_grad(network, loss_fn, state.online, state.step)
+        online = sparse_network.apply_gradients(network, state.online, grads, state.step, key)
         step = state.step + 1
         target_params = jax.lax.cond(
             step % config.target_update_period == 0, lambda: online.params, lambda: state.target_params
         )
         metrics = {"loss/td": loss, "q/mean": jnp.mean(q_values)}
-        return DQNState(online, target_params, state.rng, step), metrics
+        state = DQNState(online, target_params, state.rng, step, state.recycled)
+        state = dormancy.recycle_when_due(redo_schedule, state, recycle, dormancy.replay_batch(sample, config.redo.batch_size),
+                                          dormancy.redo_key(key), plan)
+        return state, metrics
 
     def measure(state: DQNState, batch: Transition) -> dict[str, jax.Array]:
-        return learner.metrics(network, state.online, batch.observation)
+        return {**sparse_network.metrics(network, state.online, batch.observation), **dormancy.recycled_metrics(redo_schedule, state)}
 
     def recycle(state: DQNState, batch: Transition, key: jax.Array) -> tuple[DQNState, jax.Array]:
-        online, result = learner.recycle(network, state.online, key, config.redo.tau, batch.observation)
+        online, result = sparse_network.recycle(network, state.online, key, config.redo.tau, batch.observation)
         state = state.replace(online=online)
         if config.redo.reset_target:
             state = state.replace(target_params=dormancy.follow_online(state.target_params, online.params, result.touched))
         return state, result.num_recycled
 
-    return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle)
+    return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle,
+                 plan=functools.partial(dormancy.plan_of, redo_schedule))

@@ -13,12 +13,12 @@ rollout, in one `lax.scan` over epochs x minibatches (as in CleanRL's
   episode ends there; a termination never bootstraps.
 - per minibatch: clipped surrogate (advantages normalised per minibatch),
   clipped value loss, entropy bonus; one gradient step on each network
-  (`learner.apply_gradients`: sparse masks, topology updates on schedule),
+  (`sparse_network.apply_gradients`: sparse masks, topology updates on schedule),
   each network's gradient clipped to a global norm of 0.5, or with
   `clip_grad_norm_jointly` the actor and critic gradients together (CleanRL's
   and SB3's one `clip_grad_norm_` over all parameters, rigl's TF-Agents PPO),
-  then Adam with a linearly decaying learning rate; ReDo on schedule (gradient steps),
-  scored on the whole rollout.
+  then Adam with a linearly decaying learning rate; ReDo on schedule (gradient steps,
+  `dormancy.recycle_when_due`), scored on the whole rollout.
 - observation normalisation (continuous control): running mean/variance in
   the state; the rollout is normalised with the statistics the actions were
   chosen with, then the statistics absorb the rollout.
@@ -31,7 +31,7 @@ log-probability is what the update uses); the runner clips it to the action
 bounds for the env. `act(explore=False)` returns the clipped mean.
 """
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import flax.struct
@@ -42,7 +42,7 @@ import numpy as np
 import optax
 import rlax
 
-from sparserl import dormancy, learner, networks
+from sparserl import dormancy, networks, sparse_network
 from sparserl.agent import Agent, network_module, network_sparsity, sparsity_config
 from sparserl.envs import EnvSpec
 
@@ -50,6 +50,21 @@ from sparserl.envs import EnvSpec
 LOOP = "on_policy"
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+class Rollout(NamedTuple):
+    """One on-policy rollout, arrays [rollout_steps, envs_per_seed, ...] (the runners add a leading seed axis).
+
+    `next_observation[t]` is the true s' of step t: the final observation
+    where an episode ended (terminated or truncated), else `observation[t + 1]`.
+    """
+
+    observation: Any
+    action: Any
+    reward: Any
+    terminated: Any
+    truncated: Any
+    next_observation: Any
 
 
 class RunningStats(flax.struct.PyTreeNode):
@@ -61,11 +76,12 @@ class RunningStats(flax.struct.PyTreeNode):
 
 
 class PPOState(flax.struct.PyTreeNode):
-    actor: learner.NetworkState
-    critic: learner.NetworkState
+    actor: sparse_network.NetworkState
+    critic: sparse_network.NetworkState
     obs_stats: RunningStats
     rng: jax.Array
     step: jax.Array  # gradient (minibatch) steps so far; shared by all seeds (unbatched under the runner's vmap)
+    recycled: jax.Array  # neurons ReDo recycled so far (`dormancy.recycle_when_due`)
 
 
 class _Bias(nn.Module):
@@ -191,20 +207,18 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         adam = optax.adam(learning_rate, eps=config.adam_eps)
         return adam if config.clip_grad_norm_jointly else optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adam)
 
-    mlp = config.network.kind == "mlp"
-    hidden_init = dict(hidden_kernel_init=networks.orthogonal(np.sqrt(2.0))) if mlp else {}
-    actor_torso = network_module(
-        config.network, num_actions, **hidden_init, **(dict(output_kernel_init=networks.orthogonal(0.01)) if mlp else {})
-    )
+    # CleanRL's layer_init: orthogonal hidden kernels (gain sqrt 2), output gain 0.01 (actor) and 1 (critic).
+    hidden_init = networks.orthogonal(np.sqrt(2.0))
+    actor_torso = network_module(config.network, num_actions, hidden_kernel_init=hidden_init,
+                                 output_kernel_init=networks.orthogonal(0.01))
     actor_module = actor_torso if discrete else GaussianPolicy(actor_torso, num_actions, config.log_std_init)
-    critic_module = network_module(
-        config.network, 1, **hidden_init, **(dict(output_kernel_init=networks.orthogonal(1.0)) if mlp else {})
-    )
-    actor = learner.make_network(
+    critic_module = network_module(config.network, 1, hidden_kernel_init=hidden_init,
+                                   output_kernel_init=networks.orthogonal(1.0))
+    actor = sparse_network.make_network(
         actor_module, inner_optimizer(), sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "actor")), "actor",
         sparse_init_rescale=config.sparse.sparse_init_rescale,
     )
-    critic = learner.make_network(
+    critic = sparse_network.make_network(
         critic_module, inner_optimizer(), sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "critic")), "critic",
         sparse_init_rescale=config.sparse.sparse_init_rescale,
     )
@@ -212,7 +226,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     stats_shape = env_spec.observation_shape if config.normalize_observations else ()
     action_low = None if discrete else jnp.asarray(env_spec.action_low)
     action_high = None if discrete else jnp.asarray(env_spec.action_high)
-    recycle_schedule = dormancy.RecycleSchedule(period=config.redo.period)
+    redo_schedule = dormancy.schedule_of(config.redo)
 
     def normalize(stats: RunningStats, observations: jax.Array) -> jax.Array:
         if not config.normalize_observations:
@@ -234,17 +248,18 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     def init(key: jax.Array) -> PPOState:
         actor_key, critic_key, rng = jax.random.split(key, 3)
         return PPOState(
-            actor=learner.init(actor, actor_key, sample_observation),
-            critic=learner.init(critic, critic_key, sample_observation),
+            actor=sparse_network.init(actor, actor_key, sample_observation),
+            critic=sparse_network.init(critic, critic_key, sample_observation),
             obs_stats=init_stats(stats_shape),
             rng=rng,
             step=jnp.zeros((), jnp.int32),
+            recycled=jnp.zeros((), jnp.int32),
         )
 
     def act(state: PPOState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
         """Sampled actions (explore) or the greedy / mean action, for a batch of observations."""
         del env_step
-        output = learner.apply(actor, state.actor.params, normalize(state.obs_stats, observations))
+        output = sparse_network.apply(actor, state.actor.params, normalize(state.obs_stats, observations))
         if discrete:
             return jax.random.categorical(key, output) if explore else jnp.argmax(output, axis=-1)
         mean, log_std = output
@@ -253,11 +268,11 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         return jnp.clip(mean, action_low, action_high)
 
     def values_of(critic_params, observations):
-        return learner.apply(critic, critic_params, observations)[:, 0]
+        return sparse_network.apply(critic, critic_params, observations)[:, 0]
 
     def loss_fn(actor_params, critic_params, minibatch):
         observations, actions, old_log_probs, advantages, returns, old_values = minibatch
-        log_probs, entropy = log_prob_and_entropy(learner.apply(actor, actor_params, observations), actions)
+        log_probs, entropy = log_prob_and_entropy(sparse_network.apply(actor, actor_params, observations), actions)
         policy_loss, value_loss, ratio, log_ratio = clipped_losses(
             log_probs, old_log_probs, advantages, values_of(critic_params, observations), old_values, returns,
             config.clip_coef, config.clip_value_loss, config.normalize_advantages,
@@ -275,22 +290,22 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
 
     def recycle_observations(state: PPOState, observations: jax.Array, key: jax.Array) -> tuple[PPOState, jax.Array]:
         actor_key, critic_key = jax.random.split(key)
-        actor_state, actor_result = learner.recycle(actor, state.actor, actor_key, config.redo.tau, observations)
-        critic_state, critic_result = learner.recycle(critic, state.critic, critic_key, config.redo.tau, observations)
+        actor_state, actor_result = sparse_network.recycle(actor, state.actor, actor_key, config.redo.tau, observations)
+        critic_state, critic_result = sparse_network.recycle(critic, state.critic, critic_key, config.redo.tau, observations)
         return state.replace(actor=actor_state, critic=critic_state), actor_result.num_recycled + critic_result.num_recycled
 
     def flat(batch_array: jax.Array) -> jax.Array:
         return batch_array.reshape((-1, *batch_array.shape[2:]))
 
-    def update(state: PPOState, batch: Any, key: jax.Array) -> tuple[PPOState, dict[str, jax.Array]]:
-        """The PPO update of one rollout (`runner.Rollout`, arrays [T, num_envs, ...]): epochs x minibatches."""
+    def update(state: PPOState, batch: Rollout, key: jax.Array) -> tuple[PPOState, dict[str, jax.Array]]:
+        """The PPO update of one rollout (arrays [T, num_envs, ...]): epochs x minibatches."""
         steps, envs = batch.reward.shape
         observations = flat(normalize(state.obs_stats, batch.observation))
         next_observations = flat(normalize(state.obs_stats, batch.next_observation))
         actions = flat(batch.action)
         values = values_of(state.critic.params, observations)
         next_values = values_of(state.critic.params, next_observations)
-        old_log_probs, _ = log_prob_and_entropy(learner.apply(actor, state.actor.params, observations), actions)
+        old_log_probs, _ = log_prob_and_entropy(sparse_network.apply(actor, state.actor.params, observations), actions)
         advantages, returns = gae(
             batch.reward, values.reshape(steps, envs), next_values.reshape(steps, envs),
             batch.terminated, batch.truncated, config.gamma, config.gae_lambda,
@@ -305,23 +320,15 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
                 state.actor.params, state.critic.params, minibatch
             )
             if config.clip_grad_norm_jointly:
-                actor_grads, critic_grads = learner.clip_by_joint_norm(
+                actor_grads, critic_grads = sparse_network.clip_by_joint_norm(
                     [state.actor, state.critic], [actor_grads, critic_grads], config.max_grad_norm
                 )
             state = state.replace(
-                actor=learner.apply_gradients(actor, state.actor, actor_grads, state.step, actor_key),
-                critic=learner.apply_gradients(critic, state.critic, critic_grads, state.step, critic_key),
+                actor=sparse_network.apply_gradients(actor, state.actor, actor_grads, state.step, actor_key),
+                critic=sparse_network.apply_gradients(critic, state.critic, critic_grads, state.step, critic_key),
                 step=state.step + 1,
             )
-            if config.redo.enabled:
-                recycled = jnp.zeros((), jnp.int32)
-                state, recycled = jax.lax.cond(
-                    recycle_schedule.is_due(state.step),
-                    lambda s: recycle_observations(s, observations, redo_key),
-                    lambda s: (s, recycled),
-                    state,
-                )
-                metrics["redo/recycled"] = recycled
+            state = dormancy.recycle_when_due(redo_schedule, state, recycle_observations, lambda _: observations, redo_key)
             return (state, key), metrics
 
         def epoch(carry, epoch_key):
@@ -330,17 +337,18 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
 
         key, epochs_key = jax.random.split(key)
         (state, _), metrics = jax.lax.scan(epoch, (state, key), jax.random.split(epochs_key, config.update_epochs))
-        metrics = {name: (jnp.sum(value) if name == "redo/recycled" else jnp.mean(value)) for name, value in metrics.items()}
+        metrics = {name: jnp.mean(value) for name, value in metrics.items()}
         metrics["ppo/explained_variance"] = 1.0 - jnp.var(returns.reshape(-1) - values) / (jnp.var(returns) + 1e-8)
         if config.normalize_observations:
             state = state.replace(obs_stats=update_stats(state.obs_stats, flat(batch.observation)))
         return state, metrics
 
-    def measure(state: PPOState, batch: Any) -> dict[str, jax.Array]:
+    def measure(state: PPOState, batch: Rollout) -> dict[str, jax.Array]:
         observations = flat(normalize(state.obs_stats, batch.observation))
-        return {**learner.metrics(actor, state.actor, observations), **learner.metrics(critic, state.critic, observations)}
+        return {**sparse_network.metrics(actor, state.actor, observations), **sparse_network.metrics(critic, state.critic, observations),
+                **dormancy.recycled_metrics(redo_schedule, state)}
 
-    def recycle(state: PPOState, batch: Any, key: jax.Array) -> tuple[PPOState, jax.Array]:
+    def recycle(state: PPOState, batch: Rollout, key: jax.Array) -> tuple[PPOState, jax.Array]:
         return recycle_observations(state, flat(normalize(state.obs_stats, batch.observation)), key)
 
     return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle)

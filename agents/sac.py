@@ -9,7 +9,7 @@ Algorithms and Applications", eqs. 5, 7, 18):
 - actor: a ~ pi(.|s) (reparameterised), loss = mean alpha * log pi(a|s) - min_i Q_i(s, a);
 - temperature: loss = mean -alpha * (log pi(a|s) + target_entropy), target_entropy = -|A|;
 - target critic: Polyak averaging with tau, kept on the online critic's masks
-  (`learner.soft_update_target`).
+  (`sparse_network.soft_update_target`).
 
 The policy is a tanh-squashed Gaussian over [-1, 1]^|A| (the log-probability
 includes the tanh change of variables); actions are rescaled to the env's
@@ -19,6 +19,7 @@ stored with terminated = False and s' = the final observation, so the target
 bootstraps through it.
 """
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sparserl import dormancy, learner, networks
+from sparserl import dormancy, networks, sparse_network
 from sparserl.agent import Agent, network_module, network_sparsity, off_policy_updates, sparsity_config
 from sparserl.envs import EnvSpec
 from sparserl.replay import Transition
@@ -37,13 +38,14 @@ LOOP = "off_policy"
 
 
 class SACState(flax.struct.PyTreeNode):
-    actor: learner.NetworkState
-    critic: learner.NetworkState
+    actor: sparse_network.NetworkState
+    critic: sparse_network.NetworkState
     target_critic_params: Any
     log_alpha: jax.Array
     alpha_opt_state: Any
     rng: jax.Array
     step: jax.Array  # gradient updates so far; shared by all seeds (unbatched under the runner's vmap)
+    recycled: jax.Array  # neurons ReDo recycled so far (`dormancy.recycle_when_due`)
 
 
 def critic_targets(reward: jax.Array, terminated: jax.Array, next_q: jax.Array, next_log_prob: jax.Array,
@@ -93,22 +95,27 @@ def temperature_loss(log_alpha: jax.Array, log_prob: jax.Array, target_entropy: 
 def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     if env_spec.discrete:
         raise ValueError(f"--agent=sac needs a continuous action space; {env_spec.env_id} is discrete (use --agent=dqn or ppo)")
+    if config.network.kind != "mlp":
+        raise ValueError(f"--config.network.kind: sac builds MLPs only (its critics read observation and action); "
+                         f"choose one of mlp, got {config.network.kind!r}")
     action_dim = env_spec.num_actions
     updates = off_policy_updates(config)
-    actor_net = learner.make_network(
+    actor_net = sparse_network.make_network(
         network_module(config.network, 2 * action_dim),
         optax.adam(config.learning_rate),
         sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "actor")),
         name="actor",
         sparse_init_rescale=config.sparse.sparse_init_rescale,
     )
-    critic_net = learner.make_network(
-        networks.TwinCritic(tuple(config.network.hidden_sizes), width_multiplier=config.network.width_multiplier),
+    critic_net = sparse_network.make_network(
+        networks.TwinCritic(tuple(config.network.hidden_sizes), width_multiplier=config.network.width_multiplier,
+                            activation=config.network.activation),
         optax.adam(config.learning_rate),
         sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "critic")),
         name="critic",
         sparse_init_rescale=config.sparse.sparse_init_rescale,
     )
+    redo_schedule = dormancy.schedule_of(config.redo)
     alpha_optimizer = optax.adam(config.temperature_learning_rate)
     target_entropy = -config.target_entropy_scale * action_dim
     action_low = jnp.asarray(env_spec.action_low, jnp.float32)
@@ -124,15 +131,15 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         return jnp.clip((actions - action_center) / action_half_range, -1.0, 1.0)
 
     def policy(actor_params, observations):
-        return squashed_gaussian(learner.apply(actor_net, actor_params, observations), config.log_std_min, config.log_std_max)
+        return squashed_gaussian(sparse_network.apply(actor_net, actor_params, observations), config.log_std_min, config.log_std_max)
 
     def init(key: jax.Array) -> SACState:
         actor_key, critic_key, rng = jax.random.split(key, 3)
-        actor = learner.init(actor_net, actor_key, sample_observation)
-        critic = learner.init(critic_net, critic_key, sample_observation, sample_action_input)
+        actor = sparse_network.init(actor_net, actor_key, sample_observation)
+        critic = sparse_network.init(critic_net, critic_key, sample_observation, sample_action_input)
         log_alpha = jnp.asarray(jnp.log(config.init_temperature), jnp.float32)
         return SACState(actor, critic, critic.params, log_alpha, alpha_optimizer.init(log_alpha), rng,
-                        jnp.zeros((), jnp.int32))
+                        jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
     def act(state: SACState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
         """Env-bounded actions: sampled (uniform before `learning_starts`) when exploring, else tanh(mean)."""
@@ -144,7 +151,9 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         uniform = jax.random.uniform(random_key, mean.shape, minval=-1.0, maxval=1.0)
         return to_env(jnp.where(env_step < config.learning_starts, uniform, sampled))
 
-    def update(state: SACState, batch: Transition, key: jax.Array) -> tuple[SACState, dict[str, jax.Array]]:
+    def update(state: SACState, batch: Transition, key: jax.Array, sample=None, plan=None) -> tuple[SACState, dict[str, jax.Array]]:
+        """One gradient step on `batch`, then ReDo when due, on `sample(key, redo.batch_size)` from the replay
+        (`plan`: `plan(first_update, 1)` when the caller knows the update number, see `dormancy.recycle_when_due`)."""
         next_key, actor_key, critic_sparse_key, actor_sparse_key = jax.random.split(key, 4)
         alpha = jnp.exp(state.log_alpha)
         actions = from_env(batch.action)
@@ -152,32 +161,32 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         # Critic: soft TD targets from the target critics and a fresh action at s'.
         next_mean, next_log_std = policy(state.actor.params, batch.next_observation)
         next_actions, next_log_prob = sample_action(next_mean, next_log_std, next_key)
-        next_q = learner.apply(critic_net, state.target_critic_params, batch.next_observation, next_actions)
+        next_q = sparse_network.apply(critic_net, state.target_critic_params, batch.next_observation, next_actions)
         targets = critic_targets(batch.reward, batch.terminated, next_q, next_log_prob, alpha, config.gamma)
 
         def critic_loss_fn(critic_params):
-            q = learner.apply(critic_net, critic_params, batch.observation, actions)  # [2, batch]
+            q = sparse_network.apply(critic_net, critic_params, batch.observation, actions)  # [2, batch]
             return jnp.sum(jnp.mean(0.5 * (q - targets[None]) ** 2, axis=1)), q
 
         (critic_loss, q), critic_grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(state.critic.params)
-        critic = learner.apply_gradients(critic_net, state.critic, critic_grads, state.step, critic_sparse_key)
+        critic = sparse_network.apply_gradients(critic_net, state.critic, critic_grads, state.step, critic_sparse_key)
 
         # Actor: maximise min_i Q_i(s, a) + alpha * entropy, with a reparameterised a ~ pi(.|s).
         def actor_loss_fn(actor_params):
             mean, log_std = policy(actor_params, batch.observation)
             new_actions, log_prob = sample_action(mean, log_std, actor_key)
-            new_q = learner.apply(critic_net, critic.params, batch.observation, new_actions)
+            new_q = sparse_network.apply(critic_net, critic.params, batch.observation, new_actions)
             return actor_loss(alpha, log_prob, new_q), log_prob
 
         (actor_loss_value, log_prob), actor_grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(state.actor.params)
-        actor = learner.apply_gradients(actor_net, state.actor, actor_grads, state.step, actor_sparse_key)
+        actor = sparse_network.apply_gradients(actor_net, state.actor, actor_grads, state.step, actor_sparse_key)
 
         # Temperature: move the policy's entropy towards the target entropy.
         temperature_loss_value, alpha_grad = jax.value_and_grad(temperature_loss)(state.log_alpha, log_prob, target_entropy)
         alpha_updates, alpha_opt_state = alpha_optimizer.update(alpha_grad, state.alpha_opt_state)
         log_alpha = optax.apply_updates(state.log_alpha, alpha_updates)
 
-        target_critic_params = learner.soft_update_target(critic, state.target_critic_params, config.tau)
+        target_critic_params = sparse_network.soft_update_target(critic, state.target_critic_params, config.tau)
         metrics = {
             "loss/critic": critic_loss,
             "loss/actor": actor_loss_value,
@@ -186,19 +195,23 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
             "entropy": -jnp.mean(log_prob),
             "q/mean": jnp.mean(q),
         }
-        new_state = SACState(actor, critic, target_critic_params, log_alpha, alpha_opt_state, state.rng, state.step + 1)
+        new_state = SACState(actor, critic, target_critic_params, log_alpha, alpha_opt_state, state.rng, state.step + 1,
+                             state.recycled)
+        new_state = dormancy.recycle_when_due(redo_schedule, new_state, recycle,
+                                              dormancy.replay_batch(sample, config.redo.batch_size), dormancy.redo_key(key), plan)
         return new_state, metrics
 
     def measure(state: SACState, batch: Transition) -> dict[str, jax.Array]:
         return {
-            **learner.metrics(actor_net, state.actor, batch.observation),
-            **learner.metrics(critic_net, state.critic, batch.observation, from_env(batch.action)),
+            **sparse_network.metrics(actor_net, state.actor, batch.observation),
+            **sparse_network.metrics(critic_net, state.critic, batch.observation, from_env(batch.action)),
+            **dormancy.recycled_metrics(redo_schedule, state),
         }
 
     def recycle(state: SACState, batch: Transition, key: jax.Array) -> tuple[SACState, jax.Array]:
         actor_key, critic_key = jax.random.split(key)
-        actor, actor_result = learner.recycle(actor_net, state.actor, actor_key, config.redo.tau, batch.observation)
-        critic, critic_result = learner.recycle(
+        actor, actor_result = sparse_network.recycle(actor_net, state.actor, actor_key, config.redo.tau, batch.observation)
+        critic, critic_result = sparse_network.recycle(
             critic_net, state.critic, critic_key, config.redo.tau, batch.observation, from_env(batch.action)
         )
         state = state.replace(actor=actor, critic=critic)
@@ -208,4 +221,5 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
             )
         return state, actor_result.num_recycled + critic_result.num_recycled
 
-    return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle)
+    return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle,
+                 plan=functools.partial(dormancy.plan_of, redo_schedule))

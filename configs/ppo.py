@@ -5,12 +5,13 @@ table 3; CleanRL `ppo_continuous_action.py`): separate 2x64 tanh actor and
 critic, 2048 env steps per rollout, minibatches of 64, 10 epochs, clip 0.2,
 GAE lambda 0.95, Adam 3e-4 (eps 1e-5) linearly decayed, grad-norm clip 0.5
 (per network; `clip_grad_norm_jointly` for the references' joint clip).
-`PRESETS[family]` holds what differs: classic control follows CleanRL's
+`get_config(family)` applies `PRESETS[family]`, what differs
+(`--config=configs/ppo.py:atari`): classic control follows CleanRL's
 CartPole PPO (`ppo.py`: 4 envs x 128 steps, 4 minibatches, 4 epochs, lr
 2.5e-4, entropy 0.01); Atari follows the PPO paper's Atari settings (CleanRL
 `ppo_atari.py`: 8 envs x 128 steps, 4 epochs, 4 minibatches, lr 2.5e-4, clip
-0.1, Nature CNN). The training entry point applies the preset of the chosen
-env, then flags, then `--config.<field>=value`.
+0.1, Nature CNN, ReLU). The training entry point takes the preset of the
+env's family unless one is named, then flags, then `--config.<field>=value`.
 
 Sparse training follows Graesser et al. 2022's PPO MuJoCo gin files (below),
 counted in gradient (minibatch) steps. The actor and critic take
@@ -20,67 +21,48 @@ counted in gradient (minibatch) steps. The actor and critic take
 """
 
 import ml_collections
-from ml_collections import config_dict
+
+from sparserl.configs import base
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.agent = "ppo"
-    config.env = "CartPole-v1"
-    config.steps = 1_000_000
-    config.seed = 0
-    config.num_seeds = 1
-    config.eval_every = 50_000
-    config.eval_episodes = 10
-    config.log_every = 10_000
-    config.checkpoint_every = 100_000
-    config.checkpoints_to_keep = 2
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+    config = base.get_config(agent="ppo", env="CartPole-v1", steps=1_000_000, eval_every=50_000, log_every=10_000,
+                             checkpoint_every=100_000, per_network_sparsity=True)
 
-    config.network = ml_collections.ConfigDict(
-        dict(kind="mlp", hidden_sizes=(64, 64), width_multiplier=1.0, activation="tanh",
-             conv_features=(32, 64, 64), kernel_sizes=(8, 4, 3), strides=(4, 2, 1), dense_sizes=(512,))
-    )
+    base.add_network(config, hidden_sizes=(64, 64), activation="tanh", cnn=True)  # the actor and the critic each
     config.num_envs = 1  # envs per seed
     config.rollout_steps = 2_048  # steps per env in one rollout: a rollout holds num_envs * rollout_steps transitions
     config.num_minibatches = 32  # minibatch size = num_envs * rollout_steps / num_minibatches (64 here)
-    config.update_epochs = 10
-    config.learning_rate = 3e-4
+    config.update_epochs = 10  # passes over each rollout
+    config.learning_rate = 3e-4  # Adam, actor and critic
     config.anneal_learning_rate = True  # linear decay to 0 over the run's gradient steps
-    config.adam_eps = 1e-5
-    config.max_grad_norm = 0.5
+    config.adam_eps = 1e-5  # CleanRL's (PyTorch's default is 1e-8)
+    config.max_grad_norm = 0.5  # global-norm gradient clip
     # True clips the actor and critic gradients together, as CleanRL, SB3 and rigl's TF-Agents PPO
     # (ppo_train_eval.py: tf.clip_by_global_norm over all variables) do. Default False, each network on its
     # own: measured with joint clipping, the 90%-sparse actor of Acrobot-v1 seed 1 kept a uniform policy for
     # 20k steps (eval -500, entropy ln 3; -176 and -228 with per-network clipping): the critic's large
     # value gradients scale the sparse actor's small ones below Adam's eps (1e-5).
     config.clip_grad_norm_jointly = False
-    config.gamma = 0.99
-    config.gae_lambda = 0.95
-    config.clip_coef = 0.2
-    config.clip_value_loss = True
-    config.vf_coef = 0.5
-    config.ent_coef = 0.0
-    config.normalize_advantages = True
-    config.normalize_observations = False
-    config.observation_clip = 10.0
-    config.log_std_init = 0.0
+    config.gamma = 0.99  # discount
+    config.gae_lambda = 0.95  # GAE lambda (Schulman et al. 2016)
+    config.clip_coef = 0.2  # the surrogate's probability-ratio clip
+    config.clip_value_loss = True  # clip the value loss around the old values, with clip_coef
+    config.vf_coef = 0.5  # value-loss weight
+    config.ent_coef = 0.0  # entropy-bonus weight
+    config.normalize_advantages = True  # per minibatch
+    config.normalize_observations = False  # running mean/variance (continuous control presets)
+    config.observation_clip = 10.0  # normalised observations are clipped to +-this
+    config.log_std_init = 0.0  # the Gaussian policy's initial log std (continuous actions)
 
     # Per-method schedules: rigl/rl/tfagents/configs/ppo_mujoco_sparse_config.gin (SET and RigL share its
     # mask_updater: update_freq 250, init_drop_fraction 0.3, cosine, last_update_step 120,000 of 156,480
     # gradient steps, "end at 75%") and ppo_mujoco_pruning_config.gin (begin_step 32,000, end_step 120,000,
     # "~20%" and "~75%", frequency 500). No reference gin for the other families: the same, ending at 80%
     # for Atari and MinAtar as the DQN Atari gins do.
-    # sparse_init_rescale: init at each unit's sparse fan-in (the gins' init_masks.fixed_sparse_init = True).
-    config.sparse = ml_collections.ConfigDict(
-        dict(method="rigl", sparsity=0.0,
-             actor_sparsity=config_dict.placeholder(float), critic_sparsity=config_dict.placeholder(float),
-             distribution="erk", dense_first_layer=False, dense_last_layer=False, sparse_init_rescale=True,
-             set=dict(update_period=250, drop_fraction=0.3, start_fraction=0.0, end_fraction=0.75),
-             rigl=dict(update_period=250, drop_fraction=0.3, start_fraction=0.0, end_fraction=0.75),
-             prune=dict(update_period=500, start_fraction=0.2, end_fraction=0.75))
-    )
-    config.redo = ml_collections.ConfigDict(dict(enabled=False, tau=0.1, period=1_000, batch_size=256))
-    return config
+    base.add_schedules(config, update_period=250, drop_fraction=0.3, end_fraction=0.75, prune_update_period=500)
+    # ReDo scores neurons on the whole rollout (no replay): no redo.batch_size.
+    return base.with_preset(config, PRESETS, preset)
 
 
 PRESETS = {
@@ -115,6 +97,7 @@ PRESETS = {
         "log_every": 10_000,
         "checkpoint_every": 250_000,
         "network.kind": "cnn",
+        "network.activation": "relu",  # CleanRL ppo_atari.py's nn.ReLU
         "num_envs": 8,
         "rollout_steps": 128,
         "num_minibatches": 4,
@@ -124,6 +107,7 @@ PRESETS = {
         "ent_coef": 0.01,
         "sparse.set.end_fraction": 0.8,
         "sparse.rigl.end_fraction": 0.8,
+        "sparse.srigl.end_fraction": 0.8,
         "sparse.prune.end_fraction": 0.8,
     },
     "minatar": {
@@ -132,6 +116,7 @@ PRESETS = {
         "eval_every": 250_000,
         "log_every": 10_000,
         "network.kind": "cnn",
+        "network.activation": "relu",  # CleanRL ppo_atari.py's nn.ReLU
         "network.conv_features": (16,),
         "network.kernel_sizes": (3,),
         "network.strides": (1,),
@@ -145,6 +130,7 @@ PRESETS = {
         "ent_coef": 0.01,
         "sparse.set.end_fraction": 0.8,
         "sparse.rigl.end_fraction": 0.8,
+        "sparse.srigl.end_fraction": 0.8,
         "sparse.prune.end_fraction": 0.8,
     },
 }

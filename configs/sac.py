@@ -6,7 +6,8 @@ each of the twin critics, Adam 3e-4, gamma 0.99, batch 256, Polyak tau 0.005,
 one gradient step per env step after `learning_starts` uniformly random steps,
 target entropy -|A|. Sparse training follows Graesser et al. 2022's MuJoCo
 gin files (below) for every family. `get_config()` gives the classic-control (Pendulum-v1) defaults;
-`PRESETS[family]` holds what differs for MuJoCo and the DeepMind Control Suite.
+`get_config(family)` applies `PRESETS[family]`, what differs for MuJoCo and the DeepMind Control Suite
+(`--config=configs/sac.py:mujoco`).
 Actor and critic take `sparse.sparsity` unless `sparse.actor_sparsity` /
 `sparse.critic_sparsity` are set (`--actor_sparsity`, `--critic_sparsity`).
 
@@ -16,61 +17,35 @@ initial_collect_steps 1000 on MuJoCo where the preset here collects 10,000.
 """
 
 import ml_collections
-from ml_collections import config_dict
+
+from sparserl.configs import base
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.agent = "sac"
-    config.env = "Pendulum-v1"
-    config.steps = 15_000
-    config.seed = 0
-    config.num_seeds = 1
-    config.eval_every = 2_500
-    config.eval_episodes = 10
-    config.log_every = 1_000
-    config.checkpoint_every = 5_000
-    config.checkpoints_to_keep = 2
-    config.checkpoint_replay = True
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+    config = base.get_config(agent="sac", env="Pendulum-v1", steps=15_000, eval_every=2_500, log_every=1_000,
+                             checkpoint_every=5_000, per_network_sparsity=True)
 
-    # The actor's trunk and each critic head; the actor's output layer gives mean and log-std per action.
-    config.network = ml_collections.ConfigDict(
-        dict(kind="mlp", hidden_sizes=(256, 256), width_multiplier=1.0, activation="relu")
-    )
+    # The actor's trunk and each critic head (MLPs only: the critic reads the observation and the action); the
+    # actor's output layer gives mean and log-std per action.
+    base.add_network(config, hidden_sizes=(256, 256), activation="relu", cnn=False)
     config.learning_rate = 3e-4  # actor and critics
-    config.temperature_learning_rate = 3e-4
-    config.gamma = 0.99
+    config.temperature_learning_rate = 3e-4  # the temperature alpha's Adam
+    config.gamma = 0.99  # discount
     config.tau = 0.005  # Polyak averaging of the target critic, every gradient step
-    config.batch_size = 256
-    config.replay_capacity = 100_000
-    config.learning_starts = 1_000  # uniformly random actions before, and no updates
-    config.train_every = 1
-    config.gradient_steps = 1  # updates per learning step (replay ratio gradient_steps / train_every)
-    config.init_temperature = 1.0
+    base.add_off_policy(config, batch_size=256)
+    config.init_temperature = 1.0  # alpha at the start
     config.target_entropy_scale = 1.0  # target entropy = -scale * action_dim
-    config.log_std_min = -5.0
-    config.log_std_max = 2.0
+    config.log_std_min = -5.0  # the actor's log-std range (tanh-rescaled into it)
+    config.log_std_max = 2.0  # its upper end
 
     # Per-method schedules: rigl/rl/tfagents/configs/sac_mujoco_sparse_config.gin (SET and RigL share its
     # mask_updater: update_freq 1000, init_drop_fraction 0.5, cosine, last_update_step 800,000 of 1M) and
     # sac_mujoco_pruning_config.gin (begin_step 200,000, end_step 800,000 of 1M, frequency 1000). No
     # reference gin for Pendulum or the DeepMind Control Suite: the same fractions.
-    # sparse_init_rescale: init at each unit's sparse fan-in (the gins' init_masks.fixed_sparse_init = True).
-    config.sparse = ml_collections.ConfigDict(
-        dict(method="rigl", sparsity=0.0,
-             actor_sparsity=config_dict.placeholder(float), critic_sparsity=config_dict.placeholder(float),
-             distribution="erk", dense_first_layer=False, dense_last_layer=False, sparse_init_rescale=True,
-             set=dict(update_period=1_000, drop_fraction=0.5, start_fraction=0.0, end_fraction=0.8),
-             rigl=dict(update_period=1_000, drop_fraction=0.5, start_fraction=0.0, end_fraction=0.8),
-             prune=dict(update_period=1_000, start_fraction=0.2, end_fraction=0.8))
-    )
+    base.add_schedules(config, update_period=1_000, drop_fraction=0.5, end_fraction=0.8, prune_update_period=1_000)
     # ReDo recycles the online networks only (Dopamine labs/redo/tfagents/sac_train_eval.py:
-    # reset_target_models=False); reset_target=True also gives the target critic the online values of every
-    # rewritten entry. The studies use the default.
-    config.redo = ml_collections.ConfigDict(
-        dict(enabled=False, tau=0.1, period=1_000, batch_size=256, reset_target=False)
-    )
-    return config
+    # reset_target_models=False); the studies use the default redo.reset_target = False.
+    return base.with_preset(config, PRESETS, preset)
 
 
 PRESETS = {

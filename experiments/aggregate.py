@@ -1,6 +1,6 @@
 """Aggregate run directories: a tidy results table, IQM and mean with 95% stratified-bootstrap CIs, and plots.
 
-    python -m experiments.aggregate runs/dqn_CartPole-v1_rigl_0.9 runs/dqn_CartPole-v1_dense_0 --out results/
+    python -m sparserl.experiments.aggregate runs/dqn_CartPole-v1_rigl_0.9 runs/dqn_CartPole-v1_dense_0 --out results/
 
 Works on any run directories `{workdir}/{run_name}` holding `seed*/config.json`,
 `metrics.csv` and `eval.csv` (DESIGN contracts 5 and 6). Each seed's score is
@@ -39,7 +39,7 @@ import sys
 
 import numpy as np
 
-from sparserl.logging import read_csv
+from sparserl.reporting import read_csv
 
 SCORE_FRACTION = 0.1
 TAUS = ("0", "0.025", "0.1")
@@ -450,7 +450,7 @@ def matched_sparsities(seed_runs: list[SeedRun]) -> dict[str, float]:
     """For dense runs at a width multiplier below 1: 1 - (their parameters / the full-width dense network's)."""
     import ml_collections
 
-    from experiments import parameters
+    from sparserl.experiments import parameters
     from sparserl import envs
 
     matched = {}

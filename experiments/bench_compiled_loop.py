@@ -1,7 +1,7 @@
 """The compiled loop (gymnax envs, `sparserl.compiled_runner`) against the host loop, same agent settings.
 
-    python -m experiments.bench_compiled_loop            # the issue-11 goal rows
-    python -m experiments.bench_compiled_loop --quick    # fewer steps, for a look
+    python -m sparserl.experiments.bench_compiled_loop            # the issue-11 goal rows
+    python -m sparserl.experiments.bench_compiled_loop --quick    # fewer steps, for a look
 
 Each row runs the training entry point twice, one run after the other in this
 one invocation: on `gymnax:<id>` (the compiled loop) and on the Gymnasium id
@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 
-from sparserl.logging import read_csv
+from sparserl.reporting import read_csv
 
 # DQN at sbx's settings (stable-baselines-jax DQN defaults on CartPole): 256-256, batch 32, one update per
 # 4 env steps, lr 1e-4.

@@ -1,7 +1,7 @@
 """Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep Reinforcement Learning", in one command.
 
-    python -m experiments.dormant_neuron_study --agent=dqn --out=studies/dormant_dqn          # --scale=small
-    python -m experiments.dormant_neuron_study --agent=sac --out=studies/dormant_sac
+    python -m sparserl.experiments.dormant_neuron_study --agent=dqn --out=studies/dormant_dqn          # --scale=small
+    python -m sparserl.experiments.dormant_neuron_study --agent=sac --out=studies/dormant_sac
 
 The grid: replay ratios (gradient updates per env step) x {without, with
 ReDo} x seeds, dense networks. DQN reaches its ratios through `train_every`
@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 import sys
 
-from experiments import launch, study
-from experiments.aggregate import TAUS, UsageError
+from sparserl.experiments import launch, study
+from sparserl.experiments.aggregate import TAUS, UsageError
 
 # replay ratio -> (train_every, gradient_steps)
 REPLAY_RATIOS = {
@@ -86,7 +86,7 @@ def build(argv):
                     f"--redo={str(redo).lower()}"]
             config = study.resolve_config(args)
             specs.append(launch.RunSpec(study.run_name(config, f"_rr{ratio:g}"), tuple(args), tuple(range(seeds))))
-    plan = dict(study="dormant_neurons", command=" ".join(["python -m experiments.dormant_neuron_study", *argv]),
+    plan = dict(study="dormant_neurons", command=" ".join(["python -m sparserl.experiments.dormant_neuron_study", *argv]),
                 agent=arguments.agent, env=env, scale=arguments.scale, steps=steps, seeds=seeds,
                 replay_ratios={f"{r:g}": dict(zip(("train_every", "gradient_steps"), available[r])) for r in ratios})
     return arguments, plan, specs, summarize

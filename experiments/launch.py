@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from sparserl.logging import read_csv
+from sparserl.reporting import read_csv
 
 LAUNCHERS = ("local", "ray")
 

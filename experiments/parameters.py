@@ -19,7 +19,7 @@ from sparserl.envs import EnvSpec
 
 
 def _agent(config: ml_collections.ConfigDict, env_spec: EnvSpec):
-    return importlib.import_module(f"agents.{config.agent}").make(config, env_spec)
+    return importlib.import_module(f"sparserl.agents.{config.agent}").make(config, env_spec)
 
 
 def dense_parameters(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> int:

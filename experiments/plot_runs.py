@@ -1,6 +1,6 @@
 """Plot run directories side by side: evaluation return, sparsity and dormant fraction against steps.
 
-    python -m experiments.plot_runs runs/dqn_CartPole-v1_rigl_0.9 runs/dqn_CartPole-v1_dense_0 --out cartpole.png
+    python -m sparserl.experiments.plot_runs runs/dqn_CartPole-v1_rigl_0.9 runs/dqn_CartPole-v1_dense_0 --out cartpole.png
 
 Each run is drawn as the mean over its seeds with a band of +- one standard
 deviation (seeds are the `seed*/` directories of the run).
@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sparserl.logging import read_csv  # noqa: E402
+from sparserl.reporting import read_csv  # noqa: E402
 
 PANELS = (
     ("eval.csv", "eval/episode_return", "eval return"),

@@ -1,7 +1,7 @@
 """Graesser et al. 2022, "The State of Sparse Training in Deep Reinforcement Learning", in one command.
 
-    python -m experiments.sparse_training_study --agent=dqn --out=studies/sparse_dqn        # --scale=small
-    python -m experiments.sparse_training_study --agent=sac --scale=paper --launcher=ray --out=studies/sparse_sac
+    python -m sparserl.experiments.sparse_training_study --agent=dqn --out=studies/sparse_dqn        # --scale=small
+    python -m sparserl.experiments.sparse_training_study --agent=sac --scale=paper --launcher=ray --out=studies/sparse_sac
 
 The grid: methods {dense, static, set, rigl, prune} x sparsities {0.5, 0.8,
 0.9, 0.95, 0.99} x seeds for one agent and env, the dense network once, and
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import sys
 
-from experiments import launch, study
-from experiments.aggregate import UsageError
+from sparserl.experiments import launch, study
+from sparserl.experiments.aggregate import UsageError
 
 METHODS = ("dense", "static", "set", "rigl", "prune")
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.99)
@@ -87,7 +87,7 @@ def build(argv):
         for sparsity in sparsities if method != "dense" else ():
             add([f"--method={method}", f"--sparsity={sparsity:g}"])
     if "dense" in methods and not arguments.no_param_matched:
-        from experiments import parameters
+        from sparserl.experiments import parameters
         from sparserl import envs
 
         for sparsity in sparsities:
@@ -98,7 +98,7 @@ def build(argv):
                 suffix=f"_matched-{sparsity:g}")
             matched[specs[-1].name] = dict(sparsity=sparsity, width_multiplier=multiplier,
                                            dense_parameters=dense_count, sparse_parameters=sparse_count)
-    plan = dict(study="sparse_training", command=" ".join(["python -m experiments.sparse_training_study", *argv]),
+    plan = dict(study="sparse_training", command=" ".join(["python -m sparserl.experiments.sparse_training_study", *argv]),
                 agent=arguments.agent, env=env, scale=arguments.scale, steps=steps, seeds=seeds, methods=methods,
                 sparsities=sparsities, param_matched=matched)
     return arguments, plan, specs, summarize

@@ -15,9 +15,9 @@ import shlex
 import sys
 from typing import Callable
 
-from experiments import aggregate, launch
-from experiments.aggregate import OneLineParser, UsageError
-from sparserl.logging import atomic_write_text
+from sparserl.experiments import aggregate, launch
+from sparserl.experiments.aggregate import OneLineParser, UsageError
+from sparserl.reporting import atomic_write_text
 
 SCALES = ("smoke", "small", "paper")
 
@@ -98,19 +98,12 @@ def parse_floats(text: str, flag: str) -> list[float]:
 
 def resolve_config(train_args: list[str]):
     """The config `python -m sparserl.train TRAIN_ARGS` would run (presets, flags, overrides), or a UsageError."""
-    from absl import flags
-
     from sparserl import train
 
     try:
-        remaining, overrides = train.split_config_overrides(["sparserl.train", *train_args])
-        train.FLAGS.unparse_flags()
-        train.FLAGS(remaining)
-        return train.resolve_config(overrides)
+        return train.config_from_arguments(["sparserl.train", *train_args])
     except train.UsageError as error:
         raise UsageError(str(error)) from None
-    except flags.Error as error:  # a bad flag value given to the study, e.g. --config.gradient_steps=two
-        raise UsageError(str(error).splitlines()[0]) from None
 
 
 def run_name(config, suffix: str = "") -> str:

@@ -11,8 +11,9 @@ slows both sides alike; absolute times are printed for context only. Rows
   step counted at each agent's default period.
 - `dormancy_redo`: training time with ReDo and dormancy logging at the default
   periods vs without, for DQN on CartPole (Graesser et al.'s protocol) and
-  on Atari (Nature CNN): the jitted step with and without the ReDo branch,
-  plus the amortised cost of a recycle and of a dormancy measurement.
+  on Atari (Nature CNN): the host loop's jitted step with ReDo on (on the
+  updates it is not due on) and off, plus the amortised cost of a recycling
+  update and of a dormancy measurement.
 - `seeds`: N seeds vmapped vs one seed (N = 1, 4, 8, 16), aggregate steady env
   steps per second of the host loop, DQN and PPO on CartPole.
 - `envs_per_seed`: PPO's rollout collected by 4 or 8 envs per seed (one
@@ -20,6 +21,11 @@ slows both sides alike; absolute times are printed for context only. Rows
   one env, same rollout size.
 - `startup`: process start to the first env step, warm compilation cache vs
   cold (and vs sbx with `--peers`).
+- `condensed`: condensed kernels (issue 14) vs masked dense at 90% constant
+  fan-in: forward and forward+backward of single layers (512x512, 4x512,
+  512x2) at batch 1, 16, 128, 256; DQN acting at batch 1 and a DQN update at
+  batch 128 on the 2x512 MLP (Graesser et al.'s protocol); end to end, DQN
+  CartPole at that protocol (host loop, steady env steps/s).
 - `end_to_end`: steady steps/s and whole-process wall time of short runs of
   `python -m sparserl.train`: DQN CartPole, PPO CartPole, SAC HalfCheetah-v5,
   DQN Pong; with `--peers`, the same settings run with sbx
@@ -100,7 +106,7 @@ def agent_config(agent: str, env_id: str, overrides: dict[str, Any]):
     """The config `python -m sparserl.train --agent=AGENT --env=ENV --config.<field>=<value>...` resolves to."""
     from sparserl import envs
 
-    module = importlib.import_module(f"configs.{agent}")
+    module = importlib.import_module(f"sparserl.configs.{agent}")
     config = module.get_config()
     preset = {k: v for k, v in module.PRESETS.get(envs.env_family(env_id), {}).items() if k != "env"}
     config.update_from_flattened_dict(preset)
@@ -163,8 +169,8 @@ def random_transitions(env_spec, batch_size: int, seed: int):
 
 
 def random_rollout(env_spec, steps: int, num_envs: int, seed: int):
-    """A `runner.Rollout` [1 seed, steps, num_envs, ...] of random data."""
-    from sparserl.runner import Rollout
+    """A `ppo.Rollout` [1 seed, steps, num_envs, ...] of random data."""
+    from sparserl.agents.ppo import Rollout
 
     rng = np.random.default_rng(seed)
     shape = (1, steps, num_envs)
@@ -191,7 +197,7 @@ def _off_policy_update_ms(agent_name: str, env_id: str, overrides: dict, setting
     from sparserl import envs, runner
 
     env_spec = envs.env_spec(env_id)
-    agent_module = importlib.import_module(f"agents.{agent_name}")
+    agent_module = importlib.import_module(f"sparserl.agents.{agent_name}")
     functions, period = {}, None
     for variant, extra in (("dense", {}), ("masked", SPARSE_SETTINGS)):
         config = agent_config(agent_name, env_id, {**overrides, **extra, "steps": 10**8})
@@ -217,7 +223,7 @@ def _ppo_update_ms(settings: Settings) -> tuple[float, float, int]:
     """(masked ms, dense ms, topology period) per PPO minibatch step, from whole-rollout updates (SB3's settings)."""
     import jax
 
-    from agents import ppo
+    from sparserl.agents import ppo
     from sparserl import envs, runner
 
     env_spec = envs.env_spec("CartPole-v1")
@@ -260,49 +266,68 @@ def row_sparse_update(settings: Settings) -> list[Row]:
 
 
 def _redo_overhead(env_id: str, overrides: dict, settings: Settings) -> tuple[float, float]:
-    """(ms per env step with ReDo and dormancy logging, ms without) of DQN's loop step programs, amortised.
+    """(ms per env step with ReDo and dormancy logging, ms without) of DQN's host loop, amortised.
 
-    The runner's programs for a step that acts, one that also learns, a ReDo
-    call and a dormancy measurement are timed side by side; ReDo runs every
+    Timed side by side: the runner's program for a step that only acts, its
+    program for a step that learns with ReDo on (not due: the host loop
+    compiles ReDo out of it, `dormancy.recycle_when_due`) and with ReDo off,
+    an update on which ReDo is due and one on which it is not (their
+    difference is a recycle), and a dormancy measurement. ReDo runs every
     `redo.period` gradient steps and the measurement every `log_every` env
-    steps (`runner.OffPolicyStep` decides on the host, so the other steps run
-    the same programs with or without ReDo).
+    steps.
     """
+    import functools
+
     import jax
     import jax.numpy as jnp
 
-    from agents import dqn
+    from sparserl.agents import dqn
     from sparserl import envs, replay as replay_lib, runner
 
     env_spec = envs.env_spec(env_id)
-    config = agent_config("dqn", env_id, {**overrides, "redo.enabled": True, "steps": 10**8})
-    agent = dqn.make(config, env_spec)
-    state = runner.init_states(agent, [0])
-    axes = runner.seed_axes(state)
-    step = runner.OffPolicyStep(agent, config, axes)
-    replay = jax.vmap(lambda _: replay_lib.init(
-        config.replay_capacity, env_spec.observation_shape, env_spec.observation_dtype, (), jnp.int32))(jnp.arange(1))
     batch = random_transitions(env_spec, 1, seed=2)
     transition, observations = jax.tree.map(lambda leaf: leaf[:, 0], batch), batch.observation
-    carry = {"state": jax.tree.map(jnp.copy, state), "replay": replay}
+    functions = {}
+    for redo in (True, False):
+        config = agent_config("dqn", env_id, {**overrides, "redo.enabled": redo, "steps": 10**8})
+        agent = dqn.make(config, env_spec)
+        state = runner.init_states(agent, [0])
+        axes = runner.seed_axes(state)
+        step = runner.OffPolicyStep(agent, config, axes)
+        replay = jax.vmap(lambda _: replay_lib.init(
+            config.replay_capacity, env_spec.observation_shape, env_spec.observation_dtype, (), jnp.int32))(jnp.arange(1))
+        carry = {"state": jax.tree.map(jnp.copy, state), "replay": replay}
 
-    def program(learn):
-        def call():
-            new_state, carry["replay"], actions, _, _ = step.programs[learn, False](
-                carry["state"], carry["replay"], transition, observations, config.learning_starts)
-            carry["state"] = new_state if learn else carry["state"].replace(rng=new_state)  # acting returns the key
-            return actions
-        return call
+        def program(learn, step=step, carry=carry, config=config):
+            def call():
+                new_state, carry["replay"], actions, _ = step.program(learn, False)(
+                    carry["state"], carry["replay"], transition, observations, config.learning_starts)
+                carry["state"] = new_state if learn else carry["state"].replace(rng=new_state)  # acting returns the key
+                return actions
+            return call
 
-    measure = jax.jit(jax.vmap(agent.measure, in_axes=(axes, 0)))
-    recycle = jax.jit(jax.vmap(agent.recycle, in_axes=(axes, 0, 0), out_axes=(axes, 0)))
-    big_batch = random_transitions(env_spec, config.redo.batch_size, seed=3)
-    keys = runner.seed_keys([3])
-    ms = interleaved_ms({"act": program(False), "learn": program(True), "measure": lambda: measure(state, big_batch),
-                         "recycle": lambda: recycle(state, big_batch, keys)},
-                        rounds=settings.pick(6, 3), calls=settings.pick(10, 4))
-    without = (ms["learn"] + (config.train_every - 1) * ms["act"]) / config.train_every
-    with_redo = without + ms["recycle"] / (config.redo.period * config.train_every) + ms["measure"] / config.log_every
+        functions["learn" if redo else "learn without redo"] = program(True)
+        if redo:
+            functions["act"] = program(False)
+
+            def update(state, replay, key, plan, agent=agent, config=config):
+                sample = functools.partial(replay_lib.sample, replay)
+                return agent.update(state, sample(key, config.batch_size), key, sample, plan)
+
+            updates = {plan: jax.jit(jax.vmap(functools.partial(update, plan=plan), in_axes=(axes, 0, 0), out_axes=(axes, 0)))
+                       for plan in (True, False)}
+            measure = jax.jit(jax.vmap(agent.measure, in_axes=(axes, 0)))
+            keys, big_batch = runner.seed_keys([3]), random_transitions(env_spec, config.dormancy.batch_size, seed=3)
+            functions["recycling update"] = lambda carry=carry: updates[True](state, carry["replay"], keys)
+            functions["update"] = lambda carry=carry: updates[False](state, carry["replay"], keys)
+            functions["measure"] = lambda measure=measure, state=state: measure(state, big_batch)
+            redo_config = config
+    ms = interleaved_ms(functions, rounds=settings.pick(6, 3), calls=settings.pick(10, 4))
+    train_every, period = redo_config.train_every, redo_config.redo.period
+    acting = (train_every - 1) * ms["act"]
+    without = (ms["learn without redo"] + acting) / train_every
+    recycle = max(ms["recycling update"] - ms["update"], 0.0)
+    with_redo = (ms["learn"] + acting) / train_every + recycle / (period * train_every) + ms["measure"] / redo_config.log_every
     return with_redo, without
 
 
@@ -381,9 +406,9 @@ def clocked_training_envs(clock: StepClock):
 def train_in_process(config, clock: StepClock) -> None:
     """Runs the agent's loop on `config` as `sparserl.train` would, in a throw-away run directory, quietly."""
     from sparserl import checkpoint, envs, runner
-    from sparserl.logging import MetricsWriter, ProgressPrinter
+    from sparserl.reporting import MetricsWriter, ProgressPrinter
 
-    agent_module = importlib.import_module(f"agents.{config.agent}")
+    agent_module = importlib.import_module(f"sparserl.agents.{config.agent}")
     env_spec = envs.env_spec(config.env)
     agent = agent_module.make(config, env_spec)
     seeds = list(range(config.seed, config.seed + config.num_seeds))
@@ -540,6 +565,100 @@ def run_child(side: str, workload_name: str, steps: int, exit_at_first_step: boo
     return dict(result, startup_s=result["first_step_wall_time"] - started, wall_s=wall)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Row: condensed kernels
+
+CONDENSED_SPARSITY = 0.9
+CONDENSED_LAYERS = ((512, 512), (4, 512), (512, 2))
+
+
+def condensed_dqn_config(kernels: str, overrides: dict):
+    """DQN CartPole at Graesser et al.'s protocol (2x512, batch 128, ERK), 90% static fan-in, `kernels`."""
+    config = agent_config("dqn", "CartPole-v1", {"sparse.method": "static", "sparse.sparsity": CONDENSED_SPARSITY,
+                                                 "sparse.kernels": kernels, **overrides})
+    config.sparse.structure = "fan_in"
+    return config
+
+
+def _layer_rows(settings: Settings) -> list[Row]:
+    """Forward and forward+backward of one layer, condensed vs masked dense, per layer shape and batch size."""
+    import jax
+    import jax.numpy as jnp
+
+    from sparserl.sparse import condensed, structure
+
+    rows = []
+    for in_features, out_features in CONDENSED_LAYERS:
+        k = condensed.fan_in(in_features, CONDENSED_SPARSITY)
+        mask = structure.random_mask(condensed.CONSTANT_FAN_IN, jax.random.key(0), (in_features, out_features),
+                                     CONDENSED_SPARSITY)
+        kernel = jnp.where(mask, jax.random.normal(jax.random.key(1), mask.shape), 0.0)
+        indices = structure.fan_in_indices(mask, k)
+        for batch in (1, 16, 128, 256):
+            x = jax.random.normal(jax.random.key(2), (batch, in_features))
+            target = jax.random.normal(jax.random.key(3), (batch, out_features))
+            forwards = {"masked": lambda x, w: x @ w, "condensed": lambda x, w: condensed.dense(x, w, indices)}
+            functions = {}
+            for name, forward in forwards.items():
+                functions[f"{name} forward"] = lambda f=jax.jit(forward): f(x, kernel)
+                backward = jax.jit(jax.grad(lambda x, w, forward=forward: jnp.sum(forward(x, w) * target), argnums=(0, 1)))
+                functions[f"{name} forward+backward"] = lambda f=backward: f(x, kernel)
+            ms = interleaved_ms(functions, rounds=settings.pick(5, 2), calls=settings.pick(20, 5))
+            for part in ("forward", "forward+backward"):
+                masked, condensed_ms = ms[f"masked {part}"], ms[f"condensed {part}"]
+                rows.append(Row("condensed layer", f"{in_features}x{out_features} k={k}, batch {batch}: {part}",
+                                condensed_ms, masked, "ms", masked / condensed_ms, "masked / condensed (speed-up)"))
+    return rows
+
+
+def _dqn_program_ms(settings: Settings) -> dict[str, float]:
+    """ms per call of DQN's jitted act (batch 1) and update (batch 128), masked and condensed kernels."""
+    import jax
+    import jax.numpy as jnp
+
+    from sparserl.agents import dqn
+    from sparserl import envs, runner
+
+    env_spec = envs.env_spec("CartPole-v1")
+    functions = {}
+    for kernels in ("masked", "condensed"):
+        config = condensed_dqn_config(kernels, {"steps": 10**8})
+        agent = dqn.make(config, env_spec)
+        state = runner.init_states(agent, [0])
+        axes = runner.seed_axes(state)
+        actor = runner.make_actor(agent, axes, explore=True)
+        update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, 0), out_axes=(axes, 0)))
+        observation = jnp.zeros((1, 1, *env_spec.observation_shape), jnp.float32)
+        batch = random_transitions(env_spec, config.batch_size, seed=1)
+        keys = runner.seed_keys([1])
+        functions[f"act {kernels}"] = lambda f=actor, s=state: f(s, observation, keys, config.learning_starts)
+        functions[f"update {kernels}"] = lambda f=update, s=state, b=batch: f(s, b, keys)
+    return interleaved_ms(functions, rounds=settings.pick(8, 4), calls=settings.pick(20, 8))
+
+
+def row_condensed(settings: Settings) -> list[Row]:
+    """Condensed kernels vs masked dense at 90% constant fan-in (goals: acting >= 2x, update and end to end >= 1.5x)."""
+    rows = _layer_rows(settings)
+    ms = _dqn_program_ms(settings)
+    for program, label, goal in (("act", "DQN act, 2x512, batch 1", ">= 2"), ("update", "DQN update, 2x512, batch 128", ">= 1.5")):
+        masked, condensed_ms = ms[f"{program} masked"], ms[f"{program} condensed"]
+        rows.append(Row("condensed DQN", label, condensed_ms, masked, "ms", masked / condensed_ms,
+                        "masked / condensed (speed-up)", goal))
+    rates: dict[str, list[float]] = {"masked": [], "condensed": []}
+    steps = settings.pick(6_000, 2_000)  # learning from step 1,000; the steady rate from half the run on
+    for _ in range(settings.pick(2, 1)):  # alternate the two sides so that load changes hit both
+        for kernels in rates:
+            config = condensed_dqn_config(kernels, {"steps": steps, "eval_every": 10**9, "eval_episodes": 1,
+                                                    "checkpoint_every": 10**9, "checkpoint_replay": False})
+            clock = StepClock()
+            train_in_process(config, clock)
+            rates[kernels].append(clock.steady_rate(from_fraction=0.5))
+    masked, condensed_rate = statistics.median(rates["masked"]), statistics.median(rates["condensed"])
+    rows.append(Row("condensed DQN", f"DQN CartPole end to end, 2x512 batch 128, {steps:,} steps", condensed_rate, masked,
+                    "env steps/s", condensed_rate / masked, "condensed / masked (speed-up)", ">= 1.5"))
+    return rows
+
+
 def row_startup(settings: Settings) -> list[Row]:
     """Process start to the first env step, DQN CartPole: warm compilation cache vs cold (goal: warm <= 3 s)."""
     with tempfile.TemporaryDirectory() as cache_dir:
@@ -579,6 +698,7 @@ ROWS: dict[str, Callable[[Settings], list[Row]]] = {
     "dormancy_redo": row_dormancy_redo,
     "seeds": row_seeds,
     "envs_per_seed": row_envs_per_seed,
+    "condensed": row_condensed,
     "startup": row_startup,
     "end_to_end": row_end_to_end,
 }

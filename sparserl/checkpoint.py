@@ -1,25 +1,33 @@
 """Checkpoints of a whole run, one per seed directory, written atomically (DESIGN contracts 2, 5 and 7).
 
-A checkpoint of step k lives in `{seed_dir}/checkpoints/{k}/` and holds:
-- `arrays/`: an orbax checkpoint of that seed's TrainState (params, targets,
-  optimizer state with masks, recycler state, RNG, counters) and, unless
-  turned off, its replay buffer, stored as a flat dict of leaves (the tree
-  structure comes from the code that restores it);
-- `loop.pkl`: the host side of the loop (env vector state, pending actions,
-  episode bookkeeping), pickled.
+A checkpoint of step k lives in `{seed_dir}/checkpoints/{k}/`, written by an
+orbax `CheckpointManager` per seed directory, and holds two items:
+- `arrays/`: that seed's TrainState (params, targets, optimizer state with
+  masks, recycler state, RNG, counters) and, unless turned off, its replay
+  buffer, stored as a nested dict named by the pytree's paths
+  (`state/online/params/dense_0/kernel`);
+- `loop/`: the host side of the loop (env vector state, pending actions,
+  episode bookkeeping), pickled into one uint8 array.
 
-Everything is written into `checkpoints/.tmp-{k}/` first and renamed to
-`checkpoints/{k}/` only when complete, so a kill during a save leaves the
-previous checkpoint usable; leftovers of an interrupted save are removed on
-the next save. The last `keep` checkpoints are kept.
+The manager writes into `checkpoints/{k}.orbax-checkpoint-tmp-*/` and renames it
+to `checkpoints/{k}/` only when complete, so a kill during a save leaves the
+previous checkpoint usable; leftovers of an interrupted save are removed when
+the next manager starts. The last `keep` checkpoints are kept (orbax's
+`max_to_keep`). Restoring checks the stored paths, shapes and dtypes against
+the run's own state and names the first that differs; it never casts.
+
+Kept by hand, because orbax's manager does not do it: reading back the newest
+checkpoint that every seed has and that reads whole, falling back to the one
+before when it does not (`load_latest`; orbax's `restore` of a damaged step
+raises, and its `latest_step` does not look at the files).
 """
 
 import os
 import pickle
 import re
-import shutil
 from typing import Any, Sequence
 
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,16 +41,30 @@ def _is_key(leaf) -> bool:
     return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
-def _to_savable(leaf) -> np.ndarray:
-    return np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
+def _stored_form(leaf) -> Any:
+    """What a leaf is stored as: PRNG keys as their uint32 key data."""
+    return jax.random.key_data(leaf) if _is_key(leaf) else leaf
 
 
-def _fsync_directory(path: str) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+def _path_names(path) -> tuple[str, ...]:
+    """A pytree path as names: dict keys, attribute names (dataclasses, NamedTuples) and sequence indices."""
+    names = []
+    for entry in path:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(entry, attribute):
+                names.append(str(getattr(entry, attribute)))
+                break
+        else:
+            raise TypeError(f"cannot name the pytree path entry {entry!r}")
+    return tuple(names)
+
+
+def _leaves_by_path(tree: Any) -> dict[tuple[str, ...], Any]:
+    return {_path_names(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint holds other arrays (paths, shapes or dtypes) than this run's state."""
 
 
 def checkpoint_steps(seed_dir: str) -> list[int]:
@@ -75,39 +97,45 @@ class NoReadableCheckpoint(RuntimeError):
     """Checkpoints exist, but none of them reads back whole."""
 
 
+def _pickled(loop_state: Any) -> dict[str, np.ndarray]:
+    return {"pickle": np.frombuffer(pickle.dumps(loop_state), np.uint8)}
+
+
+def _unpickled(stored: dict) -> Any:
+    return pickle.loads(np.asarray(stored["pickle"]).tobytes())
+
+
 class Checkpointer:
-    """Saves and restores the per-seed state of a run."""
+    """Saves and restores the per-seed state of a run (one orbax `CheckpointManager` per seed directory)."""
 
     def __init__(self, seed_dirs: Sequence[str], keep: int):
         self.seed_dirs = list(seed_dirs)
         self.keep = max(1, keep)
-        self._orbax = ocp.StandardCheckpointer()
+        self._managers: dict[tuple[str, bool], ocp.CheckpointManager] = {}
         self._loaded = None  # (step, [(arrays, loop state) per seed]) read by load_latest
+
+    def _manager(self, seed_dir: str, write: bool) -> ocp.CheckpointManager:
+        """The seed directory's manager for writing (made at the first save: it creates the directory and removes
+        the temporary directories of an interrupted save) or for reading, made on first use."""
+        if (seed_dir, write) not in self._managers:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=self.keep, create=True, cleanup_tmp_directories=True, enable_async_checkpointing=False
+            ) if write else ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
+            self._managers[seed_dir, write] = ocp.CheckpointManager(
+                os.path.abspath(os.path.join(seed_dir, CHECKPOINTS)), item_names=("arrays", "loop"), options=options)
+        return self._managers[seed_dir, write]
 
     def save(self, step: int, arrays: Sequence[Any], loop_states: Sequence[Any]) -> None:
         """Writes checkpoint `step` of every seed: `arrays[i]` (a pytree of arrays) and `loop_states[i]` (picklable)."""
         for seed_dir, seed_arrays, loop_state in zip(self.seed_dirs, arrays, loop_states):
-            directory = os.path.join(seed_dir, CHECKPOINTS)
-            os.makedirs(directory, exist_ok=True)
-            for name in os.listdir(directory):
-                if name.startswith(".tmp-"):
-                    shutil.rmtree(os.path.join(directory, name))
-            temporary = os.path.join(directory, f".tmp-{step}")
-            os.makedirs(temporary)
-            leaves = {f"leaf_{i:05d}": _to_savable(leaf) for i, leaf in enumerate(jax.tree.leaves(seed_arrays))}
-            self._orbax.save(os.path.join(temporary, "arrays"), leaves)
-            self._orbax.wait_until_finished()
-            with open(os.path.join(temporary, "loop.pkl"), "wb") as file:
-                pickle.dump(loop_state, file)
-                file.flush()
-                os.fsync(file.fileno())
-            final = os.path.join(directory, str(step))
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.rename(temporary, final)
-            _fsync_directory(directory)
-            for old_step in checkpoint_steps(seed_dir)[: -self.keep]:
-                shutil.rmtree(os.path.join(directory, str(old_step)))
+            manager = self._manager(seed_dir, write=True)
+            if step in manager.all_steps():  # a step saved again (a stop requested at a checkpoint step) replaces it
+                manager.delete(step)
+            stored = flax.traverse_util.unflatten_dict(
+                {path: np.asarray(_stored_form(leaf)) for path, leaf in _leaves_by_path(seed_arrays).items()})
+            manager.save(step, args=ocp.args.Composite(arrays=ocp.args.StandardSave(stored),
+                                                       loop=ocp.args.StandardSave(_pickled(loop_state))), force=True)
+            manager.wait_until_finished()
 
     def load_latest(self, warn) -> int | None:
         """Reads the newest checkpoint that every seed has and that reads back whole; returns its step (None: none yet).
@@ -119,7 +147,7 @@ class Checkpointer:
         steps = sorted(set.intersection(*(set(checkpoint_steps(seed_dir)) for seed_dir in self.seed_dirs)), reverse=True)
         for step in steps:
             try:
-                self._loaded = (step, [self._read(os.path.join(seed_dir, CHECKPOINTS, str(step))) for seed_dir in self.seed_dirs])
+                self._loaded = (step, [self._read(seed_dir, step) for seed_dir in self.seed_dirs])
                 return step
             except Exception as error:  # any damage to the files: fall back to the previous checkpoint
                 reason = f"{type(error).__name__}: {error}".splitlines()[0][:200]
@@ -130,34 +158,49 @@ class Checkpointer:
                                        f"(tried steps {', '.join(map(str, steps))}); delete it or pass another --run_name")
         return None
 
-    def _read(self, directory: str) -> tuple[dict, Any]:
-        stored = self._orbax.restore(os.path.join(directory, "arrays"))
-        with open(os.path.join(directory, "loop.pkl"), "rb") as file:
-            return stored, pickle.load(file)
+    def _read(self, seed_dir: str, step: int) -> tuple[dict, Any]:
+        restored = self._manager(seed_dir, write=False).restore(
+            step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(), loop=ocp.args.StandardRestore()))
+        arrays = {path: np.asarray(value) for path, value in flax.traverse_util.flatten_dict(restored["arrays"]).items()}
+        return arrays, _unpickled(restored["loop"])
 
     def restore(self, step: int, templates: Sequence[Any]) -> tuple[list[Any], list[Any]]:
         """The checkpoint `step` read by `load_latest`: per seed, arrays shaped like `templates[i]` and the loop state.
 
-        Every stored array must have the shape of its template leaf (the dtype is the template's).
+        Every stored array must have the path, shape and dtype of a leaf of the template and every leaf a stored
+        array; otherwise `CheckpointMismatch` names the first path that differs.
         """
         loaded_step, per_seed = self._loaded
         if loaded_step != step:
             raise ValueError(f"checkpoint {step} was not loaded (loaded: {loaded_step})")
         arrays, loop_states = [], []
         for seed_dir, template, (stored, loop_state) in zip(self.seed_dirs, templates, per_seed):
-            directory = os.path.join(seed_dir, CHECKPOINTS, str(step))
-            template_leaves, treedef = jax.tree.flatten(template)
-            if len(stored) != len(template_leaves):
-                raise ValueError(f"{directory} does not match this run's state ({len(stored)} vs {len(template_leaves)} arrays)")
-            leaves = []
-            for i, template_leaf in enumerate(template_leaves):
-                value = jnp.asarray(stored[f"leaf_{i:05d}"])
-                expected_shape = jax.random.key_data(template_leaf).shape if _is_key(template_leaf) else template_leaf.shape
-                if value.shape != tuple(expected_shape):
-                    raise ValueError(f"{directory} does not match this run's state: array {i} has shape {value.shape}, "
-                                     f"this run expects {tuple(expected_shape)}")
-                leaves.append(jax.random.wrap_key_data(value) if _is_key(template_leaf) else value.astype(template_leaf.dtype))
-            arrays.append(jax.tree.unflatten(treedef, leaves))
+            expected = _leaves_by_path(template)
+            _check_matches(stored, expected, os.path.join(seed_dir, CHECKPOINTS, str(step)))
+            leaves = [jax.random.wrap_key_data(stored[path], impl=jax.random.key_impl(leaf)) if _is_key(leaf)
+                      else jnp.asarray(stored[path]) for path, leaf in expected.items()]
+            arrays.append(jax.tree.unflatten(jax.tree.structure(template), leaves))
             loop_states.append(loop_state)
         self._loaded = None
         return arrays, loop_states
+
+
+def _check_matches(stored: dict[tuple[str, ...], np.ndarray], expected: dict[tuple[str, ...], Any], directory: str) -> None:
+    """Raises `CheckpointMismatch` naming the first path (in the template's order) whose array is missing or has
+    another shape or dtype, or else the first stored path the template does not have."""
+
+    def mismatch(path, what):
+        return CheckpointMismatch(f"{directory} does not match this run's state: {'/'.join(path)} {what}")
+
+    for path, leaf in expected.items():
+        want = jax.ShapeDtypeStruct(np.shape(_stored_form(leaf)), _stored_form(leaf).dtype)
+        if path not in stored:
+            raise mismatch(path, "is missing from the checkpoint")
+        got = stored[path]
+        if got.shape != want.shape:
+            raise mismatch(path, f"has shape {got.shape} in the checkpoint, this run expects {want.shape}")
+        if got.dtype != want.dtype:
+            raise mismatch(path, f"has dtype {got.dtype} in the checkpoint, this run expects {want.dtype}")
+    for path in stored:
+        if path not in expected:
+            raise mismatch(path, "is in the checkpoint but not in this run's state")

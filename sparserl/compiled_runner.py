@@ -9,17 +9,17 @@ seeds, with no host round trip inside.
 
 - Off-policy (DQN, SAC): each scan step moves the env, then runs the host
   loop's own per-step function (`runner.off_policy_step`: store -> learn when
-  due -> ReDo when due -> act) on the device replay.
+  due -> act) on the device replay.
 - On-policy (PPO): a scan over rollouts; each rollout is a scan over env
-  steps that fills a `runner.Rollout` [rollout_steps, num_envs, ...], then
+  steps that fills a `ppo.Rollout` [rollout_steps, num_envs, ...], then
   the agent's `update` of that rollout.
 
-The agents' pure `init/act/update/measure/recycle` are used unchanged. Every
+The agents' pure `init/act/update/measure` are used unchanged (ReDo runs inside `update`). Every
 key is a function of the seed (and the env step), so seed i of a vmapped run
 equals a single-seed run of seed i. Metrics and the episode returns of the
 window come back once per window; evaluation is one more jitted program on
-fresh env states. The host keeps what the host loops keep (`runner.Recorder`:
-run directory, CSV/TensorBoard rows, console line, NaN stop, checkpoints);
+fresh env states. The host keeps what the host loops keep (`runner.MetricsLog`:
+CSV/TensorBoard rows, console line; `run_guard.RunGuard`: NaN stop, checkpoints);
 checkpoints sit on window boundaries and hold the env states and keys, so a
 resume continues exactly where the run stopped.
 """
@@ -32,9 +32,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sparserl.agents.ppo import Rollout
 from sparserl import replay as replay_lib, runner
 from sparserl.agent import Agent
 from sparserl.envs import EnvSpec, GymnaxEnv, GymnaxEnvState
+from sparserl.run_guard import RunGuard
 
 # Streams folded into a seed's key, apart from the agent's own (`agent.init(key(seed))`).
 _FIRST_ACTION_STREAM = 2**31 - 1  # the off-policy loop's first action, as in the host loop
@@ -95,8 +97,7 @@ class WindowOutput(NamedTuple):
 
     episode_return: jax.Array  # [window steps * envs], NaN where no episode ended
     update_metrics: dict  # of the window's last gradient step
-    network_metrics: dict  # sparsity and dormancy at the window's end
-    recycled: jax.Array  # neurons ReDo recycled in the window
+    network_metrics: dict  # sparsity, dormancy (and ReDo's count) at the window's end
 
 
 def _init_envs(env: GymnaxEnv, seed: jax.Array, num_envs: int) -> EnvCarry:
@@ -128,18 +129,6 @@ def _evaluator(agent_for: Callable, env: GymnaxEnv, episodes: int) -> Callable:
         return jnp.mean(jax.lax.while_loop(unfinished, step, (env_state, observation, key, returns))[3])
 
     return evaluate
-
-
-class _Recorder(runner.Recorder):
-    """The host loops' bookkeeping, with evaluation done by a jitted program on gymnax envs."""
-
-    def __init__(self, config, run, evaluate: Callable, state: Any, state_axes: Any, members: "Members"):
-        super().__init__(config, run, eval_actor=None, state=state)
-        self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, state_axes, 0, None)))
-        self._members = members
-
-    def eval_returns(self, state: Any, done: int) -> np.ndarray:
-        return np.asarray(self._evaluate(self._members.levels, state, self._members.seeds, done))
 
 
 class Members(NamedTuple):
@@ -174,22 +163,45 @@ def _window_ends(start: int, every: int, steps: int, granularity: int = 1):
         start = end
 
 
-def _close_window(recorder: _Recorder, config, start: int, done: int, output: WindowOutput,
+class _Host(NamedTuple):
+    """The host side of a compiled run: its metrics log and its guard."""
+
+    log: runner.MetricsLog
+    guard: RunGuard
+
+
+def _host_side(run: runner.Run, evaluate: Callable, state: Any, state_axes: Any, members: "Members") -> _Host:
+    """A `MetricsLog` whose evaluation is `evaluate` jitted over the members, and a `RunGuard`."""
+    evaluate_members = jax.jit(jax.vmap(evaluate, in_axes=(0, state_axes, 0, None)))
+    eval_returns = lambda state, done: np.asarray(evaluate_members(members.levels, state, members.seeds, done))  # noqa: E731
+    return _Host(runner.MetricsLog(run, eval_returns, state), RunGuard(run))
+
+
+def _resume(host: _Host, arrays: dict, axes: dict) -> dict:
+    """The arrays of checkpoint `run.resume_step`, shaped like `arrays`; the metrics log takes back its part."""
+    arrays, loop_states = host.guard.restore(arrays, axes)
+    host.log.resume(arrays["state"], loop_states)
+    return arrays
+
+
+def _close_window(host: _Host, config, start: int, done: int, output: WindowOutput,
                   learned: bool, state: Any, arrays: dict, axes: dict) -> None:
     """Host side of a window's end: episodes, a metrics row per seed, eval and checkpoint when due (and when
     SIGTERM/SIGINT asked the run to stop: then `Stopped` is raised after the checkpoint)."""
     output = jax.device_get(output)
-    recorder.add_episodes(output.episode_return)
-    recorder.recycled_total += output.recycled.astype(np.int64)
+    host.log.add_episodes(output.episode_return)
     final = done >= config.steps
     reached = lambda every: done // every > start // every or final  # noqa: E731
-    recorder.log(done, state, output.update_metrics if learned else {}, output.network_metrics, final)
+    update_metrics = output.update_metrics if learned else {}
+    host.guard.check_losses(done, update_metrics)
+    host.log.log(done, state, update_metrics, output.network_metrics, final)
     if reached(config.eval_every):
-        recorder.evaluate(state, done)
-    if reached(config.checkpoint_every) or recorder.run.stop_requests.requested:
-        recorder.checkpoint(done, arrays, axes, [{} for _ in recorder.run.seeds])
+        host.log.evaluate(state, done)
+    if reached(config.checkpoint_every) or host.guard.run.stop_requests.requested:
+        with host.log.untimed():
+            host.guard.checkpoint(done, arrays, axes, [host.log.loop_state(i) for i in range(len(host.guard.run.seeds))])
         if not final:
-            recorder.stop_if_requested(done)
+            host.guard.stop_if_requested(done)
 
 
 def _seed_axes(arrays: dict, state_axes: Any) -> dict:
@@ -205,7 +217,7 @@ def _off_policy_window(agent_for: Callable, config: ml_collections.ConfigDict, e
         step = runner.off_policy_step(agent, config)
 
         def env_step(loop, env_step):
-            state, replay, carry, last_metrics, recycled_total = loop
+            state, replay, carry, last_metrics = loop
             key, step_key = jax.random.split(carry.envs.key)
             env_state, result = _step_envs(env, step_key, carry.envs.env_state, carry.action)
             transition = replay_lib.Transition(
@@ -213,24 +225,21 @@ def _off_policy_window(agent_for: Callable, config: ml_collections.ConfigDict, e
                 result.terminated[0],
             )
             learned = runner.is_learning_step(env_step, learn_from, config)
-            recycle = learned & runner.is_recycle_due(state.step, config) if config.redo.enabled else False
-            state, replay, action, metrics, recycled = step(
-                state, replay, transition, result.observation, env_step, learned, recycle
-            )
+            state, replay, action, metrics = step(state, replay, transition, result.observation, env_step, learned)
             last_metrics = jax.tree.map(lambda new, old: jnp.where(learned, new, old), metrics, last_metrics)
             carry = OffPolicyCarry(EnvCarry(env_state, result.observation, key), action)
-            return (state, replay, carry, last_metrics, recycled_total + recycled), result.episode_return[0]
+            return (state, replay, carry, last_metrics), result.episode_return[0]
 
         metrics_shape = jax.eval_shape(step, state, replay, jax.tree.map(lambda x: x[0], replay.storage),
-                                       carry.envs.observation, start, True, False)[3]
-        loop = (state, replay, carry, runner.nan_like(metrics_shape), jnp.zeros((), jnp.int32))
-        (state, replay, carry, last_metrics, recycled), episode_return = jax.lax.scan(
+                                       carry.envs.observation, start, True)[3]
+        loop = (state, replay, carry, runner.nan_like(metrics_shape))
+        (state, replay, carry, last_metrics), episode_return = jax.lax.scan(
             env_step, loop, start + jnp.arange(length)
         )
         end = start + length
         batch_key = jax.random.fold_in(_stream(seed, _MEASURE_STREAM), end)
-        network_metrics = agent.measure(state, replay_lib.sample(replay, batch_key, config.redo.batch_size))
-        return state, replay, carry, WindowOutput(episode_return, last_metrics, network_metrics, recycled)
+        network_metrics = agent.measure(state, replay_lib.sample(replay, batch_key, config.dormancy.batch_size))
+        return state, replay, carry, WindowOutput(episode_return, last_metrics, network_metrics)
 
     return window
 
@@ -245,7 +254,7 @@ def _run_off_policy(agent_for: Callable, members: Members, config: ml_collection
     env = GymnaxEnv(config.env)
     seed_values = members.seeds
     state, state_axes = _init_states(agent_for, members)
-    recorder = _Recorder(config, run, _evaluator(agent_for, env, config.eval_episodes), state, state_axes, members)
+    host = _host_side(run, _evaluator(agent_for, env, config.eval_episodes), state, state_axes, members)
 
     def init_carry(level, state, seed):
         envs = _init_envs(env, seed, 1)
@@ -266,7 +275,7 @@ def _run_off_policy(agent_for: Callable, members: Members, config: ml_collection
     axes = _seed_axes(arrays_of(state, replay, carry), state_axes)
     start, learn_from = 0, config.learning_starts
     if run.resume_step is not None:
-        arrays, _ = recorder.restore(arrays_of(state, replay, carry), axes)
+        arrays = _resume(host, arrays_of(state, replay, carry), axes)
         state, replay, carry = arrays["state"], arrays.get("replay", replay), arrays["loop"]
         start = run.resume_step
         if not config.checkpoint_replay:
@@ -285,7 +294,7 @@ def _run_off_policy(agent_for: Callable, members: Members, config: ml_collection
         )
         jax.block_until_ready(output)
         first_update = max(start, learn_from) + (-max(start, learn_from)) % config.train_every
-        _close_window(recorder, config, start, done, output, first_update < done, state,
+        _close_window(host, config, start, done, output, first_update < done, state,
                       arrays_of(state, replay, carry), axes)
 
 
@@ -303,7 +312,7 @@ def _on_policy_window(agent_for: Callable, config: ml_collections.ConfigDict, en
             actions = agent.act(state, envs.observation, act_key, start + t * num_envs, True)
             key, step_key = jax.random.split(envs.key)
             env_state, result = _step_envs(env, step_key, envs.env_state, env_actions(env_spec, actions))
-            transition = runner.Rollout(envs.observation, actions, result.reward, result.terminated,
+            transition = Rollout(envs.observation, actions, result.reward, result.terminated,
                                         result.truncated, result.next_observation)
             return EnvCarry(env_state, result.observation, key), (transition, result.episode_return)
 
@@ -325,9 +334,8 @@ def _on_policy_window(agent_for: Callable, config: ml_collections.ConfigDict, en
         (state, envs, batch), (metrics, episode_return) = jax.lax.scan(
             iteration, (state, envs, empty_batch), jnp.arange(rollouts)
         )
-        recycled = jnp.sum(metrics.pop("redo/recycled")) if "redo/recycled" in metrics else jnp.zeros((), jnp.int32)
         last_metrics = jax.tree.map(lambda values: values[-1], metrics)
-        output = WindowOutput(episode_return.reshape(-1), last_metrics, agent.measure(state, batch), recycled)
+        output = WindowOutput(episode_return.reshape(-1), last_metrics, agent.measure(state, batch))
         return state, envs, output
 
     return window
@@ -346,12 +354,12 @@ def _run_on_policy(agent_for: Callable, members: Members, config: ml_collections
                    run: runner.Run) -> None:
     env = GymnaxEnv(config.env)
     state, state_axes = _init_states(agent_for, members)
-    recorder = _Recorder(config, run, _evaluator(agent_for, env, config.eval_episodes), state, state_axes, members)
+    host = _host_side(run, _evaluator(agent_for, env, config.eval_episodes), state, state_axes, members)
     envs = jax.jit(jax.vmap(lambda seed: _init_envs(env, seed, config.num_envs)))(members.seeds)
     axes = _seed_axes({"state": state, "loop": envs}, state_axes)
     start = 0
     if run.resume_step is not None:
-        arrays, _ = recorder.restore({"state": state, "loop": envs}, axes)
+        arrays = _resume(host, {"state": state, "loop": envs}, axes)
         state, envs, start = arrays["state"], arrays["loop"], run.resume_step
 
     @functools.cache
@@ -364,7 +372,7 @@ def _run_on_policy(agent_for: Callable, members: Members, config: ml_collections
     for start, done in _window_ends(start, config.log_every, config.steps, rollout_size):
         state, envs, output = compiled_window((done - start) // rollout_size)(members.levels, state, envs, start)
         jax.block_until_ready(output)
-        _close_window(recorder, config, start, done, output, True, state, {"state": state, "loop": envs}, axes)
+        _close_window(host, config, start, done, output, True, state, {"state": state, "loop": envs}, axes)
 
 
 LOOPS = {"off_policy": run_off_policy, "on_policy": run_on_policy}

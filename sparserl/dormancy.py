@@ -9,14 +9,17 @@ ReDo (Sokar et al. 2023, Algorithm 1): every few gradient steps, each
 tau-dormant neuron gets fresh incoming weights from its layer's initializer, a
 zero bias and zero outgoing weights, and the optimizer moments of those entries
 are zeroed. Under a sparse mask only active connections receive new values and
-the mask never changes. Everything here is pure, jittable and vmappable over
-seeds (DESIGN contract 1).
+the mask never changes. Every agent's `update` runs it on schedule through
+`recycle_when_due`, the one place that decides when ReDo runs and on which
+batch; the runners know nothing of it. Everything here is pure, jittable and
+vmappable over seeds (DESIGN contract 1).
 """
 
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from sparserl.networks import POST_ACTIVATION
 from sparserl.sparse import SparseOptState, zero_moments
@@ -149,7 +152,7 @@ def recycle(
     rewritten = jax.tree_util.tree_map_with_path(rewrite, params, fresh, masks)
     new_params, touched = jax.tree.transpose(jax.tree.structure(params), jax.tree.structure((0, 0)), rewritten)
     inner = zero_moments(opt_state.inner, params, touched)
-    return RecycleResult(new_params, SparseOptState(inner, masks), touched, num_recycled)
+    return RecycleResult(new_params, opt_state._replace(inner=inner), touched, num_recycled)
 
 
 def follow_online(target_params: Any, online_params: Any, touched: Any) -> Any:
@@ -164,9 +167,81 @@ class RecycleSchedule(NamedTuple):
     start: int = 0
     end: int | None = None
 
-    def is_due(self, step) -> jax.Array:
-        step = jnp.asarray(step)
+    def is_due(self, step) -> jax.Array | bool:
+        """Whether ReDo runs after gradient step `step` (a Python int on the host: a Python bool)."""
         due = (step >= self.start) & ((step - self.start) % self.period == 0) & (step > 0)
         if self.end is not None:
             due &= step < self.end
         return due
+
+
+def schedule_of(redo: ml_collections.ConfigDict) -> RecycleSchedule | None:
+    """The schedule of an agent's `redo` config block: every `redo.period` gradient steps; None when ReDo is off."""
+    return RecycleSchedule(period=redo.period) if redo.enabled else None
+
+
+def redo_key(update_key: jax.Array) -> jax.Array:
+    """ReDo's key inside an update: folded from the update's key, so the update's own draws stay as they are."""
+    return jax.random.fold_in(update_key, 0x7ED0)
+
+
+def replay_batch(sample: Callable | None, batch_size: int) -> Callable[[jax.Array], Any]:
+    """`batch(key)` for `recycle_when_due` in an off-policy update: `sample(key, batch_size)`, where `sample(key, n)`
+    (handed to `update` by the runner) draws n transitions from the replay."""
+
+    def batch(key):
+        if sample is None:
+            raise ValueError("ReDo samples its batch from the replay: call update(state, batch, key, sample)")
+        return sample(key, batch_size)
+
+    return batch
+
+
+def plan_of(schedule: RecycleSchedule | None, first_update: int, count: int) -> bool | None:
+    """What `recycle_when_due` may know before tracing, for `count` updates from update number `first_update`:
+    False when none of them is due (the program leaves ReDo out), True when there is one update and it is due (the
+    program recycles with no branch), None when one of several is (the program decides per update)."""
+    due = [schedule is not None and schedule.is_due(step) for step in range(first_update, first_update + count)]
+    if not any(due):
+        return False
+    return True if count == 1 else None
+
+
+def recycle_when_due(schedule: RecycleSchedule | None, state: Any, recycle: Callable, batch: Callable, key: jax.Array,
+                     plan: bool | None = None) -> Any:
+    """ReDo on schedule: what every agent's `update` calls right after each gradient step.
+
+    `state.step` counts the gradient steps taken, this one included. When
+    `schedule.is_due(state.step)`, `recycle(state, batch(batch_key), recycle_key) -> (state, num_recycled)` runs
+    (`batch_key, recycle_key = split(key)`) and `state.recycled`, the agent's count of recycled neurons, grows by
+    `num_recycled`; otherwise the state comes back unchanged. `batch(key)` gives the inputs that scores the neurons:
+    off-policy agents sample `redo.batch_size` transitions from the replay inside the branch, so only a recycling
+    step pays for it (Dopamine `labs/redo/recycled_dqn_agents.py` samples its `batch_size_statistics` = 256 from
+    the replay when a recycle is due); PPO scores on its rollout (the current batch).
+
+    `state.step` is shared by all seeds (the runners vmap it with in_axes None), so under vmap this `lax.cond`
+    keeps a scalar predicate and stays a real branch; a per-seed predicate would turn it into a select that runs
+    the recycle on every update. With ReDo off (`schedule` None) the program holds no branch at all.
+
+    `plan` (`plan_of`, a Python value) lets a caller that knows the update numbers on the host (the off-policy host
+    loop) compile the decision away: False leaves ReDo out, True recycles unconditionally, None decides by
+    `lax.cond`. XLA on CPU runs an update that holds a `lax.cond` markedly slower even when the branch is not
+    taken (`python -m sparserl.bench --rows dormancy_redo`), and convolutions inside it about 10x slower
+    (`runner._branch`), so the host loop compiles one program per plan.
+    """
+    if schedule is None or plan is False:
+        return state
+
+    def run(state, key):
+        batch_key, recycle_key = jax.random.split(key)
+        state, num_recycled = recycle(state, batch(batch_key), recycle_key)
+        return state.replace(recycled=state.recycled + num_recycled)
+
+    if plan:
+        return run(state, key)
+    return jax.lax.cond(schedule.is_due(state.step), run, lambda state, key: state, state, key)
+
+
+def recycled_metrics(schedule: RecycleSchedule | None, state: Any) -> dict[str, jax.Array]:
+    """`redo/recycled`: the neurons ReDo has recycled since the run started (per seed); nothing when ReDo is off."""
+    return {} if schedule is None else {"redo/recycled": state.recycled}

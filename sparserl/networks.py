@@ -21,10 +21,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sparserl.sparse import condensed
+
 ACTIVATIONS = "activations"
 POST_ACTIVATION = "post_activation"
 
-_ACTIVATION_FUNCTIONS: dict[str, Callable] = {"relu": nn.relu, "tanh": nn.tanh}
+ACTIVATION_FUNCTIONS: dict[str, Callable] = {"relu": nn.relu, "tanh": nn.tanh}  # the `network.activation` names
 
 
 def scaled_width(width: int, width_multiplier: float) -> int:
@@ -50,6 +52,26 @@ def orthogonal(scale: float = 1.0) -> Callable:
     return init
 
 
+class Dense(nn.Dense):
+    """`nn.Dense` (same params) that runs as a condensed kernel when given its indices.
+
+    When the `condensed` collection holds `indices` [out, k] for this layer
+    (`sparse_network.apply` passes them; see `sparserl.sparse.condensed`), the output
+    is `condensed.dense(x, kernel, indices) + bias`, equal to the dense matmul
+    when the kernel is zero off the indices; otherwise it is `nn.Dense`.
+    """
+
+    @nn.compact
+    def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
+        if not self.has_variable(condensed.COLLECTION, "indices"):
+            return super().__call__(inputs)
+        kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features), self.param_dtype)
+        outputs = condensed.dense(inputs, kernel, self.get_variable(condensed.COLLECTION, "indices"))
+        if self.use_bias:
+            outputs = outputs + self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        return outputs
+
+
 def _capture(layer: nn.Module, outputs: jnp.ndarray) -> None:
     """Stores a layer's post-activation outputs at `activations/<layer path>/post_activation`."""
     # One entry per call: reduce_fn replaces instead of appending to a tuple.
@@ -68,14 +90,14 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        activation = _ACTIVATION_FUNCTIONS[self.activation]
+        activation = ACTIVATION_FUNCTIONS[self.activation]
         x = x.reshape((x.shape[0], -1)).astype(jnp.float32)
         for i, width in enumerate(self.hidden_sizes):
             name = f"dense_{i}"
-            layer = nn.Dense(scaled_width(width, self.width_multiplier), kernel_init=self.hidden_kernel_init, name=name)
+            layer = Dense(scaled_width(width, self.width_multiplier), kernel_init=self.hidden_kernel_init, name=name)
             x = activation(layer(x))
             _capture(layer, x)
-        return nn.Dense(self.output_size, kernel_init=self.output_kernel_init, name="output")(x)
+        return Dense(self.output_size, kernel_init=self.output_kernel_init, name="output")(x)
 
     def chains(self) -> list[list[str]]:
         return [[f"dense_{i}" for i in range(len(self.hidden_sizes))] + ["output"]]
@@ -131,8 +153,11 @@ class NatureCNN(nn.Module):
     (Young & Tian 2019) is `NatureCNN(conv_features=(16,), kernel_sizes=(3,),
     strides=(1,), dense_sizes=(128,))`. Inputs are NHWC; uint8 frames are
     scaled to [0, 1]. The flatten is in HWC order: flat index i belongs to
-    channel ``i % C`` of the last conv layer. The convolutions are `Im2colConv` (nn.Conv's function and
-    params, fast inside the compiled loop's control flow).
+    channel ``i % C`` of the last conv layer. `hidden_kernel_init` initialises
+    the conv and dense kernels, `output_kernel_init` the output layer's (CleanRL's
+    `ppo_atari.py` uses orthogonal sqrt(2) and 0.01 / 1). The convolutions are
+    `Im2colConv` (nn.Conv's function and params, fast inside the compiled loop's
+    control flow).
     """
 
     output_size: int
@@ -142,9 +167,13 @@ class NatureCNN(nn.Module):
     dense_sizes: Sequence[int] = (512,)
     width_multiplier: float = 1.0
     padding: str = "VALID"
+    activation: str = "relu"
+    output_kernel_init: Callable = nn.initializers.lecun_normal()
+    hidden_kernel_init: Callable = nn.initializers.lecun_normal()
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        activation = ACTIVATION_FUNCTIONS[self.activation]
         if x.dtype == jnp.uint8:
             x = x.astype(jnp.float32) / 255.0
         x = x.astype(jnp.float32)
@@ -155,17 +184,18 @@ class NatureCNN(nn.Module):
                 (kernel, kernel),
                 (stride, stride),
                 padding=self.padding,
+                kernel_init=self.hidden_kernel_init,
                 name=name,
             )
-            x = nn.relu(layer(x))
+            x = activation(layer(x))
             _capture(layer, x)
         x = x.reshape((x.shape[0], -1))
         for i, width in enumerate(self.dense_sizes):
             name = f"dense_{i}"
-            layer = nn.Dense(scaled_width(width, self.width_multiplier), name=name)
-            x = nn.relu(layer(x))
+            layer = nn.Dense(scaled_width(width, self.width_multiplier), kernel_init=self.hidden_kernel_init, name=name)
+            x = activation(layer(x))
             _capture(layer, x)
-        return nn.Dense(self.output_size, name="output")(x)
+        return nn.Dense(self.output_size, kernel_init=self.output_kernel_init, name="output")(x)
 
     def chains(self) -> list[list[str]]:
         convs = [f"conv_{i}" for i in range(len(self.conv_features))]
@@ -178,10 +208,11 @@ class TwinCritic(nn.Module):
 
     hidden_sizes: Sequence[int]
     width_multiplier: float = 1.0
+    activation: str = "relu"
 
     def setup(self):
-        self.q1 = MLP(self.hidden_sizes, 1, width_multiplier=self.width_multiplier)
-        self.q2 = MLP(self.hidden_sizes, 1, width_multiplier=self.width_multiplier)
+        self.q1 = MLP(self.hidden_sizes, 1, activation=self.activation, width_multiplier=self.width_multiplier)
+        self.q2 = MLP(self.hidden_sizes, 1, activation=self.activation, width_multiplier=self.width_multiplier)
 
     def __call__(self, observations: jnp.ndarray, actions: jnp.ndarray) -> jnp.ndarray:
         inputs = jnp.concatenate([observations.reshape((observations.shape[0], -1)), actions], axis=-1)

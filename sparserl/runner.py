@@ -4,26 +4,31 @@ Every agent function is vmapped over a leading seed axis; only the gradient
 step counter `state.step` is shared by all seeds (it is unbatched, so
 `lax.cond` on the schedules stays a real branch under vmap). Each env step
 makes one jitted call that stores the transition in the device replay, takes
-a gradient step when due, recycles dormant neurons when due (ReDo, inside
-jit), and picks the next actions. Only observations and actions cross between
-host and device in the loop; metrics are fetched at log time.
+a gradient step when due (the agent's `update`, which also runs ReDo on its
+schedule), and picks the next actions. Only observations and actions cross
+between host and device in the loop; metrics are fetched at log time. On the
+host, `MetricsLog` writes the metrics and `run_guard.RunGuard` the checkpoints.
 """
 
+import contextlib
 import dataclasses
+import functools
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sparserl import checkpoint as checkpoint_lib, dormancy, learner, replay as replay_lib
+from sparserl.agents.ppo import Rollout
+from sparserl import replay as replay_lib, sparse_network
 from sparserl.checkpoint import Checkpointer
 from sparserl.agent import Agent
 from sparserl.envs import EnvSpec, SeedEnvs
-from sparserl.logging import MetricsWriter, ProgressPrinter
+from sparserl.reporting import MetricsWriter, ProgressPrinter
 from sparserl.preemption import StopRequests
+from sparserl.run_guard import RunGuard
 
 
 def seed_axes(state: Any) -> Any:
@@ -69,56 +74,44 @@ def is_learning_step(env_step, learn_from, config: ml_collections.ConfigDict):
     return (env_step >= learn_from) & (env_step % config.train_every == 0)
 
 
-def is_recycle_due(updates_before, config: ml_collections.ConfigDict):
-    """Whether ReDo runs after a learning step that starts at gradient update `updates_before`: when any of its
-    `gradient_steps` updates reaches the schedule (several updates per step skip numbers)."""
-    if not config.redo.enabled:
-        return False
-    schedule = dormancy.RecycleSchedule(period=config.redo.period)
-    return jnp.any(schedule.is_due(updates_before + 1 + jnp.arange(config.gradient_steps)))
-
-
 def off_policy_step(agent: Agent, config: ml_collections.ConfigDict) -> Callable:
-    """One seed's env step of DQN and SAC after the env moved: store, learn when due, recycle when due, act.
+    """One seed's env step of DQN and SAC after the env moved: store, learn when due, act.
 
-    `step(state, replay, transition, observations, env_step, learn, recycle) -> (state, replay, actions, metrics,
-    recycled)`. A learning step takes `gradient_steps` updates, each on its own batch (a `lax.scan` when more than
-    one; its metrics are their mean); metrics are NaN where no update was taken. `learn` and `recycle` are
-    Python bools (the host loop, `OffPolicyStep`) or traced ones (the compiled loop,
-    `sparserl.compiled_runner`, inside its scan); see `_branch`.
+    `step(state, replay, transition, observations, env_step, learn, plan=None) -> (state, replay, actions,
+    metrics)`. A learning step takes `gradient_steps` updates, each on its own batch (a `lax.scan` when more than
+    one; its metrics are their mean); metrics are NaN where no update was taken. Each update may draw more
+    transitions from the replay (`sample`: ReDo's batch, `dormancy.recycle_when_due`). `learn` is a Python bool
+    (the host loop, `OffPolicyStep`) or a traced one (the compiled loop, `sparserl.compiled_runner`, inside its
+    scan); see `_branch`. `plan` is `agent.plan(first_update, gradient_steps)` of this step's updates where the
+    caller knows their numbers (the host loop), else None.
     """
 
-    def sample_and_update(state, keys):
+    def sample_and_update(state, keys, plan):
         replay, sample_key, update_key = keys
-        return agent.update(state, replay_lib.sample(replay, sample_key, config.batch_size), update_key)
+        sample = functools.partial(replay_lib.sample, replay)
+        return agent.update(state, sample(sample_key, config.batch_size), update_key, sample, plan)
 
-    def learn_from(operands):
+    def learn_from(operands, plan=None):
         state, replay, sample_key, update_key = operands
         if config.gradient_steps == 1:
-            return sample_and_update(state, (replay, sample_key, update_key))
+            return sample_and_update(state, (replay, sample_key, update_key), plan)
         keys = (jax.random.split(sample_key, config.gradient_steps), jax.random.split(update_key, config.gradient_steps))
-        state, metrics = jax.lax.scan(lambda state, keys: sample_and_update(state, (replay, *keys)), state, keys)
+        state, metrics = jax.lax.scan(lambda state, keys: sample_and_update(state, (replay, *keys), plan), state, keys)
         return state, jax.tree.map(lambda values: jnp.mean(values, axis=0), metrics)
 
     def skip_learning(operands):
         return operands[0], nan_like(jax.eval_shape(learn_from, operands)[1])
 
-    def recycle_from(operands):
-        state, replay, redo_key = operands
-        batch_key, recycle_key = jax.random.split(redo_key)
-        return agent.recycle(state, replay_lib.sample(replay, batch_key, config.redo.batch_size), recycle_key)
-
-    def skip_recycling(operands):
-        return operands[0], jnp.zeros((), jnp.int32)
-
-    def step(state, replay, transition, observations, env_step, learn, recycle):
+    def step(state, replay, transition, observations, env_step, learn, plan=None):
         replay = replay_lib.add(replay, transition)
-        rng, sample_key, update_key, redo_key, act_key = jax.random.split(state.rng, 5)
+        # The fourth key went to ReDo when the runner ran it; it stays drawn so that the act keys (and every
+        # seeded run) are what they were.
+        rng, sample_key, update_key, _, act_key = jax.random.split(state.rng, 5)
         state = state.replace(rng=rng)
-        state, metrics = _branch(learn, learn_from, skip_learning, (state, replay, sample_key, update_key))
-        state, recycled = _branch(recycle, recycle_from, skip_recycling, (state, replay, redo_key))
+        state, metrics = _branch(learn, functools.partial(learn_from, plan=plan), skip_learning,
+                                 (state, replay, sample_key, update_key))
         actions = agent.act(state, observations, act_key, env_step + 1, True)
-        return state, replay, actions, metrics, recycled
+        return state, replay, actions, metrics
 
     return step
 
@@ -127,44 +120,44 @@ class OffPolicyStep:
     """The host loop's per-env-step call of DQN and SAC (`off_policy_step`, vmapped over seeds).
 
     `step(state, replay, transition, observations, env_step, learn_from)` returns
-    `(state, replay, actions, metrics, recycled)`. Whether a step learns (a
-    function of the env step) and recycles (of the gradient update count, read
-    once from the state and then counted here) is decided on the host, which
-    picks one of three jitted programs (see `_branch`). The program of a step
-    that only acts returns the new RNG key rather than the whole TrainState,
-    which it neither changes nor takes over (fewer buffers to hand over per call).
+    `(state, replay, actions, metrics)`. Whether a step learns (a function of
+    the env step), and the agent's `plan` of the updates it takes (of the
+    gradient update count, read once from the state and then counted here), are
+    decided on the host, which picks one jitted program per (learn, plan) (see
+    `_branch`; with ReDo: a program for the steps it is due on, one for the
+    others). The program of a step that only acts returns the new RNG key
+    rather than the whole TrainState, which it neither changes nor takes over
+    (fewer buffers to hand over per call).
     """
 
     def __init__(self, agent: Agent, config: ml_collections.ConfigDict, state_axes: Any):
-        self.config = config
+        self.agent, self.config = agent, config
         self.gradient_updates: int | None = None  # the state's `step`, read once at the first learning step
         step = off_policy_step(agent, config)
 
-        def program(learn: bool, recycle: bool) -> Callable:
+        @functools.cache
+        def program(learn: bool, plan) -> Callable:
             def call(state, replay, transition, observations, env_step):
-                state, replay, actions, metrics, recycled = step(state, replay, transition, observations, env_step,
-                                                                 learn, recycle)
-                return state if learn else state.rng, replay, actions, metrics, recycled
+                state, replay, actions, metrics = step(state, replay, transition, observations, env_step, learn, plan)
+                return state if learn else state.rng, replay, actions, metrics
 
             state_out = state_axes if learn else 0
-            batched = jax.vmap(call, in_axes=(state_axes, 0, 0, 0, None), out_axes=(state_out, 0, 0, 0, 0))
+            batched = jax.vmap(call, in_axes=(state_axes, 0, 0, 0, None), out_axes=(state_out, 0, 0, 0))
             return jax.jit(batched, donate_argnums=(0, 1) if learn else (1,))
 
-        self.programs = {(learn, recycle): program(learn, recycle) for learn, recycle in
-                         ((False, False), (True, False), (True, True))}
+        self.program = program
 
     def __call__(self, state, replay, transition, observations, env_step: int, learn_from: int):
         learn = bool(is_learning_step(env_step, learn_from, self.config))
-        recycle = False
+        plan = None
         if learn:
             if self.gradient_updates is None:
                 self.gradient_updates = int(state.step)
-            recycle = bool(is_recycle_due(self.gradient_updates, self.config))
+            plan = self.agent.plan(self.gradient_updates + 1, self.config.gradient_steps)
             self.gradient_updates += self.config.gradient_steps
-        new_state, replay, actions, metrics, recycled = self.programs[learn, recycle](
-            state, replay, transition, observations, env_step)
+        new_state, replay, actions, metrics = self.program(learn, plan)(state, replay, transition, observations, env_step)
         state = new_state if learn else state.replace(rng=new_state)
-        return state, replay, actions, metrics, recycled
+        return state, replay, actions, metrics
 
 
 def make_actor(agent: Agent, state_axes: Any, explore: bool) -> Callable:
@@ -209,16 +202,6 @@ def _host(tree: Any) -> Any:
     return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
-class TrainingDiverged(RuntimeError):
-    """A loss or a parameter became NaN or infinite."""
-
-
-@jax.jit
-def _params_finite(state: Any) -> jax.Array:
-    floats = [leaf for leaf in jax.tree.leaves(state) if jnp.issubdtype(leaf.dtype, jnp.floating)]
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in floats]))
-
-
 @dataclasses.dataclass
 class Run:
     """Where a loop writes: one seed directory per seed, its writers, the console and checkpoints."""
@@ -232,9 +215,9 @@ class Run:
 
 
 def network_params(state: Any) -> dict[str, Any]:
-    """The params of every network of an agent state (its `learner.NetworkState` fields), by field name."""
+    """The params of every network of an agent state (its `sparse_network.NetworkState` fields), by field name."""
     return {field.name: getattr(state, field.name).params for field in dataclasses.fields(state)
-            if isinstance(getattr(state, field.name), learner.NetworkState)}
+            if isinstance(getattr(state, field.name), sparse_network.NetworkState)}
 
 
 @jax.jit
@@ -281,15 +264,19 @@ class FrozenNetworkWatch:
         return metrics
 
 
-class Recorder:
-    """Host-side bookkeeping shared by both loops: episode returns between logs, ReDo counts,
-    metric rows, console progress, evaluations, NaN checks and checkpoints."""
+class MetricsLog:
+    """The metrics of a run, as every loop hands them over: the returns of the episodes that end between logs,
+    one row per seed at each log (update and network metrics, `sps`, frozen-network warnings; CSV and
+    TensorBoard through `run.writers`), the console line, and the evaluation rows.
 
-    def __init__(self, config: ml_collections.ConfigDict, run: Run, eval_actor: Callable, state: Any):
-        self.config, self.run, self.eval_actor = config, run, eval_actor
+    `eval_returns(state, done)` gives the mean evaluation return per seed (host envs: `evaluate`; the compiled
+    loop evaluates inside its own program). Time spent evaluating, or in `untimed()`, is left out of `sps`.
+    """
+
+    def __init__(self, run: Run, eval_returns: Callable[[Any, int], np.ndarray], state: Any):
+        self.run, self.eval_returns = run, eval_returns
         self.frozen_watch = FrozenNetworkWatch(state)
         self.window_returns: list[list[float]] = [[] for _ in run.seeds]
-        self.recycled_total = np.zeros(len(run.seeds), np.int64)
         self.window_start = run.resume_step or 0
         self.window_time = time.perf_counter()
 
@@ -299,11 +286,7 @@ class Recorder:
             self.window_returns[seed_index].append(float(episode_return[seed_index, env_index]))
 
     def log(self, done: int, state: Any, update_metrics: dict, network_metrics: dict, final: bool) -> None:
-        """Writes one metrics row per seed; stops the run if a loss is NaN or infinite."""
-        for name, values in update_metrics.items():
-            for seed_index, value in enumerate(np.atleast_1d(values)):
-                if name.startswith("loss/") and not np.isfinite(value):
-                    raise TrainingDiverged(f"step {done:,}: {name} is {value} for seed {self.run.seeds[seed_index]}")
+        """Writes one metrics row per seed and the console line."""
         network_metrics = {**network_metrics, **self.frozen_watch.check(state, self.run.seeds, (self.window_start, done))}
         sps = (done - self.window_start) / max(time.perf_counter() - self.window_time, 1e-9)
         rows = []
@@ -313,56 +296,36 @@ class Recorder:
             row.update({name: value[seed_index] for name, value in update_metrics.items()})
             row["sps"] = sps
             row.update({name: value[seed_index] for name, value in network_metrics.items()})
-            if self.config.redo.enabled:
-                row["redo/recycled"] = self.recycled_total[seed_index]
             writer.write(done, row)
             rows.append(row)
         self.run.progress.update(done, _mean_over_seeds(rows), final=final)
         self.window_returns = [[] for _ in self.run.seeds]
         self.window_start, self.window_time = done, time.perf_counter()
 
-    def eval_returns(self, state: Any, done: int) -> np.ndarray:
-        """Mean evaluation return per seed, on host envs (the compiled loop evaluates inside its program)."""
-        return evaluate(self.eval_actor, state, self.config, self.run.seeds, done)
-
     def evaluate(self, state: Any, done: int) -> None:
+        with self.untimed():
+            returns = self.eval_returns(state, done)
+            for seed_index, writer in enumerate(self.run.writers):
+                writer.write(done, {"eval/episode_return": returns[seed_index]}, kind="eval")
+            print(f"  eval at step {done:,}: return {np.mean(returns):.1f} (mean of {len(returns)} seed(s))", flush=True)
+
+    @contextlib.contextmanager
+    def untimed(self):
+        """Leaves the time spent inside out of the window's `sps` (evaluations, checkpoints)."""
         started = time.perf_counter()
-        returns = self.eval_returns(state, done)
-        for seed_index, writer in enumerate(self.run.writers):
-            writer.write(done, {"eval/episode_return": returns[seed_index]}, kind="eval")
-        print(f"  eval at step {done:,}: return {np.mean(returns):.1f} (mean of {len(returns)} seed(s))", flush=True)
-        self.window_time += time.perf_counter() - started
+        try:
+            yield
+        finally:
+            self.window_time += time.perf_counter() - started
 
-    def checkpoint(self, done: int, arrays: Any, axes: Any, loop_states: list[dict]) -> None:
-        """Saves every seed's arrays and loop state, after checking that every parameter is finite."""
-        if not bool(_params_finite(arrays)):
-            raise TrainingDiverged(f"step {done:,}: a parameter is NaN or infinite")
-        started = time.perf_counter()
-        for writer in self.run.writers:
-            writer.flush()
-        self.run.checkpointer.save(
-            done,
-            [checkpoint_lib.seed_slice(arrays, i, axes) for i in range(len(self.run.seeds))],
-            [dict(state, window_returns=self.window_returns[i], recycled_total=int(self.recycled_total[i]))
-             for i, state in enumerate(loop_states)],
-        )
-        self.window_time += time.perf_counter() - started
+    def loop_state(self, seed_index: int) -> dict:
+        """What a checkpoint keeps of seed `seed_index`: the returns of the episodes that ended since the last log."""
+        return {"window_returns": self.window_returns[seed_index]}
 
-    def restore(self, templates: Any, axes: Any) -> tuple[Any, list[dict]]:
-        """Arrays (stacked over seeds) and per-seed loop states of checkpoint `run.resume_step`."""
-        per_seed = [checkpoint_lib.seed_slice(templates, i, axes) for i in range(len(self.run.seeds))]
-        arrays, loop_states = self.run.checkpointer.restore(self.run.resume_step, per_seed)
-        for seed_index, loop_state in enumerate(loop_states):
-            self.window_returns[seed_index] = loop_state.pop("window_returns")
-            self.recycled_total[seed_index] = loop_state.pop("recycled_total")
-        arrays = checkpoint_lib.stack_seeds(arrays, axes)
-        self.frozen_watch = FrozenNetworkWatch(arrays["state"])
-        return arrays, loop_states
-
-    def stop_if_requested(self, done: int) -> None:
-        """After a step whose checkpoint is written: raises `Stopped` when SIGTERM/SIGINT asked the run to stop."""
-        if self.run.stop_requests.requested:
-            raise self.run.stop_requests.stopped(done)
+    def resume(self, state: Any, loop_states: list[dict]) -> None:
+        """Takes back what `loop_state` gave a checkpoint (and forgets the params seen before the restore)."""
+        self.window_returns = [loop_state.pop("window_returns") for loop_state in loop_states]
+        self.frozen_watch = FrozenNetworkWatch(state)
 
 
 def _restore_envs(envs: SeedEnvs, loop_states: list[dict], observations: np.ndarray, actions: np.ndarray):
@@ -383,9 +346,11 @@ def run_off_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: En
     state_axes = seed_axes(state)
     train_step = OffPolicyStep(agent, config, state_axes)
     measure = jax.jit(jax.vmap(
-        lambda state, replay, key: agent.measure(state, replay_lib.sample(replay, key, config.redo.batch_size)),
+        lambda state, replay, key: agent.measure(state, replay_lib.sample(replay, key, config.dormancy.batch_size)),
         in_axes=(state_axes, 0, 0)))
-    recorder = Recorder(config, run, make_actor(agent, state_axes, explore=False), state)
+    eval_actor = make_actor(agent, state_axes, explore=False)
+    log = MetricsLog(run, lambda state, done: evaluate(eval_actor, state, config, seeds, done), state)
+    guard = RunGuard(run)
 
     action_shape = () if env_spec.discrete else (env_spec.num_actions,)
     action_dtype = jnp.int32 if env_spec.discrete else jnp.float32
@@ -402,8 +367,9 @@ def run_off_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: En
     if config.checkpoint_replay:
         arrays["replay"], array_axes["replay"] = replay, jax.tree.map(lambda _: 0, replay)
     if run.resume_step is not None:
-        arrays, loop_states = recorder.restore(arrays, array_axes)
+        arrays, loop_states = guard.restore(arrays, array_axes)
         state, replay = arrays["state"], arrays.get("replay", replay)
+        log.resume(state, loop_states)
         start = run.resume_step
         if not config.checkpoint_replay:
             learn_from = start + config.learning_starts
@@ -416,48 +382,32 @@ def run_off_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: En
         transition = replay_lib.Transition(
             observations[:, 0], actions[:, 0], result.reward[:, 0], result.next_observation[:, 0], result.terminated[:, 0]
         )
-        state, replay, actions, update_metrics, recycled = train_step(
-            state, replay, transition, result.observation, env_step, learn_from
-        )
+        state, replay, actions, update_metrics = train_step(state, replay, transition, result.observation, env_step,
+                                                            learn_from)
         observations = result.observation
         if env_step >= learn_from and env_step % config.train_every == 0:
             last_metrics = update_metrics
-        if config.redo.enabled:
-            recorder.recycled_total += np.asarray(recycled)
         actions = np.asarray(actions)
-        recorder.add_episodes(result.episode_return)
+        log.add_episodes(result.episode_return)
 
         done = env_step + 1
         final = done == config.steps
         if done % config.log_every == 0 or final:
             keys = jax.vmap(lambda seed: jax.random.fold_in(jax.random.key(seed), done))(jnp.asarray(seeds, jnp.uint32))
-            recorder.log(done, state, _host(last_metrics) if last_metrics is not None else {},
-                         _host(measure(state, replay, keys)), final)
+            update_metrics = _host(last_metrics) if last_metrics is not None else {}
+            guard.check_losses(done, update_metrics)
+            log.log(done, state, update_metrics, _host(measure(state, replay, keys)), final)
         if done % config.eval_every == 0 or final:
-            recorder.evaluate(state, done)
+            log.evaluate(state, done)
         if done % config.checkpoint_every == 0 or final or run.stop_requests.requested:
             arrays = {"state": state, "replay": replay} if config.checkpoint_replay else {"state": state}
-            loop_states = [{"envs": envs.seed_state(i), "observation": observations[i], "pending_action": actions[i]}
-                           for i in range(len(seeds))]
-            recorder.checkpoint(done, arrays, array_axes, loop_states)
+            loop_states = [{"envs": envs.seed_state(i), "observation": observations[i], "pending_action": actions[i],
+                            **log.loop_state(i)} for i in range(len(seeds))]
+            with log.untimed():
+                guard.checkpoint(done, arrays, array_axes, loop_states)
             if not final:
-                recorder.stop_if_requested(done)
+                guard.stop_if_requested(done)
     envs.close()
-
-
-class Rollout(NamedTuple):
-    """One on-policy rollout per seed, arrays [rollout_steps, envs_per_seed, ...] (a leading seed axis in the runner).
-
-    `next_observation[t]` is the true s' of step t: the final observation
-    where an episode ended (terminated or truncated), else `observation[t + 1]`.
-    """
-
-    observation: Any
-    action: Any
-    reward: Any
-    terminated: Any
-    truncated: Any
-    next_observation: Any
 
 
 def run_on_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: EnvSpec, run: Run) -> None:
@@ -475,7 +425,9 @@ def run_on_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: Env
     state_axes = seed_axes(state)
     num_seeds, num_envs, num_steps = len(seeds), config.num_envs, config.rollout_steps
     explore_actor = make_actor(agent, state_axes, explore=True)
-    recorder = Recorder(config, run, make_actor(agent, state_axes, explore=False), state)
+    eval_actor = make_actor(agent, state_axes, explore=False)
+    log = MetricsLog(run, lambda state, done: evaluate(eval_actor, state, config, seeds, done), state)
+    guard = RunGuard(run)
 
     def draw_act_keys(state):
         state, key = _split_rng(state)
@@ -493,8 +445,9 @@ def run_on_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: Env
     observations = envs.reset()
     done = 0
     if run.resume_step is not None:
-        arrays, loop_states = recorder.restore({"state": state}, {"state": state_axes})
+        arrays, loop_states = guard.restore({"state": state}, {"state": state_axes})
         state, done = arrays["state"], run.resume_step
+        log.resume(state, loop_states)
         observations, _ = _restore_envs(envs, loop_states, observations, None)
 
     action_shape = () if env_spec.discrete else (env_spec.num_actions,)
@@ -520,26 +473,25 @@ def run_on_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: Env
             buffers.terminated[:, t] = result.terminated
             buffers.truncated[:, t] = result.truncated
             buffers.next_observation[:, t] = result.next_observation
-            recorder.add_episodes(result.episode_return)
+            log.add_episodes(result.episode_return)
             observations = result.observation
             done += num_envs
         state, update_metrics = update(state, buffers)
-        update_metrics = _host(update_metrics)
-        if "redo/recycled" in update_metrics:
-            recorder.recycled_total += update_metrics.pop("redo/recycled").astype(np.int64)
-
         final = done >= config.steps
         reached = lambda every: done // every > start // every  # noqa: E731
         if reached(config.log_every) or final:
-            recorder.log(done, state, update_metrics, _host(measure(state, buffers)), final)
+            update_metrics = _host(update_metrics)
+            guard.check_losses(done, update_metrics)
+            log.log(done, state, update_metrics, _host(measure(state, buffers)), final)
         if reached(config.eval_every) or final:
-            recorder.evaluate(state, done)
+            log.evaluate(state, done)
         if reached(config.checkpoint_every) or final or run.stop_requests.requested:
-            loop_states = [{"envs": envs.seed_state(i), "observation": observations[i], "pending_action": None}
-                           for i in range(num_seeds)]
-            recorder.checkpoint(done, {"state": state}, {"state": state_axes}, loop_states)
+            loop_states = [{"envs": envs.seed_state(i), "observation": observations[i], "pending_action": None,
+                            **log.loop_state(i)} for i in range(num_seeds)]
+            with log.untimed():
+                guard.checkpoint(done, {"state": state}, {"state": state_axes}, loop_states)
             if not final:
-                recorder.stop_if_requested(done)
+                guard.stop_if_requested(done)
     envs.close()
 
 

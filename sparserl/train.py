@@ -2,36 +2,43 @@
 
 flags -> config -> run directory -> runner (DESIGN section 2). The config is
 built in this order, later steps winning: the agent's `configs/<agent>.py`
-(or `--config=path.py`), the preset of the env's family, the flags given on
-the command line, then `--config.<field>=value` overrides. Every input is
-validated before anything is written; a mistake ends with one line naming the
-flag and exit status 2 (DESIGN contract 7).
+(or `--config=path.py`) with a preset applied, the flags given on the
+command line, then `--config.<field>=value` overrides (parsed by
+ml_collections' `config_flags`, typed by the config's fields). The preset is
+the one of the env's family, or the one named after a colon:
+`--config=configs/dqn.py:atari`. Every input is checked before anything is
+written (`prepare`); a mistake ends with one line naming the flag and exit
+status 2 (DESIGN contract 7).
 """
 
-import importlib
+import dataclasses
 import importlib.util
 import json
 import os
 import re
 import sys
+from types import ModuleType
 from typing import Any
 
 from absl import app, flags
 from absl import logging as absl_logging
 import ml_collections
+from ml_collections import config_flags
 
+from sparserl.agent import AGENTS, Agent, agent_module, config_module
+from sparserl.sparse import structure as structure_lib
+from sparserl.sparse.distributions import DISTRIBUTIONS
+from sparserl.sparse.topology import TOPOLOGIES
 
-AGENTS = ("dqn", "sac", "ppo")
-_METHODS = ("dense", "static", "set", "rigl", "prune")
-_DISTRIBUTIONS = ("erk", "uniform")
-
-flags.DEFINE_string("agent", "dqn", f"Agent: {', '.join(AGENTS)}.")
+flags.DEFINE_string("agent", "dqn", f"Agent: {', '.join(AGENTS)} (default: the --config file's, else dqn).")
 flags.DEFINE_string("env", None, "Environment id (default: the agent config's env, e.g. CartPole-v1 for dqn).")
 flags.DEFINE_float("sparsity", 0.0, "Fraction of zero weights in [0, 1); 0 trains a dense agent.")
 flags.DEFINE_float("actor_sparsity", None, "Actor sparsity (sac, ppo); default --sparsity.")
 flags.DEFINE_float("critic_sparsity", None, "Critic sparsity (sac, ppo); default --sparsity.")
-flags.DEFINE_string("method", None, f"Sparse training method: {', '.join(_METHODS)} (default rigl when sparsity > 0).")
-flags.DEFINE_string("distribution", None, f"Per-layer sparsity distribution: {', '.join(_DISTRIBUTIONS)}.")
+flags.DEFINE_string("method", None, f"Sparse training method: {', '.join(TOPOLOGIES)} (default rigl when sparsity > 0).")
+flags.DEFINE_string("structure", None, f"Mask structure: {structure_lib.ALLOWED} (fan_in: every neuron keeps the same "
+                    "number of inputs; nm: N of every M inputs, the sparsity fixed at 1 - N/M). Kept by every method.")
+flags.DEFINE_string("distribution", None, f"Per-layer sparsity distribution: {', '.join(DISTRIBUTIONS)}.")
 flags.DEFINE_bool("redo", None, "Recycle dormant neurons with ReDo (Sokar et al. 2023).")
 flags.DEFINE_float("redo_tau", None, "ReDo dormancy threshold tau (>= 0).")
 flags.DEFINE_integer("redo_period", None, "Gradient steps between ReDo recycling (>= 1).")
@@ -42,18 +49,22 @@ flags.DEFINE_integer("eval_every", None, "Environment steps between evaluations.
 flags.DEFINE_integer("checkpoint_every", None, "Environment steps between checkpoints (one is also written at the end).")
 flags.DEFINE_string("workdir", "runs", "Directory that holds run directories.")
 flags.DEFINE_string("run_name", None, "Run directory name (default: built from agent, env, method, sparsity, redo).")
-flags.DEFINE_string("config", None, "A configs/<agent>.py-style file with get_config(); fields can be overridden with --config.<field>=value.")
+flags.DEFINE_string(
+    "config", None,
+    "A configs/<agent>.py-style file with get_config(), optionally with a preset after a colon "
+    "(configs/dqn.py:atari; default: the preset of the env's family); override any field with --config.<field>=value.",
+)
 
 FLAGS = flags.FLAGS
-_CONFIG_OVERRIDES: dict[str, str] = {}  # the --config.<field>=value arguments, split off before absl parses argv
 
 # flag name -> config field it sets when given on the command line
-_FLAG_FIELDS = {
+FLAG_FIELDS = {
     "sparsity": "sparse.sparsity",
     "actor_sparsity": "sparse.actor_sparsity",
     "critic_sparsity": "sparse.critic_sparsity",
     "method": "sparse.method",
     "distribution": "sparse.distribution",
+    "structure": "sparse.structure",
     "redo": "redo.enabled",
     "redo_tau": "redo.tau",
     "redo_period": "redo.period",
@@ -64,140 +75,304 @@ _FLAG_FIELDS = {
     "checkpoint_every": "checkpoint_every",
 }
 
+# Config fields a --config.<field> override may not change: the preset was chosen from them.
+_FLAG_ONLY_FIELDS = ("agent", "env")
+
 
 class UsageError(Exception):
     """A user mistake: reported as one line, exit status 2, nothing written."""
 
 
-def split_config_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Separates `--config.<field>=value` arguments (ours) from absl flags."""
-    remaining, overrides = [], {}
-    for argument in argv:
-        match = re.fullmatch(r"--config\.([A-Za-z0-9_.]+)=(.*)", argument)
-        if match:
-            overrides[match.group(1)] = match.group(2)
-        elif argument.startswith("--config."):
-            raise UsageError(f"{argument}: write config overrides as --config.<field>=value")
-        else:
-            remaining.append(argument)
-    return remaining, overrides
+def config_from_arguments(argv: list[str]) -> ml_collections.ConfigDict:
+    """The validated config `python -m sparserl.train ARGV[1:]` trains; parses `FLAGS` on the way.
+
+    Raises UsageError for any bad input.
+    """
+    FLAGS.unparse_flags()
+    try:
+        unparsed = FLAGS(argv, known_only=True)  # leaves the --config.<field> overrides (and unknown flags) for later
+    except flags.Error as error:
+        raise UsageError(_flag_error(error)) from None
+    config = _preset_config()
+    for flag_name, field in FLAG_FIELDS.items():
+        if FLAGS[flag_name].present:
+            _set(config, field, FLAGS[flag_name].value, f"--{flag_name}")
+    overridden = _apply_overrides(config, unparsed)
+    sparse = config.sparse
+    resolve_structure_sparsity(sparse)
+    if not FLAGS["method"].present and "sparse.method" not in overridden and max(sparsities(sparse)) == 0.0:
+        sparse.method = "dense"
+    validate(config)
+    return config
 
 
-def load_config_module(agent: str, path: str | None):
-    if path is None:
-        return importlib.import_module(f"configs.{agent}")
+def _preset_config() -> ml_collections.ConfigDict:
+    """The agent config (`--config`, else configs/<--agent>.py) with its preset and env, and every field it lacks
+    taken from the agent's defaults."""
+    path, colon, preset = (FLAGS.config or "").partition(":")
+    if FLAGS.config is None:
+        if FLAGS.agent not in AGENTS:
+            raise UsageError(f"--agent: unknown agent {FLAGS.agent!r}; choose one of {', '.join(AGENTS)}")
+        module, source = config_module(FLAGS.agent), f"configs/{FLAGS.agent}.py"
+    else:
+        module, source = _load_config_file(path), path
+    presets = getattr(module, "PRESETS", None)
+    if presets is not None:
+        if colon and preset not in presets:
+            raise UsageError(f"--config: {source} has no preset {preset!r}; choose one of {', '.join(presets)}")
+        if not colon:  # the preset of the env's family
+            env_id = FLAGS.env or _get_config(module, source).get("env")
+            preset = _family(env_id, source)
+            if preset not in presets:
+                raise UsageError(f"--env: {source} has no preset for {preset} envs such as {env_id!r}; "
+                                 f"choose an env of one of {', '.join(presets)}")
+        config = _get_config(module, source, preset)
+    else:
+        config = _get_config(module, source, *([preset] if colon else []))
+    agent = config.get("agent")
+    if FLAGS["agent"].present and FLAGS.agent != agent:
+        raise UsageError(f"--agent: {source} configures agent {agent!r}; drop --agent or pass another --config")
+    if agent not in AGENTS:
+        raise UsageError(f"--config: {source} sets agent {agent!r}; choose one of {', '.join(AGENTS)}")
+    config = _with_defaults(config, config_module(agent).get_config(), source)
+    if FLAGS.env:
+        if colon and presets is not None and _family(FLAGS.env, source) != preset:
+            raise UsageError(f"--env: {FLAGS.env!r} is a {_family(FLAGS.env, source)} env, not one for the "
+                             f"{preset} preset of {source}")
+        config.env = FLAGS.env
+    _family(config.env, source)
+    return config
+
+
+def _load_config_file(path: str) -> ModuleType:
     if not os.path.isfile(path):
         raise UsageError(f"--config: no such file {path!r}")
     try:
         spec = importlib.util.spec_from_file_location("sparserl_user_config", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        module.get_config()
     except Exception as error:  # a broken user file: report it in one line
-        raise UsageError(f"--config: cannot load {path!r}: {type(error).__name__}: {error}".splitlines()[0]) from None
+        raise UsageError(_one_line(f"--config: cannot load {path!r}: {type(error).__name__}: {error}")) from None
+    if not callable(getattr(module, "get_config", None)):
+        raise UsageError(f"--config: {path!r} has no get_config()")
     return module
 
 
-def _parse_value(field: str, text: str, field_type: type, current: Any) -> Any:
-    """Parses an override string into the declared type of the field it replaces."""
+def _get_config(module: ModuleType, source: str, *args: str) -> ml_collections.ConfigDict:
+    if FLAGS.config is None:  # one of ours: a failure is a bug, with its traceback
+        return module.get_config(*args)
     try:
-        if field_type is bool:
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1")
-        if field_type in (int, float):
-            return field_type(text)
-        if field_type in (tuple, list):
-            item_type = type(current[0]) if current else int
-            return tuple(item_type(part) for part in text.strip("()[] ").split(",") if part)
-        return text
-    except ValueError:
-        raise UsageError(f"--config.{field}: {text!r} is not a valid {field_type.__name__}") from None
-
-
-def _set_field(config: ml_collections.ConfigDict, field: str, value: Any, source: str) -> None:
-    parent, _, name = field.rpartition(".")
-    node = config
-    for part in filter(None, parent.split(".")):
-        if part not in node:
-            raise UsageError(f"{source}: the {config.agent} config has no field {field!r}")
-        node = node[part]
-    if name not in node:
-        raise UsageError(f"{source}: the {config.agent} config has no field {field!r}")
-    try:
-        node[name] = value
-    except TypeError as error:
-        raise UsageError(f"{source}: {error}".splitlines()[0]) from None
-
-
-def resolve_config(overrides: dict[str, str]) -> ml_collections.ConfigDict:
-    """Agent config -> env-family preset -> command-line flags -> --config.<field> overrides, validated."""
-    from sparserl import envs
-
-    if FLAGS.agent not in AGENTS:
-        raise UsageError(f"--agent: unknown agent {FLAGS.agent!r}; choose one of {', '.join(AGENTS)}")
-    module = load_config_module(FLAGS.agent, FLAGS.config)
-    config = module.get_config()
-    env_id = FLAGS.env or overrides.get("env") or config.env
-    try:
-        family = envs.preset_family(env_id)  # a gymnax port takes its Gymnasium counterpart's preset
-    except envs.UnknownEnvError as error:
-        raise UsageError(str(error)) from None
-    for field, value in getattr(module, "PRESETS", {}).get(family, {}).items():
-        if field != "env":
-            _set_field(config, field, value, f"--env={env_id}")
-    config.env = env_id
-    for flag_name, field in _FLAG_FIELDS.items():
-        if FLAGS[flag_name].present:
-            _set_field(config, field, FLAGS[flag_name].value, f"--{flag_name}")
-    for field, text in overrides.items():
-        parent, _, name = field.rpartition(".")
-        node = config
-        for part in filter(None, parent.split(".")):
-            node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
-        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
-            raise UsageError(f"--config.{field}: the {config.agent} config has no such field")
-        _set_field(config, field, _parse_value(field, text, node.get_type(name), node[name]), f"--config.{field}")
-    if not FLAGS["method"].present and "sparse.method" not in overrides:
-        sparse = config.sparse
-        sparsities = [sparse.sparsity] + [sparse.get(name) or 0.0 for name in ("actor_sparsity", "critic_sparsity")]
-        if max(sparsities) == 0.0:
-            sparse.method = "dense"
-    validate(config)
+        config = module.get_config(*args)
+    except Exception as error:  # a broken user file: report it in one line
+        raise UsageError(_one_line(f"--config: {source}: get_config({', '.join(map(repr, args))}) failed: "
+                                   f"{type(error).__name__}: {error}")) from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UsageError(f"--config: {source}: get_config() returned a {type(config).__name__}, not a ConfigDict")
     return config
 
 
+def _family(env_id: str | None, source: str) -> str:
+    from sparserl import envs
+
+    if env_id is None:
+        raise UsageError(f"--env: {source} sets no env; pass --env")
+    try:
+        return envs.preset_family(env_id)  # a gymnax port takes its Gymnasium counterpart's preset
+    except envs.UnknownEnvError as error:
+        raise UsageError(str(error)) from None
+
+
+def _with_defaults(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict, source: str):
+    """`config` on top of the agent's defaults: a config file written before a field existed still runs."""
+    fields, default_fields = _fields(config), _fields(defaults)
+    unknown = sorted(set(fields) - set(default_fields))
+    if unknown:
+        raise UsageError(f"--config: {source} sets {', '.join(unknown)}, which the {config.agent} config does not have")
+    try:
+        defaults.update_from_flattened_dict(fields)
+    except (TypeError, ValueError) as error:
+        raise UsageError(_one_line(f"--config: {source}: {error}")) from None
+    defaults.lock()  # flags and overrides may change fields, never add them
+    return defaults
+
+
+def _fields(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    """Every leaf field by its dotted name."""
+    fields = {}
+    for name, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            fields.update(_fields(value, f"{prefix}{name}."))
+        else:
+            fields[f"{prefix}{name}"] = value
+    return fields
+
+
+def _set(config: ml_collections.ConfigDict, field: str, value: Any, source: str) -> None:
+    try:
+        config.update_from_flattened_dict({field: value})
+    except KeyError:
+        raise UsageError(f"{source}: not a setting of --agent={config.agent} (its config has no field {field})") from None
+    except TypeError as error:
+        raise UsageError(_one_line(f"{source}: {error}")) from None
+
+
+def _apply_overrides(config: ml_collections.ConfigDict, arguments: list[str]) -> dict[str, Any]:
+    """Applies the `--config.<field>=value` arguments with ml_collections' config_flags; returns what they set.
+
+    Any other argument left after the flags is bad input.
+    """
+    program, arguments = arguments[0], arguments[1:]
+    for argument in arguments:
+        match = re.match(r"--?(?:no)?config\.([^=]+)", argument)
+        if match:
+            _check_field(config, match.group(1))
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_dict("config", config, flag_values=values, sys_argv=[program, *arguments])
+    try:
+        positional = values([program, *arguments])
+    except flags.Error as error:
+        raise UsageError(_flag_error(error)) from None
+    if len(positional) > 1:
+        raise UsageError(f"unexpected arguments: {' '.join(positional[1:])}")
+    return values["config"].override_values
+
+
+def _check_field(config: ml_collections.ConfigDict, field: str) -> None:
+    if field in _FLAG_ONLY_FIELDS:
+        raise UsageError(f"--config.{field}: set it with --{field}")
+    node, path = config, []
+    for part in field.split("."):
+        if not isinstance(node, ml_collections.ConfigDict):
+            raise UsageError(f"--config.{field}: {'.'.join(path)} is a value, not a block of fields")
+        if part not in node:
+            raise UsageError(f"--config.{field}: the {config.agent} config has no such field; "
+                             f"choose one of {', '.join(node)}")
+        node, path = node[part], path + [part]
+
+
+def _flag_error(error: flags.Error) -> str:
+    """absl's message in our form: `--flag: reason`."""
+    if isinstance(error, flags.UnrecognizedFlagError):
+        return f"--{error.flagname}: unknown flag; see --helpfull"
+    message = str(error).splitlines()[0]
+    match = re.fullmatch(r"flag (--[\w.]+)=.*?: (.*)", message)
+    return f"{match.group(1)}: {match.group(2)}" if match else message
+
+
+def _one_line(message: str) -> str:
+    return message.splitlines()[0]
+
+
+def sparsities(sparse: ml_collections.ConfigDict) -> list[float]:
+    """`sparse.sparsity` and the per-network sparsities that are set."""
+    return [sparse.sparsity] + [sparse[name] for name in ("actor_sparsity", "critic_sparsity") if sparse.get(name) is not None]
+
+
+def _field_value(config: ml_collections.ConfigDict, field: str) -> Any:
+    for part in field.split("."):
+        config = config[part]
+    return config
+
+
+def _flag_of(field: str) -> str:
+    """The command-line flag that sets a config field."""
+    flag_names = {field_name: flag_name for flag_name, field_name in FLAG_FIELDS.items()}
+    return f"--{flag_names[field]}" if field in flag_names else f"--config.{field}"
+
+
+def resolve_structure_sparsity(sparse: ml_collections.ConfigDict) -> None:
+    """The structure the method trains (srigl: fan_in) and the sparsity an N:M structure fixes at 1 - N/M:
+    sets them, or rejects a structure the method cannot train and a different sparsity given."""
+    text = sparse.structure
+    try:
+        if sparse.method in TOPOLOGIES:
+            text = sparse.structure = TOPOLOGIES[sparse.method].structure_for(text)
+        fixed = structure_lib.parse(text).fixed_sparsity
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if fixed is None:
+        return
+    for name in ("sparsity", "actor_sparsity", "critic_sparsity"):
+        value = sparse.get(name)
+        if value and abs(value - fixed) > 1e-6:
+            raise UsageError(f"--{name}: {value:g} conflicts with --structure={text}, "
+                             f"which fixes the sparsity at 1 - N/M = {fixed:g}; leave --{name} out")
+    sparse.sparsity = fixed
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises UsageError, naming the flag (or `--config.<field>`), for a config no agent can train."""
+    if config.agent not in AGENTS:
+        raise UsageError(f"--agent: unknown agent {config.agent!r}; choose one of {', '.join(AGENTS)}")
     sparse = config.sparse
-    if sparse.method not in _METHODS:
-        raise UsageError(f"--method: unknown method {sparse.method!r}; choose one of {', '.join(_METHODS)}")
-    if sparse.distribution not in _DISTRIBUTIONS:
-        raise UsageError(f"--distribution: unknown distribution {sparse.distribution!r}; choose one of {', '.join(_DISTRIBUTIONS)}")
+    if sparse.method not in TOPOLOGIES:
+        raise UsageError(f"--method: unknown method {sparse.method!r}; choose one of {', '.join(TOPOLOGIES)}")
+    if sparse.distribution not in DISTRIBUTIONS:
+        raise UsageError(f"--distribution: unknown distribution {sparse.distribution!r}; "
+                         f"choose one of {', '.join(DISTRIBUTIONS)}")
     for name in ("sparsity", "actor_sparsity", "critic_sparsity"):
         value = sparse.get(name)
         if value is not None and not 0.0 <= value < 1.0:
             raise UsageError(f"--{name}: {value} is outside [0, 1)")
-    if FLAGS.agent == "dqn" and (FLAGS["actor_sparsity"].present or FLAGS["critic_sparsity"].present):
-        raise UsageError("--actor_sparsity/--critic_sparsity: only for --agent=sac or ppo; use --sparsity for dqn")
-    if sparse.method != "dense" and max(sparse.sparsity, sparse.get("actor_sparsity") or 0.0, sparse.get("critic_sparsity") or 0.0) == 0.0:
+    if sparse.method != "dense" and max(sparsities(sparse)) == 0.0:
         raise UsageError(f"--sparsity: --method={sparse.method} needs a sparsity in (0, 1)")
-    if sparse.method == "dense" and sparse.sparsity > 0.0:
-        raise UsageError("--method: dense cannot train at --sparsity > 0; choose static, set, rigl or prune")
-    for name, minimum in (("num_seeds", 1), ("steps", 1), ("eval_every", 1), ("checkpoint_every", 1)):
-        if config[name] < minimum:
-            raise UsageError(f"--{name}: must be >= {minimum}, got {config[name]}")
-    if config.redo.tau < 0.0:
-        raise UsageError(f"--redo_tau: must be >= 0, got {config.redo.tau}")
-    if config.redo.period < 1:
-        raise UsageError(f"--redo_period: must be >= 1, got {config.redo.period}")
-    if config.seed < 0:
-        raise UsageError(f"--seed: must be >= 0, got {config.seed}")
+    if sparse.method == "dense" and max(sparsities(sparse)) > 0.0:
+        sparse_methods = [name for name in TOPOLOGIES if name != "dense"]
+        raise UsageError(f"--method: dense cannot train at a sparsity > 0; choose one of {', '.join(sparse_methods)}")
+    for field, minimum in (("num_seeds", 1), ("steps", 1), ("eval_every", 1), ("log_every", 1), ("checkpoint_every", 1),
+                           ("seed", 0), ("redo.tau", 0.0), ("redo.period", 1)):
+        value = _field_value(config, field)
+        if value < minimum:
+            raise UsageError(f"{_flag_of(field)}: must be >= {minimum:g}, got {value:g}")
+    for name in ("hidden_sizes", "conv_features", "kernel_sizes", "strides", "dense_sizes"):
+        sizes = config.network.get(name)
+        if sizes is not None and not (isinstance(sizes, (tuple, list)) and sizes and all(
+                isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in sizes)):
+            raise UsageError(f"--config.network.{name}: {sizes!r} is not a list of positive integers such as 64,64")
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A run with every input checked, before anything is written."""
+
+    config: ml_collections.ConfigDict
+    run_dir: str
+    seeds: list[int]
+    agent: Agent
+    loop: str  # the runner loop the agent trains with (`LOOP` of agents/<agent>.py)
+    env_spec: Any
+
+
+def prepare(argv: list[str]) -> Prepared:
+    """Every check `python -m sparserl.train ARGV[1:]` makes before it writes anything; raises UsageError."""
+    return prepare_run(config_from_arguments(argv), FLAGS.workdir, FLAGS.run_name)
+
+
+def prepare_run(config: ml_collections.ConfigDict, workdir: str, run_name: str | None) -> Prepared:
+    """The run directory and the agent of a validated config; raises UsageError."""
+    from sparserl import envs
+
+    check_workdir(workdir)
+    run_name = run_name or default_run_name(config)
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", run_name) or run_name in (".", ".."):
+        raise UsageError(f"--run_name: {run_name!r} may only hold letters, digits, '.', '_' and '-'")
+    run_dir = os.path.join(workdir, run_name)
+    seeds = list(range(config.seed, config.seed + config.num_seeds))
+    check_existing_run(run_dir, config, seeds)
+    module = agent_module(config.agent)
+    env_spec = envs.env_spec(config.env)
+    try:
+        agent = module.make(config, env_spec)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return Prepared(config, run_dir, seeds, agent, module.LOOP, env_spec)
 
 
 def default_run_name(config: ml_collections.ConfigDict) -> str:
     sparse = config.sparse
     sparsity = max(sparse.sparsity, sparse.get("actor_sparsity") or 0.0, sparse.get("critic_sparsity") or 0.0)
-    name = f"{config.agent}_{config.env}_{sparse.method}_{sparsity:g}" + ("_redo" if config.redo.enabled else "")
+    structure = "" if sparse.structure == "unstructured" else f"_{sparse.structure}"
+    name = f"{config.agent}_{config.env}_{sparse.method}{structure}_{sparsity:g}" + ("_redo" if config.redo.enabled else "")
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
 
 
@@ -246,12 +421,11 @@ def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
     return fields
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def _parse_flags(argv: list[str]) -> Prepared:
+    """app.run's flags parser: the checked run goes to `main`."""
     try:
-        remaining, overrides = split_config_overrides(argv)
-        _CONFIG_OVERRIDES.update(overrides)
-        return FLAGS(remaining)
-    except (flags.Error, UsageError) as error:
+        return prepare(argv)
+    except UsageError as error:
         _usage_exit(str(error))
 
 
@@ -260,33 +434,12 @@ def _usage_exit(message: str) -> None:
     sys.exit(2)
 
 
-def main(argv: list[str]) -> None:
+def main(prepared: Prepared) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # keep library INFO lines (XLA backends, MuJoCo GL) off the console
-    if len(argv) > 1:
-        _usage_exit(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        config = resolve_config(_CONFIG_OVERRIDES)
-        check_workdir(FLAGS.workdir)
-        run_name = FLAGS.run_name or default_run_name(config)
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", run_name) or run_name in (".", ".."):
-            raise UsageError(f"--run_name: {run_name!r} may only hold letters, digits, '.', '_' and '-'")
-        run_dir = os.path.join(FLAGS.workdir, run_name)
-        seeds = list(range(config.seed, config.seed + config.num_seeds))
-        check_existing_run(run_dir, config, seeds)
-        agent_module = importlib.import_module(f"agents.{config.agent}")
-        from sparserl import envs
-
-        env_spec = envs.env_spec(config.env)
-        try:
-            agent = agent_module.make(config, env_spec)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
-    except UsageError as error:
-        _usage_exit(str(error))
 
     from sparserl import run_lock
 
-    lock = run_lock.RunLock(run_dir)
+    lock = run_lock.RunLock(prepared.run_dir)
     try:
         note = lock.acquire()
     except run_lock.RunLocked as error:
@@ -294,16 +447,18 @@ def main(argv: list[str]) -> None:
     try:
         if note:
             print(f"note: {note}", flush=True)
-        _train(config, agent, agent_module.LOOP, env_spec, run_dir, seeds)
+        _train(prepared)
     finally:
         lock.release()
 
 
-def _train(config, agent, loop: str, env_spec, run_dir: str, seeds: list[int]) -> None:
+def _train(prepared: Prepared) -> None:
     """Writes the run directory and runs the loop; exits 1 on divergence or when no checkpoint reads back."""
-    # Imported only now, so that a mistake is reported before JAX and the libraries load.
-    from sparserl import checkpoint, compilation_cache, compiled_runner, preemption, runner
-    from sparserl.logging import MetricsWriter, ProgressPrinter, atomic_write_text
+    config, agent, env_spec, run_dir, seeds = (prepared.config, prepared.agent, prepared.env_spec, prepared.run_dir,
+                                               prepared.seeds)
+    # Imported only now: the runners, checkpointing and logging load for a run that starts.
+    from sparserl import checkpoint, compilation_cache, compiled_runner, preemption, run_guard, runner
+    from sparserl.reporting import MetricsWriter, ProgressPrinter, atomic_write_text
 
     compilation_cache.enable()
     seed_dirs = [os.path.join(run_dir, f"seed{seed}") for seed in seeds]
@@ -334,12 +489,16 @@ def _train(config, agent, loop: str, env_spec, run_dir: str, seeds: list[int]) -
     )
     try:
         loops = compiled_runner.LOOPS if env_spec.family == "gymnax" else runner.LOOPS  # JAX-native envs: one program
-        loops[loop](agent, config, env_spec, run)
-    except runner.TrainingDiverged as error:
+        loops[prepared.loop](agent, config, env_spec, run)
+    except run_guard.TrainingDiverged as error:
         last = checkpoint.latest_common_step(seed_dirs)
         kept = f"the last good checkpoint is step {last:,}" if last is not None else "no checkpoint was written"
         print(f"error: training diverged at {error}; stopped, {kept}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except checkpoint.CheckpointMismatch as error:
+        print(f"error: --run_name: {error}; it was written by another version of this run's state, so train under "
+              "a new --run_name", file=sys.stderr, flush=True)
+        sys.exit(2)
     except preemption.Stopped as stopped:
         print(f"stopped at step {stopped.step:,}; rerun the same command to resume", flush=True)
         sys.exit(stopped.exit_status)
@@ -358,7 +517,7 @@ def describe(config: ml_collections.ConfigDict, run_dir: str) -> str:
             sparsity += f" {network}={sparse[f'{network}_sparsity']:g}"
     redo = f"redo tau={config.redo.tau:g} every {config.redo.period}" if config.redo.enabled else "no redo"
     return (
-        f"{config.agent} on {config.env} | {sparse.method} {sparse.distribution} {sparsity} | {redo} | "
+        f"{config.agent} on {config.env} | {sparse.method} {sparse.structure} {sparse.distribution} {sparsity} | {redo} | "
         f"{config.steps:,} steps x {config.num_seeds} seed(s) from seed {config.seed} | run dir {run_dir}"
     )
 

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from configs import dqn as dqn_config
-from experiments import aggregate
-from tests.conftest import cli_environment
+from sparserl.configs import dqn as dqn_config
+from sparserl.experiments import aggregate
+from tests.helpers import cli_environment
 
 
 def write_run(run_dir, seed, evals, *, method="dense", sparsity=0.0, env="Acrobot-v1", redo=False, width=1.0,
@@ -126,7 +126,7 @@ def test_without_rliable_the_error_names_the_extra(tmp_path, capsys, monkeypatch
 def test_the_command_line_reports_a_missing_eval_csv_in_one_line(tmp_path):
     run = write_run(tmp_path / "run", 0, [1.0])
     (run / "seed0" / "eval.csv").unlink()
-    result = subprocess.run([sys.executable, "-m", "experiments.aggregate", str(run), "--out", str(tmp_path / "out")],
+    result = subprocess.run([sys.executable, "-m", "sparserl.experiments.aggregate", str(run), "--out", str(tmp_path / "out")],
                             capture_output=True, text=True, env=cli_environment(), timeout=120)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         f"error: RUN_DIRS: {run / 'seed0'} has no eval.csv"]

@@ -1,73 +1,126 @@
-"""User mistakes end with one line naming the flag, exit status 2, and nothing written (DESIGN contract 7)."""
+"""User mistakes end with one line naming the flag, exit status 2, and nothing written (DESIGN contract 7).
+
+The cases run in-process through `sparserl.train.prepare`, every check the entry point makes before it writes
+anything; three run the CLI end to end for the exit status and the one line on stderr.
+"""
+
+import json
 
 import pytest
 
-from tests.conftest import run_train
+from sparserl import train
+from sparserl.agent import config_module
+from tests.helpers import run_train
 
 BROKEN_CONFIG = "def get_config(:\n"
 NOT_A_CONFIG = "x = 1\n"
+NOT_A_CONFIG_DICT = "def get_config():\n    return {'agent': 'dqn'}\n"
+UNKNOWN_FIELD = "from configs import dqn\n\ndef get_config():\n    config = dqn.get_config()\n    config.lerning_rate = 1e-3\n    return config\n"
+UNKNOWN_AGENT = "import ml_collections\n\ndef get_config():\n    return ml_collections.ConfigDict(dict(agent='a2c'))\n"
+NO_PRESET_ARGUMENT = "from configs import dqn\n\ndef get_config():\n    return dqn.get_config()\n"
 
 CASES = [
-    (["--agent=nope"], "--agent"),
-    (["--sparsity=1.5"], "--sparsity"),
+    (["--agent=nope"], "--agent: unknown agent 'nope'; choose one of dqn, sac, ppo"),
+    (["--sparsity=1.5"], "--sparsity: 1.5 is outside [0, 1)"),
     (["--sparsity=-0.1"], "--sparsity"),
-    (["--sparsity=abc"], "--sparsity"),
-    (["--method=foo", "--sparsity=0.5"], "--method"),
-    (["--method=dense", "--sparsity=0.5"], "--method"),
-    (["--method=rigl"], "--sparsity"),
-    (["--distribution=bar", "--sparsity=0.5"], "--distribution"),
-    (["--env=NoSuchEnv-v0"], "--env"),
+    (["--sparsity=abc"], "--sparsity: could not convert string to float: 'abc'"),
+    (["--method=foo", "--sparsity=0.5"], "--method: unknown method 'foo'; choose one of dense, static, set, rigl, prune"),
+    (["--method=dense", "--sparsity=0.5"], "--method: dense cannot train at a sparsity > 0; choose one of static"),
+    (["--method=rigl"], "--sparsity: --method=rigl needs a sparsity in (0, 1)"),
+    (["--distribution=bar", "--sparsity=0.5"], "--distribution: unknown distribution 'bar'; choose one of erk, uniform"),
+    (["--config.sparse.method=foo", "--sparsity=0.5"], "--method: unknown method 'foo'"),
+    (["--env=NoSuchEnv-v0"], "--env: unknown environment 'NoSuchEnv-v0'"),
     (["--env=dmc:nosuch-task"], "--env"),
-    (["--env=Pendulum-v1"], "--agent=dqn"),
-    (["--num_seeds=0"], "--num_seeds"),
+    (["--env=Pendulum-v1"], "--agent=dqn needs"),
+    (["--env=HalfCheetah-v5"], "--env: configs/dqn.py has no preset for mujoco envs such as 'HalfCheetah-v5'; choose an env"),
+    (["--agent=sac", "--env=MinAtar/Breakout-v1"], "--env: configs/sac.py has no preset for minatar envs"),
+    (["--num_seeds=0"], "--num_seeds: must be >= 1, got 0"),
     (["--num_seeds=two"], "--num_seeds"),
     (["--steps=-5"], "--steps"),
+    (["--seed=-1"], "--seed: must be >= 0"),
     (["--redo_tau=-1"], "--redo_tau"),
     (["--redo_period=0"], "--redo_period"),
     (["--checkpoint_every=0"], "--checkpoint_every"),
-    (["--actor_sparsity=0.5"], "--actor_sparsity"),
-    (["--config=/no/such/config.py"], "--config"),
-    (["--config={broken}"], "--config"),
+    (["--config.log_every=0"], "--config.log_every: must be >= 1"),
+    (["--actor_sparsity=0.5"], "--actor_sparsity: not a setting of --agent=dqn"),
+    (["--config=/no/such/config.py"], "--config: no such file"),
+    (["--config={broken}"], "--config: cannot load"),
     (["--config={not_a_config}"], "--config"),
-    (["--config.no_such_field=3"], "--config.no_such_field"),
-    (["--config.batch_size=abc"], "--config.batch_size"),
-    (["--config.gradient_steps=0"], "--config.gradient_steps"),
+    (["--config={not_a_config_dict}"], "--config: {not_a_config_dict}: get_config() returned a dict, not a ConfigDict"),
+    (["--config={unknown_field}"], "--config: {unknown_field} sets lerning_rate, which the dqn config does not have"),
+    (["--config={unknown_agent}"], "--config: {unknown_agent} sets agent 'a2c'; choose one of dqn, sac, ppo"),
+    (["--config={no_preset_argument}:atari"], "--config: {no_preset_argument}: get_config('atari') failed: TypeError"),
+    (["--config={configs}/dqn.py:nope"], "--config: {configs}/dqn.py has no preset 'nope'; choose one of classic, minatar, atari"),
+    (["--config={configs}/dqn.py:atari", "--env=CartPole-v1"], "--env: 'CartPole-v1' is a classic env, not one for the atari preset"),
+    (["--config={configs}/sac.py", "--agent=dqn"], "--agent: {configs}/sac.py configures agent 'sac'"),
+    (["--config.no_such_field=3"], "--config.no_such_field: the dqn config has no such field; choose one of adam_eps, agent"),
+    (["--config.sparse.rigl.update_perod=3"], "--config.sparse.rigl.update_perod: the dqn config has no such field; choose one "
+                                              "of drop_fraction, end_fraction, start_fraction, update_period"),
+    (["--config.batch_size.x=1"], "--config.batch_size.x: batch_size is a value, not a block of fields"),
+    (["--config.env=ALE/Pong-v5"], "--config.env: set it with --env"),
+    (["--config.batch_size=abc"], "--config.batch_size: invalid literal for int()"),
+    (["--config.batch_size=1.5"], "--config.batch_size"),
+    (["--config.checkpoint_replay=maybe"], "--config.checkpoint_replay"),
+    (["--config.network.hidden_sizes=a,b"], "--config.network.hidden_sizes: ('a,b',) is not a list of positive integers"),
+    (["--config.network.hidden_sizes=0,4"], "--config.network.hidden_sizes"),
+    (["--config.network.kind=rnn"], "--config.network.kind: unknown kind 'rnn'; choose one of mlp, cnn"),
+    (["--agent=sac", "--config.network.kind=cnn"], "--config.network.kind: sac builds MLPs only"),
+    (["--config.gradient_steps=0"], "--config.gradient_steps: must be >= 1"),
     (["--workdir={file}/runs"], "--workdir"),
     (["--run_name=../escape"], "--run_name"),
-    (["--unknown_flag=1"], "unknown_flag"),
+    (["--unknown_flag=1"], "--unknown_flag: unknown flag"),
+    (["positional"], "unexpected arguments: positional"),
 ]
 
 
-@pytest.mark.parametrize("arguments, flag", CASES, ids=[" ".join(case[0]) for case in CASES])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, arguments, flag):
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    (inputs / "broken.py").write_text(BROKEN_CONFIG)
-    (inputs / "not_a_config.py").write_text(NOT_A_CONFIG)
-    (inputs / "file").write_text("")
+@pytest.fixture
+def inputs(tmp_path):
+    """Config files and a plain file for the cases, in tmp_path/inputs; formats a case's strings with their paths."""
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    paths = {"configs": config_module("dqn").__file__.rsplit("/", 1)[0], "file": str(folder / "file")}
+    (folder / "file").write_text("")
+    for name, text in (("broken", BROKEN_CONFIG), ("not_a_config", NOT_A_CONFIG), ("not_a_config_dict", NOT_A_CONFIG_DICT),
+                       ("unknown_field", UNKNOWN_FIELD), ("unknown_agent", UNKNOWN_AGENT),
+                       ("no_preset_argument", NO_PRESET_ARGUMENT)):
+        (folder / f"{name}.py").write_text(text)
+        paths[name] = str(folder / f"{name}.py")
+    return lambda text: text.format(**paths)
+
+
+@pytest.mark.parametrize("arguments, message", CASES, ids=[" ".join(case[0]) for case in CASES])
+def test_bad_input_is_one_line_naming_the_flag_and_writes_nothing(tmp_path, inputs, arguments, message):
+    arguments = [inputs(argument) for argument in arguments]
     workdir = tmp_path / "work"
-    arguments = [a.format(broken=inputs / "broken.py", not_a_config=inputs / "not_a_config.py", file=inputs / "file")
-                 for a in arguments]
-    if not any(a.startswith("--workdir") for a in arguments):
+    if not any(argument.startswith("--workdir") for argument in arguments):
         arguments.append(f"--workdir={workdir}")
-    result = run_train(*arguments, "--steps=10" if not any(a.startswith("--steps") for a in arguments) else "--seed=0",
-                       cwd=tmp_path, timeout=120)
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert flag in lines[0]
-    assert not workdir.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs"]
+    with pytest.raises(train.UsageError) as raised:
+        train.prepare(["sparserl.train", *arguments])
+    assert inputs(message) in str(raised.value) and "\n" not in str(raised.value)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["inputs"]
 
 
 def test_existing_run_with_another_config_is_refused(tmp_path):
-    common = ("--agent=dqn", "--steps=200", "--config.learning_starts=50", "--config.log_every=100", "--eval_every=200",
-              "--config.eval_episodes=1", "--config.network.hidden_sizes=16,16", f"--workdir={tmp_path}", "--run_name=run")
-    first = run_train(*common, "--sparsity=0.5")
-    assert first.returncode == 0, first.stderr[-2000:]
-    before = sorted(str(p) for p in tmp_path.rglob("*"))
-    second = run_train(*common, "--sparsity=0.8")
-    assert second.returncode == 2
-    lines = second.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--run_name" in lines[0] and "sparse.sparsity" in lines[0]
-    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    common = ["sparserl.train", "--agent=dqn", f"--workdir={tmp_path}", "--run_name=run"]
+    seed_dir = tmp_path / "run" / "seed0"
+    seed_dir.mkdir(parents=True)
+    earlier = train.config_from_arguments(common + ["--sparsity=0.5"])
+    (seed_dir / "config.json").write_text(json.dumps(train.seed_config(earlier, 0)))
+    before = sorted(str(path) for path in tmp_path.rglob("*"))
+    assert train.prepare(common + ["--sparsity=0.5"]).run_dir == str(tmp_path / "run")  # the same config resumes
+    with pytest.raises(train.UsageError, match=r"^--run_name: .* holds a run with another config \(sparse.sparsity differ\)"):
+        train.prepare(common + ["--sparsity=0.8"])
+    assert sorted(str(path) for path in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--agent=nope"], "error: --agent: unknown agent 'nope'; choose one of dqn, sac, ppo"),
+    (["--config.batch_size=abc"], "error: --config.batch_size: invalid literal for int() with base 10: 'abc'"),
+    (["--workdir={file}/runs"], "error: --workdir: '{file}/runs' is not writable"),
+])
+def test_the_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, inputs, arguments, message):
+    result = run_train(*[inputs(argument) for argument in arguments], f"--workdir={tmp_path / 'work'}"
+                       if "--workdir" not in arguments[0] else "--steps=10", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert result.stderr.strip().splitlines() == [inputs(message)]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["inputs"]

@@ -96,3 +96,19 @@ def test_the_clock_counts_every_training_env_step_of_every_seed():
     bench.train_in_process(config, clock)
     assert clock.steps == list(range(2, 2 * 120 + 1, 2))  # eval episodes after the last step are not counted
     assert np.all(np.diff(clock.times) >= 0)
+
+
+def test_the_condensed_rows_run_dqn_at_graessers_protocol_on_constant_fan_in_masks():
+    from sparserl.agents import dqn
+    from sparserl import envs
+
+    config = bench.condensed_dqn_config("condensed", {})
+    assert tuple(config.network.hidden_sizes) == (512, 512) and config.batch_size == 128 and config.train_every == 1
+    assert (config.sparse.method, config.sparse.sparsity, config.sparse.structure) == ("static", 0.9, "fan_in")
+    config.network.hidden_sizes = (64, 64)
+    agent = dqn.make(config, envs.env_spec("CartPole-v1"))
+    state = agent.init(jax.random.key(0))
+    assert state.online.indices  # ERK keeps some layers dense: those have no indices
+    for layer, node in state.online.indices.items():
+        kept = np.sum(state.online.opt_state.masks[layer]["kernel"], axis=0)
+        np.testing.assert_array_equal(kept, node["indices"].shape[1])

@@ -2,16 +2,17 @@
 
 import math
 
+import flax.traverse_util
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import configs.dqn
-from agents import dqn
+from sparserl.configs import dqn as dqn_config
+from sparserl.agents import dqn
 from sparserl import checkpoint, compiled_runner, envs, runner
-from sparserl.logging import MetricsWriter, ProgressPrinter, read_csv
-from tests.conftest import run_train, run_train_side_by_side
-from tests.test_resume import _assert_same_rows, _kill_after_checkpoint, _rows_without_sps
+from sparserl.reporting import MetricsWriter, ProgressPrinter, read_csv
+from tests.helpers import (assert_same_rows, eval_returns, kill_after_checkpoint, mean_of_last_evals, rows_without_sps,
+                           run_train, run_train_side_by_side)
 
 TINY_DQN = ("--agent=dqn", "--env=gymnax:CartPole-v1", "--sparsity=0.9", "--redo", "--redo_period=100",
             "--steps=1000", "--config.learning_starts=200", "--config.log_every=250", "--eval_every=500",
@@ -21,13 +22,9 @@ TINY_PPO = ("--agent=ppo", "--env=gymnax:CartPole-v1", "--sparsity=0.9", "--redo
             "--eval_every=1024", "--config.eval_episodes=2", "--config.sparse.rigl.update_period=16")
 
 
-def _eval_returns(run_dir) -> list[float]:
-    return [row["eval/episode_return"] for row in read_csv(run_dir / "seed0" / "eval.csv")]
-
-
 def _final_checkpoint_leaves(seed_dir) -> dict:
     directory = seed_dir / checkpoint.CHECKPOINTS / str(checkpoint.checkpoint_steps(seed_dir)[-1]) / "arrays"
-    return ocp.StandardCheckpointer().restore(directory)
+    return flax.traverse_util.flatten_dict(ocp.StandardCheckpointer().restore(directory), sep="/")
 
 
 def _assert_close_rows(left, right):
@@ -59,13 +56,13 @@ def test_num_seeds_equals_single_seed_runs(tmp_path, arguments, exact):
             np.testing.assert_array_equal(batched_leaves[name], single_leaves[name], err_msg=name)
         else:
             np.testing.assert_allclose(batched_leaves[name], single_leaves[name], rtol=1e-4, atol=1e-6, err_msg=name)
-    _assert_same_rows(*(_rows_without_sps(tmp_path / run / "seed5" / "eval.csv") for run in ("batched", "single")))
-    metrics = [_rows_without_sps(tmp_path / run / "seed5" / "metrics.csv") for run in ("batched", "single")]
-    (_assert_same_rows if exact else _assert_close_rows)(*metrics)
+    assert_same_rows(*(rows_without_sps(tmp_path / run / "seed5" / "eval.csv") for run in ("batched", "single")))
+    metrics = [rows_without_sps(tmp_path / run / "seed5" / "metrics.csv") for run in ("batched", "single")]
+    (assert_same_rows if exact else _assert_close_rows)(*metrics)
     rows = read_csv(tmp_path / "single" / "seed5" / "metrics.csv")
     assert [row["step"] for row in rows] == ([250, 500, 750, 1000] if arguments is TINY_DQN else [512, 1024, 1536, 2048])
     assert abs(rows[-1]["sparsity/total" if arguments is TINY_DQN else "sparsity/actor/total"] - 0.9) <= 0.01
-    assert rows[-1]["redo/recycled"] >= 0 and not math.isnan(rows[-1]["train/episode_return"])
+    assert "redo/recycled" in rows[-1] and not math.isnan(rows[-1]["train/episode_return"])
     other = read_csv(tmp_path / "batched" / "seed4" / "metrics.csv")
     assert other[-1]["train/episode_return"] != rows[-1]["train/episode_return"]  # seeds differ
 
@@ -86,68 +83,75 @@ def test_minatar_breakout_runs_and_a_killed_run_resumes_exactly(tmp_path):
     assert rows[-1]["step"] == 3000 and abs(rows[-1]["sparsity/total"] - 0.9) <= 0.005
     assert "dormant/0.1/conv_0" in rows[-1] and math.isfinite(rows[-1]["loss/td"])
 
-    _kill_after_checkpoint(MINATAR_DQN, tmp_path / "killed", 500)
+    kill_after_checkpoint(MINATAR_DQN, tmp_path / "killed", 500)
     resumed = run_train(*MINATAR_DQN, f"--workdir={tmp_path / 'killed'}", "--run_name=run")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from the checkpoint of step" in resumed.stdout
     for filename in ("metrics.csv", "eval.csv"):
-        whole_rows = _rows_without_sps(tmp_path / "whole" / "run" / "seed0" / filename)
-        resumed_rows = _rows_without_sps(tmp_path / "killed" / "run" / "seed0" / filename)
+        whole_rows = rows_without_sps(tmp_path / "whole" / "run" / "seed0" / filename)
+        resumed_rows = rows_without_sps(tmp_path / "killed" / "run" / "seed0" / filename)
         steps = [row["step"] for row in resumed_rows]
         assert len(steps) == len(set(steps)), "a step was written twice"
-        _assert_same_rows(whole_rows, resumed_rows)
+        assert_same_rows(whole_rows, resumed_rows)
 
 
 # --- learning ------------------------------------------------------------------------------------------------
+# Each learning run trains seeds 0 and 1 side by side (vmapped) and is scored by the mean over both seeds of the
+# mean of their last k greedy evals (a learned policy, not one lucky eval). The thresholds sit well below what
+# these runs reached when the tests were written (in brackets) and far above a random policy.
 
 # DQN at a cheap setting that learns CartPole fast: 2x256, batch 64, an update every 2 steps, epsilon over 10k.
-DQN_CARTPOLE = ("--agent=dqn", "--env=gymnax:CartPole-v1", "--seed=0", "--steps=20000", "--eval_every=2000",
-                "--config.log_every=2000", "--config.network.hidden_sizes=256,256", "--config.batch_size=64",
-                "--config.train_every=2", "--config.epsilon_decay_steps=10000")
-PPO_CARTPOLE = ("--agent=ppo", "--env=gymnax:CartPole-v1", "--seed=0", "--steps=50000", "--eval_every=10000")
+DQN_CARTPOLE = ("--agent=dqn", "--env=gymnax:CartPole-v1", "--seed=0", "--num_seeds=2", "--steps=20000",
+                "--eval_every=2000", "--config.log_every=2000", "--config.network.hidden_sizes=256,256",
+                "--config.batch_size=64", "--config.train_every=2", "--config.epsilon_decay_steps=10000")
+PPO_CARTPOLE = ("--agent=ppo", "--env=gymnax:CartPole-v1", "--seed=0", "--num_seeds=2", "--steps=50000",
+                "--eval_every=10000")
+SAC_PENDULUM = ("--agent=sac", "--env=gymnax:Pendulum-v1", "--seed=0", "--num_seeds=2", "--steps=15000",
+                "--eval_every=2500", "--config.network.hidden_sizes=128,128", "--config.batch_size=128")
+# name: (arguments, last k evals, threshold). Reached: DQN dense 169, RigL 192 (random: about 20); PPO dense 378,
+# RigL 461; SAC RigL -134 (random: about -1,200).
+LEARNING_RUNS = {
+    "dqn_dense": (DQN_CARTPOLE, 3, 120),
+    "dqn_rigl_0.9": ((*DQN_CARTPOLE, "--sparsity=0.9"), 3, 120),
+    "ppo_dense": (PPO_CARTPOLE, 3, 300),
+    "ppo_rigl_0.9": ((*PPO_CARTPOLE, "--sparsity=0.9"), 3, 300),
+    "sac_dense": (SAC_PENDULUM, 2, -400),
+    "sac_rigl_0.9": ((*SAC_PENDULUM, "--sparsity=0.9"), 2, -400),
+}
 
 
 @pytest.fixture(scope="module")
-def cartpole_runs(tmp_path_factory):
-    """Dense and 90%-sparse RigL (ERK) DQN and PPO on gymnax:CartPole-v1, seed 0, two at a time."""
-    workdir = tmp_path_factory.mktemp("compiled_cartpole")
+def learning_runs(tmp_path_factory):
+    """Every run of LEARNING_RUNS, two at a time (one per core on CI)."""
+    workdir = tmp_path_factory.mktemp("compiled_learning")
+    names = list(LEARNING_RUNS)
     results = {}
-    for agent, common in (("dqn", DQN_CARTPOLE), ("ppo", PPO_CARTPOLE)):
-        runs = {f"{agent}_dense": common, f"{agent}_rigl_0.9": (*common, "--sparsity=0.9")}
-        results.update(run_train_side_by_side(runs, workdir))
+    for pair in zip(names[::2], names[1::2]):
+        results.update(run_train_side_by_side({name: LEARNING_RUNS[name][0] for name in pair}, workdir))
     return workdir, results
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, threshold", [("dqn_dense", 300), ("dqn_rigl_0.9", 300),
-                                             ("ppo_dense", 400), ("ppo_rigl_0.9", 400)])
-def test_learns_gymnax_cartpole(cartpole_runs, name, threshold):
-    """A greedy eval return >= threshold on gymnax:CartPole-v1: DQN within 20k steps, PPO within 50k, seed 0."""
-    workdir, results = cartpole_runs
+@pytest.mark.parametrize("name", list(LEARNING_RUNS))
+def test_learns_on_gymnax(learning_runs, name):
+    """Mean over seeds 0 and 1 of the mean of the last k greedy evals >= the threshold: DQN on gymnax:CartPole-v1
+    within 20k steps, PPO within 50k, SAC on gymnax:Pendulum-v1 within 15k."""
+    workdir, results = learning_runs
+    _, last, threshold = LEARNING_RUNS[name]
     assert results[name].returncode == 0, results[name].stderr[-3000:]
-    returns = _eval_returns(workdir / name)
-    assert max(returns) >= threshold, returns
+    score = mean_of_last_evals(workdir / name, seeds=(0, 1), last=last)
+    assert score >= threshold, (score, [eval_returns(workdir / name, seed) for seed in (0, 1)])
     if "rigl" in name:
-        last = read_csv(workdir / name / "seed0" / "metrics.csv")[-1]
-        assert abs(last["sparsity/total" if name.startswith("dqn") else "sparsity/actor/total"] - 0.9) <= 0.01
-
-
-@pytest.mark.slow
-def test_sac_learns_gymnax_pendulum(tmp_path):
-    """A greedy eval return >= -400 on gymnax:Pendulum-v1 within 8k steps (SAC, 2x128, batch 128), seed 0."""
-    result = run_train("--agent=sac", "--env=gymnax:Pendulum-v1", "--seed=0", "--steps=8000", "--eval_every=2000",
-                       "--config.network.hidden_sizes=128,128", "--config.batch_size=128",
-                       f"--workdir={tmp_path}", "--run_name=sac")
-    assert result.returncode == 0, result.stderr[-3000:]
-    returns = _eval_returns(tmp_path / "sac")
-    assert max(returns) >= -400, returns
+        total = "sparsity/total" if name.startswith("dqn") else f"sparsity/{'critic' if name.startswith('sac') else 'actor'}/total"
+        for seed in (0, 1):
+            assert abs(read_csv(workdir / name / f"seed{seed}" / "metrics.csv")[-1][total] - 0.9) <= 0.01
 
 
 # --- sparsity sweeps: levels as a traced value, vmapped in one program ---------------------------------------
 
 
 def _tiny_dqn_config():
-    config = configs.dqn.get_config()
+    config = dqn_config.get_config()
     config.env = "gymnax:CartPole-v1"
     config.update(dict(steps=600, learning_starts=200, log_every=200, eval_every=600, eval_episodes=2,
                        checkpoint_every=600))
@@ -190,7 +194,7 @@ def test_a_sparsity_sweep_in_one_program_equals_the_levels_run_one_by_one(tmp_pa
         for seed in seeds:
             swept, single = tmp_path / f"sweep_{level}" / f"seed{seed}", tmp_path / f"alone_{level}" / f"seed{seed}"
             for filename in ("metrics.csv", "eval.csv"):
-                _assert_same_rows(_rows_without_sps(swept / filename), _rows_without_sps(single / filename))
+                assert_same_rows(rows_without_sps(swept / filename), rows_without_sps(single / filename))
             swept_leaves, single_leaves = _final_checkpoint_leaves(swept), _final_checkpoint_leaves(single)
             assert swept_leaves.keys() == single_leaves.keys()
             for name in single_leaves:

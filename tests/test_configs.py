@@ -1,25 +1,20 @@
-"""Every preset against the reference values of Graesser et al. 2022's gin files (google-research/rigl,
-`rigl/rl/`), each table row naming its file."""
+"""The configs: every preset against the reference values of Graesser et al. 2022's gin files
+(google-research/rigl, `rigl/rl/`), each table row naming its file; the shared blocks of configs/base.py; and
+that what the agents build honours the network fields (the silent gaps of issue 15)."""
 
+import ml_collections
+import numpy as np
 import pytest
 
-from configs import dqn as dqn_config, ppo as ppo_config, sac as sac_config
-from sparserl.agent import sparsity_config
+from sparserl.configs import base, dqn as dqn_config, ppo as ppo_config, sac as sac_config
+from sparserl.agent import AGENTS, network_module, sparsity_config
 
 MODULES = {"dqn": dqn_config, "sac": sac_config, "ppo": ppo_config}
 
 
 def preset(agent: str, family: str):
-    """get_config() with the family's preset applied, as the training entry point applies it."""
-    module = MODULES[agent]
-    config = module.get_config()
-    for field, value in module.PRESETS[family].items():
-        *parents, name = field.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[name] = value
-    return config
+    """get_config(family): the family's preset applied, as the training entry point applies it."""
+    return MODULES[agent].get_config(family)
 
 
 # (agent, family): per method (update period, initial drop fraction, start, end as fractions of the run's
@@ -86,3 +81,157 @@ def test_redo_recycles_the_online_networks_only_by_default():
     """Dopamine labs/redo: recycled DQN never touches the target; SAC's reset_target_models defaults to False."""
     for agent in ("dqn", "sac"):
         assert MODULES[agent].get_config().redo.reset_target is False
+
+
+def test_every_agent_has_a_config_module():
+    assert sorted(MODULES) == sorted(AGENTS)
+
+
+@pytest.mark.parametrize("agent", sorted(MODULES))
+def test_every_agent_config_extends_the_base_blocks(agent):
+    """The run, `sparse` and `redo` fields of configs/base.py, with their shared defaults, in every agent config."""
+    config = MODULES[agent].get_config()
+    assert config.agent == agent
+    assert (config.seed, config.num_seeds, config.eval_episodes, config.checkpoints_to_keep) == (0, 1, 10, 2)
+    assert (config.sparse.method, config.sparse.sparsity, config.sparse.distribution) == ("rigl", 0.0, "erk")
+    assert (config.redo.enabled, config.redo.tau, config.redo.period) == (False, 0.1, 1_000)
+    assert set(config.sparse.set) == set(config.sparse.rigl) == {"update_period", "drop_fraction", "start_fraction",
+                                                                  "end_fraction"}
+    assert ("actor_sparsity" in config.sparse) == (agent != "dqn")
+    off_policy = agent != "ppo"
+    assert ("redo.batch_size" in _fields(config)) == off_policy == ("dormancy.batch_size" in _fields(config))
+
+
+def _fields(config, prefix=""):
+    names = []
+    for name, value in config.items():
+        names += _fields(value, f"{prefix}{name}.") if isinstance(value, ml_collections.ConfigDict) else [f"{prefix}{name}"]
+    return names
+
+
+@pytest.mark.parametrize("agent", sorted(MODULES))
+def test_a_preset_is_its_table_applied_to_the_bare_defaults(agent):
+    module = MODULES[agent]
+    for family, table in module.PRESETS.items():
+        config = module.get_config(family)
+        bare = module.get_config()
+        for field in _fields(bare):
+            expected = table.get(field, _get(bare, field))
+            assert _get(config, field) == (tuple(expected) if isinstance(expected, list) else expected), (family, field)
+
+
+def _get(config, field):
+    for part in field.split("."):
+        config = config[part]
+    return config
+
+
+def test_an_unknown_preset_or_a_preset_of_a_missing_field_is_refused():
+    with pytest.raises(ValueError, match="unknown preset 'nope'; choose one of classic, minatar, atari"):
+        dqn_config.get_config("nope")
+    with pytest.raises(KeyError, match="no_such_field"):
+        base.with_preset(dqn_config.get_config(), {"typo": {"no_such_field": 1}}, "typo")
+
+
+def test_dormancy_is_measured_on_sokar_et_al_batch_of_256_with_or_without_redo():
+    """Dopamine labs/redo: batch_size_statistics = 256, for the logged fractions as for recycling."""
+    for agent in ("dqn", "sac"):
+        config = MODULES[agent].get_config()
+        assert config.dormancy.batch_size == config.redo.batch_size == 256 and not config.redo.enabled
+
+
+def test_ppo_atari_network_is_cleanrl_nature_cnn_with_relu():
+    """CleanRL ppo_atari.py: Conv(32, 8, 4), Conv(64, 4, 2), Conv(64, 3, 1), Linear(512), each followed by ReLU."""
+    network = ppo_config.get_config("atari").network
+    assert (network.kind, network.activation, tuple(network.conv_features), tuple(network.kernel_sizes),
+            tuple(network.strides), tuple(network.dense_sizes)) == ("cnn", "relu", (32, 64, 64), (8, 4, 3), (4, 2, 1), (512,))
+
+
+# What the agents build honours the network fields.
+
+def _orthogonal_gain(kernel) -> float:
+    """g when the kernel's columns (output units, over the flattened fan-in) are orthogonal with norm g, else nan."""
+    matrix = np.asarray(kernel).reshape(-1, kernel.shape[-1])
+    gram = matrix.T @ matrix
+    gain_squared = gram[0, 0]
+    return float(np.sqrt(gain_squared)) if np.allclose(gram, gain_squared * np.eye(len(gram)), atol=1e-5) else float("nan")
+
+
+def built_modules(monkeypatch, agent_module, config, env_spec) -> dict:
+    """The flax modules `agent_module.make` builds its networks from, by network name."""
+    from sparserl import sparse_network
+
+    modules, make_network = {}, sparse_network.make_network
+
+    def record(module, inner, sparsity, name="", **kwargs):
+        modules[name] = module
+        return make_network(module, inner, sparsity, name, **kwargs)
+
+    monkeypatch.setattr(sparse_network, "make_network", record)
+    agent_module.make(config, env_spec)
+    return modules
+
+
+def test_ppo_cnn_takes_cleanrl_orthogonal_init(monkeypatch):
+    """CleanRL ppo_atari.py's layer_init: orthogonal gain sqrt(2) for the convs and the dense layer, 0.01 for the
+    actor's output and 1 for the critic's (issue 15: network_module dropped these for CNNs, so Atari PPO got
+    LeCun-normal kernels)."""
+    import jax
+    import jax.numpy as jnp
+
+    from sparserl.agents import ppo
+    from sparserl.envs import EnvSpec
+
+    env_spec = EnvSpec("test", "minatar", (6, 6, 2), np.dtype(np.float32), True, 3, None, None, None)
+    modules = built_modules(monkeypatch, ppo, ppo_config.get_config("minatar"), env_spec)
+    actor, critic = (modules[name].init(jax.random.key(0), jnp.zeros((1, 6, 6, 2)))["params"] for name in ("actor", "critic"))
+    for params in (actor, critic):
+        assert _orthogonal_gain(params["conv_0"]["kernel"]) == pytest.approx(np.sqrt(2.0), rel=1e-4)
+        assert _orthogonal_gain(params["dense_0"]["kernel"]) == pytest.approx(np.sqrt(2.0), rel=1e-4)
+    assert _orthogonal_gain(actor["output"]["kernel"]) == pytest.approx(0.01, rel=1e-4)
+    assert _orthogonal_gain(critic["output"]["kernel"]) == pytest.approx(1.0, rel=1e-4)
+
+
+def hidden_outputs(module, *inputs) -> list[np.ndarray]:
+    """The post-activation outputs of every hidden layer of a freshly initialised module."""
+    import jax
+
+    from sparserl.networks import ACTIVATIONS
+
+    params = module.init(jax.random.key(0), *inputs)
+    _, captured = module.apply(params, *inputs, mutable=[ACTIVATIONS])
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(captured)]
+
+
+def test_cnn_takes_the_configured_activation():
+    import jax
+
+    network = ml_collections.ConfigDict(dict(kind="cnn", width_multiplier=1.0, activation="tanh", conv_features=(4,),
+                                             kernel_sizes=(2,), strides=(1,), dense_sizes=(8,)))
+    hidden = hidden_outputs(network_module(network, 2), jax.random.normal(jax.random.key(1), (16, 3, 3, 1)))
+    assert len(hidden) == 2
+    for outputs in hidden:  # tanh: outputs in (-1, 1), some negative; ReLU gives none
+        assert np.all(np.abs(outputs) < 1.0) and np.any(outputs < 0.0)
+    with pytest.raises(ValueError, match="--config.network.activation: unknown activation 'gelu'; choose one of relu, tanh"):
+        network_module(ml_collections.ConfigDict(dict(network.to_dict(), activation="gelu")), 2)
+
+
+def test_sac_critic_takes_the_configured_activation_and_refuses_a_cnn(monkeypatch):
+    """The twin critic is built with `network.activation` (issue 15: it was always ReLU)."""
+    import jax
+
+    from sparserl.agents import sac
+    from sparserl import envs
+
+    config = sac_config.get_config()
+    config.network.hidden_sizes = (8, 8)
+    config.network.activation = "tanh"
+    env_spec = envs.env_spec("Pendulum-v1")
+    critic = built_modules(monkeypatch, sac, config, env_spec)["critic"]
+    hidden = hidden_outputs(critic, jax.random.normal(jax.random.key(1), (16, 3)), jax.random.uniform(jax.random.key(2), (16, 1)))
+    assert len(hidden) == 4  # q1 and q2, two hidden layers each
+    for outputs in hidden:
+        assert np.all(np.abs(outputs) < 1.0) and np.any(outputs < 0.0)
+    config.network.kind = "cnn"
+    with pytest.raises(ValueError, match="--config.network.kind: sac builds MLPs only"):
+        sac.make(config, env_spec)

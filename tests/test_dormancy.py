@@ -3,8 +3,10 @@
 import functools
 import math
 
+import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -15,7 +17,10 @@ from sparserl.dormancy import (
     dormant_fractions,
     follow_online,
     layer_scores,
+    plan_of,
     recycle,
+    recycle_when_due,
+    schedule_of,
     tau_name,
 )
 from sparserl.networks import ACTIVATIONS, MLP, NatureCNN, TwinCritic
@@ -383,3 +388,82 @@ def test_recycle_schedule_is_due_under_jit():
     assert [int(step) for step in steps[windowed]] == [2, 5, 8]
     forever = jax.jit(RecycleSchedule(period=4).is_due)
     assert [bool(forever(step)) for step in (0, 3, 4, 8, 1_000_000)] == [False, False, True, True, True]
+
+
+class _CountingState(flax.struct.PyTreeNode):
+    """A stand-in TrainState: the shared update counter, ReDo's count and, per update, the batch it recycled on."""
+
+    step: jax.Array
+    recycled: jax.Array
+    recycled_on: jax.Array  # [updates + 1]: 0, or the batch value that the recycle after update k saw
+
+
+def _updates_with_redo(schedule, num_updates: int, seeds: int):
+    """`num_updates` stand-in updates over `seeds` vmapped seeds (step unbatched), each followed by
+    `recycle_when_due`; the recycle writes its batch (10 + seed) at the update number and recycles 2 + seed."""
+
+    def recycle(state, batch, key):
+        del key
+        return state.replace(recycled_on=state.recycled_on.at[state.step].set(batch)), 2 + batch - 10
+
+    def updates(state, seed):
+        def update(state, _):
+            state = state.replace(step=state.step + 1)
+            return recycle_when_due(schedule, state, recycle, lambda key: 10 + seed, jax.random.key(0)), None
+
+        return jax.lax.scan(update, state, None, length=num_updates)[0]
+
+    state = _CountingState(jnp.zeros((), jnp.int32), jnp.zeros((seeds,), jnp.int32),
+                           jnp.zeros((seeds, num_updates + 1), jnp.int32))
+    axes = _CountingState(None, 0, 0)
+    run = jax.vmap(updates, in_axes=(axes, 0), out_axes=axes)
+    return jax.jit(run)(state, jnp.arange(seeds)), jax.make_jaxpr(run)(state, jnp.arange(seeds))
+
+
+def test_recycle_when_due_recycles_after_each_due_update_on_its_batch():
+    """Every 3 updates: after updates 3, 6 and 9 of 10, on each seed's own batch, and the counts add up."""
+    state, jaxpr = _updates_with_redo(RecycleSchedule(period=3), num_updates=10, seeds=2)
+    assert [np.flatnonzero(row).tolist() for row in state.recycled_on] == [[3, 6, 9], [3, 6, 9]]
+    assert state.recycled_on[:, 3].tolist() == [10, 11]
+    assert state.recycled.tolist() == [3 * 2, 3 * 3]
+    # The counter is shared by the seeds, so under vmap the schedule stays a branch (a `cond`); a per-seed
+    # predicate would make vmap run both branches and select (no `cond` left), the recycle on every update.
+    assert "cond[" in str(jaxpr)
+
+
+def test_recycle_when_due_without_a_schedule_adds_no_branch():
+    state, jaxpr = _updates_with_redo(None, num_updates=4, seeds=1)
+    assert state.recycled.tolist() == [0] and not state.recycled_on.any()
+    assert "cond[" not in str(jaxpr)
+
+
+def test_schedule_of_reads_the_redo_block():
+    redo = ml_collections.ConfigDict(dict(enabled=True, period=250))
+    assert schedule_of(redo) == RecycleSchedule(period=250)
+    redo.enabled = False
+    assert schedule_of(redo) is None
+
+
+def test_plan_of_tells_which_updates_need_redo_in_their_program():
+    """Every 3 updates: one update numbered 3 is due (True), 1 is not (False); two updates 2-3 hold a due one
+    (None: decided per update in the program), 4-5 none."""
+    schedule = RecycleSchedule(period=3)
+    assert [plan_of(schedule, first, 1) for first in (1, 2, 3, 6)] == [False, False, True, True]
+    assert [plan_of(schedule, first, 2) for first in (1, 2, 3, 4)] == [False, None, None, False]
+    assert plan_of(None, 3, 1) is False
+
+
+def test_a_plan_compiles_the_decision_away_with_the_same_result():
+    """plan True recycles with no branch, False leaves ReDo out; both agree with the branch on a due update."""
+    for plan, due in ((True, True), (False, False)):
+        state = _CountingState(jnp.int32(3 if due else 4), jnp.zeros((), jnp.int32), jnp.zeros(5, jnp.int32))
+
+        def recycle(state, batch, key):
+            return state.replace(recycled_on=state.recycled_on.at[state.step].set(batch)), batch
+
+        def with_plan(state, plan):
+            return recycle_when_due(RecycleSchedule(period=3), state, recycle, lambda key: 9, jax.random.key(0), plan)
+
+        planned, decided = with_plan(state, plan), with_plan(state, None)
+        assert int(planned.recycled) == int(decided.recycled) == (9 if due else 0)
+        assert "cond[" not in str(jax.make_jaxpr(functools.partial(with_plan, plan=plan))(state))

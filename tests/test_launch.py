@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from experiments import launch
-from experiments.study import SMOKE
+from sparserl.experiments import launch
+from sparserl.experiments.study import SMOKE
 
 
 def _seed_dir(run_dir, seed, steps, eval_steps):

@@ -14,7 +14,7 @@ import flax.linen as nn
 from sparserl.networks import (
     ACTIVATIONS, MLP, POST_ACTIVATION, Im2colConv, NatureCNN, TwinCritic, orthogonal, scaled_width,
 )
-from tests.conftest import cli_environment
+from tests.helpers import cli_environment
 
 KEY = jax.random.key(0)
 SMALL_CNN = dict(conv_features=(8, 16), kernel_sizes=(3, 3), strides=(2, 1), dense_sizes=(32,))
@@ -217,8 +217,8 @@ def test_orthogonal_draws_are_orthogonal_and_equal_under_vmap():
 # CPU within the first calls (issue: "vmapped orthogonal init hangs on CPU").
 _VMAPPED_ORTHOGONAL_SCRIPT = textwrap.dedent("""
     import jax
-    from agents import ppo
-    from configs import ppo as ppo_config
+    from sparserl.agents import ppo
+    from sparserl.configs import ppo as ppo_config
     from sparserl import envs, runner
 
     config = ppo_config.get_config()
@@ -229,7 +229,7 @@ _VMAPPED_ORTHOGONAL_SCRIPT = textwrap.dedent("""
     axes = runner.seed_axes(states)
     observations = jax.numpy.ones((len(seeds), 8, 4))
     init = jax.jit(jax.vmap(agent.init, out_axes=axes))
-    recycle = jax.jit(jax.vmap(lambda state, obs, key: agent.recycle(state, runner.Rollout(obs, None, None, None, None, None), key),
+    recycle = jax.jit(jax.vmap(lambda state, obs, key: agent.recycle(state, ppo.Rollout(obs, None, None, None, None, None), key),
                                in_axes=(axes, 0, 0), out_axes=(axes, 0)))
     for i in range(300):
         states = init(runner.seed_keys([4 * i + s for s in seeds]))

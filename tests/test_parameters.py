@@ -2,8 +2,8 @@
 
 import math
 
-from configs import dqn as dqn_config, sac as sac_config
-from experiments import parameters
+from sparserl.configs import dqn as dqn_config, sac as sac_config
+from sparserl.experiments import parameters
 from sparserl import envs
 
 

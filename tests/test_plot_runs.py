@@ -1,7 +1,7 @@
 import numpy as np
 
-from experiments import plot_runs
-from sparserl.logging import MetricsWriter
+from sparserl.experiments import plot_runs
+from sparserl.reporting import MetricsWriter
 
 
 def _fake_run(run_dir, seeds, final_return):

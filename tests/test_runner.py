@@ -1,16 +1,19 @@
-"""sparserl.runner: seed axes and the frozen-network watch (the loops themselves run end to end in test_train,
-test_resume and the agents' tests)."""
+"""sparserl.runner: seed axes, the frozen-network watch, the off-policy step (gradient steps, ReDo inside the update)
+and an in-process run of the host loop (the loops also run end to end in test_train, test_resume and the agents'
+tests)."""
+
+import io
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agents import dqn
-from configs import dqn as dqn_config
-from sparserl import envs, replay as replay_lib, runner
+from sparserl.agents import dqn
+from sparserl.configs import dqn as dqn_config
+from sparserl import checkpoint, envs, replay as replay_lib, runner
 from sparserl.agent import off_policy_updates
-from sparserl.logging import read_csv
-from tests.conftest import run_train
+from sparserl.reporting import MetricsWriter, ProgressPrinter, read_csv
+from tests.helpers import run_train
 
 
 def test_frozen_watch_flags_exactly_unchanged_networks_per_seed(capsys):
@@ -89,7 +92,7 @@ def test_gradient_steps_take_that_many_updates_each_on_its_own_batch():
 
     def batches_and_keys(state, replay, transition):
         replay = replay_lib.add(replay, transition)
-        rng, sample_key, update_key, _, _ = jax.random.split(state.rng, 5)  # the step's own split: the redo and act keys last
+        rng, sample_key, update_key, _, _ = jax.random.split(state.rng, 5)  # the step's own split: the act key last
         sample_keys, update_keys = jax.random.split(sample_key, 2), jax.random.split(update_key, 2)
         batches = [replay_lib.sample(replay, key, config.batch_size) for key in sample_keys]
         state = state.replace(rng=rng)
@@ -102,7 +105,7 @@ def test_gradient_steps_take_that_many_updates_each_on_its_own_batch():
     expected_state, second = single_update(expected_state, batches[1], update_keys[:, 1])
     expected_loss = (first["loss/td"] + second["loss/td"]) / 2
     step = runner.OffPolicyStep(agent, config, axes)
-    state, _, _, metrics, _ = step(jax.tree.map(jnp.copy, state), replay, transition, observations, 0, 0)
+    state, _, _, metrics = step(jax.tree.map(jnp.copy, state), replay, transition, observations, 0, 0)
     assert int(state.step) == 2
     for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(expected_state)):
         if jnp.issubdtype(got.dtype, jax.dtypes.prng_key):
@@ -117,20 +120,52 @@ def test_off_policy_updates_count_gradient_steps():
     assert off_policy_updates(config) == (900 // 2) * 4
 
 
-def test_redo_runs_when_any_update_of_a_learning_step_reaches_its_period():
-    """ReDo every 3 updates at 2 updates per learning step: updates 1-2 recycle nothing, updates 3-4 do (update 3 is
-    due even though the counter jumps from 2 to 4)."""
+def test_redo_runs_after_the_update_that_reaches_its_period_inside_a_learning_step():
+    """ReDo every 3 updates at 2 updates per learning step: learning step 1 (updates 1-2) recycles nothing, step 2
+    (updates 3-4) recycles once, after update 3, and step 3 (updates 5-6) once, after update 6. Hidden layer of 8
+    units and tau 100 (every hidden neuron is dormant): each recycle counts 8 neurons in `state.recycled`."""
     spec = envs.env_spec("CartPole-v1")
     config = dqn_config.get_config()
     config.network.hidden_sizes = (8,)
     config.update(batch_size=4, learning_starts=0, gradient_steps=2)
-    config.redo.update(enabled=True, period=3, tau=100.0, batch_size=4)  # tau 100: every hidden neuron is dormant
+    config.redo.update(enabled=True, period=3, tau=100.0, batch_size=4)
     agent = dqn.make(config, spec)
     state = runner.init_states(agent, [0])
     replay, transition = _filled_replay(config, spec, num_seeds=1, size=8)
     step = runner.OffPolicyStep(agent, config, runner.seed_axes(state))
     observations = np.zeros((1, 1, 4), np.float32)
-    state, replay, _, _, recycled = step(state, replay, transition, observations, 0, 0)
-    assert int(state.step) == 2 and recycled.tolist() == [0]
-    state, replay, _, _, recycled = step(state, replay, transition, observations, 1, 0)
-    assert int(state.step) == 4 and recycled.tolist() == [8]
+    counts = []
+    for env_step in range(3):
+        state, replay, _, _ = step(state, replay, transition, observations, env_step, 0)
+        counts.append((int(state.step), state.recycled.tolist()))
+    assert counts == [(2, [0]), (4, [8]), (6, [16])]
+
+
+def test_an_in_process_run_logs_checkpoints_and_counts_redo(tmp_path):
+    """The host off-policy loop on CartPole, in process: a metrics row per log with ReDo's running count (every 10
+    updates from step 50 on, each hidden neuron dormant at tau 100: 8 per recycle), an eval row, and the final
+    checkpoint, whose state restores as it was."""
+    config = dqn_config.get_config()
+    config.network.hidden_sizes = (8,)
+    config.update(steps=200, learning_starts=50, log_every=100, eval_every=200, eval_episodes=1, checkpoint_every=200,
+                  batch_size=4, checkpoint_replay=False)
+    config.redo.update(enabled=True, period=10, tau=100.0, batch_size=4)
+    spec = envs.env_spec("CartPole-v1")
+    seed_dir = str(tmp_path / "seed3")
+    writer = MetricsWriter(seed_dir, 3)
+    run = runner.Run(seeds=[3], writers=[writer], progress=ProgressPrinter("test", config.steps, stream=io.StringIO()),
+                     checkpointer=checkpoint.Checkpointer([seed_dir], 1))
+    runner.run_off_policy(dqn.make(config, spec), config, spec, run)
+    writer.close()
+
+    rows = read_csv(tmp_path / "seed3" / "metrics.csv")
+    assert [row["step"] for row in rows] == [100, 200]
+    assert [row["redo/recycled"] for row in rows] == [8 * (50 // 10), 8 * (150 // 10)]  # updates 50 and 150 so far
+    assert [row["step"] for row in read_csv(tmp_path / "seed3" / "eval.csv")] == [200]
+    assert checkpoint.checkpoint_steps(seed_dir) == [200]
+    reader = checkpoint.Checkpointer([seed_dir], 1)
+    assert reader.load_latest(warn=print) == 200
+    template = runner.init_states(dqn.make(config, spec), [3])
+    [arrays], [loop_state] = reader.restore(200, [checkpoint.seed_slice({"state": template}, 0, {"state": runner.seed_axes(template)})])
+    assert int(arrays["state"].step) == 150 and int(arrays["state"].recycled) == 8 * 15
+    assert loop_state["window_returns"] == [] and loop_state["pending_action"].shape == (1,)

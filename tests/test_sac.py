@@ -2,30 +2,22 @@
 smoke runs on MuJoCo and dm_control, and learning Pendulum-v1 dense and 90% sparse."""
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agents import sac
-from configs import sac as sac_config
+from sparserl.agents import sac
+from sparserl.configs import sac as sac_config
 from sparserl import envs, replay as replay_lib
-from sparserl.logging import read_csv
+from sparserl.reporting import read_csv
 
-from tests.conftest import run_train, run_train_side_by_side
+from tests.helpers import run_train, with_fields
 
 
 def _config(**fields):
-    config = sac_config.get_config()
-    for name, value in fields.items():
-        node = config
-        *parents, leaf = name.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
+    return with_fields(sac_config.get_config(), **fields)
 
 
 def _batch(spec, size, key):
@@ -256,29 +248,3 @@ def test_two_seeds_in_one_process_equal_two_single_seed_runs(tmp_path):
                 for name in row_both:
                     if name != "sps":
                         np.testing.assert_equal(row_both[name], row_single[name], err_msg=f"seed {seed} {kind} {name}")
-
-
-# --- learning ------------------------------------------------------------------------------------------------
-
-_LEARNING_RUNS = {"rigl_0.9": ("--sparsity=0.9",), "dense": ()}
-
-
-@pytest.fixture(scope="module")
-def pendulum_runs(tmp_path_factory):
-    """Both Pendulum-v1 learning runs, started side by side (the CLI; seed 0, 15k steps, eval every 2.5k)."""
-    workdir = tmp_path_factory.mktemp("sac_pendulum")
-    common = ("--agent=sac", "--seed=0", "--steps=15000", "--eval_every=2500")
-    return workdir, run_train_side_by_side({name: (*common, *arguments) for name, arguments in _LEARNING_RUNS.items()}, workdir)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(_LEARNING_RUNS))
-def test_pendulum_learns(pendulum_runs, name):
-    workdir, results = pendulum_runs
-    assert results[name].returncode == 0, results[name].stderr[-3000:]
-    evals = read_csv(os.path.join(workdir, name, "seed0", "eval.csv"))
-    returns = [row["eval/episode_return"] for row in evals]
-    assert max(returns) >= -400, returns
-    if name != "dense":
-        last = read_csv(os.path.join(workdir, name, "seed0", "metrics.csv"))[-1]
-        assert last["sparsity/critic/total"] == pytest.approx(0.9, abs=0.005)

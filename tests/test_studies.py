@@ -8,15 +8,15 @@ import sys
 
 import pytest
 
-from experiments import aggregate, dormant_neuron_study, sparse_training_study
-from tests.conftest import cli_environment
+from sparserl.experiments import aggregate, dormant_neuron_study, sparse_training_study
+from tests.helpers import cli_environment
 
 SMOKE_SWEEP = ["--scale=smoke", "--methods=static,rigl", "--sparsities=0.5,0.9", "--seeds=2", "--bootstrap_reps=500"]
 RUN_NAMES = {f"dqn_CartPole-v1_{method}_{sparsity}" for method in ("static", "rigl") for sparsity in ("0.5", "0.9")}
 
 
 def run_study(module, *arguments, timeout=900):
-    return subprocess.run([sys.executable, "-m", f"experiments.{module}", *arguments], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", f"sparserl.experiments.{module}", *arguments], capture_output=True, text=True,
                           env=cli_environment(), timeout=timeout)
 
 
@@ -136,7 +136,7 @@ def test_the_dormant_summary_states_the_trend_and_the_redo_effect(tmp_path, high
                       gradient_steps=gradient_steps, dormant=[0.5, 0.5, 0.5, final])
         run_dirs.append(str(runs / name))
     result = aggregate.aggregate(run_dirs, str(tmp_path / "out"), reps=100)
-    plan = dict(command="python -m experiments.dormant_neuron_study ...", agent="dqn", env="CartPole-v1", scale="smoke",
+    plan = dict(command="python -m sparserl.experiments.dormant_neuron_study ...", agent="dqn", env="CartPole-v1", scale="smoke",
                 steps=100)
     text = dormant_neuron_study.summarize(plan, result)
     assert "| 0.25 | no | 1.25 | 2.50 | 5.00 |" in text and "| 2 | yes | 0.50 | 1.00 | 2.00 |" in text
@@ -163,7 +163,7 @@ def test_the_sparse_summary_compares_methods_with_dense_and_with_static(tmp_path
         write_run(runs / "matched", seed, [value], width=0.25)
     result = aggregate.aggregate([str(runs / f"{m}_{s}") for m, s in scores] + [str(runs / "matched")],
                                  str(tmp_path / "out"), reps=100)
-    plan = dict(command="python -m experiments.sparse_training_study ...", agent="dqn", env="gymnax:Acrobot-v1",
+    plan = dict(command="python -m sparserl.experiments.sparse_training_study ...", agent="dqn", env="gymnax:Acrobot-v1",
                 scale="small", steps=100, param_matched={"matched": dict(sparsity=0.9, width_multiplier=0.25)})
     text = sparse_training_study.summarize(plan, result)
     assert "| dense, parameter-matched |  | -78 [-80, -76] |" in text

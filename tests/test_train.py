@@ -1,5 +1,7 @@
-"""The training entry point end to end: run directory contract, bad input, seeds as a batch axis."""
+"""The training entry point: how flags, presets and overrides make the config (in-process), and end to end the
+run directory contract and seeds as a batch axis. Bad input: tests/test_bad_input.py."""
 
+import dataclasses
 import glob
 import json
 import math
@@ -7,8 +9,78 @@ import os
 
 import pytest
 
-from sparserl.logging import read_csv
-from tests.conftest import run_train
+from sparserl.configs import dqn as dqn_config
+from sparserl import train
+from sparserl.agent import config_module
+from sparserl.reporting import read_csv
+from tests.helpers import run_train
+
+CONFIGS = config_module("dqn").__file__.rsplit("/", 1)[0]
+
+
+def resolve(*arguments: str):
+    return train.config_from_arguments(["sparserl.train", *arguments])
+
+
+def test_the_env_family_chooses_the_preset_unless_one_is_named():
+    minatar = dqn_config.get_config("minatar")
+    minatar.sparse.method = "dense"  # no sparsity given
+    assert resolve("--env=MinAtar/Breakout-v1").to_dict() == minatar.to_dict()
+    assert resolve(f"--config={CONFIGS}/dqn.py:minatar").to_dict() == minatar.to_dict()  # the preset's env
+    assert resolve("--agent=dqn").to_dict() == resolve(f"--config={CONFIGS}/dqn.py").to_dict()
+    gymnax = resolve("--env=gymnax:Breakout-MinAtar")  # a gymnax port takes its Gymnasium counterpart's preset
+    assert gymnax.env == "gymnax:Breakout-MinAtar" and tuple(gymnax.network.conv_features) == (16,)
+    pong = resolve(f"--config={CONFIGS}/dqn.py:atari", "--env=ALE/Breakout-v5")
+    assert pong.env == "ALE/Breakout-v5" and pong.train_every == 4
+
+
+def test_flags_then_overrides_win_over_the_preset():
+    config = resolve("--env=ALE/Pong-v5", "--sparsity=0.5", "--steps=500", "--config.steps=700",
+                     "--config.learning_rate=0.001", "--config.network.dense_sizes=256", "--config.redo.enabled")
+    assert (config.steps, config.learning_rate, tuple(config.network.dense_sizes)) == (700, 0.001, (256,))
+    assert (config.sparse.method, config.sparse.sparsity, config.redo.enabled) == ("rigl", 0.5, True)
+    assert config.train_every == 4 and config.network.kind == "cnn"  # the atari preset
+    assert resolve().sparse.method == "dense" and resolve("--config.sparse.sparsity=0.2").sparse.method == "rigl"
+    assert resolve("--method=static", "--actor_sparsity=0.3", "--agent=sac").sparse.actor_sparsity == 0.3
+
+
+OLD_CONFIG = """import ml_collections
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    config.agent = "dqn"
+    config.learning_rate = 5e-4
+    config.network = ml_collections.ConfigDict(dict(hidden_sizes=(32, 32)))
+    return config
+"""
+
+
+def test_a_config_file_without_the_newer_fields_runs_on_the_defaults(tmp_path):
+    """A file written before `gradient_steps` and `dormancy` existed: the agent's defaults fill them in."""
+    path = tmp_path / "old_config.py"
+    path.write_text(OLD_CONFIG)
+    prepared = train.prepare(["sparserl.train", f"--config={path}", f"--workdir={tmp_path}"])
+    config = prepared.config
+    assert (config.learning_rate, tuple(config.network.hidden_sizes)) == (5e-4, (32, 32))
+    assert (config.gradient_steps, config.dormancy.batch_size, config.network.kind, config.env) == (1, 256, "mlp", "CartPole-v1")
+
+
+def test_dormant_fractions_are_measured_on_the_dormancy_batch_with_redo_off(tmp_path, monkeypatch):
+    """`dormancy.batch_size` replay transitions, whatever `redo.batch_size` (issue 15: it took the ReDo batch)."""
+    monkeypatch.setenv("SPARSERL_COMPILATION_CACHE", "0")
+    prepared = train.prepare(["sparserl.train", "--steps=200", "--config.learning_starts=100", "--config.log_every=100",
+                              "--eval_every=200", "--config.eval_episodes=1", "--config.network.hidden_sizes=8,8",
+                              "--config.batch_size=4", "--config.redo.batch_size=16", "--config.dormancy.batch_size=8",
+                              f"--workdir={tmp_path}", "--run_name=run"])
+    measured = []
+
+    def measure(state, batch):
+        measured.append(batch.observation.shape[0])
+        return prepared.agent.measure(state, batch)
+
+    train._train(dataclasses.replace(prepared, agent=prepared.agent._replace(measure=measure)))
+    assert measured and set(measured) == {8}
 
 TINY_DQN = ("--steps=400", "--config.learning_starts=100", "--config.log_every=100", "--eval_every=400",
             "--config.eval_episodes=2", "--config.network.hidden_sizes=64,64")
@@ -28,7 +100,6 @@ def test_tiny_run_writes_the_run_directory_contract(tmp_path):
     expected_columns |= {f"dormant/{tau}/{layer}" for tau in ("0", "0.025", "0.1") for layer in ("total", "dense_0", "dense_1")}
     assert expected_columns <= set(rows[-1])
     assert abs(rows[-1]["sparsity/total"] - 0.9) <= 0.005
-    assert rows[-1]["redo/recycled"] >= 0
     eval_rows = read_csv(seed_dir / "eval.csv")
     assert [row["step"] for row in eval_rows] == [400] and not math.isnan(eval_rows[0]["eval/episode_return"])
     assert glob.glob(str(seed_dir / "events.out.tfevents*"))

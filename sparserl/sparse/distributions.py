@@ -8,9 +8,11 @@ total (1 - s) * N over the masked layers. While a layer's density would exceed
 1, the layer with the largest raw ratio is made dense and eps is solved again.
 
 Only kernels (ndim >= 2) are masked; biases never are. Layers are named by
-their module path in the params tree, e.g. `dense_0` or `q1/output`.
+their module path in the params tree, e.g. `dense_0` or `q1/output`, and
+layers kept dense are chosen by those paths (`dense_layer_paths`).
 """
 
+import fnmatch
 import math
 from typing import Any, Callable, Mapping
 
@@ -90,19 +92,54 @@ DISTRIBUTIONS: dict[str, Callable[[Mapping[str, Shape], float], dict[str, float]
 }
 
 
+def sub_networks(layers: list[str]) -> dict[str, list[str]]:
+    """Layer paths grouped by their parent path, in tree order: {'q1': ['q1/dense_0', ...], 'q2': [...]}.
+
+    An agent's network is one sub-network (parent ''); SAC's TwinCritic has two, `q1` and `q2`.
+    """
+    groups: dict[str, list[str]] = {}
+    for layer in layers:
+        groups.setdefault(layer.rpartition("/")[0], []).append(layer)
+    return groups
+
+
+def first_and_last_layers(layers: list[str]) -> tuple[list[str], list[str]]:
+    """The input and output layer of every sub-network: the first and last of its layers in tree order.
+
+    The params tree orders a sub-network's layers by name, and the networks of
+    `sparserl.networks` name them `conv_i`, `dense_i` (i < 10 in every config here),
+    `output`: so the first is `conv_0` (CNN) or `dense_0` (MLP), the last `output`.
+    """
+    groups = sub_networks(layers).values()
+    return [group[0] for group in groups], [group[-1] for group in groups]
+
+
+def dense_layer_paths(layers: list[str], config: SparsityConfig) -> list[str]:
+    """The layer paths kept dense: those matching a `config.dense_layers` pattern (fnmatch), plus the input
+    layer of every sub-network when `dense_first_layer` and its output layer when `dense_last_layer`.
+
+    Example: TwinCritic with both flags keeps q1/dense_0, q2/dense_0, q1/output and q2/output dense;
+    the Nature CNN keeps conv_0 and output.
+    """
+    first, last = first_and_last_layers(layers)
+    chosen = set(first if config.dense_first_layer else []) | set(last if config.dense_last_layer else [])
+    return [layer for layer in layers
+            if layer in chosen or any(fnmatch.fnmatchcase(layer, pattern) for pattern in config.dense_layers)]
+
+
 def layer_sparsities(params: Any, config: SparsityConfig) -> dict[str, float]:
     """Target sparsity of every masked layer of `params` (static: depends on shapes only).
 
-    Layers kept dense by `dense_first_layer` / `dense_last_layer` (first and
-    last kernel in tree order) are left out, so they are never masked. With
-    `method='dense'` nothing is masked.
+    Layers kept dense (`dense_layer_paths`) are left out, so they are never
+    masked. With `method='dense'` nothing is masked. An N:M structure fixes
+    every masked layer at 1 - N/M (Zhou et al. 2021), whatever the distribution.
     """
     shapes = kernel_shapes(params)
     if config.method == "dense":
         return {}
-    names = list(shapes)
-    if config.dense_first_layer:
-        shapes.pop(names[0], None)
-    if config.dense_last_layer:
-        shapes.pop(names[-1], None)
+    for layer in dense_layer_paths(list(shapes), config):
+        del shapes[layer]
+    fixed = config.parsed_structure.fixed_sparsity
+    if fixed is not None:
+        return {name: fixed for name in shapes}
     return DISTRIBUTIONS[config.distribution](shapes, config.sparsity)

@@ -12,8 +12,9 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from sparserl.sparse.config import is_concrete
+from sparserl.sparse import structure as structure_lib
 from sparserl.sparse.distributions import leaf_name
+from sparserl.sparse.structure import zero_count
 
 
 def layer_of(path) -> str | None:
@@ -24,13 +25,6 @@ def layer_of(path) -> str | None:
     return name.rsplit("/", 1)[0] if "/" in name else name
 
 
-def zero_count(sparsity, size: int):
-    """floor(sparsity * size): a Python int for a concrete sparsity, a traced int32 for a traced one."""
-    if is_concrete(sparsity):
-        return math.floor(sparsity * size)
-    return jnp.floor(sparsity * size).astype(jnp.int32)
-
-
 def random_mask(key: jax.Array, shape: tuple[int, ...], sparsity) -> jax.Array:
     """A uniformly random mask with exactly floor(sparsity * n) zeros (`sparsity` concrete or traced)."""
     size = math.prod(shape)
@@ -39,15 +33,23 @@ def random_mask(key: jax.Array, shape: tuple[int, ...], sparsity) -> jax.Array:
     return (ranks >= num_zeros).reshape(shape)
 
 
-def random_masks(key: jax.Array, params: Any, sparsities: Mapping[str, float]) -> Any:
-    """Random exact-count masks for the layers in `sparsities`, all-True elsewhere."""
+def random_masks(key: jax.Array, params: Any, sparsities: Mapping[str, float],
+                 structure: structure_lib.Structure = structure_lib.Structure()) -> Any:
+    """Random exact-count masks for the layers in `sparsities`, all-True elsewhere.
+
+    Unstructured: `random_mask`; fan_in and nm: every group keeps its exact
+    count (`sparserl.sparse.structure.random_mask`). Each leaf draws from its own key.
+    """
     paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     keys = jax.random.split(key, max(1, len(paths_and_leaves)))
     masks = []
     for leaf_key, (path, leaf) in zip(keys, paths_and_leaves):
         layer = layer_of(path)
         if layer in sparsities:
-            masks.append(random_mask(leaf_key, leaf.shape, sparsities[layer]))
+            if structure.kind == structure_lib.UNSTRUCTURED:
+                masks.append(random_mask(leaf_key, leaf.shape, sparsities[layer]))
+            else:
+                masks.append(structure_lib.random_mask(structure, leaf_key, leaf.shape, sparsities[layer]))
         else:
             masks.append(jnp.ones(leaf.shape, bool))
     return jax.tree.unflatten(treedef, masks)

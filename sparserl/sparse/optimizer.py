@@ -8,7 +8,10 @@ One step, all inside jit and vmappable over seeds:
     (grown weights are already 0) -> params * mask.
 
 Like jaxpruner, sparsity wraps an optax transformation; the wrapper also owns
-the masks, which live in its state next to the inner optimizer state.
+the masks, which live in its state next to the inner optimizer state and the
+topology method's own state. The method's hooks (`Topology.train_params_and_grads`,
+`masked_updates`, `finish`) decide which weights the inner optimizer trains;
+the defaults are the steps above, SR-STE trains dense weights behind the mask.
 """
 
 from typing import Any, Callable, NamedTuple
@@ -26,6 +29,7 @@ from sparserl.sparse.topology import get_topology
 class SparseOptState(NamedTuple):
     inner: optax.OptState
     masks: Any
+    topology: Any = ()  # the topology method's own state (`Topology.init_state`); () for most methods
 
 
 def zero_moments(opt_state: Any, params_like: Any, reset: Any) -> Any:
@@ -60,26 +64,31 @@ def sparse_optimizer(inner: optax.GradientTransformation, config: SparsityConfig
     topology = get_topology(config.method)
 
     def init(key: jax.Array, params: Any) -> tuple[Any, SparseOptState]:
-        masks = topology.init_masks(key, params, layer_sparsities(params, config))
+        masks = topology.init_masks(key, params, layer_sparsities(params, config), config.parsed_structure)
+        topology_state = topology.init_state(params, masks)
         params = mask_lib.apply_masks(params, masks)
-        return params, SparseOptState(inner.init(params), masks)
+        return params, SparseOptState(inner.init(params), masks, topology_state)
 
     def apply_gradients(step, params, dense_grads, state: SparseOptState, key):
         masks = state.masks
-        grads = mask_lib.apply_masks(dense_grads, masks)
-        updates, inner_state = inner.update(grads, state.inner, params)
-        params = optax.apply_updates(params, mask_lib.apply_masks(updates, masks))
+        trained, grads = topology.train_params_and_grads(params, dense_grads, masks, state.topology, config)
+        updates, inner_state = inner.update(grads, state.inner, trained)
+        trained = optax.apply_updates(trained, mask_lib.apply_masks(updates, masks) if topology.masked_updates else updates)
 
         def change_topology(operands):
-            params, inner_state, masks = operands
+            trained, inner_state, masks, topology_state = operands
             # Grown connections start at 0 without a write: inactive weights are 0 and their updates are masked.
-            new_masks = topology.update_masks(key, step, params, dense_grads, masks, layer_sparsities(params, config), config)
-            changed = jax.tree.map(jnp.not_equal, new_masks, masks)
-            return params, zero_moments(inner_state, params, changed), new_masks
+            new_masks, topology_state = topology.update(
+                key, step, trained, dense_grads, masks, topology_state, layer_sparsities(trained, config), config)
+            if topology.reset_moments:
+                inner_state = zero_moments(inner_state, trained, jax.tree.map(jnp.not_equal, new_masks, masks))
+            return trained, inner_state, new_masks, topology_state
 
-        params, inner_state, masks = jax.lax.cond(
-            topology.is_update_step(step, config), change_topology, lambda operands: operands, (params, inner_state, masks)
+        trained, inner_state, masks, topology_state = jax.lax.cond(
+            topology.is_update_step(step, config), change_topology, lambda operands: operands,
+            (trained, inner_state, masks, state.topology),
         )
-        return mask_lib.apply_masks(params, masks), SparseOptState(inner_state, masks)
+        params, topology_state = topology.finish(trained, masks, topology_state)
+        return params, SparseOptState(inner_state, masks, topology_state)
 
     return SparseOptimizer(init, apply_gradients, config)

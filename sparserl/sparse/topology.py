@@ -1,146 +1,277 @@
-"""Topology methods by name: dense, static, SET, RigL and gradual magnitude pruning.
+"""Topology methods by name: the extension point of sparse training (like jaxpruner's updaters).
 
-Each method says how masks start (`init_masks`), when they change
-(`is_update_step`) and how (`update_masks`). The optimizer wrapper in
-`sparserl.sparse.optimizer` calls them inside the jitted update; they only
-return masks, and the wrapper zeroes grown weights and the optimizer moments
-of every changed connection.
+A method is a `Topology` subclass registered by name with `@register`. It
+says how masks start (`init_masks`, and `init_state` for state of its own),
+when they change (`is_update_step`) and how (`update`), which fields of its
+config block `sparse.<name>` it reads (`schedule_fields`, `options`: so no
+agent or config helper special-cases a method), and, through three hooks,
+how the optimizer wrapper (`sparserl.sparse.optimizer`) trains the weights:
+`train_params_and_grads`, `masked_updates` and `finish`. The defaults train
+the weights on the mask (DESIGN contract 3); SR-STE (`sparserl.sparse.srste`)
+overrides them to train dense weights behind the mask.
+
+Drop-and-grow methods (`DropAndGrow`) supply drop scores and grow scores; the
+update itself is written once (`drop_and_grow`):
 
 - SET (Mocanu et al. 2018): drop the smallest-magnitude active weights, grow
   as many connections uniformly at random among those not kept.
-- RigL (Evci et al. 2020, Algorithm 1): drop the same way, grow where the
-  dense gradient magnitude on the current batch is largest.
+- RigL (Evci et al. 2020, Algorithm 1): SET with another grow score, the
+  dense gradient magnitude on the current batch.
+- SRigL (Lasby et al. 2023, `sparserl.sparse.srigl`): RigL with constant
+  fan-in and neuron ablation.
 - prune (Zhu & Gupta 2017): from dense, keep the largest magnitudes at the
   cubic schedule's sparsity, per layer s_t^l = s_f^l * (1 - (1 - p)^3).
+
+Every method keeps the config's structure (`sparserl.sparse.structure`): it
+draws, drops, grows and prunes within each group (the whole kernel, a
+neuron's fan-in, or a group of M inputs), so each group's count holds.
+
+A new method: one file with a subclass decorated `@register`, imported in
+`sparserl/sparse/__init__.py`, and its test.
 """
 
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
 from sparserl.sparse import masks as mask_lib
 from sparserl.sparse import schedules
+from sparserl.sparse import structure as structure_lib
 from sparserl.sparse.config import SparsityConfig
+from sparserl.sparse.structure import Structure, group_ranks, to_groups
+
+UNSTRUCTURED = Structure()
 
 
-def _ranks(scores: jax.Array) -> jax.Array:
-    """Rank of every entry in ascending order of score (ties broken by position)."""
-    flat = scores.ravel()
-    order = jnp.argsort(flat, stable=True)
-    return jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32)).reshape(scores.shape)
+def drop_and_grow(weights: jax.Array, mask: jax.Array, grow_scores: jax.Array, drop_fraction,
+                  structure: Structure = UNSTRUCTURED, drop_scores: jax.Array | None = None) -> jax.Array:
+    """One SET/RigL mask update of a layer; the number of active connections of every group is unchanged.
 
-
-def drop_and_grow(weights: jax.Array, mask: jax.Array, grow_scores: jax.Array, drop_fraction) -> jax.Array:
-    """One SET/RigL mask update of a layer; the number of active connections is unchanged.
-
-    Drops n = floor(f * nnz) active weights of smallest magnitude, then grows n
-    connections with the largest `grow_scores` among those not kept (so a
-    dropped connection may be grown back).
+    Drops n = floor(f * nnz) active weights of smallest drop score (default
+    |w|) over the whole layer, then regrows, in every group (`structure`), as
+    many connections as the group lost, those of largest `grow_scores` among
+    its connections not kept (so a dropped connection may be grown back).
+    Unstructured: one group, n grown in the layer. fan_in / nm: each neuron
+    (group of M) is refilled to its count, as the SRigL reference code does
+    for RigL with constant fan-in (`rigl_constant_fan.py`: a layer-wide drop,
+    a per-neuron regrow). A per-group drop, floor(f * k) per neuron, would
+    change nothing while f * k < 1 (k = 2 in 2:4, k = 1 on a 4-input layer at 90%).
     """
-    num_active = jnp.sum(mask)
-    num_changed = jnp.floor(drop_fraction * num_active).astype(jnp.int32)
-    drop_scores = jnp.where(mask, jnp.abs(weights), jnp.inf)
-    kept = mask & (_ranks(drop_scores) >= num_changed)
-    grow_scores = jnp.where(kept, -jnp.inf, grow_scores)
-    grown = _ranks(-grow_scores) < num_changed
-    return kept | grown
+    drop_scores = jnp.abs(weights) if drop_scores is None else drop_scores
+    num_changed = jnp.floor(drop_fraction * jnp.sum(mask)).astype(jnp.int32)
+    layer_drop = jnp.where(mask, drop_scores, jnp.inf).reshape(1, -1)
+    kept = to_groups(structure, mask & (group_ranks(layer_drop) >= num_changed).reshape(mask.shape), fill=False)
+    missing = structure_lib.group_counts(structure, mask)[:, None] - jnp.sum(kept, axis=1, keepdims=True)
+    real = structure_lib.valid(structure, mask.shape)
+    grouped_grow = jnp.where(kept | ~real, -jnp.inf, to_groups(structure, grow_scores))
+    grown = group_ranks(-grouped_grow) < missing
+    return structure_lib.from_groups(structure, kept | grown, mask.shape)
 
 
-def magnitude_mask(weights: jax.Array, mask: jax.Array, sparsity) -> jax.Array:
-    """Keeps the n - floor(s * n) largest-magnitude active weights; pruned weights stay pruned."""
-    num_zeros = jnp.floor(sparsity * weights.size).astype(jnp.int32)
+def magnitude_mask(weights: jax.Array, mask: jax.Array, sparsity, structure: Structure = UNSTRUCTURED) -> jax.Array:
+    """Keeps, in every group, the largest-magnitude active weights at `sparsity`; pruned weights stay pruned.
+
+    Unstructured: n - floor(s * n) kept. fan_in: every neuron keeps
+    k = f - floor(s * f). nm: see `structure.kept_per_group`.
+    """
     scores = jnp.where(mask, jnp.abs(weights), -1.0)
-    return _ranks(scores) >= num_zeros
+    return structure_lib.keep_largest(structure, scores, structure_lib.kept_per_group(structure, weights.shape, sparsity))
 
 
-def _map_masked_layers(fn: Callable, sparsities: Mapping[str, float], masks: Any, *trees: Any) -> Any:
-    """Applies fn(layer_key, layer_sparsity, mask, *leaves) to masked kernels; other masks are returned as they are."""
+def map_masked_layers(fn: Callable, sparsities: Mapping[str, float], masks: Any, *trees: Any) -> Any:
+    """Applies fn(index, layer, layer_sparsity, mask, *leaves) to masked kernels; other masks are returned as they are.
+
+    `index` is the leaf's position in the flattened tree (for per-leaf keys);
+    a tree given as None passes None leaves.
+    """
     flat_masks, treedef = jax.tree_util.tree_flatten_with_path(masks)
-    flat_trees = [jax.tree.leaves(tree) for tree in trees]
+    flat_trees = [[None] * len(flat_masks) if tree is None else jax.tree.leaves(tree) for tree in trees]
     new_masks = []
     for index, (path, mask) in enumerate(flat_masks):
         layer = mask_lib.layer_of(path)
         if layer in sparsities:
-            new_masks.append(fn(index, sparsities[layer], mask, *(leaves[index] for leaves in flat_trees)))
+            new_masks.append(fn(index, layer, sparsities[layer], mask, *(leaves[index] for leaves in flat_trees)))
         else:
             new_masks.append(mask)
     return jax.tree.unflatten(treedef, new_masks)
 
 
-class Topology(NamedTuple):
-    """A topology method: how masks start, when they change, how they change."""
+class Topology:
+    """A method that never changes its masks (the base of every other one).
 
-    name: str
-    init_masks: Callable[[jax.Array, Any, Mapping[str, float]], Any]
-    is_update_step: Callable[[jax.Array, SparsityConfig], jax.Array]
-    update_masks: Callable[..., Any]
+    Class attributes a subclass sets:
+    - `name`: the registry name (`--method`);
+    - `schedule_fields`: the fields of `sparse.<name>` that set its schedule
+      (update_period, start_fraction, end_fraction, drop_fraction);
+    - `options`: its own settings {name: default}, read from `sparse.<name>`;
+    - `dense_init`: start from all-True masks (prune);
+    - `reset_moments`: zero the optimizer moments of changed connections.
+    """
+
+    name = "static"
+    schedule_fields: tuple[str, ...] = ()
+    options: dict[str, float] = {}
+    dense_init = False
+    reset_moments = True
+    masked_updates = True  # updates are masked before they are applied
+
+    def structure_for(self, structure: str) -> str:
+        """The structure this method trains, given `--structure` (ValueError when it cannot)."""
+        return structure
+
+    def config_fields(self, block: Mapping[str, Any] | None, total_updates: int) -> dict[str, Any]:
+        """SparsityConfig fields from the method's config block `sparse.<name>` over a run of `total_updates`.
+
+        start_fraction and end_fraction are fractions of the run's gradient
+        updates: the window [update_start, update_end) of topology changes
+        (prune: Zhu & Gupta's t0 and t1).
+        """
+        if not self.schedule_fields:
+            return {}
+        start = int(block["start_fraction"] * total_updates)
+        fields = dict(update_period=block["update_period"], update_start=start,
+                      update_end=max(start + 1, int(block["end_fraction"] * total_updates)))
+        if "drop_fraction" in self.schedule_fields:
+            fields["drop_fraction"] = block["drop_fraction"]
+        fields["options"] = tuple((name, block.get(name, default)) for name, default in self.options.items())
+        return fields
+
+    def option(self, config: SparsityConfig, name: str) -> float:
+        return config.option(name, self.options[name])
+
+    def init_masks(self, key: jax.Array, params: Any, sparsities: Mapping[str, float],
+                   structure: Structure = UNSTRUCTURED) -> Any:
+        if self.dense_init:
+            return mask_lib.dense_masks(params)
+        return mask_lib.random_masks(key, params, sparsities, structure)
+
+    def init_state(self, params: Any, masks: Any) -> Any:
+        """State of the method's own, carried in `SparseOptState.topology` (none by default)."""
+        del params, masks
+        return ()
+
+    def is_update_step(self, step: jax.Array, config: SparsityConfig) -> jax.Array:
+        del config
+        return jnp.zeros_like(step, dtype=bool)
+
+    def update_masks(self, key, step, params, dense_grads, masks, sparsities, config: SparsityConfig) -> Any:
+        """New masks on an update step (called under `lax.cond`)."""
+        del key, step, params, dense_grads, sparsities, config
+        return masks
+
+    def update(self, key, step, params, dense_grads, masks, state, sparsities, config: SparsityConfig):
+        """(new masks, new state) on an update step; methods with state override this."""
+        return self.update_masks(key, step, params, dense_grads, masks, sparsities, config), state
+
+    def train_params_and_grads(self, params, dense_grads, masks, state, config: SparsityConfig):
+        """The weights the inner optimizer trains and their gradients: the params and the masked gradients."""
+        del state, config
+        return params, mask_lib.apply_masks(dense_grads, masks)
+
+    def finish(self, trained, masks, state):
+        """(params, state) after a step: the trained weights on the (possibly new) masks."""
+        return mask_lib.apply_masks(trained, masks), state
 
 
-def _never(step, config):
-    del config
-    return jnp.zeros_like(step, dtype=bool)
+TOPOLOGIES: dict[str, Topology] = {}
 
 
-def _unchanged(key, step, params, dense_grads, masks, sparsities, config):
-    del key, step, params, dense_grads, sparsities, config
-    return masks
+def register(cls: type[Topology]) -> type[Topology]:
+    """Class decorator: adds an instance of a Topology subclass to TOPOLOGIES under its `name`."""
+    TOPOLOGIES[cls.name] = cls()
+    return cls
 
 
-def _dense_init(key, params, sparsities):
-    del key, sparsities
-    return mask_lib.dense_masks(params)
+@register
+class Dense(Topology):
+    name = "dense"
+    dense_init = True
 
 
-def _drop_grow_step(step, config):
-    return schedules.is_periodic_step(step, config.update_period, config.update_start, config.update_end)
+register(Topology)  # 'static': the initial random mask never changes
 
 
-def _set_update(key, step, params, dense_grads, masks, sparsities, config):
-    del dense_grads
-    fraction = schedules.cosine_drop_fraction(step - config.update_start, config.drop_fraction, config.update_end - config.update_start)
-    keys = jax.random.split(key, len(jax.tree.leaves(masks)))
+class DropAndGrow(Topology):
+    """Drop the lowest drop scores, grow the highest grow scores, every `update_period` steps (cosine fraction).
 
-    def update(index, sparsity, mask, weights):
-        del sparsity
-        return drop_and_grow(weights, mask, jax.random.uniform(keys[index], mask.shape), fraction)
+    f_t = f0 * 0.5 * (1 + cos(pi * min(t, T_end) / T_end)) (Evci et al. 2020, eq. 1), t counted from
+    `update_start`. Subclasses supply `grow_scores` (and may override `drop_scores`).
+    """
 
-    return _map_masked_layers(update, sparsities, masks, params)
+    schedule_fields = ("update_period", "start_fraction", "end_fraction", "drop_fraction")
 
+    def drop_scores(self, weights: jax.Array) -> jax.Array:
+        return jnp.abs(weights)
 
-def _rigl_update(key, step, params, dense_grads, masks, sparsities, config):
-    del key
-    fraction = schedules.cosine_drop_fraction(step - config.update_start, config.drop_fraction, config.update_end - config.update_start)
+    def grow_scores(self, key: jax.Array, weights: jax.Array, grads: jax.Array | None) -> jax.Array:
+        raise NotImplementedError
 
-    def update(index, sparsity, mask, weights, grads):
-        del index, sparsity
-        return drop_and_grow(weights, mask, jnp.abs(grads), fraction)
+    def is_update_step(self, step, config):
+        return schedules.is_periodic_step(step, config.update_period, config.update_start, config.update_end)
 
-    return _map_masked_layers(update, sparsities, masks, params, dense_grads)
+    def drop_fraction(self, step, config):
+        return schedules.cosine_drop_fraction(step - config.update_start, config.drop_fraction,
+                                              config.update_end - config.update_start)
 
+    def update_masks(self, key, step, params, dense_grads, masks, sparsities, config):
+        fraction = self.drop_fraction(step, config)
+        structure = config.parsed_structure
+        keys = jax.random.split(key, len(jax.tree.leaves(masks)))
 
-def _prune_step(step, config):
-    return schedules.is_pruning_step(step, config.update_period, config.update_start, config.update_end)
+        def update(index, layer, sparsity, mask, weights, grads):
+            del layer, sparsity
+            return drop_and_grow(weights, mask, self.grow_scores(keys[index], weights, grads), fraction, structure,
+                                 self.drop_scores(weights))
 
-
-def _prune_update(key, step, params, dense_grads, masks, sparsities, config):
-    del key, dense_grads
-
-    def update(index, final_sparsity, mask, weights):
-        del index
-        target = schedules.cubic_sparsity(step, final_sparsity, config.update_start, config.update_end)
-        return magnitude_mask(weights, mask, target)
-
-    return _map_masked_layers(update, sparsities, masks, params)
+        return map_masked_layers(update, sparsities, masks, params, dense_grads)
 
 
-TOPOLOGIES: dict[str, Topology] = {
-    "dense": Topology("dense", _dense_init, _never, _unchanged),
-    "static": Topology("static", mask_lib.random_masks, _never, _unchanged),
-    "set": Topology("set", mask_lib.random_masks, _drop_grow_step, _set_update),
-    "rigl": Topology("rigl", mask_lib.random_masks, _drop_grow_step, _rigl_update),
-    "prune": Topology("prune", _dense_init, _prune_step, _prune_update),
-}
+@register
+class SET(DropAndGrow):
+    name = "set"
+
+    def grow_scores(self, key, weights, grads):
+        del grads
+        return jax.random.uniform(key, weights.shape)
+
+
+@register
+class RigL(DropAndGrow):
+    name = "rigl"
+
+    def grow_scores(self, key, weights, grads):
+        del key, weights
+        return jnp.abs(grads)
+
+
+@register
+class Prune(Topology):
+    """Gradual magnitude pruning (Zhu & Gupta 2017, eq. 1) from dense, every `update_period` steps in [t0, t1].
+
+    Each layer's target s_t = s_f^l * (1 - (1 - (t - t0)/(t1 - t0))^3) becomes
+    a count per group (`magnitude_mask`): fan_in keeps k_t = f - floor(s_t * f)
+    inputs in every column; nm removes floor(p_t * (M - N)) of every group of
+    M, p_t = s_t / s_f the cubic progress, so N remain at t1.
+    """
+
+    name = "prune"
+    schedule_fields = ("update_period", "start_fraction", "end_fraction")
+    dense_init = True
+
+    def is_update_step(self, step, config):
+        return schedules.is_pruning_step(step, config.update_period, config.update_start, config.update_end)
+
+    def update_masks(self, key, step, params, dense_grads, masks, sparsities, config):
+        del key, dense_grads
+        structure = config.parsed_structure
+
+        def update(index, layer, final_sparsity, mask, weights):
+            del index, layer
+            target = schedules.cubic_sparsity(step, final_sparsity, config.update_start, config.update_end)
+            return magnitude_mask(weights, mask, target, structure)
+
+        return map_masked_layers(update, sparsities, masks, params)
 
 
 def get_topology(name: str) -> Topology:

@@ -1,9 +1,9 @@
-"""Tests for sparserl.logging: CSV layout and crash-safe resume, TensorBoard events, console progress."""
+"""Tests for sparserl.reporting: CSV layout and crash-safe resume, TensorBoard events, console progress."""
 
 import io
 import math
 
-from sparserl.logging import MetricsWriter, ProgressPrinter, read_csv
+from sparserl.reporting import MetricsWriter, ProgressPrinter, read_csv
 
 
 def read_lines(path):

@@ -1,15 +1,16 @@
 """A sparse network and its training state: the part every agent shares (Dopamine-style shared parts).
 
-`SparseNetwork` is the static definition (flax module, sparse optimizer and a
-metric name); `NetworkState` is its pytree state (params and the sparse
-optimizer state, which holds the masks). Agents build their TrainState from
+`SparseNetwork` is the static definition (flax module, sparse optimizer, a
+metric name and which kernels run its forward pass); `NetworkState` is its
+pytree state (params, the sparse optimizer state, which holds the masks, and
+the condensed-kernel indices of the masks, `sparserl.sparse.condensed`). Agents build their TrainState from
 NetworkStates and call these functions for gradient steps, sparsity and
 dormancy metrics, and ReDo, so no agent holds sparsity logic of its own
 (DESIGN contract 4).
 """
 
 import math
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import flax.struct
@@ -19,6 +20,9 @@ import optax
 
 from sparserl import dormancy, networks
 from sparserl.sparse import SparseOptimizer, SparseOptState, SparsityConfig, apply_masks, sparse_optimizer, sparsity_metrics
+from sparserl.sparse import condensed
+from sparserl.sparse.distributions import layer_sparsities
+from sparserl.sparse.topology import get_topology
 
 
 class SparseNetwork(NamedTuple):
@@ -26,27 +30,33 @@ class SparseNetwork(NamedTuple):
 
     `sparse_init_rescale`: draw the initial weights (and ReDo's re-drawn ones)
     at the scale of each unit's sparse fan-in (`rescale_to_sparse_fan_in`).
+    `kernels`: "masked" (dense matmuls on the masked weights), "condensed" or
+    "auto" (`sparserl.sparse.condensed`; only for constant fan-in masks).
     """
 
     module: nn.Module
     optimizer: SparseOptimizer
     name: str = ""
     sparse_init_rescale: bool = True
+    kernels: str = "masked"
 
     def metric_name(self, kind: str) -> str:
         return f"{kind}/{self.name}" if self.name else kind
 
 
 class NetworkState(flax.struct.PyTreeNode):
+    """`indices`: the condensed-kernel indices of the masks (`condensed.layer_indices`); empty with masked kernels."""
+
     params: Any
     opt_state: SparseOptState
+    indices: dict = flax.struct.field(default_factory=dict)
 
 
 def make_network(
     module: nn.Module, inner: optax.GradientTransformation, sparsity: SparsityConfig, name: str = "",
-    sparse_init_rescale: bool = True,
+    sparse_init_rescale: bool = True, kernels: str = "masked",
 ) -> SparseNetwork:
-    return SparseNetwork(module, sparse_optimizer(inner, sparsity), name, sparse_init_rescale)
+    return SparseNetwork(module, sparse_optimizer(inner, sparsity), name, sparse_init_rescale, condensed.check_kernels(kernels))
 
 
 def rescale_to_sparse_fan_in(params: Any, masks: Any) -> Any:
@@ -86,21 +96,60 @@ def init(network: SparseNetwork, key: jax.Array, *sample_inputs) -> NetworkState
     """Initial params from the module's initializers, masked by the topology method's initial masks, then
     rescaled to each unit's sparse fan-in (unless `sparse_init_rescale` is off).
 
-    The inner optimizer state does not depend on the param values (Adam's moments start at 0).
+    The inner optimizer state does not depend on the param values (Adam's moments start at 0). With
+    condensed or auto kernels, the indices of every masked kernel are computed from the initial masks.
     """
     init_key, mask_key = jax.random.split(key)
     params = network.module.init(init_key, *sample_inputs)["params"]
     params, opt_state = network.optimizer.init(mask_key, params)
-    return NetworkState(_at_init_scale(network, params, opt_state.masks), opt_state)
+    indices = {}
+    if network.kernels != "masked":
+        indices = condensed.layer_indices(opt_state.masks, layer_sparsities(params, network.optimizer.config))
+    return NetworkState(_at_init_scale(network, params, opt_state.masks), opt_state, indices)
 
 
-def apply(network: SparseNetwork, params: Any, *inputs):
-    return network.module.apply({"params": params}, *inputs)
+def apply(network: SparseNetwork, params: Any, *inputs, indices: dict | None = None):
+    """The network's outputs; with `indices` (a `NetworkState.indices` of these params' masks), the layers that
+    `network.kernels` picks at this batch size run as condensed kernels (`condensed.select`).
+
+    Only pass `indices` whose masks the params are zero off (the online params with their own indices).
+    """
+    variables = {"params": params}
+    if indices:
+        chosen = condensed.select(indices, params, inputs[0].shape[0], network.kernels)
+        if chosen:
+            variables[condensed.COLLECTION] = chosen
+    return network.module.apply(variables, *inputs)
+
+
+def _is_topology_step(network: SparseNetwork, step: jax.Array) -> jax.Array:
+    return get_topology(network.optimizer.config.method).is_update_step(step, network.optimizer.config)
+
+
+def value_and_grad(network: SparseNetwork, loss_fn: Callable, state: NetworkState, step: jax.Array):
+    """`jax.value_and_grad(loss_fn, has_aux=True)` at `state.params`, where `loss_fn(params, indices)` runs the
+    network with `apply(..., indices=indices)`.
+
+    The condensed backward pass gives the kernel gradient at the kept connections only; RigL's growth needs
+    the dense gradient, so on the topology-update steps of `step` alone (`lax.cond`) the loss runs masked
+    dense (indices None). The returned gradients are dense on those steps and zero off the masks otherwise,
+    which the sparse optimizer masks anyway.
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if not state.indices:
+        return grad_fn(state.params, None)
+    return jax.lax.cond(_is_topology_step(network, step), lambda: grad_fn(state.params, None),
+                        lambda: grad_fn(state.params, state.indices))
 
 
 def apply_gradients(network: SparseNetwork, state: NetworkState, dense_grads: Any, step: jax.Array, key: jax.Array) -> NetworkState:
+    """One sparse optimizer step; on topology-update steps the condensed indices follow the new masks."""
     params, opt_state = network.optimizer.apply_gradients(step, state.params, dense_grads, state.opt_state, key)
-    return NetworkState(params, opt_state)
+    indices = state.indices
+    if indices:
+        indices = jax.lax.cond(_is_topology_step(network, step), lambda: condensed.refresh(indices, opt_state.masks),
+                               lambda: indices)
+    return NetworkState(params, opt_state, indices)
 
 
 def scores(network: SparseNetwork, params: Any, *inputs) -> dict[str, jax.Array]:
@@ -132,7 +181,7 @@ def recycle(network: SparseNetwork, state: NetworkState, key: jax.Array, tau: fl
         chains=network.module.chains(),
         tau=tau,
     )
-    return NetworkState(result.params, result.opt_state), result
+    return state.replace(params=result.params, opt_state=result.opt_state), result  # masks unchanged: same indices
 
 
 def soft_update_target(state: NetworkState, target_params: Any, tau: float) -> Any:

@@ -1,0 +1,133 @@
+"""What every agent's config holds once: the run, the `sparse` block and the `redo` block (DESIGN section 5).
+
+Each agent's `configs/<agent>.py` builds on `get_config`, adds its own
+fields, and keeps a `PRESETS` table: per environment family, the flattened
+fields that differ from its defaults. `get_config(preset)` of an agent
+config applies one with `with_preset` (ml_collections'
+`update_from_flattened_dict`), so `configs/dqn.py:atari` means what
+`ml_collections.config_flags` makes of it. Presets are deltas from the bare
+defaults, one at a time, never stacked.
+"""
+
+from typing import Mapping
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config(*, agent: str, env: str, steps: int, eval_every: int, log_every: int, checkpoint_every: int,
+               per_network_sparsity: bool) -> ml_collections.ConfigDict:
+    """The run, `sparse` and `redo` fields shared by every agent; the arguments are what differs between agents.
+
+    `per_network_sparsity` adds `sparse.actor_sparsity` and `sparse.critic_sparsity` (agents with an actor and a
+    critic). The per-method schedule blocks come from `add_schedules`.
+    """
+    config = ml_collections.ConfigDict()
+    config.agent = agent  # a name from sparserl.agent.AGENTS: agents/<agent>.py trains it
+    config.env = env  # the environment id; its family chooses the preset (sparserl.envs.preset_family)
+    config.steps = steps  # environment steps per seed
+    config.seed = 0  # the first seed; a run trains seed, seed + 1, ...
+    config.num_seeds = 1  # seeds trained side by side in one process (a vmap axis)
+    config.eval_every = eval_every  # environment steps between evaluations
+    config.eval_episodes = 10  # episodes per evaluation
+    config.log_every = log_every  # environment steps between rows of metrics.csv
+    config.checkpoint_every = checkpoint_every  # environment steps between checkpoints (and one at the end)
+    config.checkpoints_to_keep = 2  # the newest checkpoints kept per seed
+
+    config.sparse = ml_collections.ConfigDict()
+    # A name from sparserl.sparse.topology.TOPOLOGIES; the entry point makes it "dense" when every sparsity is 0.
+    config.sparse.method = "rigl"
+    config.sparse.sparsity = 0.0  # fraction of zero weights over the masked layers, in [0, 1)
+    if per_network_sparsity:
+        config.sparse.actor_sparsity = config_dict.placeholder(float)  # the actor's, when set; else sparsity
+        config.sparse.critic_sparsity = config_dict.placeholder(float)  # the critic's, when set; else sparsity
+    config.sparse.distribution = "erk"  # per-layer sparsities: a name from sparserl.sparse.DISTRIBUTIONS
+    # unstructured, fan_in (every neuron keeps the same number of inputs) or nm:N:M (N of every M consecutive
+    # inputs; fixes the sparsity at 1 - N/M): kept by every method (sparserl.sparse.structure).
+    config.sparse.structure = "unstructured"
+    config.sparse.dense_first_layer = False  # keep every sub-network's first layer dense (e.g. q1/dense_0, q2/dense_0)
+    config.sparse.dense_last_layer = False  # keep every sub-network's last layer dense (e.g. q1/output, q2/output)
+    config.sparse.dense_layers = ()  # more layer paths kept dense: fnmatch patterns such as "q*/output"
+    # Init at each unit's sparse fan-in (rigl's gins: init_masks.fixed_sparse_init = True); False keeps the
+    # masked dense init.
+    config.sparse.sparse_init_rescale = True
+
+    config.redo = ml_collections.ConfigDict()
+    config.redo.enabled = False  # recycle dormant neurons (ReDo, Sokar et al. 2023, algorithm 1)
+    config.redo.tau = 0.1  # a neuron is dormant when its normalised score is <= tau (eq. 1)
+    config.redo.period = 1_000  # gradient steps between recyclings
+    return config
+
+
+def add_network(config: ml_collections.ConfigDict, *, hidden_sizes: tuple[int, ...], activation: str, cnn: bool) -> None:
+    """The `network` block (sparserl.agent.network_module builds it); `cnn` adds the Nature CNN's fields (Mnih et al.
+    2015: convs 32/64/64, kernels 8/4/3, strides 4/2/1, one dense layer of 512), used with `kind="cnn"`."""
+    config.network = ml_collections.ConfigDict()
+    config.network.kind = "mlp"  # "mlp", or "cnn" (the fields below)
+    config.network.hidden_sizes = hidden_sizes  # the MLP's hidden layers
+    config.network.width_multiplier = 1.0  # scales every hidden layer (never the output layer)
+    config.network.activation = activation  # hidden activation: a name from sparserl.networks.ACTIVATION_FUNCTIONS
+    if cnn:
+        config.network.conv_features = (32, 64, 64)  # the CNN's conv layers: output channels,
+        config.network.kernel_sizes = (8, 4, 3)  # square kernel sizes
+        config.network.strides = (4, 2, 1)  # and strides
+        config.network.dense_sizes = (512,)  # the CNN's dense layers after the convs
+
+
+def add_schedules(config: ml_collections.ConfigDict, *, update_period: int, drop_fraction: float,
+                  end_fraction: float, prune_update_period: int) -> None:
+    """The per-method schedule blocks `sparse.set`, `sparse.rigl`, `sparse.srigl`, `sparse.prune` and `sparse.srste`.
+
+    Fractions count the run's gradient steps. SET and RigL share one block of
+    values in every reference gin (their mask_updater); pruning starts at 20%
+    and ends where they end in all of them (Zhu & Gupta's t0 and t1).
+    """
+    drop_and_grow = dict(
+        update_period=update_period,  # gradient steps between topology updates
+        drop_fraction=drop_fraction,  # fraction of each layer's active weights dropped at the first update, cosine-decayed
+        start_fraction=0.0,  # topology updates start at this fraction of the run
+        end_fraction=end_fraction,  # and end here
+    )
+    config.sparse.set = dict(drop_and_grow)
+    config.sparse.rigl = dict(drop_and_grow)
+    # SRigL (Lasby et al. 2023): RigL's schedule and gamma_sal, the neuron-ablation threshold (the paper's 0.3).
+    config.sparse.srigl = dict(drop_and_grow, ablation_threshold=0.3)
+    # SR-STE (Zhou et al. 2021, eq. 6): N:M masks recomputed from |W| (the paper: every step, all run long) and
+    # lambda_W, the decay of the pruned weights (the paper's 2e-4).
+    config.sparse.srste = dict(update_period=1, start_fraction=0.0, end_fraction=1.0, decay=2e-4)
+    config.sparse.prune = dict(
+        update_period=prune_update_period,  # the pruning frequency
+        start_fraction=0.2,  # t0: sparsity grows from 0 here
+        end_fraction=end_fraction,  # t1: the target sparsity is reached here
+    )
+
+
+def add_off_policy(config: ml_collections.ConfigDict, *, batch_size: int) -> None:
+    """The replay-buffer fields of an off-policy agent (DQN, SAC), and its ReDo and dormancy batches."""
+    config.checkpoint_replay = True  # checkpoints hold the replay buffer (resume continues the same run)
+    config.batch_size = batch_size  # transitions per gradient step
+    config.replay_capacity = 100_000  # transitions kept per seed
+    config.learning_starts = 1_000  # uniformly random actions before this env step, and no updates
+    config.train_every = 1  # env steps between learning steps
+    config.gradient_steps = 1  # updates per learning step (replay ratio gradient_steps / train_every)
+    # Sokar et al. 2023 score neurons on 256 replay transitions, for recycling and for the logged dormant
+    # fractions alike (Dopamine labs/redo: batch_size_statistics = 256). Measurement has its own field, so that
+    # a run without ReDo logs the same statistics as one with it.
+    config.redo.batch_size = 256  # transitions ReDo scores neurons on
+    # False recycles the online networks only (Dopamine labs/redo); True also gives the target networks the
+    # online values of every rewritten entry.
+    config.redo.reset_target = False
+    config.dormancy = ml_collections.ConfigDict()
+    config.dormancy.batch_size = 256  # replay transitions the logged dormant fractions are measured on
+
+
+def with_preset(config: ml_collections.ConfigDict, presets: Mapping[str, Mapping], preset: str | None):
+    """`config` with `presets[preset]` applied (`None`: unchanged). A preset may only set fields the config has."""
+    if preset is None:
+        return config
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")
+    config.lock()  # a preset naming a field the config lacks is a KeyError, not a new field
+    config.update_from_flattened_dict(dict(presets[preset]))
+    config.unlock()
+    return config

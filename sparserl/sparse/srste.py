@@ -1,0 +1,79 @@
+"""SR-STE: N:M sparsity trained with the sparse-refined straight-through estimator (Zhou et al. 2021,
+"Learning N:M Fine-grained Structured Sparse Neural Networks From Scratch", section 4, eq. 6).
+
+SR-STE keeps dense weights W and trains them all; the forward pass uses the
+N:M-sparse W~ = E ⊙ W, E the mask of the N largest |W| in every group of M
+inputs. Its update (eq. 6) is
+
+    W <- W - lr * (g(W~) + lambda_W * (Ē ⊙ W)),
+
+the straight-through gradient g(W~) = dL/dW~ applied to every dense weight,
+plus a decay lambda_W (`decay`, the paper's 2e-4) of the pruned ones only
+(Ē = 1 - E), which pulls them toward zero so that the mask settles.
+
+How it fits the mask/optimizer wrapper: the params the agents see (and the
+forward pass uses) stay W~, masked with exact zeros (DESIGN contract 3), so
+the gradient the agent computes is g(W~) at every position. W lives in the
+method's own state (`SparseOptState.topology`). Each step the wrapper trains W:
+W's active entries are taken from the params first (so what ReDo or the
+sparse-fan-in init wrote there holds; pruned entries are W's own), the
+gradient is g + lambda_W * Ē ⊙ W, the inner optimizer (Adam here, where the
+paper uses SGD: the decay is added to the gradient, before Adam's scaling)
+updates every entry unmasked, and the params become E ⊙ W. Every
+`update_period` steps (the paper: every step) E is recomputed from |W|, and
+the optimizer moments are kept (no connection is new: all were trained).
+The initial E is the N:M magnitude mask of the initial weights.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from sparserl.sparse import masks as mask_lib
+from sparserl.sparse import schedules
+from sparserl.sparse import structure as structure_lib
+from sparserl.sparse.topology import Topology, magnitude_mask, map_masked_layers, register
+
+
+@register
+class SRSTE(Topology):
+    name = "srste"
+    schedule_fields = ("update_period", "start_fraction", "end_fraction")
+    options = {"decay": 2e-4}
+    reset_moments = False
+    masked_updates = False
+
+    def structure_for(self, structure: str) -> str:
+        if structure_lib.parse(structure).kind != structure_lib.NM:
+            raise ValueError("--structure: --method=srste trains N:M sparsity; pass --structure=nm:N:M (e.g. nm:2:4)")
+        return structure
+
+    def init_masks(self, key, params, sparsities, structure=structure_lib.Structure()):
+        del key
+        return map_masked_layers(
+            lambda index, layer, sparsity, mask, weights: magnitude_mask(weights, mask, sparsity, structure),
+            sparsities, mask_lib.dense_masks(params), params)
+
+    def init_state(self, params, masks):
+        del masks
+        return params  # the dense weights W
+
+    def is_update_step(self, step, config):
+        return schedules.is_periodic_step(step, config.update_period, config.update_start, config.update_end)
+
+    def update_masks(self, key, step, params, dense_grads, masks, sparsities, config):
+        """E from the dense weights' magnitudes: N of every M, whatever the previous mask."""
+        del key, step, dense_grads
+        structure = config.parsed_structure
+        return map_masked_layers(
+            lambda index, layer, sparsity, mask, weights: magnitude_mask(weights, jnp.ones_like(mask), sparsity, structure),
+            sparsities, masks, params)
+
+    def train_params_and_grads(self, params, dense_grads, masks, state, config):
+        dense = jax.tree.map(jnp.where, masks, params, state)
+        decay = self.option(config, "decay")
+        grads = jax.tree.map(lambda grad, weight, mask: grad + decay * jnp.where(mask, 0.0, weight), dense_grads, dense, masks)
+        return dense, grads
+
+    def finish(self, trained, masks, state):
+        del state
+        return mask_lib.apply_masks(trained, masks), trained

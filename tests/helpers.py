@@ -1,0 +1,105 @@
+"""Helpers shared by the tests: run the training entry point as a user would, compare CSVs, set config fields."""
+
+import concurrent.futures
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import ml_collections
+import pytest
+
+from sparserl import checkpoint
+from sparserl.reporting import read_csv
+
+
+def cli_environment() -> dict[str, str]:
+    """The environment of a CLI run in the tests: CPU, unbuffered output, and Python's fault handler on (so a
+    run stopped with SIGABRT prints the stacks of all its threads).
+
+    No persistent compilation cache (`SPARSERL_COMPILATION_CACHE=0`): each run compiles its own programs, so
+    no test depends on what an earlier run left in a shared cache.
+    """
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1",
+                SPARSERL_COMPILATION_CACHE="0")
+
+
+def run_train(*args: str, cwd=None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs `python -m sparserl.train ARGS` in a subprocess and returns it (stdout/stderr captured as text).
+
+    A run that outlives `timeout` is a hang: it is stopped with SIGABRT, so that its fault handler prints where
+    every thread stood, and the test fails with that output.
+    """
+    command = [sys.executable, "-m", "sparserl.train", *args]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                          env=cli_environment()) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            stdout, stderr = process.communicate()
+            pytest.fail(f"sparserl.train {' '.join(args)} hung for {timeout:.0f} s; its stacks:\n{stderr[-6000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def run_train_side_by_side(runs: dict[str, tuple[str, ...]], workdir) -> dict[str, subprocess.CompletedProcess]:
+    """Runs several CLI trainings at once (one per core on CI's 2 cores), each as `--run_name=<name>` in workdir."""
+    with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
+        futures = {name: pool.submit(run_train, *arguments, f"--workdir={workdir}", f"--run_name={name}")
+                   for name, arguments in runs.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def start_train(arguments, workdir):
+    return subprocess.Popen([sys.executable, "-m", "sparserl.train", *arguments, f"--workdir={workdir}", "--run_name=run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_environment())
+
+
+def wait_for_checkpoint(process, workdir, step: int) -> None:
+    seed_dir = os.path.join(workdir, "run", "seed0")
+    deadline = time.monotonic() + 600
+    while step not in checkpoint.checkpoint_steps(seed_dir):
+        assert process.poll() is None, "the run ended before it was stopped"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def kill_after_checkpoint(arguments, workdir, step: int) -> None:
+    process = start_train(arguments, workdir)
+    wait_for_checkpoint(process, workdir, step)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+
+
+def rows_without_sps(path):
+    rows = read_csv(path)
+    for row in rows:
+        row.pop("sps", None)
+    return rows
+
+
+def assert_same_rows(left, right):
+    assert [row["step"] for row in left] == [row["step"] for row in right]
+    for left_row, right_row in zip(left, right):
+        assert left_row.keys() == right_row.keys()
+        for name in left_row:
+            same = left_row[name] == right_row[name] or (math.isnan(left_row[name]) and math.isnan(right_row[name]))
+            assert same, (left_row["step"], name, left_row[name], right_row[name])
+
+
+def with_fields(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+    """The config with dotted fields set, e.g. `with_fields(config, **{"sparse.sparsity": 0.9})`."""
+    config.update_from_flattened_dict(fields)
+    return config
+
+
+def eval_returns(run_dir, seed: int = 0) -> list[float]:
+    """The greedy eval returns of one seed of a run, in step order."""
+    return [row["eval/episode_return"] for row in read_csv(os.path.join(run_dir, f"seed{seed}", "eval.csv"))]
+
+
+def mean_of_last_evals(run_dir, seeds, last: int) -> float:
+    """The learning tests' score: the mean over seeds of each seed's mean of its last `last` eval returns."""
+    return sum(sum(eval_returns(run_dir, seed)[-last:]) / last for seed in seeds) / len(seeds)

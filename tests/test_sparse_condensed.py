@@ -1,0 +1,188 @@
+"""Condensed kernels: indices, forward and backward against masked dense, vmap, mask changes, a DQN run."""
+
+import io
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sparserl.agents import dqn
+from sparserl.configs import dqn as dqn_config
+from sparserl import checkpoint, envs, networks, runner, sparse_network
+from sparserl.agent import kernels
+from sparserl.reporting import MetricsWriter, ProgressPrinter, read_csv
+from sparserl.sparse import SparsityConfig, condensed, structure
+
+
+def fan_in_mask(key: jax.Array, shape: tuple[int, int], sparsity: float) -> jax.Array:
+    """A random [in, out] mask keeping exactly `condensed.fan_in(in, sparsity)` inputs in every column."""
+    return structure.random_mask(condensed.CONSTANT_FAN_IN, key, shape, sparsity)
+
+
+def test_fan_in_is_the_kept_count_per_column():
+    assert condensed.fan_in(512, 0.9) == 52 and condensed.fan_in(4, 0.9) == 1 and condensed.fan_in(10, 0.5) == 5
+    mask = fan_in_mask(jax.random.key(0), (512, 7), 0.9)
+    np.testing.assert_array_equal(np.sum(mask, axis=0), [52] * 7)
+
+
+def test_indices_are_the_kept_rows_of_each_column_in_order():
+    mask = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 0]], bool)  # [in=4, out=3], two inputs per column
+    np.testing.assert_array_equal(structure.fan_in_indices(jnp.asarray(mask), 2), [[0, 2], [1, 2], [0, 1]])
+    assert structure.fan_in_indices(jnp.asarray(mask), 2).dtype == jnp.int32
+
+
+def _layer(key, batch, in_features, out_features, sparsity):
+    mask_key, kernel_key, x_key = jax.random.split(key, 3)
+    mask = fan_in_mask(mask_key, (in_features, out_features), sparsity)
+    kernel = jnp.where(mask, jax.random.normal(kernel_key, mask.shape), 0.0)
+    x = jax.random.normal(x_key, (batch, in_features))
+    return x, kernel, mask, structure.fan_in_indices(mask, condensed.fan_in(in_features, sparsity))
+
+
+@pytest.mark.parametrize("batch, in_features, out_features", [(1, 64, 32), (16, 64, 32), (5, 4, 16), (3, 64, 2)])
+def test_forward_equals_the_masked_dense_matmul_and_a_plain_python_sum(batch, in_features, out_features):
+    x, kernel, mask, indices = _layer(jax.random.key(1), batch, in_features, out_features, 0.9)
+    y = condensed.dense(x, kernel, indices)
+    np.testing.assert_allclose(y, x @ kernel, rtol=1e-5, atol=1e-5)
+    x_np, kernel_np, indices_np = map(np.asarray, (x, kernel, indices))
+    expected = [[sum(x_np[b, i] * kernel_np[i, o] for i in indices_np[o]) for o in range(out_features)] for b in range(batch)]
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_wrt_inputs_and_kept_weights_equal_masked_dense():
+    x, kernel, mask, indices = _layer(jax.random.key(2), 8, 64, 32, 0.9)
+    target = jax.random.normal(jax.random.key(3), (8, 32))
+
+    def loss(forward):
+        return lambda x, kernel: jnp.sum(jnp.tanh(forward(x, kernel)) * target)
+
+    condensed_grads = jax.grad(loss(lambda x, w: condensed.dense(x, w, indices)), argnums=(0, 1))(x, kernel)
+    dense_grads = jax.grad(loss(lambda x, w: x @ w), argnums=(0, 1))(x, kernel)
+    np.testing.assert_allclose(condensed_grads[0], dense_grads[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(condensed_grads[1], jnp.where(mask, dense_grads[1], 0.0), rtol=1e-5, atol=1e-5)
+    assert float(jnp.max(jnp.abs(jnp.where(mask, 0.0, dense_grads[1])))) > 0  # the dense gradient off the mask is not 0
+
+
+def test_vmap_over_seeds_equals_each_seed_alone():
+    layers = [_layer(jax.random.key(seed), 4, 32, 16, 0.75) for seed in range(3)]
+    x, kernel, _, indices = (jnp.stack(parts) for parts in zip(*layers))
+    batched = jax.jit(jax.vmap(condensed.dense))(x, kernel, indices)
+    for seed in range(3):
+        np.testing.assert_allclose(batched[seed], condensed.dense(x[seed], kernel[seed], indices[seed]), rtol=1e-6)
+    grads = jax.vmap(jax.grad(lambda x, w, i: jnp.sum(condensed.dense(x, w, i) ** 2), argnums=1))(x, kernel, indices)
+    np.testing.assert_allclose(grads[1], jax.grad(lambda w: jnp.sum((x[1] @ w) ** 2))(kernel[1]) * layers[1][2],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_auto_runs_condensed_only_under_the_measured_bound():
+    params = {"dense_0": {"kernel": jnp.zeros((512, 512))}, "output": {"kernel": jnp.zeros((512, 2))}}
+    indices = {"dense_0": {"indices": jnp.zeros((512, 52), jnp.int32)}, "output": {"indices": jnp.zeros((2, 52), jnp.int32)}}
+    assert condensed.select(indices, params, 1, "auto") == {"output": indices["output"]}  # 2 * 52 gathered vs 512 * 52
+    assert condensed.select(indices, params, 16, "auto") == {"output": indices["output"]}  # 16 * 2 * 52 = 1664
+    assert condensed.select(indices, params, 128, "auto") == {}  # 128 * 2 * 52 > AUTO_MAX_GATHERED
+    assert condensed.select(indices, params, 128, "condensed") is indices
+    assert condensed.select(indices, params, 1, "masked") == {}
+
+
+def _network(kernels_name: str):
+    """An 80%-sparse RigL MLP on constant fan-in masks whose topology changes every 2 steps."""
+    config = SparsityConfig(method="rigl", sparsity=0.8, distribution="uniform", structure="fan_in", update_period=2,
+                            update_start=0, update_end=100, drop_fraction=0.5)
+    return sparse_network.make_network(networks.MLP((24, 24), 3), optax.adam(1e-2), config, kernels=kernels_name)
+
+
+def test_indices_follow_the_masks_at_init_and_after_a_topology_update():
+    network = _network("condensed")
+    x = jax.random.normal(jax.random.key(0), (6, 5))
+    state = sparse_network.init(network, jax.random.key(1), x)
+
+    def assert_consistent(state):
+        for layer in ("dense_0", "dense_1", "output"):
+            mask = state.opt_state.masks[layer]["kernel"]
+            np.testing.assert_array_equal(state.indices[layer]["indices"],
+                                          structure.fan_in_indices(mask, condensed.fan_in(mask.shape[0], 0.8)))
+        np.testing.assert_allclose(sparse_network.apply(network, state.params, x, indices=state.indices),
+                                   sparse_network.apply(network, state.params, x), rtol=1e-5, atol=1e-5)
+
+    assert_consistent(state)
+    grads = jax.tree.map(jnp.ones_like, state.params)
+    apply_gradients = jax.jit(lambda state, step: sparse_network.apply_gradients(network, state, grads, step, jax.random.key(2)))
+    same = apply_gradients(state, jnp.int32(1))  # not a topology step
+    np.testing.assert_array_equal(same.indices["dense_1"]["indices"], state.indices["dense_1"]["indices"])
+    changed = apply_gradients(same, jnp.int32(2))  # a topology step: new masks, new indices
+    assert not np.array_equal(changed.opt_state.masks["dense_1"]["kernel"], state.opt_state.masks["dense_1"]["kernel"])
+    assert_consistent(changed)
+
+
+def test_value_and_grad_is_dense_on_topology_steps_only():
+    network = _network("condensed")
+    x = jax.random.normal(jax.random.key(0), (6, 5))
+    state = sparse_network.init(network, jax.random.key(1), x)
+
+    def loss_fn(params, indices):
+        outputs = sparse_network.apply(network, params, x, indices=indices)
+        return jnp.sum(outputs ** 2), outputs
+
+    grads = {step: sparse_network.value_and_grad(network, loss_fn, state, jnp.int32(step))[1] for step in (1, 2)}
+    mask = state.opt_state.masks["dense_1"]["kernel"]
+    off_mask = lambda tree: jnp.where(mask, 0.0, tree["dense_1"]["kernel"])
+    assert float(jnp.max(jnp.abs(off_mask(grads[1])))) == 0.0  # condensed: zero off the mask
+    assert float(jnp.max(jnp.abs(off_mask(grads[2])))) > 0.0  # topology step: the dense gradient RigL grows from
+    np.testing.assert_allclose(jnp.where(mask, grads[2]["dense_1"]["kernel"], 0.0), grads[1]["dense_1"]["kernel"],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_kernels_run_condensed_only_with_constant_fan_in():
+    config = dqn_config.get_config()
+    config.sparse.sparsity = 0.9
+    config.sparse.kernels = "auto"
+    assert kernels(config.sparse) == "masked"  # unstructured masks
+    config.sparse.structure = "fan_in"
+    assert kernels(config.sparse) == "auto"
+    for method in ("prune", "srigl"):  # prune shrinks the fan-in; SRigL's ablation gives survivors more than k
+        config.sparse.method = method
+        assert kernels(config.sparse) == "masked"
+    config.sparse.kernels = "condensed"
+    with pytest.raises(ValueError, match="--config.sparse.kernels: condensed needs constant fan-in"):
+        kernels(config.sparse)
+    config.sparse.kernels = "fast"
+    with pytest.raises(ValueError, match="--config.sparse.kernels: unknown kernels 'fast'; choose one of masked, "):
+        kernels(config.sparse)  # even where the masks would make it masked
+    with pytest.raises(ValueError, match="--config.sparse.kernels: unknown kernels 'fast'"):
+        sparse_network.make_network(networks.MLP((4,), 2), optax.adam(1e-3), SparsityConfig(), kernels="fast")
+
+
+def _dqn_run(kernels_name: str, workdir) -> list[dict]:
+    config = dqn_config.get_config()
+    config.update_from_flattened_dict({
+        "steps": 400, "learning_starts": 100, "log_every": 100, "eval_every": 400, "eval_episodes": 2,
+        "checkpoint_every": 10**9, "batch_size": 16, "network.hidden_sizes": (32, 32), "target_update_period": 50,
+        "sparse.method": "rigl", "sparse.sparsity": 0.75, "sparse.distribution": "uniform",
+        "sparse.kernels": kernels_name})
+    config.sparse.structure = "fan_in"
+    config.sparse.rigl.update_period = 100  # masks change during the run: the indices must follow
+    env_spec = envs.env_spec(config.env)
+    agent = dqn.make(config, env_spec)
+    writer = MetricsWriter(str(workdir), 0)
+    run = runner.Run([0], [writer], ProgressPrinter("test", config.steps, stream=io.StringIO()),
+                     checkpoint.Checkpointer([str(workdir)], 1))
+    try:
+        runner.run_off_policy(agent, config, env_spec, run)
+    finally:
+        writer.close()
+    return read_csv(str(workdir / "metrics.csv")) + read_csv(str(workdir / "eval.csv"))
+
+
+@pytest.mark.slow
+def test_a_dqn_run_with_condensed_kernels_matches_masked(tmp_path):
+    masked = _dqn_run("masked", tmp_path / "masked")
+    condensed_rows = _dqn_run("condensed", tmp_path / "condensed")
+    assert len(masked) == len(condensed_rows) >= 4
+    for masked_row, condensed_row in zip(masked, condensed_rows):
+        for name, value in masked_row.items():
+            if name == "sps" or math.isnan(value):
+                continue
+            assert float(condensed_row[name]) == pytest.approx(float(value), rel=1e-4, abs=1e-5), name
