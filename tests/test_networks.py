@@ -9,7 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparserl.networks import ACTIVATIONS, MLP, POST_ACTIVATION, NatureCNN, TwinCritic, orthogonal, scaled_width
+import flax.linen as nn
+
+from sparserl.networks import (
+    ACTIVATIONS, MLP, POST_ACTIVATION, Im2colConv, NatureCNN, TwinCritic, orthogonal, scaled_width,
+)
 from tests.helpers import cli_environment
 
 KEY = jax.random.key(0)
@@ -98,6 +102,40 @@ def test_nature_cnn_shapes():
         "conv_2": {POST_ACTIVATION: (2, 7, 7, 64)},
         "dense_0": {POST_ACTIVATION: (2, 512)},
     }
+
+
+@pytest.mark.parametrize("kernel, strides, padding, size", [
+    ((8, 8), (4, 4), "VALID", 20), ((3, 3), (1, 1), "VALID", 10), ((3, 2), (2, 1), "SAME", 7),
+])
+def test_im2col_conv_is_flax_conv(kernel, strides, padding, size):
+    """Same params (names, shapes, initial values) as nn.Conv, and the same outputs and gradients to float32
+    rounding, over Nature/MinAtar shapes, odd sizes, non-square kernels and SAME padding."""
+    x = jax.random.normal(jax.random.key(1), (2, size, size + 1, 3))
+    ours, theirs = Im2colConv(5, kernel, strides, padding), nn.Conv(5, kernel, strides, padding=padding)
+    params = ours.init(KEY, x)
+    jax.tree.map(np.testing.assert_array_equal, params, theirs.init(KEY, x))
+    params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params)  # a nonzero bias too
+    np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=1e-5, atol=1e-5)
+    loss = lambda module: jax.grad(lambda p: jnp.sum(jnp.sin(module.apply(p, x))))(params)  # noqa: E731
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), loss(ours), loss(theirs))
+
+
+def test_nature_cnn_is_the_flax_conv_network():
+    """NatureCNN with Im2colConv computes what the same network with nn.Conv computes, on the same params."""
+
+    class FlaxConvCNN(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for i, (features, kernel, stride) in enumerate(zip((8, 16), (3, 3), (2, 1))):
+                x = nn.relu(nn.Conv(features, (kernel, kernel), (stride, stride), padding="VALID", name=f"conv_{i}")(x))
+            x = nn.relu(nn.Dense(32, name="dense_0")(x.reshape((x.shape[0], -1))))
+            return nn.Dense(4, name="output")(x)
+
+    x = jax.random.normal(KEY, (3, 12, 12, 2))
+    params = NatureCNN(4, **SMALL_CNN).init(KEY, x)["params"]
+    jax.tree.map(np.testing.assert_array_equal, params, FlaxConvCNN().init(KEY, x)["params"])
+    np.testing.assert_allclose(NatureCNN(4, **SMALL_CNN).apply({"params": params}, x),
+                               FlaxConvCNN().apply({"params": params}, x), rtol=1e-5, atol=1e-5)
 
 
 def test_minatar_cnn_and_width_multiplier():

@@ -120,15 +120,17 @@ def test_bad_study_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys,
     assert not out.exists()
 
 
-def test_the_dormant_summary_states_the_trend_and_the_redo_effect(tmp_path):
+@pytest.mark.parametrize("higher_ratio_final, trend", [(0.07, "grows"), (0.03, "falls")])
+def test_the_dormant_summary_states_the_trend_and_the_redo_effect(tmp_path, higher_ratio_final, trend):
     from tests.test_aggregate import write_run
 
     runs = tmp_path / "runs"
     run_dirs = []
     # Replay ratio 0.25 (train_every 4) and 2 (gradient_steps 2), without and with ReDo; dormant % at tau 0.1 over
-    # the last 10% of rows (the last row of these 4): 5% and 7% without ReDo, 1% and 2% with it.
+    # the last 10% of rows (the last row of these 4): 5% and 7% (or 3%) without ReDo, 1% and 2% with it.
     for name, train_every, gradient_steps, redo, final in (("a", 4, 1, False, 0.05), ("b", 4, 1, True, 0.01),
-                                                            ("c", 1, 2, False, 0.07), ("d", 1, 2, True, 0.02)):
+                                                            ("c", 1, 2, False, higher_ratio_final),
+                                                            ("d", 1, 2, True, 0.02)):
         for seed in (0, 1):
             write_run(runs / name, seed, [-100.0 + seed], env="CartPole-v1", redo=redo, train_every=train_every,
                       gradient_steps=gradient_steps, dormant=[0.5, 0.5, 0.5, final])
@@ -138,10 +140,14 @@ def test_the_dormant_summary_states_the_trend_and_the_redo_effect(tmp_path):
                 steps=100)
     text = dormant_neuron_study.summarize(plan, result)
     assert "| 0.25 | no | 1.25 | 2.50 | 5.00 |" in text and "| 2 | yes | 0.50 | 1.00 | 2.00 |" in text
-    assert ("dormant/0.1/total without ReDo, by replay ratio (0.25, 2): 5.00%, 7.00%; it grows with every step up in "
-            "replay ratio.") in text
-    assert ("dormant/0.1/total without -> with ReDo, per replay ratio: 0.25: 5.00% -> 1.00%; 2: 7.00% -> 2.00% "
-            "(lower with ReDo at 2 of 2 ratios).") in text
+    assert (f"dormant/0.1/total without ReDo, by replay ratio (0.25, 2): 5.00%, {100 * higher_ratio_final:.2f}%; "
+            f"it {trend} with every step up in replay ratio.") in text
+    assert ("dormant/0.1/total without -> with ReDo, per replay ratio: 0.25: 5.00% -> 1.00%; "
+            f"2: {100 * higher_ratio_final:.2f}% -> 2.00% (lower with ReDo at 2 of 2 ratios).") in text
+    # Only the small DQN study's summary says how its defaults were chosen.
+    assert dormant_neuron_study.SMALL_DQN_CHOICE not in text
+    small = dict(plan, scale="small", env=dormant_neuron_study.SCALES["small"]["dqn"].env)
+    assert dormant_neuron_study.SMALL_DQN_CHOICE in dormant_neuron_study.summarize(small, result)
 
 
 def test_the_sparse_summary_compares_methods_with_dense_and_with_static(tmp_path):
