@@ -15,9 +15,9 @@ from tests.helpers import run_train
 BROKEN_CONFIG = "def get_config(:\n"
 NOT_A_CONFIG = "x = 1\n"
 NOT_A_CONFIG_DICT = "def get_config():\n    return {'agent': 'dqn'}\n"
-UNKNOWN_FIELD = "from configs import dqn\n\ndef get_config():\n    config = dqn.get_config()\n    config.lerning_rate = 1e-3\n    return config\n"
+UNKNOWN_FIELD = "from sparserl.configs import dqn\n\ndef get_config():\n    config = dqn.get_config()\n    config.lerning_rate = 1e-3\n    return config\n"
 UNKNOWN_AGENT = "import ml_collections\n\ndef get_config():\n    return ml_collections.ConfigDict(dict(agent='a2c'))\n"
-NO_PRESET_ARGUMENT = "from configs import dqn\n\ndef get_config():\n    return dqn.get_config()\n"
+NO_PRESET_ARGUMENT = "from sparserl.configs import dqn\n\ndef get_config():\n    return dqn.get_config()\n"
 
 CASES = [
     (["--agent=nope"], "--agent: unknown agent 'nope'; choose one of dqn, sac, ppo"),
