@@ -61,9 +61,10 @@ def nan_like(tree: Any) -> Any:
 
 def _branch(flag, true_fn: Callable, false_fn: Callable, operand):
     """`true_fn(operand)` if `flag` else `false_fn(operand)`: decided in Python when `flag` is a Python bool, by
-    `lax.cond` when it is traced. XLA on CPU runs convolutions inside `lax.cond` about 10x slower than outside it
-    (a Nature CNN DQN update: 65 ms plain, 770 ms inside a cond; `python -m sparserl.bench`), so the host loop
-    decides on the host and compiles one program per branch."""
+    `lax.cond` when it is traced. On CPU an update inside a `lax.cond` runs slower than the same update alone,
+    even where the branch is always taken (an Atari DQN learn step 14-35% slower; before `networks.Im2colConv`,
+    convolutions inside a cond were about 10x slower), so the host loop decides on the host and compiles one
+    program per branch (docs/design.md section 7)."""
     if isinstance(flag, bool):
         return true_fn(operand) if flag else false_fn(operand)
     return jax.lax.cond(flag, true_fn, false_fn, operand)
