@@ -68,8 +68,8 @@ def test_num_seeds_equals_single_seed_runs(tmp_path, arguments, exact):
 
 
 MINATAR_DQN = ("--agent=dqn", "--env=gymnax:Breakout-MinAtar", "--sparsity=0.9", "--redo", "--redo_period=200",
-               "--steps=3000", "--config.learning_starts=200", "--config.replay_capacity=2000",
-               "--config.log_every=250", "--eval_every=1000", "--config.eval_episodes=2",
+               "--steps=1500", "--config.learning_starts=200", "--config.replay_capacity=2000",
+               "--config.log_every=250", "--eval_every=750", "--config.eval_episodes=2",
                "--config.checkpoint_every=500", "--config.sparse.rigl.update_period=100")
 
 
@@ -80,7 +80,7 @@ def test_minatar_breakout_runs_and_a_killed_run_resumes_exactly(tmp_path):
     whole = run_train(*MINATAR_DQN, f"--workdir={tmp_path / 'whole'}", "--run_name=run")
     assert whole.returncode == 0, whole.stderr[-3000:]
     rows = read_csv(tmp_path / "whole" / "run" / "seed0" / "metrics.csv")
-    assert rows[-1]["step"] == 3000 and abs(rows[-1]["sparsity/total"] - 0.9) <= 0.005
+    assert rows[-1]["step"] == 1500 and abs(rows[-1]["sparsity/total"] - 0.9) <= 0.005
     assert "dormant/0.1/conv_0" in rows[-1] and math.isfinite(rows[-1]["loss/td"])
 
     kill_after_checkpoint(MINATAR_DQN, tmp_path / "killed", 500)
