@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sparserl import linear
 from sparserl.sparse import condensed
 
 ACTIVATIONS = "activations"
@@ -53,20 +54,22 @@ def orthogonal(scale: float = 1.0) -> Callable:
 
 
 class Dense(nn.Dense):
-    """`nn.Dense` (same params) that runs as a condensed kernel when given its indices.
+    """`nn.Dense` (same params) whose product is `linear.matmul`, or a condensed kernel when given its indices.
 
     When the `condensed` collection holds `indices` [out, k] for this layer
     (`sparse_network.apply` passes them; see `sparserl.sparse.condensed`), the output
     is `condensed.dense(x, kernel, indices) + bias`, equal to the dense matmul
-    when the kernel is zero off the indices; otherwise it is `nn.Dense`.
+    when the kernel is zero off the indices; otherwise it is `linear.matmul(x, kernel) + bias`,
+    nn.Dense's function with the kernel gradient written in the kernel's layout (see `sparserl.linear`).
     """
 
     @nn.compact
     def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
-        if not self.has_variable(condensed.COLLECTION, "indices"):
-            return super().__call__(inputs)
         kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features), self.param_dtype)
-        outputs = condensed.dense(inputs, kernel, self.get_variable(condensed.COLLECTION, "indices"))
+        if self.has_variable(condensed.COLLECTION, "indices"):
+            outputs = condensed.dense(inputs, kernel, self.get_variable(condensed.COLLECTION, "indices"))
+        else:
+            outputs = linear.matmul(inputs, kernel)
         if self.use_bias:
             outputs = outputs + self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         return outputs
@@ -142,7 +145,7 @@ class Im2colConv(nn.Module):
             [x[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :] for i in range(kh) for j in range(kw)],
             axis=3,
         ).reshape(x.shape[0], out_h, out_w, kh * kw * channels)
-        return patches @ kernel.reshape(kh * kw * channels, self.features) + bias
+        return linear.matmul(patches, kernel.reshape(kh * kw * channels, self.features)) + bias
 
 
 class NatureCNN(nn.Module):
@@ -192,10 +195,10 @@ class NatureCNN(nn.Module):
         x = x.reshape((x.shape[0], -1))
         for i, width in enumerate(self.dense_sizes):
             name = f"dense_{i}"
-            layer = nn.Dense(scaled_width(width, self.width_multiplier), kernel_init=self.hidden_kernel_init, name=name)
+            layer = Dense(scaled_width(width, self.width_multiplier), kernel_init=self.hidden_kernel_init, name=name)
             x = activation(layer(x))
             _capture(layer, x)
-        return nn.Dense(self.output_size, kernel_init=self.output_kernel_init, name="output")(x)
+        return Dense(self.output_size, kernel_init=self.output_kernel_init, name="output")(x)
 
     def chains(self) -> list[list[str]]:
         convs = [f"conv_{i}" for i in range(len(self.conv_features))]

@@ -1,0 +1,44 @@
+"""The matmul of every dense and im2col layer, with a backward pass that writes the kernel gradient in place.
+
+`matmul(x, kernel)` is `x @ kernel` for x [..., in] and kernel [in, out]. Its
+gradient is the usual one (dx = dy @ kernel^T, d kernel = x^T @ dy, Goodfellow
+et al. 2016, section 6.5.9); only how it is written differs from autodiff's.
+
+Why: JAX's transpose rule for the kernel operand of a dot computes
+dy^T-by-x as an [out, in] product and transposes it. On the 2-core CPU
+(jaxlib 0.10.2) XLA kept that [out, in] product and fused the transpose into
+each consumer: the weight decay and Adam's two moment updates each re-read the
+gradient in column order. For DQN's 512x512 layer at batch 128, those two
+fusions took about 0.8 ms each against about 0.1 ms with the gradient written
+as x^T @ dy, [in, out] (`jax.profiler` traces of one update). A DQN update of
+Graesser et al.'s 2x512 network at batch 128 runs about 1.2-1.4x faster with
+this matmul (`python -m sparserl.bench --rows=sparse_update,condensed`).
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.custom_vjp
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x [..., in] @ kernel [in, out]; the backward pass is `matmul_backward`."""
+    return x @ kernel
+
+
+def matmul_backward(x: jax.Array, kernel: jax.Array, output_grad: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(dx, d kernel) = (dy @ kernel^T, x^T @ dy), leading axes of x summed over, the kernel gradient [in, out]."""
+    flat_x = x.reshape(-1, x.shape[-1])
+    flat_grad = output_grad.reshape(-1, output_grad.shape[-1])
+    return output_grad @ kernel.T, flat_x.T @ flat_grad
+
+
+def _matmul_forward(x, kernel):
+    return x @ kernel, (x, kernel)
+
+
+def _matmul_backward(residuals, output_grad):
+    return matmul_backward(*residuals, output_grad)
+
+
+matmul.defvjp(_matmul_forward, _matmul_backward)
+
