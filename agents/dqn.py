@@ -108,7 +108,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
             errors = td_errors(q_values, next_target_q_values, batch, config.gamma)
             return jnp.mean(TD_LOSSES[config.td_loss](errors)), q_values
 
-        (loss, q_values), grads = sparse_network.value_and_grad(network, loss_fn, state.online, state.step)
+        (loss, q_values), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.online.params, state.online.indices)
         online = sparse_network.apply_gradients(network, state.online, grads, state.step, key)
         step = state.step + 1
         target_params = jax.lax.cond(

@@ -126,22 +126,6 @@ def _is_topology_step(network: SparseNetwork, step: jax.Array) -> jax.Array:
     return get_topology(network.optimizer.config.method).is_update_step(step, network.optimizer.config)
 
 
-def value_and_grad(network: SparseNetwork, loss_fn: Callable, state: NetworkState, step: jax.Array):
-    """`jax.value_and_grad(loss_fn, has_aux=True)` at `state.params`, where `loss_fn(params, indices)` runs the
-    network with `apply(..., indices=indices)`.
-
-    The condensed backward pass gives the kernel gradient at the kept connections only; RigL's growth needs
-    the dense gradient, so on the topology-update steps of `step` alone (`lax.cond`) the loss runs masked
-    dense (indices None). The returned gradients are dense on those steps and zero off the masks otherwise,
-    which the sparse optimizer masks anyway.
-    """
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    if not state.indices:
-        return grad_fn(state.params, None)
-    return jax.lax.cond(_is_topology_step(network, step), lambda: grad_fn(state.params, None),
-                        lambda: grad_fn(state.params, state.indices))
-
-
 def apply_gradients(network: SparseNetwork, state: NetworkState, dense_grads: Any, step: jax.Array, key: jax.Array) -> NetworkState:
     """One sparse optimizer step; on topology-update steps the condensed indices follow the new masks."""
     params, opt_state = network.optimizer.apply_gradients(step, state.params, dense_grads, state.opt_state, key)

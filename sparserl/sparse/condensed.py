@@ -1,4 +1,4 @@
-"""Condensed kernels: a dense layer whose mask has constant fan-in k, run as a gather and a reduction.
+"""Condensed kernels: a dense layer whose mask has constant fan-in k, its forward pass run as gathers.
 
 With constant fan-in (every output neuron o keeps exactly k inputs; SRigL,
 Lasby et al. 2023, section 3.1 and their "condensed" linear layer), a kernel
@@ -30,10 +30,9 @@ see the same pytrees as before):
   "auto" (`is_faster`, a rule measured with `python -m sparserl.bench
   --rows=condensed`).
 
-Backward: a custom VJP (`dense`). Its gradient w.r.t. the dense kernel is
-nonzero only at the kept connections, so RigL's growth, which ranks the dense
-gradient of the connections not kept, gets it from a masked-dense pass on
-topology-update steps only (`sparse_network.value_and_grad`).
+Backward: a custom VJP (`dense`) that is the masked-dense backward pass
+(two dense matmuls), so the gradients, also the dense gradient RigL grows
+from, are those of the masked network at every step.
 """
 
 from typing import Any, Mapping
@@ -41,6 +40,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from sparserl import linear
 from sparserl.sparse import structure as structure_lib
 from sparserl.sparse.masks import layer_of
 
@@ -49,6 +49,8 @@ CONSTANT_FAN_IN = structure_lib.Structure(structure_lib.FAN_IN)
 COLLECTION = "condensed"
 KERNELS = ("masked", "condensed", "auto")
 
+# The forward formulation: scalar gathers below this batch size, row gathers from it on (`dense`).
+ROW_MIN_BATCH = 16
 # `is_faster`'s bound on the gathered elements batch * out * k of one layer (see its docstring).
 AUTO_MAX_GATHERED = 2048
 
@@ -81,44 +83,68 @@ def _sum_last(values: jax.Array) -> jax.Array:
     return (values.reshape(-1, values.shape[-1]) @ jnp.ones(values.shape[-1], values.dtype)).reshape(values.shape[:-1])
 
 
-def _forward(x: jax.Array, kernel: jax.Array, indices: jax.Array) -> jax.Array:
-    values = jnp.take(kernel.reshape(-1), _flat_indices(kernel, indices), mode="clip")  # [out, k]
+def kept_values(kernel: jax.Array, indices: jax.Array) -> jax.Array:
+    """values[o, j] = W[idx[o, j], o], [out, k]."""
+    return jnp.take(kernel.reshape(-1), _flat_indices(kernel, indices), mode="clip")
+
+
+def _element_forward(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Array:
+    """Gathers batch * out * k scalars x[b, idx[o, j]], multiplies and sums over j (small batches)."""
     gathered = jnp.take(x, indices, axis=1, mode="clip")  # [batch, out, k]
     return _sum_last(gathered * values)
 
 
+def _row_forward(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Array:
+    """y^T[o] = sum_j values[o, j] * x^T[idx[o, j]], a `lax.scan` over the k kept inputs (larger batches).
+
+    Each step gathers `out` whole rows of x^T (a batch-long contiguous vector
+    per kept connection, not one scalar) and adds them, scaled, into the
+    [out, batch] accumulator: on the 2-core CPU about 6x cheaper per
+    multiply-add than `_element_forward`'s scalar gathers at batch 128.
+    `unroll` 4 was the fastest of 1, 4, 13, 26 and 52 at batch 16-256.
+    """
+    transposed = x.T  # [in, batch]
+
+    def add_kept_input(accumulator, column):
+        rows, scale = column
+        return accumulator + transposed.at[rows].get(mode="promise_in_bounds") * scale[:, None], None
+
+    initial = jnp.zeros((indices.shape[0], x.shape[0]), jnp.result_type(x, values))
+    accumulator, _ = jax.lax.scan(add_kept_input, initial, (indices.T, values.T), unroll=min(4, indices.shape[1]))
+    return accumulator.T
+
+
+def _forward(x: jax.Array, kernel: jax.Array, indices: jax.Array) -> jax.Array:
+    values = kept_values(kernel, indices)
+    if x.shape[0] >= ROW_MIN_BATCH:
+        return _row_forward(x, values, indices)
+    return _element_forward(x, values, indices)
+
+
 @jax.custom_vjp
 def dense(x: jax.Array, kernel: jax.Array, indices: jax.Array) -> jax.Array:
-    """x [batch, in] times the kernel [in, out] restricted to `indices` [out, k]: the gather + reduction.
+    """x [batch, in] times the kernel [in, out] restricted to `indices` [out, k], in batch * out * k multiply-adds.
 
-    Equal to `x @ kernel`, in value and in gradient, when every weight off the
-    indices is zero (the masked params of sparserl.sparse_network), except that the kernel's
-    gradient is zero off the indices. Vmappable like any jnp function.
-
-    Backward (a custom VJP, measured about 3x faster than autodiff's
-    scatter-adds on the 2-core CPU at batch 128 and 1.7x at batch 1):
-    dx = dy @ kernel^T (a dense matmul, exact because the kernel is zero off
-    the indices), d values[o, j] = sum_b dy[b, o] x[b, idx[o, j]] (a gather),
-    written into a dense zero kernel at the indices.
+    Equal to `x @ kernel` when every weight off the indices is zero (the
+    masked params of sparserl.sparse_network), in value and in gradient: the
+    backward pass (a custom VJP) is the masked-dense one, dx = dy @ kernel^T
+    and d kernel = x^T @ dy, two dense matmuls. So a condensed network trains
+    exactly like the masked one (same gradients, also off the mask, where the
+    sparse optimizer masks them and RigL's growth reads them), and only the
+    forward pass is condensed: `_element_forward` below `ROW_MIN_BATCH`,
+    `_row_forward` from it on. Gathered backward passes measured slower than
+    these matmuls on the 2-core CPU at every batch size (`python -m
+    sparserl.bench --rows=condensed`). Vmappable like any jnp function.
     """
     return _forward(x, kernel, indices)
 
 
 def _dense_forward(x, kernel, indices):
-    return _forward(x, kernel, indices), (x, kernel, indices)
+    return _forward(x, kernel, indices), (x, kernel)
 
 
 def _dense_backward(residuals, output_grad):
-    x, kernel, indices = residuals
-    input_grad = output_grad @ kernel.T
-    # The barrier keeps x's producer (bias, activation) out of the gather's fusion: fused, XLA's CPU backend
-    # recomputes it per gathered element (about 5x slower for the 512x512 layer at batch 128).
-    gathered = jnp.take(jax.lax.optimization_barrier(x), indices, axis=1, mode="clip")  # [batch, out, k]
-    batch = x.shape[0]
-    value_grad = (jnp.ones(batch, x.dtype) @ (output_grad[:, :, None] * gathered).reshape(batch, -1)).reshape(indices.shape)
-    kernel_grad = jnp.zeros(kernel.size, kernel.dtype).at[_flat_indices(kernel, indices)].set(
-        value_grad, mode="promise_in_bounds", unique_indices=True)
-    return input_grad, kernel_grad.reshape(kernel.shape), None
+    return *linear.matmul_backward(*residuals, output_grad), None
 
 
 dense.defvjp(_dense_forward, _dense_backward)
@@ -156,18 +182,19 @@ def refresh(indices: dict, masks: Any) -> dict:
 
 
 def is_faster(batch: int, in_features: int, out_features: int, k: int) -> bool:
-    """The "auto" rule: condensed when the layer gathers at most `AUTO_MAX_GATHERED` elements (batch * out * k).
+    """The "auto" rule: condensed only on layers that gather at most `AUTO_MAX_GATHERED` scalars (batch * out * k).
 
-    Measured on a 2-core CPU (jaxlib 0.10.2, `python -m sparserl.bench
-    --rows=condensed`, three runs): XLA's CPU gathers cost about 1-4 ns per
-    element while a dense matmul runs at about 0.02-0.25 ns per multiply-add
-    with a fixed cost of some 10-40 us per op, so condensed wins only on
-    layers that gather little: 4x512 (k = 1) and 512x2 (k = 52) at batch 1
-    (forward about 5x; 104 and 512 elements), 512x2 at batch 16 (1.1-1.75x;
-    1,664 elements); it ties or loses on 4x512 at batch 16 and up (8,192+)
-    and loses on the 512x512 layer at 90% (k = 52) at every batch size
-    (forward 0.3-0.4x at batch 1, 0.15-0.2x at 128). `in_features` is unused
-    by this rule; it is in the signature for a rule measured elsewhere.
+    The backward pass is the masked one (`dense`), so only the forward pass
+    decides. Measured on the 2-core CPU (jaxlib 0.10.2, 90% constant fan-in,
+    `python -m sparserl.bench --rows=condensed`): scalar gathers cost about
+    1-4 ns per element against about 0.01-0.25 ns per multiply-add of a dense
+    matmul plus some 10 us per op, so `_element_forward` wins only on layers
+    that gather little (512x2 at batch 1-16, 4x512 at batch 1). Alone,
+    `_row_forward` beats the 512x512 matmul from batch 128 on (about 1.8x at
+    128, 2.2x at 256), but inside a DQN update at batch 128 its transposes and
+    loop made the update slower than the masked one (0.93-0.96x, same run),
+    so "auto" leaves it out. `in_features` is unused by this rule; it is in
+    the signature for a rule measured elsewhere.
     """
     del in_features
     return batch * out_features * k <= AUTO_MAX_GATHERED
