@@ -25,7 +25,8 @@ slows both sides alike; absolute times are printed for context only. Rows
   fan-in: forward and forward+backward of single layers (512x512, 4x512,
   512x2) at batch 1, 16, 128, 256; DQN acting at batch 1 and a DQN update at
   batch 128 on the 2x512 MLP (Graesser et al.'s protocol); end to end, DQN
-  CartPole at that protocol (host loop, steady env steps/s).
+  CartPole at that protocol (host loop, steady env steps/s); each DQN row
+  for `sparse.kernels` = condensed and = auto.
 - `end_to_end`: steady steps/s and whole-process wall time of short runs of
   `python -m sparserl.train`: DQN CartPole, PPO CartPole, SAC HalfCheetah-v5,
   DQN Pong; with `--peers`, the same settings run with sbx
@@ -601,7 +602,9 @@ def _layer_rows(settings: Settings) -> list[Row]:
             functions = {}
             for name, forward in forwards.items():
                 functions[f"{name} forward"] = lambda f=jax.jit(forward): f(x, kernel)
-                backward = jax.jit(jax.grad(lambda x, w, forward=forward: jnp.sum(forward(x, w) * target), argnums=(0, 1)))
+                # A squared error, so that the gradient needs the forward pass (a linear loss would let XLA drop it).
+                backward = jax.jit(jax.grad(lambda x, w, forward=forward: jnp.sum((forward(x, w) - target) ** 2),
+                                            argnums=(0, 1)))
                 functions[f"{name} forward+backward"] = lambda f=backward: f(x, kernel)
             ms = interleaved_ms(functions, rounds=settings.pick(5, 2), calls=settings.pick(20, 5))
             for part in ("forward", "forward+backward"):
@@ -612,16 +615,18 @@ def _layer_rows(settings: Settings) -> list[Row]:
 
 
 def _dqn_program_ms(settings: Settings) -> dict[str, float]:
-    """ms per call of DQN's jitted act (batch 1) and update (batch 128), masked and condensed kernels."""
+    """ms per call of DQN's jitted act (batch 1) and update (batch 128), under each of `condensed.KERNELS`."""
     import jax
     import jax.numpy as jnp
 
     from sparserl.agents import dqn
     from sparserl import envs, runner
 
+    from sparserl.sparse import condensed
+
     env_spec = envs.env_spec("CartPole-v1")
     functions = {}
-    for kernels in ("masked", "condensed"):
+    for kernels in condensed.KERNELS:
         config = condensed_dqn_config(kernels, {"steps": 10**8})
         agent = dqn.make(config, env_spec)
         state = runner.init_states(agent, [0])
@@ -637,25 +642,30 @@ def _dqn_program_ms(settings: Settings) -> dict[str, float]:
 
 
 def row_condensed(settings: Settings) -> list[Row]:
-    """Condensed kernels vs masked dense at 90% constant fan-in (goals: acting >= 2x, update and end to end >= 1.5x)."""
+    """Condensed kernels vs masked dense at 90% constant fan-in (goals: acting >= 2x, update and end to end >= 1.5x),
+    for `kernels` = condensed (every sparse layer, every batch size) and auto (where `condensed.is_faster`)."""
     rows = _layer_rows(settings)
     ms = _dqn_program_ms(settings)
+    compared = ("condensed", "auto")
     for program, label, goal in (("act", "DQN act, 2x512, batch 1", ">= 2"), ("update", "DQN update, 2x512, batch 128", ">= 1.5")):
-        masked, condensed_ms = ms[f"{program} masked"], ms[f"{program} condensed"]
-        rows.append(Row("condensed DQN", label, condensed_ms, masked, "ms", masked / condensed_ms,
-                        "masked / condensed (speed-up)", goal))
-    rates: dict[str, list[float]] = {"masked": [], "condensed": []}
+        for kernels in compared:
+            masked, ours = ms[f"{program} masked"], ms[f"{program} {kernels}"]
+            rows.append(Row("condensed DQN", f"{label}, {kernels}", ours, masked, "ms", masked / ours,
+                            "masked / ours (speed-up)", goal))
+    rates: dict[str, list[float]] = {"masked": [], **{kernels: [] for kernels in compared}}
     steps = settings.pick(6_000, 2_000)  # learning from step 1,000; the steady rate from half the run on
-    for _ in range(settings.pick(2, 1)):  # alternate the two sides so that load changes hit both
+    for _ in range(settings.pick(2, 1)):  # alternate the sides so that load changes hit all of them
         for kernels in rates:
             config = condensed_dqn_config(kernels, {"steps": steps, "eval_every": 10**9, "eval_episodes": 1,
                                                     "checkpoint_every": 10**9, "checkpoint_replay": False})
             clock = StepClock()
             train_in_process(config, clock)
             rates[kernels].append(clock.steady_rate(from_fraction=0.5))
-    masked, condensed_rate = statistics.median(rates["masked"]), statistics.median(rates["condensed"])
-    rows.append(Row("condensed DQN", f"DQN CartPole end to end, 2x512 batch 128, {steps:,} steps", condensed_rate, masked,
-                    "env steps/s", condensed_rate / masked, "condensed / masked (speed-up)", ">= 1.5"))
+    masked = statistics.median(rates["masked"])
+    for kernels in compared:
+        rate = statistics.median(rates[kernels])
+        rows.append(Row("condensed DQN", f"DQN CartPole end to end, 2x512 batch 128, {steps:,} steps, {kernels}", rate,
+                        masked, "env steps/s", rate / masked, "ours / masked (speed-up)", ">= 1.5"))
     return rows
 
 
