@@ -18,27 +18,29 @@ the chain rule through W~, dL/dW = g ⊙ (E + beta_t * (1 - E)) with g = dL/dW~,
 so the gradient flow to the pruned weights is scaled by beta_t and stops at
 update_end. (With Adam as the inner optimizer, the scale of a weight's
 gradient largely cancels in its update; what beta_t takes away from a pruned
-weight is then mainly its share of the forward pass. The authors' reference
-code, github.com/abhibambhaniya/progressive_gradient_flow_nm_sparsity
-`LinearDecay`, passes g unscaled, a straight-through estimator; we follow the
-chain rule.) E is recomputed from |W| every `update_period` steps in
-[update_start, update_end) (the paper: every step) and once more at the
-window's last step; from update_end on the mask is fixed and the network is
-exactly N:M sparse, which the authors train on as their binary-mask
-fine-tuning phase.
+weight is then mainly its share of the forward pass. The code of the
+authors' follow-up (github.com/abhibambhaniya/progressive_gradient_flow_nm_sparsity,
+`timm/sparse_pruning/sparse_functions.py`, `LinearDecay`) passes g unscaled,
+a straight-through estimator; we follow the chain rule.) E is recomputed
+from |W| every `update_period` steps in [update_start, update_end) (the
+paper: every step) and once more at the window's last step; from update_end
+on the mask is fixed and the network is exactly N:M sparse, the authors'
+binary-mask fine-tuning phase.
 
 How it fits the mask/optimizer wrapper: `t` is the gradient step whose
 gradient is applied (`state.step` of the agents, 0 at the first update); the
 params the agents see at step t are W~_t. The wrapper's masks are the
 support of those params, so docs/design.md contract 3 (params zero off the
 masks) holds all along: all-True while beta > 0 (the network is dense, like
-`prune` early on, and its sparsity is logged as 0), E from update_end on. E
-and W live in the method's own state (`SparseOptState.topology`, a
-`MaskDecayState`). Each step W's entries on E are taken from the params (so
-what ReDo writes there holds; off E, W's own values are kept, as SR-STE does),
-the inner optimizer updates every entry unmasked, and the params become
-W ⊙ (E + beta_{t+1} (1 - E)), the network of the next step. The optimizer
-moments are kept when E changes (every weight is trained all along).
+`prune` early on: its sparsity is logged as 0, and it starts at the dense
+init scale, since all-True masks need no sparse rescaling), E from
+update_end on. W and E live in the method's own state
+(`SparseOptState.topology`, a `MaskDecayState`). Each step W's entries on E
+are taken from the params (so what ReDo writes there holds; off E, W's own
+values are kept, as SR-STE does), the inner optimizer updates every entry
+unmasked, and the params become W ⊙ (E + beta_{t+1} (1 - E)), the network
+of the next step. The optimizer moments are kept when E changes (every
+weight is trained all along).
 """
 
 from typing import Any, NamedTuple
@@ -63,6 +65,9 @@ def mask_value(step, config) -> jax.Array:
 
 @register
 class MaskDecay(Topology):
+    """Pruning mask decay, linear (Kao et al. 2022, MDGF-Linear; see the module docstring): dense until
+    update_end, its params zero off the N:M mask E only from then on; E and the dense weights in its state."""
+
     name = "mask_decay"
     schedule_fields = ("update_period", "start_fraction", "end_fraction")
     dense_init = True
