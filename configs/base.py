@@ -76,7 +76,8 @@ def add_network(config: ml_collections.ConfigDict, *, hidden_sizes: tuple[int, .
 
 def add_schedules(config: ml_collections.ConfigDict, *, update_period: int, drop_fraction: float,
                   end_fraction: float, prune_update_period: int) -> None:
-    """The per-method schedule blocks `sparse.set`, `sparse.rigl`, `sparse.srigl`, `sparse.prune` and `sparse.srste`.
+    """The per-method schedule blocks `sparse.set`, `sparse.rigl`, `sparse.srigl`, `sparse.prune`, `sparse.srste`
+    and `sparse.mask_decay`.
 
     Fractions count the run's gradient steps. SET and RigL share one block of
     values in every reference gin (their mask_updater); pruning starts at 20%
@@ -95,6 +96,12 @@ def add_schedules(config: ml_collections.ConfigDict, *, update_period: int, drop
     # SR-STE (Zhou et al. 2021, eq. 6): N:M masks recomputed from |W| (the paper: every step, all run long) and
     # lambda_W, the decay of the pruned weights (the paper's 2e-4).
     config.sparse.srste = dict(update_period=1, start_fraction=0.0, end_fraction=1.0, decay=2e-4)
+    # Pruning mask decay (Kao et al. 2022, MDGF-Linear): the pruned weights' mask value falls linearly from 1 at
+    # start_fraction to 0 at end_fraction, E recomputed from |W| every update_period steps in between (the paper:
+    # every step, as SR-STE). The paper gives no fractions for RL runs: training starts at once, as SR-STE does, and
+    # the decay ends halfway so that the exact N:M network (the paper's binary-mask fine-tuning phase) trains for
+    # the second half of the run.
+    config.sparse.mask_decay = dict(update_period=1, start_fraction=0.0, end_fraction=0.5)
     config.sparse.prune = dict(
         update_period=prune_update_period,  # the pruning frequency
         start_fraction=0.2,  # t0: sparsity grows from 0 here

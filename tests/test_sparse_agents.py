@@ -1,4 +1,4 @@
-"""prune, SRigL and SR-STE through every agent (in-process, tiny networks), and ReDo under structured masks."""
+"""prune, SRigL, SR-STE and mask decay through every agent (in-process, tiny networks), and ReDo under structured masks."""
 
 import functools
 
@@ -14,7 +14,8 @@ from sparserl.sparse.structure import FAN_IN, NM, column_counts, group_counts, p
 
 AGENTS = {"dqn": (dqn, dqn_config, "gymnax:CartPole-v1"), "sac": (sac, sac_config, "gymnax:Pendulum-v1"),
           "ppo": (ppo, ppo_config, "gymnax:CartPole-v1")}
-STRUCTURES = {"prune": "unstructured", "srigl": "fan_in", "srste": "nm:2:4"}
+STRUCTURES = {"prune": "unstructured", "srigl": "fan_in", "srste": "nm:2:4", "mask_decay": "nm:2:4"}
+DENSE_EARLY = ("prune", "mask_decay")  # masks all-True until the window's end
 
 
 @functools.lru_cache(maxsize=None)
@@ -23,14 +24,15 @@ def _env_spec(env_id):
 
 
 def _config(agent: str, method: str, redo_tau: float = 0.1):
-    """A tiny run: 2x16 networks, 200 gradient updates, topology changes every 20 (prune: 40 -> 100)."""
+    """A tiny run: 2x16 networks, 200 gradient updates, topology changes every 20 (SR-STE, mask decay: every
+    step; prune, mask decay: 40 -> 100)."""
     config = AGENTS[agent][1].get_config()
     config.network.hidden_sizes = (16, 16)
     config.sparse.method, config.sparse.structure = method, STRUCTURES[method]
-    config.sparse.sparsity = 0.5 if method == "srste" else 0.75
+    config.sparse.sparsity = 0.5 if STRUCTURES[method] == "nm:2:4" else 0.75
     config.redo.tau = redo_tau
     block = config.sparse[method]
-    block.update_period, block.start_fraction, block.end_fraction = (1 if method == "srste" else 20), 0.2, 0.5
+    block.update_period, block.start_fraction, block.end_fraction = (20 if method in ("prune", "srigl") else 1), 0.2, 0.5
     if agent == "ppo":
         config.num_envs, config.rollout_steps, config.num_minibatches, config.update_epochs = 2, 16, 2, 1
         config.steps = 200 * 16  # 100 rollouts of 2 minibatch updates
@@ -55,7 +57,7 @@ def _structure_holds(masks, structure: str, reached: bool = True) -> int:
 
 
 @pytest.mark.parametrize("agent", ["dqn", "sac", "ppo"])
-@pytest.mark.parametrize("method", ["prune", "srigl", "srste"])
+@pytest.mark.parametrize("method", ["prune", "srigl", "srste", "mask_decay"])
 def test_method_runs_through_the_agent(agent, method):
     """200 gradient updates on random data: finite losses, the structure after every window, masks that moved."""
     module, _, env_id = AGENTS[agent]
@@ -81,13 +83,14 @@ def test_method_runs_through_the_agent(agent, method):
         state, metrics = train(state, jax.random.key(window + 1))
         assert all(bool(jnp.all(jnp.isfinite(value))) for value in jax.tree.leaves(metrics))
         assert int(state.step) == (window + 1) * updates // 4 * per_call
-        assert _structure_holds(_masks(state), STRUCTURES[method]) > 0 or method == "prune" and window == 0
+        assert _structure_holds(_masks(state), STRUCTURES[method]) > 0 or method in DENSE_EARLY and window == 0
         masks.append(_masks(state))
     changed = sum(int(jnp.sum(a != b)) for a, b in zip(jax.tree.leaves(masks[0]), jax.tree.leaves(masks[-1])))
     assert changed > 0
     measured = instance.measure(state, batch if agent != "ppo" else batch)
     totals = [float(value) for name, value in measured.items() if name.startswith("sparsity/") and name.endswith("/total")]
-    # prune reaches its target at t1 (40% of the run: exactly the per-layer ERK sparsities, about 0.75 in total).
+    # prune reaches its target at t1 (40% of the run: exactly the per-layer ERK sparsities, about 0.75 in total);
+    # mask decay its N:M masks (0.5) at the window's end.
     assert totals and all(0.3 < total < 0.8 for total in totals), measured
 
 

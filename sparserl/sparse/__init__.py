@@ -5,7 +5,8 @@ from sparserl.sparse.distributions import DISTRIBUTIONS, layer_sparsities
 from sparserl.sparse.masks import apply_masks, sparsity_metrics
 from sparserl.sparse.optimizer import SparseOptimizer, SparseOptState, sparse_optimizer, zero_moments
 from sparserl.sparse.topology import TOPOLOGIES
-from sparserl.sparse import srigl, srste  # noqa: F401  (register the methods of their own files)
+# Register the methods of their own files; the CLI lists methods in this order.
+from sparserl.sparse import srigl, srste, mask_decay  # noqa: F401
 
 __all__ = [
     "DISTRIBUTIONS",

@@ -11,7 +11,8 @@ Like jaxpruner, sparsity wraps an optax transformation; the wrapper also owns
 the masks, which live in its state next to the inner optimizer state and the
 topology method's own state. The method's hooks (`Topology.train_params_and_grads`,
 `masked_updates`, `finish`) decide which weights the inner optimizer trains;
-the defaults are the steps above, SR-STE trains dense weights behind the mask.
+the defaults are the steps above, SR-STE and mask decay train dense weights
+behind the mask.
 """
 
 from typing import Any, Callable, NamedTuple
@@ -71,7 +72,7 @@ def sparse_optimizer(inner: optax.GradientTransformation, config: SparsityConfig
 
     def apply_gradients(step, params, dense_grads, state: SparseOptState, key):
         masks = state.masks
-        trained, grads = topology.train_params_and_grads(params, dense_grads, masks, state.topology, config)
+        trained, grads = topology.train_params_and_grads(step, params, dense_grads, masks, state.topology, config)
         updates, inner_state = inner.update(grads, state.inner, trained)
         trained = optax.apply_updates(trained, mask_lib.apply_masks(updates, masks) if topology.masked_updates else updates)
 
@@ -88,7 +89,7 @@ def sparse_optimizer(inner: optax.GradientTransformation, config: SparsityConfig
             topology.is_update_step(step, config), change_topology, lambda operands: operands,
             (trained, inner_state, masks, state.topology),
         )
-        params, topology_state = topology.finish(trained, masks, topology_state)
+        params, topology_state = topology.finish(step, trained, masks, topology_state, config)
         return params, SparseOptState(inner_state, masks, topology_state)
 
     return SparseOptimizer(init, apply_gradients, config)

@@ -68,12 +68,13 @@ class SRSTE(Topology):
             lambda index, layer, sparsity, mask, weights: magnitude_mask(weights, jnp.ones_like(mask), sparsity, structure),
             sparsities, masks, params)
 
-    def train_params_and_grads(self, params, dense_grads, masks, state, config):
+    def train_params_and_grads(self, step, params, dense_grads, masks, state, config):
+        del step
         dense = jax.tree.map(jnp.where, masks, params, state)
         decay = self.option(config, "decay")
         grads = jax.tree.map(lambda grad, weight, mask: grad + decay * jnp.where(mask, 0.0, weight), dense_grads, dense, masks)
         return dense, grads
 
-    def finish(self, trained, masks, state):
-        del state
+    def finish(self, step, trained, masks, state, config):
+        del step, state, config
         return mask_lib.apply_masks(trained, masks), trained

@@ -6,9 +6,12 @@ when they change (`is_update_step`) and how (`update`), which fields of its
 config block `sparse.<name>` it reads (`schedule_fields`, `options`: so no
 agent or config helper special-cases a method), and, through three hooks,
 how the optimizer wrapper (`sparserl.sparse.optimizer`) trains the weights:
-`train_params_and_grads`, `masked_updates` and `finish`. The defaults train
+`train_params_and_grads`, `masked_updates` and `finish` (both given the
+gradient step, for methods whose weights depend on it). The defaults train
 the weights on the mask (docs/design.md contract 3); SR-STE (`sparserl.sparse.srste`)
-overrides them to train dense weights behind the mask.
+overrides them to train dense weights behind the mask, and pruning mask decay
+(`sparserl.sparse.mask_decay`) to train dense weights behind a mask whose
+pruned entries fade from 1 to 0 over the window.
 
 Drop-and-grow methods (`DropAndGrow`) supply drop scores and grow scores; the
 update itself is written once (`drop_and_grow`):
@@ -164,13 +167,15 @@ class Topology:
         """(new masks, new state) on an update step; methods with state override this."""
         return self.update_masks(key, step, params, dense_grads, masks, sparsities, config), state
 
-    def train_params_and_grads(self, params, dense_grads, masks, state, config: SparsityConfig):
-        """The weights the inner optimizer trains and their gradients: the params and the masked gradients."""
-        del state, config
+    def train_params_and_grads(self, step, params, dense_grads, masks, state, config: SparsityConfig):
+        """The weights the inner optimizer trains at gradient step `step` and their gradients: the params and the
+        masked gradients."""
+        del step, state, config
         return params, mask_lib.apply_masks(dense_grads, masks)
 
-    def finish(self, trained, masks, state):
-        """(params, state) after a step: the trained weights on the (possibly new) masks."""
+    def finish(self, step, trained, masks, state, config: SparsityConfig):
+        """(params, state) after gradient step `step`: the trained weights on the (possibly new) masks."""
+        del step, config
         return mask_lib.apply_masks(trained, masks), state
 
 
