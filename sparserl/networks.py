@@ -145,7 +145,7 @@ class Im2colConv(nn.Module):
             [x[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :] for i in range(kh) for j in range(kw)],
             axis=3,
         ).reshape(x.shape[0], out_h, out_w, kh * kw * channels)
-        return linear.matmul(patches, kernel.reshape(kh * kw * channels, self.features)) + bias
+        return patches @ kernel.reshape(kh * kw * channels, self.features) + bias
 
 
 class NatureCNN(nn.Module):
