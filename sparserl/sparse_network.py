@@ -10,7 +10,7 @@ dormancy metrics, and ReDo, so no agent holds sparsity logic of its own
 """
 
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import flax.struct
