@@ -27,6 +27,9 @@ slows both sides alike; absolute times are printed for context only. Rows
   batch 128 on the 2x512 MLP (Graesser et al.'s protocol); end to end, DQN
   CartPole at that protocol (host loop, steady env steps/s); each DQN row
   for `sparse.kernels` = condensed and = auto.
+- `kernel_gradient`: a 90% RigL update (DQN CartPole 2x512, SAC 2x256, DQN
+  Nature CNN) with `sparserl.linear.matmul` in the dense layers vs with
+  autodiff's matmul.
 - `end_to_end`: steady steps/s and whole-process wall time of short runs of
   `python -m sparserl.train`: DQN CartPole, PPO CartPole, SAC HalfCheetah-v5,
   DQN Pong; with `--peers`, the same settings run with sbx
@@ -620,8 +623,7 @@ def _dqn_program_ms(settings: Settings) -> dict[str, float]:
     import jax.numpy as jnp
 
     from sparserl.agents import dqn
-    from sparserl import envs, runner
-
+    from sparserl import agent as agent_lib, envs, runner
     from sparserl.sparse import condensed
 
     env_spec = envs.env_spec("CartPole-v1")
@@ -638,6 +640,10 @@ def _dqn_program_ms(settings: Settings) -> dict[str, float]:
         keys = runner.seed_keys([1])
         functions[f"act {kernels}"] = lambda f=actor, s=state: f(s, observation, keys, config.learning_starts)
         functions[f"update {kernels}"] = lambda f=update, s=state, b=batch: f(s, b, keys)
+        if kernels == "masked":  # the network's share of acting: its forward pass alone, one jitted call
+            module = agent_lib.network_module(config.network, env_spec.num_actions)
+            forward = jax.jit(jax.vmap(lambda params, x: module.apply({"params": params}, x)))
+            functions["forward masked"] = lambda f=forward, s=state: f(s.online.params, observation)
     return interleaved_ms(functions, rounds=settings.pick(8, 4), calls=settings.pick(20, 8))
 
 
@@ -646,6 +652,8 @@ def row_condensed(settings: Settings) -> list[Row]:
     for `kernels` = condensed (every sparse layer, every batch size) and auto (where `condensed.is_faster`)."""
     rows = _layer_rows(settings)
     ms = _dqn_program_ms(settings)
+    rows.append(Row("condensed DQN", "DQN act, 2x512, batch 1: the masked network's forward pass alone vs the act call",
+                    ms["forward masked"], ms["act masked"], "ms", ms["forward masked"] / ms["act masked"], "forward / act"))
     compared = ("condensed", "auto")
     for program, label, goal in (("act", "DQN act, 2x512, batch 1", ">= 2"), ("update", "DQN update, 2x512, batch 128", ">= 1.5")):
         for kernels in compared:
@@ -666,6 +674,45 @@ def row_condensed(settings: Settings) -> list[Row]:
         rate = statistics.median(rates[kernels])
         rows.append(Row("condensed DQN", f"DQN CartPole end to end, 2x512 batch 128, {steps:,} steps, {kernels}", rate,
                         masked, "env steps/s", rate / masked, "ours / masked (speed-up)", ">= 1.5"))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Row: the dense layers' kernel gradient
+
+
+def row_kernel_gradient(settings: Settings) -> list[Row]:
+    """A 90% RigL (ERK) update with `sparserl.linear.matmul` in the dense layers vs with autodiff's matmul
+    (`jnp.matmul` swapped in while the update is traced), same process, interleaved."""
+    import unittest.mock
+
+    import jax
+    import jax.numpy as jnp
+
+    from sparserl import envs, linear, runner
+
+    rows = []
+    for agent_name, env_id, label in (("dqn", "CartPole-v1", "DQN CartPole 2x512, batch 128"),
+                                      ("sac", "HalfCheetah-v5", "SAC 2x256, batch 256"),
+                                      ("dqn", "ALE/Pong-v5", "DQN Nature CNN, batch 32")):
+        env_spec = envs.env_spec(env_id)
+        agent_module = importlib.import_module(f"sparserl.agents.{agent_name}")
+        config = agent_config(agent_name, env_id, {**SPARSE_SETTINGS, "replay_capacity": 1000, "steps": 10**8})
+        functions = {}
+        for product in ("linear", "autodiff"):
+            patch = unittest.mock.patch.object(linear, "matmul", jnp.matmul) if product == "autodiff" else contextlib.nullcontext()
+            with patch:  # the product is chosen when the update is traced, on its first call
+                agent = agent_module.make(config, env_spec)
+                state = runner.init_states(agent, [0]).replace(step=jnp.int32(config.sparse.rigl.update_period + 1))
+                axes = runner.seed_axes(state)
+                update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, 0), out_axes=(axes, 0)))
+                batch = random_transitions(env_spec, config.batch_size, seed=1)
+                keys = runner.seed_keys([1])
+                jax.block_until_ready(update(state, batch, keys))
+            functions[product] = lambda update=update, s=state, b=batch, k=keys: update(s, b, k)
+        ms = interleaved_ms(functions, rounds=settings.pick(8, 4), calls=settings.pick(10, 5))
+        rows.append(Row("kernel gradient", f"{label}: update, linear.matmul vs autodiff's matmul", ms["linear"],
+                        ms["autodiff"], "ms", ms["autodiff"] / ms["linear"], "autodiff / linear (speed-up)"))
     return rows
 
 
@@ -709,6 +756,7 @@ ROWS: dict[str, Callable[[Settings], list[Row]]] = {
     "seeds": row_seeds,
     "envs_per_seed": row_envs_per_seed,
     "condensed": row_condensed,
+    "kernel_gradient": row_kernel_gradient,
     "startup": row_startup,
     "end_to_end": row_end_to_end,
 }
