@@ -11,10 +11,10 @@ each consumer: the weight decay and Adam's two moment updates each re-read the
 gradient in column order. For DQN's 512x512 layer at batch 128, those two
 fusions took about 0.8 ms each against about 0.1 ms with the gradient written
 as x^T @ dy, [in, out] (`jax.profiler` traces of one update). A DQN update of
-Graesser et al.'s 2x512 network at batch 128 runs about 1.2-1.4x faster with
-this matmul, and DQN CartPole end to end at that protocol about 1.3x (README,
-Performance); SAC 2x256 and the Nature CNN's dense layers
-time the same either way. `networks.Im2colConv` keeps autodiff's product: its
+Graesser et al.'s 2x512 network at batch 128 runs about 1.2x faster with
+this matmul, a SAC 2x256 update about 1.08x and a Nature CNN DQN update about
+1.06x (`python -m sparserl.bench --rows=kernel_gradient`), and DQN CartPole
+end to end at Graesser's protocol about 1.3x (README, Performance). `networks.Im2colConv` keeps autodiff's product: its
 patches have far more rows (batch x positions) than the kernel has entries,
 so transposing them cost more (a Nature CNN DQN update about 1.1x slower).
 """
@@ -29,10 +29,17 @@ def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def matmul_backward(x: jax.Array, kernel: jax.Array, output_grad: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(dx, d kernel) = (dy @ kernel^T, x^T @ dy), leading axes of x summed over, the kernel gradient [in, out]."""
+    """(dx, d kernel) = (dy @ kernel^T, x^T @ dy), leading axes of x summed over, the kernel gradient [in, out].
+
+    dx is the very dot autodiff emits (dy contracted with the kernel's output axis): written as
+    `dy @ kernel.T`, XLA:CPU summed it in another order under the seed vmap than for one seed, and N
+    vmapped seeds must equal single-seed runs bit for bit (tests/test_train.py, test_compiled_runner.py).
+    """
     flat_x = x.reshape(-1, x.shape[-1])
     flat_grad = output_grad.reshape(-1, output_grad.shape[-1])
-    return output_grad @ kernel.T, flat_x.T @ flat_grad
+    input_grad = jax.lax.dot_general(output_grad, kernel, (((output_grad.ndim - 1,), (1,)), ((), ())))
+    kernel_grad = jax.lax.dot_general(flat_x, flat_grad, (((0,), (0,)), ((), ())))
+    return input_grad, kernel_grad
 
 
 def _matmul_forward(x, kernel):
