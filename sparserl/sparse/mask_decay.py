@@ -48,8 +48,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sparserl.sparse import structure as structure_lib
-from sparserl.sparse.topology import Topology, magnitude_mask, map_masked_layers, register
+from sparserl.sparse.topology import DenseWeightsBehindNM, register
 
 
 class MaskDecayState(NamedTuple):
@@ -64,20 +63,12 @@ def mask_value(step, config) -> jax.Array:
 
 
 @register
-class MaskDecay(Topology):
+class MaskDecay(DenseWeightsBehindNM):
     """Pruning mask decay, linear (Kao et al. 2022, MDGF-Linear; see the module docstring): dense until
     update_end, its params zero off the N:M mask E only from then on; E and the dense weights in its state."""
 
     name = "mask_decay"
-    schedule_fields = ("update_period", "start_fraction", "end_fraction")
     dense_init = True
-    reset_moments = False
-    masked_updates = False
-
-    def structure_for(self, structure: str) -> str:
-        if structure_lib.parse(structure).kind != structure_lib.NM:
-            raise ValueError("--structure: --method=mask_decay trains N:M sparsity; pass --structure=nm:N:M (e.g. nm:2:4)")
-        return structure
 
     def init_state(self, params, masks):
         return MaskDecayState(weights=params, nm_masks=masks)
@@ -91,10 +82,7 @@ class MaskDecay(Topology):
     def update(self, key, step, params, dense_grads, masks, state, sparsities, config):
         """E from the dense weights' magnitudes (N of every M); the wrapper's masks become E when beta reaches 0."""
         del key, dense_grads
-        structure = config.parsed_structure
-        nm_masks = map_masked_layers(
-            lambda index, layer, sparsity, mask, weights: magnitude_mask(weights, jnp.ones_like(mask), sparsity, structure),
-            sparsities, state.nm_masks, params)
+        nm_masks = self.magnitude_nm_masks(params, state.nm_masks, sparsities, config)
         last = step == config.update_end - 1
         masks = jax.tree.map(lambda mask, nm_mask: jnp.where(last, nm_mask, mask), masks, nm_masks)
         return masks, state._replace(nm_masks=nm_masks)

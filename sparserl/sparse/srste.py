@@ -31,21 +31,13 @@ import jax.numpy as jnp
 from sparserl.sparse import masks as mask_lib
 from sparserl.sparse import schedules
 from sparserl.sparse import structure as structure_lib
-from sparserl.sparse.topology import Topology, magnitude_mask, map_masked_layers, register
+from sparserl.sparse.topology import DenseWeightsBehindNM, magnitude_mask, map_masked_layers, register
 
 
 @register
-class SRSTE(Topology):
+class SRSTE(DenseWeightsBehindNM):
     name = "srste"
-    schedule_fields = ("update_period", "start_fraction", "end_fraction")
     options = {"decay": 2e-4}
-    reset_moments = False
-    masked_updates = False
-
-    def structure_for(self, structure: str) -> str:
-        if structure_lib.parse(structure).kind != structure_lib.NM:
-            raise ValueError("--structure: --method=srste trains N:M sparsity; pass --structure=nm:N:M (e.g. nm:2:4)")
-        return structure
 
     def init_masks(self, key, params, sparsities, structure=structure_lib.Structure()):
         del key
@@ -63,10 +55,7 @@ class SRSTE(Topology):
     def update_masks(self, key, step, params, dense_grads, masks, sparsities, config):
         """E from the dense weights' magnitudes: N of every M, whatever the previous mask."""
         del key, step, dense_grads
-        structure = config.parsed_structure
-        return map_masked_layers(
-            lambda index, layer, sparsity, mask, weights: magnitude_mask(weights, jnp.ones_like(mask), sparsity, structure),
-            sparsities, masks, params)
+        return self.magnitude_nm_masks(params, masks, sparsities, config)
 
     def train_params_and_grads(self, step, params, dense_grads, masks, state, config):
         del step

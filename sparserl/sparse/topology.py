@@ -279,6 +279,28 @@ class Prune(Topology):
         return map_masked_layers(update, sparsities, masks, params)
 
 
+class DenseWeightsBehindNM(Topology):
+    """Base of the methods that train every dense weight behind an N:M mask E recomputed from their magnitudes
+    (SR-STE, `sparserl.sparse.srste`; pruning mask decay, `sparserl.sparse.mask_decay`): an N:M structure only,
+    moments kept when E changes (every weight was trained), updates applied unmasked."""
+
+    schedule_fields = ("update_period", "start_fraction", "end_fraction")
+    reset_moments = False
+    masked_updates = False
+
+    def structure_for(self, structure: str) -> str:
+        if structure_lib.parse(structure).kind != structure_lib.NM:
+            raise ValueError(f"--structure: --method={self.name} trains N:M sparsity; pass --structure=nm:N:M (e.g. nm:2:4)")
+        return structure
+
+    def magnitude_nm_masks(self, params, masks, sparsities, config: SparsityConfig):
+        """E of every masked layer of `masks`: the N largest |W| of every group of M, whatever the previous mask."""
+        structure = config.parsed_structure
+        return map_masked_layers(
+            lambda index, layer, sparsity, mask, weights: magnitude_mask(weights, jnp.ones_like(mask), sparsity, structure),
+            sparsities, masks, params)
+
+
 def get_topology(name: str) -> Topology:
     if name not in TOPOLOGIES:
         raise ValueError(f"unknown sparse training method {name!r}; choose one of {', '.join(TOPOLOGIES)}")
