@@ -193,12 +193,23 @@ def random_rollout(env_spec, steps: int, num_envs: int, seed: int):
 SPARSE_SETTINGS = {"sparse.method": "rigl", "sparse.sparsity": 0.9, "sparse.distribution": "erk"}
 
 
+def _seed_update(agent, config, env_spec):
+    """(jitted seed-vmapped update, one seed's state, a random batch, keys): call `update(state, batch, keys)`."""
+    import jax
+
+    from sparserl import runner
+
+    state = runner.init_states(agent, [0])
+    axes = runner.seed_axes(state)
+    update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, 0), out_axes=(axes, 0)))
+    return update, state, random_transitions(env_spec, config.batch_size, seed=1), runner.seed_keys([1])
+
+
 def _off_policy_update_ms(agent_name: str, env_id: str, overrides: dict, settings: Settings) -> tuple[float, float, int]:
     """(masked ms, dense ms, topology period) of one gradient step, topology steps amortised at their period."""
-    import jax
     import jax.numpy as jnp
 
-    from sparserl import envs, runner
+    from sparserl import envs
 
     env_spec = envs.env_spec(env_id)
     agent_module = importlib.import_module(f"sparserl.agents.{agent_name}")
@@ -206,12 +217,7 @@ def _off_policy_update_ms(agent_name: str, env_id: str, overrides: dict, setting
     for variant, extra in (("dense", {}), ("masked", SPARSE_SETTINGS)):
         config = agent_config(agent_name, env_id, {**overrides, **extra, "steps": 10**8})
         period = config.sparse.rigl.update_period
-        agent = agent_module.make(config, env_spec)
-        state = runner.init_states(agent, [0])
-        axes = runner.seed_axes(state)
-        update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, 0), out_axes=(axes, 0)))
-        batch = random_transitions(env_spec, config.batch_size, seed=1)
-        keys = runner.seed_keys([1])
+        update, state, batch, keys = _seed_update(agent_module.make(config, env_spec), config, env_spec)
         ordinary = state.replace(step=jnp.int32(period + 1))  # not a topology step
         topology = state.replace(step=jnp.int32(period))  # a topology step (SET/RigL drop and grow)
         functions[variant] = lambda update=update, s=ordinary, b=batch: update(s, b, keys)
@@ -631,13 +637,9 @@ def _dqn_program_ms(settings: Settings) -> dict[str, float]:
     for kernels in condensed.KERNELS:
         config = condensed_dqn_config(kernels, {"steps": 10**8})
         agent = dqn.make(config, env_spec)
-        state = runner.init_states(agent, [0])
-        axes = runner.seed_axes(state)
-        actor = runner.make_actor(agent, axes, explore=True)
-        update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, 0), out_axes=(axes, 0)))
+        update, state, batch, keys = _seed_update(agent, config, env_spec)
+        actor = runner.make_actor(agent, runner.seed_axes(state), explore=True)
         observation = jnp.zeros((1, 1, *env_spec.observation_shape), jnp.float32)
-        batch = random_transitions(env_spec, config.batch_size, seed=1)
-        keys = runner.seed_keys([1])
         functions[f"act {kernels}"] = lambda f=actor, s=state: f(s, observation, keys, config.learning_starts)
         functions[f"update {kernels}"] = lambda f=update, s=state, b=batch: f(s, b, keys)
         if kernels == "masked":  # the network's share of acting: its forward pass alone, one jitted call
@@ -689,7 +691,7 @@ def row_kernel_gradient(settings: Settings) -> list[Row]:
     import jax
     import jax.numpy as jnp
 
-    from sparserl import envs, linear, runner
+    from sparserl import envs, linear
 
     rows = []
     for agent_name, env_id, label in (("dqn", "CartPole-v1", "DQN CartPole 2x512, batch 128"),
@@ -702,12 +704,8 @@ def row_kernel_gradient(settings: Settings) -> list[Row]:
         for product in ("linear", "autodiff"):
             patch = unittest.mock.patch.object(linear, "matmul", jnp.matmul) if product == "autodiff" else contextlib.nullcontext()
             with patch:  # the product is chosen when the update is traced, on its first call
-                agent = agent_module.make(config, env_spec)
-                state = runner.init_states(agent, [0]).replace(step=jnp.int32(config.sparse.rigl.update_period + 1))
-                axes = runner.seed_axes(state)
-                update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, 0), out_axes=(axes, 0)))
-                batch = random_transitions(env_spec, config.batch_size, seed=1)
-                keys = runner.seed_keys([1])
+                update, state, batch, keys = _seed_update(agent_module.make(config, env_spec), config, env_spec)
+                state = state.replace(step=jnp.int32(config.sparse.rigl.update_period + 1))  # not a topology step
                 jax.block_until_ready(update(state, batch, keys))
             functions[product] = lambda update=update, s=state, b=batch, k=keys: update(s, b, k)
         ms = interleaved_ms(functions, rounds=settings.pick(8, 4), calls=settings.pick(10, 5))
