@@ -193,7 +193,7 @@ def random_rollout(env_spec, steps: int, num_envs: int, seed: int):
 SPARSE_SETTINGS = {"sparse.method": "rigl", "sparse.sparsity": 0.9, "sparse.distribution": "erk"}
 
 
-def _seed_update(agent, config, env_spec):
+def seed_update(agent, config, env_spec):
     """(jitted seed-vmapped update, one seed's state, a random batch, keys): call `update(state, batch, keys)`."""
     import jax
 
@@ -217,7 +217,7 @@ def _off_policy_update_ms(agent_name: str, env_id: str, overrides: dict, setting
     for variant, extra in (("dense", {}), ("masked", SPARSE_SETTINGS)):
         config = agent_config(agent_name, env_id, {**overrides, **extra, "steps": 10**8})
         period = config.sparse.rigl.update_period
-        update, state, batch, keys = _seed_update(agent_module.make(config, env_spec), config, env_spec)
+        update, state, batch, keys = seed_update(agent_module.make(config, env_spec), config, env_spec)
         ordinary = state.replace(step=jnp.int32(period + 1))  # not a topology step
         topology = state.replace(step=jnp.int32(period))  # a topology step (SET/RigL drop and grow)
         functions[variant] = lambda update=update, s=ordinary, b=batch: update(s, b, keys)
@@ -637,7 +637,7 @@ def _dqn_program_ms(settings: Settings) -> dict[str, float]:
     for kernels in condensed.KERNELS:
         config = condensed_dqn_config(kernels, {"steps": 10**8})
         agent = dqn.make(config, env_spec)
-        update, state, batch, keys = _seed_update(agent, config, env_spec)
+        update, state, batch, keys = seed_update(agent, config, env_spec)
         actor = runner.make_actor(agent, runner.seed_axes(state), explore=True)
         observation = jnp.zeros((1, 1, *env_spec.observation_shape), jnp.float32)
         functions[f"act {kernels}"] = lambda f=actor, s=state: f(s, observation, keys, config.learning_starts)
@@ -704,7 +704,7 @@ def row_kernel_gradient(settings: Settings) -> list[Row]:
         for product in ("linear", "autodiff"):
             patch = unittest.mock.patch.object(linear, "matmul", jnp.matmul) if product == "autodiff" else contextlib.nullcontext()
             with patch:  # the product is chosen when the update is traced, on its first call
-                update, state, batch, keys = _seed_update(agent_module.make(config, env_spec), config, env_spec)
+                update, state, batch, keys = seed_update(agent_module.make(config, env_spec), config, env_spec)
                 state = state.replace(step=jnp.int32(config.sparse.rigl.update_period + 1))  # not a topology step
                 jax.block_until_ready(update(state, batch, keys))
             functions[product] = lambda update=update, s=state, b=batch, k=keys: update(s, b, k)
