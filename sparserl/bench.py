@@ -27,6 +27,10 @@ slows both sides alike; absolute times are printed for context only. Rows
   batch 128 on the 2x512 MLP (Graesser et al.'s protocol); end to end, DQN
   CartPole at that protocol (host loop, steady env steps/s); each DQN row
   for `sparse.kernels` = condensed and = auto.
+- `condensed_ceiling`: the 512x512 layer's forward pass written by hand in
+  C++ (compiled with the machine's g++) vs XLA's masked matmul, at batch 1,
+  16, 128, 256, and the bounds that puts on the `condensed` row's DQN act and
+  update goals (`sparserl.experiments.condensed_ceiling`).
 - `kernel_gradient`: a 90% RigL update (DQN CartPole 2x512, SAC 2x256, DQN
   Nature CNN) with `sparserl.linear.matmul` in the dense layers vs with
   autodiff's matmul.
@@ -679,6 +683,14 @@ def row_condensed(settings: Settings) -> list[Row]:
     return rows
 
 
+def row_condensed_ceiling(settings: Settings) -> list[Row]:
+    """A hand-written C++ condensed forward pass (built with g++) vs XLA's masked matmul, and the bounds it puts on
+    the `condensed` row's DQN goals: `sparserl.experiments.condensed_ceiling`."""
+    from sparserl.experiments import condensed_ceiling
+
+    return condensed_ceiling.rows(settings)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Row: the dense layers' kernel gradient
 
@@ -754,6 +766,7 @@ ROWS: dict[str, Callable[[Settings], list[Row]]] = {
     "seeds": row_seeds,
     "envs_per_seed": row_envs_per_seed,
     "condensed": row_condensed,
+    "condensed_ceiling": row_condensed_ceiling,
     "kernel_gradient": row_kernel_gradient,
     "startup": row_startup,
     "end_to_end": row_end_to_end,
