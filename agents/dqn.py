@@ -88,12 +88,19 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         return DQNState(online, online.params, rng, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
     def act(state: DQNState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
-        """Epsilon-greedy actions for a batch of observations."""
+        """Epsilon-greedy actions for a batch of observations (Mnih et al. 2015).
+
+        One uniform draw gives both the exploration coin and the random action,
+        floor(u * num_actions) (uniform over the actions to within 2^-23, u having
+        23 random bits): every `jax.random` call is a threefry evaluation of its
+        own, and the split, randint and uniform this replaces made DQN's act
+        program about twice as slow on the CPU.
+        """
         greedy = jnp.argmax(sparse_network.apply(network, state.online.params, observations, indices=state.online.indices), axis=-1)
-        random_key, explore_key = jax.random.split(key)
-        random_actions = jax.random.randint(random_key, greedy.shape, 0, env_spec.num_actions)
+        coin, pick = jax.random.uniform(key, (2, *greedy.shape))
+        random_actions = jnp.minimum(jnp.floor(pick * env_spec.num_actions).astype(greedy.dtype), env_spec.num_actions - 1)
         exploration = epsilon(env_step) if explore else config.eval_epsilon
-        return jnp.where(jax.random.uniform(explore_key, greedy.shape) < exploration, random_actions, greedy)
+        return jnp.where(coin < exploration, random_actions, greedy)
 
     def update(state: DQNState, batch: Transition, key: jax.Array, sample=None, plan=None) -> tuple[DQNState, dict[str, jax.Array]]:
         """One gradient step on `batch`, then ReDo when due, on `sample(key, redo.batch_size)` from the replay
