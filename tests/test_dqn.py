@@ -53,6 +53,16 @@ def test_act_is_greedy_in_eval_and_random_at_the_start_of_training():
     assert 0.35 < float(jnp.mean(exploring == 0)) < 0.65
 
 
+def test_random_actions_cover_every_action_uniformly():
+    """Epsilon = 1 before learning starts: floor(u * num_actions) of one uniform draw, on Acrobot's 3 actions."""
+    config = dqn_config.get_config()
+    config.network.hidden_sizes = (8,)
+    agent = dqn.make(config, envs.env_spec("Acrobot-v1"))
+    actions = np.asarray(agent.act(agent.init(jax.random.key(0)), jnp.zeros((30_000, 6)), jax.random.key(1), 0, True))
+    assert set(np.unique(actions)) == {0, 1, 2}
+    np.testing.assert_allclose(np.bincount(actions) / actions.size, 1 / 3, atol=0.01)
+
+
 def test_update_lowers_the_td_loss_and_keeps_the_mask():
     agent, _ = _agent(learning_rate=1e-2, target_update_period=1000)
     state = agent.init(jax.random.key(0))
