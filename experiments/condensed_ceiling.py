@@ -120,7 +120,9 @@ def layer_ms(library: ctypes.CDLL, settings: bench.Settings, in_features: int, o
 def dqn_bounds(library: ctypes.CDLL, settings: bench.Settings) -> list[bench.Row]:
     """Bounds on the DQN rows of `python -m sparserl.bench --rows=condensed` (2x512, ERK 90% constant fan-in),
     from measured parts: the masked program's time with its 512x512 products replaced by hand-written forward
-    passes, and with them taken out (free), which bounds any kernel.
+    passes, and with them taken out (free), which bounds any kernel. The programs are timed as that row times
+    them (`bench.interleaved_ms`: each call waited for, as an env loop waits for its action); the products as
+    `layer_ms` times them.
 
     Act (batch 1) has one such product, the update (batch 128) four: the online and
     the target forward passes, dx and the kernel gradient. The bound charges every
@@ -143,11 +145,9 @@ def dqn_bounds(library: ctypes.CDLL, settings: bench.Settings) -> list[bench.Row
     repeats, rounds = settings.pick(200, 50), settings.pick(5, 3)
     rows = []
     for program, batch_size, products, goal in (("act", 1, 1, ">= 2"), ("update", 128, 4, ">= 1.5")):
-        if program == "act":
-            program_ms = min(pipelined_ms(actor, (state, observation, keys, config.learning_starts), repeats)
-                             for _ in range(rounds))
-        else:
-            program_ms = min(pipelined_ms(update, (state, batch, keys), repeats) for _ in range(rounds))
+        call = (lambda: actor(state, observation, keys, config.learning_starts)) if program == "act" else (
+            lambda: update(state, batch, keys))
+        program_ms = bench.interleaved_ms({program: call}, rounds=rounds, calls=repeats // 10)[program]
         layer = layer_ms(library, settings, 512, 512, sparsity, batch_size)
         label = f"DQN {program}, 2x512 batch {batch_size}: bound, its {products} masked 512x512 product(s)"
         for replaced_by, product_ms in ((f"the hand-written forward (k={layer['k']})", layer["hand_written"]),
