@@ -102,20 +102,32 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         exploration = epsilon(env_step) if explore else config.eval_epsilon
         return jnp.where(coin < exploration, random_actions, greedy)
 
+    def target_q_values(state: DQNState, observations: jax.Array) -> jax.Array:
+        """Q_target(s', .). The target is the online network as of its last copy, after update `last_copy`; while
+        no topology update has run since, its masks are the online ones and it runs with the online indices
+        (condensed kernels), else masked. ReDo's `reset_target` writes the target off those masks: masked."""
+        masked = lambda: sparse_network.apply(network, state.target_params, observations)
+        if not state.online.indices or config.redo.reset_target:
+            return masked()
+        last_copy = state.step // config.target_update_period * config.target_update_period
+        return jax.lax.cond(
+            sparse_network.masks_unchanged(network, last_copy, state.step, config.target_update_period),
+            lambda: sparse_network.apply(network, state.target_params, observations, indices=state.online.indices),
+            masked)
+
     def update(state: DQNState, batch: Transition, key: jax.Array, sample=None, plan=None) -> tuple[DQNState, dict[str, jax.Array]]:
         """One gradient step on `batch`, then ReDo when due, on `sample(key, redo.batch_size)` from the replay
         (`plan`: `plan(first_update, 1)` when the caller knows the update number, see `dormancy.recycle_when_due`)."""
         if config.reward_clip:
             batch = batch._replace(reward=jnp.clip(batch.reward, -1.0, 1.0))
-        # The target's masks lag the online ones by up to target_update_period steps: it runs masked dense.
-        next_target_q_values = sparse_network.apply(network, state.target_params, batch.next_observation)
+        next_target_q_values = target_q_values(state, batch.next_observation)
 
         def loss_fn(params, indices):
             q_values = sparse_network.apply(network, params, batch.observation, indices=indices)
             errors = td_errors(q_values, next_target_q_values, batch, config.gamma)
             return jnp.mean(TD_LOSSES[config.td_loss](errors)), q_values
 
-        (loss, q_values), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.online.params, state.online.indices)
+        (loss, q_values), grads = sparse_network.value_and_grad(network, loss_fn, state.online, state.step)
         online = sparse_network.apply_gradients(network, state.online, grads, state.step, key)
         step = state.step + 1
         target_params = jax.lax.cond(

@@ -8,7 +8,7 @@ import flax.linen as nn
 import ml_collections
 
 from sparserl import networks
-from sparserl.sparse import SparsityConfig, condensed
+from sparserl.sparse import SparsityConfig, condensed, condensed_native
 from sparserl.sparse.config import is_concrete
 from sparserl.sparse.topology import get_topology
 
@@ -122,19 +122,22 @@ CONSTANT_FAN_IN_METHODS = ("static", "set", "rigl")
 
 
 def kernels(sparse: ml_collections.ConfigDict) -> str:
-    """The forward kernels of a network under `sparse`: `sparse.kernels` ("masked", "condensed", "auto"), which
+    """The kernels of a network under `sparse`: `sparse.kernels` ("masked", "condensed", "auto", "native"), which
     only runs condensed where every neuron keeps the same fan-in all along: `sparse.structure` "fan_in", a
     concrete sparsity level, and static, SET or RigL (prune shrinks the fan-in over training; SRigL's neuron
     ablation gives the surviving neurons more inputs than k).
 
-    "auto" falls back to "masked" elsewhere; "condensed" there raises ValueError (reported as bad input).
+    "auto" falls back to "masked" elsewhere; "condensed" and "native" there raise ValueError (reported as bad
+    input), and so does "native" where it cannot run (`condensed_native.unavailable_reason`: no g++, or not a CPU).
     """
     chosen = condensed.check_kernels(sparse.get("kernels", "masked"))
     constant_fan_in = (sparse.get("structure", "unstructured") == "fan_in" and sparse.method in CONSTANT_FAN_IN_METHODS
                        and is_concrete(sparse.sparsity))
-    if chosen == "condensed" and not constant_fan_in:
-        raise ValueError("--config.sparse.kernels: condensed needs constant fan-in masks "
+    if chosen in ("condensed", "native") and not constant_fan_in:
+        raise ValueError(f"--config.sparse.kernels: {chosen} needs constant fan-in masks "
                          f"(--config.sparse.structure=fan_in, --method one of {', '.join(CONSTANT_FAN_IN_METHODS)})")
+    if chosen == "native" and (reason := condensed_native.unavailable_reason()):
+        raise ValueError(f"--config.sparse.kernels: {reason}; choose masked, condensed or auto")
     return chosen if constant_fan_in else "masked"
 
 

@@ -21,12 +21,13 @@ slows both sides alike; absolute times are printed for context only. Rows
   one env, same rollout size.
 - `startup`: process start to the first env step, warm compilation cache vs
   cold (and vs sbx with `--peers`).
-- `condensed`: condensed kernels (issue 14) vs masked dense at 90% constant
-  fan-in: forward and forward+backward of single layers (512x512, 4x512,
-  512x2) at batch 1, 16, 128, 256; DQN acting at batch 1 and a DQN update at
-  batch 128 on the 2x512 MLP (Graesser et al.'s protocol); end to end, DQN
-  CartPole at that protocol (host loop, steady env steps/s); each DQN row
-  for `sparse.kernels` = condensed and = auto.
+- `condensed`: condensed kernels (issue 14), XLA's (`condensed`) and the
+  C++ ones (`native`), vs masked dense at 90% constant fan-in: forward and
+  forward+backward of single layers (512x512, 4x512, 512x2) at batch 1, 16,
+  128, 256; DQN acting at batch 1 and a DQN update at batch 128 on the 2x512
+  MLP (Graesser et al.'s protocol); end to end, DQN CartPole at that protocol
+  (host loop, steady env steps/s); each DQN row for `sparse.kernels` =
+  condensed, auto and native.
 - `condensed_ceiling`: the 512x512 layer's forward pass written by hand in
   C++ (compiled with the machine's g++) vs XLA's masked matmul, at batch 1,
   16, 128, 256, and the bounds that puts on the `condensed` row's DQN act and
@@ -599,7 +600,7 @@ def _layer_rows(settings: Settings) -> list[Row]:
     import jax
     import jax.numpy as jnp
 
-    from sparserl.sparse import condensed, structure
+    from sparserl.sparse import condensed, condensed_native, structure
 
     rows = []
     for in_features, out_features in CONDENSED_LAYERS:
@@ -611,7 +612,8 @@ def _layer_rows(settings: Settings) -> list[Row]:
         for batch in (1, 16, 128, 256):
             x = jax.random.normal(jax.random.key(2), (batch, in_features))
             target = jax.random.normal(jax.random.key(3), (batch, out_features))
-            forwards = {"masked": lambda x, w: x @ w, "condensed": lambda x, w: condensed.dense(x, w, indices)}
+            forwards = {"masked": lambda x, w: x @ w, "condensed": lambda x, w: condensed.dense(x, w, indices),
+                        "native": lambda x, w: condensed_native.dense(x, w, indices)}
             functions = {}
             for name, forward in forwards.items():
                 functions[f"{name} forward"] = lambda f=jax.jit(forward): f(x, kernel)
@@ -621,9 +623,10 @@ def _layer_rows(settings: Settings) -> list[Row]:
                 functions[f"{name} forward+backward"] = lambda f=backward: f(x, kernel)
             ms = interleaved_ms(functions, rounds=settings.pick(5, 2), calls=settings.pick(20, 5))
             for part in ("forward", "forward+backward"):
-                masked, condensed_ms = ms[f"masked {part}"], ms[f"condensed {part}"]
-                rows.append(Row("condensed layer", f"{in_features}x{out_features} k={k}, batch {batch}: {part}",
-                                condensed_ms, masked, "ms", masked / condensed_ms, "masked / condensed (speed-up)"))
+                for kind in ("condensed", "native"):
+                    masked, ours = ms[f"masked {part}"], ms[f"{kind} {part}"]
+                    rows.append(Row("condensed layer", f"{in_features}x{out_features} k={k}, batch {batch}: {part}, {kind}",
+                                    ours, masked, "ms", masked / ours, f"masked / {kind} (speed-up)"))
     return rows
 
 
@@ -660,7 +663,7 @@ def row_condensed(settings: Settings) -> list[Row]:
     ms = _dqn_program_ms(settings)
     rows.append(Row("condensed DQN", "DQN act, 2x512, batch 1: the masked network's forward pass alone vs the act call",
                     ms["forward masked"], ms["act masked"], "ms", ms["forward masked"] / ms["act masked"], "forward / act"))
-    compared = ("condensed", "auto")
+    compared = ("condensed", "auto", "native")
     for program, label, goal in (("act", "DQN act, 2x512, batch 1", ">= 2"), ("update", "DQN update, 2x512, batch 128", ">= 1.5")):
         for kernels in compared:
             masked, ours = ms[f"{program} masked"], ms[f"{program} {kernels}"]

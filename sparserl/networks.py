@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from sparserl import linear
-from sparserl.sparse import condensed
+from sparserl.sparse import condensed, condensed_native
 
 ACTIVATIONS = "activations"
 POST_ACTIVATION = "post_activation"
@@ -59,14 +59,17 @@ class Dense(nn.Dense):
     When the `condensed` collection holds `indices` [out, k] for this layer
     (`sparse_network.apply` passes them; see `sparserl.sparse.condensed`), the output
     is `condensed.dense(x, kernel, indices) + bias`, equal to the dense matmul
-    when the kernel is zero off the indices; otherwise it is `linear.matmul(x, kernel) + bias`,
+    when the kernel is zero off the indices (with the `condensed_native` collection instead,
+    `condensed_native.dense`: C++ forward and backward passes); otherwise it is `linear.matmul(x, kernel) + bias`,
     nn.Dense's function with the kernel gradient written in the kernel's layout (see `sparserl.linear`).
     """
 
     @nn.compact
     def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
         kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features), self.param_dtype)
-        if self.has_variable(condensed.COLLECTION, "indices"):
+        if self.has_variable(condensed.NATIVE_COLLECTION, "indices"):
+            outputs = condensed_native.dense(inputs, kernel, self.get_variable(condensed.NATIVE_COLLECTION, "indices"))
+        elif self.has_variable(condensed.COLLECTION, "indices"):
             outputs = condensed.dense(inputs, kernel, self.get_variable(condensed.COLLECTION, "indices"))
         else:
             outputs = linear.matmul(inputs, kernel)

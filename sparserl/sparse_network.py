@@ -10,7 +10,7 @@ dormancy metrics, and ReDo, so no agent holds sparsity logic of its own
 """
 
 import math
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import flax.struct
@@ -30,8 +30,8 @@ class SparseNetwork(NamedTuple):
 
     `sparse_init_rescale`: draw the initial weights (and ReDo's re-drawn ones)
     at the scale of each unit's sparse fan-in (`rescale_to_sparse_fan_in`).
-    `kernels`: "masked" (dense matmuls on the masked weights), "condensed" or
-    "auto" (`sparserl.sparse.condensed`; only for constant fan-in masks).
+    `kernels`: "masked" (dense matmuls on the masked weights), "condensed", "auto"
+    or "native" (`sparserl.sparse.condensed`; only for constant fan-in masks).
     """
 
     module: nn.Module
@@ -97,7 +97,7 @@ def init(network: SparseNetwork, key: jax.Array, *sample_inputs) -> NetworkState
     rescaled to each unit's sparse fan-in (unless `sparse_init_rescale` is off).
 
     The inner optimizer state does not depend on the param values (Adam's moments start at 0). With
-    condensed or auto kernels, the indices of every masked kernel are computed from the initial masks.
+    condensed, auto or native kernels, the indices of every masked kernel are computed from the initial masks.
     """
     init_key, mask_key = jax.random.split(key)
     params = network.module.init(init_key, *sample_inputs)["params"]
@@ -118,12 +118,38 @@ def apply(network: SparseNetwork, params: Any, *inputs, indices: dict | None = N
     if indices:
         chosen = condensed.select(indices, params, inputs[0].shape[0], network.kernels)
         if chosen:
-            variables[condensed.COLLECTION] = chosen
+            variables[condensed.NATIVE_COLLECTION if network.kernels == "native" else condensed.COLLECTION] = chosen
     return network.module.apply(variables, *inputs)
 
 
 def _is_topology_step(network: SparseNetwork, step: jax.Array) -> jax.Array:
     return get_topology(network.optimizer.config.method).is_update_step(step, network.optimizer.config)
+
+
+def masks_unchanged(network: SparseNetwork, first_step: jax.Array, step: jax.Array, max_steps: int) -> jax.Array:
+    """True when no topology update (`Topology.is_update_step`) runs at any step of [first_step, step), an
+    interval of at most `max_steps` steps: params copied from the network at `first_step` (a target network)
+    then still have the network's masks, and its condensed indices."""
+    steps = first_step + jnp.arange(max_steps)
+    return ~jnp.any(_is_topology_step(network, steps) & (steps < step))
+
+
+def value_and_grad(network: SparseNetwork, loss_fn: Callable, state: NetworkState, step: jax.Array):
+    """`jax.value_and_grad(loss_fn, has_aux=True)` at `state.params`, where `loss_fn(params, indices)` runs the
+    network through `apply(..., indices=indices)`.
+
+    Native kernels (`sparserl.sparse.condensed_native`) compute the kernel gradient
+    at the kept connections only, but RigL grows where the dense gradient is large:
+    on the topology-update steps of `step` alone (`lax.cond` on the unbatched step,
+    so the other branch is not run), the loss runs the masked network (no indices)
+    and the gradients are dense, as the topology update expects. Every other
+    kernel choice has the masked network's gradients at every step.
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if network.kernels != "native" or not state.indices:
+        return grad_fn(state.params, state.indices)
+    return jax.lax.cond(_is_topology_step(network, step), lambda: grad_fn(state.params, {}),
+                        lambda: grad_fn(state.params, state.indices))
 
 
 def apply_gradients(network: SparseNetwork, state: NetworkState, dense_grads: Any, step: jax.Array, key: jax.Array) -> NetworkState:

@@ -31,6 +31,9 @@ CASES = [
     (["--method=mask_decay", "--structure=nm:2:4", "--sparsity=0.9"], "--sparsity: 0.9 conflicts with --structure=nm:2:4"),
     (["--method=mask_decay", "--structure=nm:2:4", "--config.sparse.kernels=condensed"],
      "--config.sparse.kernels: condensed needs constant fan-in masks"),
+    (["--sparsity=0.9", "--config.sparse.kernels=native"],
+     "--config.sparse.kernels: native needs constant fan-in masks (--config.sparse.structure=fan_in"),
+    (["--config.sparse.kernels=fast"], "--config.sparse.kernels: unknown kernels 'fast'; choose one of masked, condensed, auto, native"),
     (["--distribution=bar", "--sparsity=0.5"], "--distribution: unknown distribution 'bar'; choose one of erk, uniform"),
     (["--config.sparse.method=foo", "--sparsity=0.5"], "--method: unknown method 'foo'"),
     (["--env=NoSuchEnv-v0"], "--env: unknown environment 'NoSuchEnv-v0'"),
@@ -128,3 +131,15 @@ def test_the_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, inputs, argu
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert result.stderr.strip().splitlines() == [inputs(message)]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["inputs"]
+
+
+def test_native_kernels_where_they_cannot_run_are_one_line_naming_the_flag(tmp_path, monkeypatch):
+    from sparserl.sparse import condensed_native
+
+    monkeypatch.setattr(condensed_native, "unavailable_reason", lambda: "native kernels need a C++ compiler: g++ is not on PATH")
+    with pytest.raises(train.UsageError) as raised:
+        train.prepare(["sparserl.train", "--sparsity=0.9", "--structure=fan_in", "--config.sparse.kernels=native",
+                       f"--workdir={tmp_path / 'work'}"])
+    assert str(raised.value) == ("--config.sparse.kernels: native kernels need a C++ compiler: g++ is not on PATH; "
+                                 "choose masked, condensed or auto")
+    assert list(tmp_path.iterdir()) == []

@@ -26,9 +26,11 @@ see the same pytrees as before):
 - a forward pass takes the indices as the flax collection `condensed`
   (`networks.Dense` reads it); layers left out of it run as plain dense
   matmuls. `select` decides per layer and batch size (static at trace time)
-  from the `kernels` setting: "masked" (never), "condensed" (always) or
+  from the `kernels` setting: "masked" (never), "condensed" (always),
   "auto" (`is_faster`, a rule measured with `python -m sparserl.bench
-  --rows=condensed`).
+  --rows=condensed`) or "native" (`native_is_faster`: C++ forward and
+  backward passes, `sparserl.sparse.condensed_native`, under the collection
+  `condensed_native`).
 
 Backward: a custom VJP (`dense`) that is the masked-dense backward pass
 (two dense matmuls), so the gradients, also the dense gradient RigL grows
@@ -47,7 +49,10 @@ from sparserl.sparse.masks import layer_of
 CONSTANT_FAN_IN = structure_lib.Structure(structure_lib.FAN_IN)
 
 COLLECTION = "condensed"
-KERNELS = ("masked", "condensed", "auto")
+NATIVE_COLLECTION = "condensed_native"  # the indices of layers that run `sparserl.sparse.condensed_native.dense`
+KERNELS = ("masked", "condensed", "auto", "native")
+# Under kernels=native, the smallest batch that runs native (`native_is_faster`).
+NATIVE_MIN_BATCH = 16
 
 # The forward formulation: scalar gathers below this batch size, row gathers from it on (`dense`).
 ROW_MIN_BATCH = 16
@@ -203,12 +208,26 @@ def is_faster(batch: int, in_features: int, out_features: int, k: int) -> bool:
     return batch * out_features * k <= AUTO_MAX_GATHERED
 
 
+def native_is_faster(batch: int) -> bool:
+    """The "native" rule: C++ kernels from batch `NATIVE_MIN_BATCH` on, masked matmuls below.
+
+    Measured on the 2-core CPU (90% constant fan-in, 512x512 layer, `python -m
+    sparserl.bench --rows=condensed`): forward and backward about 1.9x faster
+    than masked at batch 128 and 256; at batch 16 the forward pass alone loses
+    (0.7x); at batch 1 no gather this CPU runs beats the matrix-vector product
+    (`--rows=condensed_ceiling`).
+    """
+    return batch >= NATIVE_MIN_BATCH
+
+
 def select(indices: dict, params: Any, batch: int, kernels: str) -> dict:
-    """The part of `indices` to run condensed at this batch size under `kernels` ("masked", "condensed", "auto")."""
+    """The part of `indices` to run condensed at this batch size under `kernels` (one of `KERNELS`)."""
     if kernels == "masked":
         return {}
     if kernels == "condensed":
         return indices
+    if kernels == "native":
+        return indices if native_is_faster(batch) else {}
 
     def chosen(index_node, param_node):
         if "indices" in index_node:

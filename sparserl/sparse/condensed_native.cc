@@ -1,0 +1,244 @@
+// Native condensed kernels for XLA:CPU (XLA FFI custom calls), built by sparserl/sparse/condensed_native.py.
+//
+// A kernel W [in, out] with constant fan-in k is used through its indices idx [out, k] (the kept inputs of
+// every output neuron; Lasby et al. 2023, section 3.1):
+//   forward   y[b, o]            = sum_j x[b, idx[o, j]] * W[idx[o, j], o]
+//   backward  dx[b, i]           = sum_{(o, j): idx[o, j] = i} W[i, o] * dy[b, o]
+//             dW[idx[o, j], o]   = sum_b x[b, idx[o, j]] * dy[b, o]            (0 off the indices)
+// Every buffer may carry leading seed axes (jax.vmap, vmap_method="broadcast_all"); f32 and s32 only.
+//
+// The batch is cut into tiles of kLanes examples. A tile of x is transposed into [in][kLanes] (32 KB for
+// in = 512, so it stays in L1), and every kept connection adds one vector of it, scaled, into a register.
+// Work is split over (seed, tile) or (seed, output block) and shared with XLA's intra-op thread pool.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kLanes = 16;  // floats per vector; GCC lowers the vector type to the widest the CPU has
+typedef float Vector __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));
+constexpr int64_t kOutputBlock = 64;  // output neurons per task where the work is split by outputs
+
+// Runs first(i) for i in [0, first_count), then second(i) for i in [0, second_count), on the calling thread and
+// on the pool's threads, which are scheduled once per call (one can take some 100 us to start). Tasks are
+// claimed from atomic counters, so nobody waits for a thread that has not started: the caller runs every
+// unclaimed task itself, and between the phases everyone waits only for first-phase tasks already running (no
+// deadlock when the pool is busy, for example with another of these calls). A pool thread that starts late
+// finds fewer tasks, or none, and then never touches `first` or `second`.
+template <typename First, typename Second>
+void TwoPhases(ffi::ThreadPool& pool, int64_t first_count, const First& first, int64_t second_count,
+               const Second& second) {
+  struct Progress {
+    std::atomic<int64_t> first_next{0}, first_done{0}, second_next{0}, second_done{0};
+  };
+  auto progress = std::make_shared<Progress>();
+  const First* first_task = &first;  // dereferenced only for a claimed task, i.e. before the caller returns
+  const Second* second_task = &second;
+  auto work = [progress, first_count, second_count, first_task, second_task]() {
+    for (int64_t i = progress->first_next.fetch_add(1); i < first_count; i = progress->first_next.fetch_add(1)) {
+      (*first_task)(i);
+      progress->first_done.fetch_add(1, std::memory_order_release);
+    }
+    while (progress->first_done.load(std::memory_order_acquire) < first_count) std::this_thread::yield();
+    for (int64_t i = progress->second_next.fetch_add(1); i < second_count; i = progress->second_next.fetch_add(1)) {
+      (*second_task)(i);
+      progress->second_done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), std::max(first_count, second_count)) - 1;
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([work]() { work(); });  // the caller is a worker too
+  work();
+  while (progress->second_done.load(std::memory_order_acquire) < second_count) std::this_thread::yield();
+}
+
+struct Dims {
+  int64_t seeds, batch, in, out, k;
+  int64_t tiles() const { return (batch + kLanes - 1) / kLanes; }
+  int64_t output_blocks() const { return (out + kOutputBlock - 1) / kOutputBlock; }
+};
+
+Dims DimsOf(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::S32>& idx) {
+  auto x_dims = x.dimensions(), idx_dims = idx.dimensions();
+  const size_t rank = x_dims.size();
+  Dims dims{1, x_dims[rank - 2], x_dims[rank - 1], idx_dims[rank - 2], idx_dims[rank - 1]};
+  for (size_t axis = 0; axis + 2 < rank; ++axis) dims.seeds *= x_dims[axis];
+  return dims;
+}
+
+// tile[i][lane] = rows[first + lane][i] for the lanes inside the batch, 0 beyond it.
+void TransposeIn(const float* rows, int64_t width, int64_t batch, int64_t first, float* tile) {
+  const int64_t lanes = std::min(kLanes, batch - first);
+  for (int64_t i = 0; i < width; ++i) {
+    float* out = tile + i * kLanes;
+    for (int64_t lane = 0; lane < lanes; ++lane) out[lane] = rows[(first + lane) * width + i];
+    for (int64_t lane = lanes; lane < kLanes; ++lane) out[lane] = 0.f;
+  }
+}
+
+// rows[first + lane][i] = tile[i][lane] for the lanes inside the batch.
+void TransposeOut(const float* tile, int64_t width, int64_t batch, int64_t first, float* rows) {
+  const int64_t lanes = std::min(kLanes, batch - first);
+  for (int64_t lane = 0; lane < lanes; ++lane)
+    for (int64_t i = 0; i < width; ++i) rows[(first + lane) * width + i] = tile[i * kLanes + lane];
+}
+
+// The sum of a vector's lanes as a tree of halves (a scalar loop over the lanes is a 16-add dependency chain).
+float SumOfLanes(Vector v) {
+  typedef float Half __attribute__((vector_size(kLanes / 2 * sizeof(float))));
+  typedef float Quarter __attribute__((vector_size(kLanes / 4 * sizeof(float))));
+  const Half half = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                    __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const Quarter quarter = __builtin_shufflevector(half, half, 0, 1, 2, 3) + __builtin_shufflevector(half, half, 4, 5, 6, 7);
+  return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
+}
+
+const Vector& RowOf(const float* tile, int32_t i) { return *reinterpret_cast<const Vector*>(tile + int64_t(i) * kLanes); }
+Vector& RowOf(float* tile, int32_t i) { return *reinterpret_cast<Vector*>(tile + int64_t(i) * kLanes); }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Forward: outputs y, the kept values [out, k] (W gathered once, for the backward pass) and tile scratch.
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                   ffi::Buffer<ffi::S32> idx, ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> values,
+                   ffi::ResultBuffer<ffi::F32> scratch) {
+  const Dims d = DimsOf(x, idx);
+  const float* x_data = x.typed_data();
+  const float* w_data = kernel.typed_data();
+  const int32_t* idx_data = idx.typed_data();
+  float* y_data = y->typed_data();
+  float* values_data = values->typed_data();
+  float* scratch_data = scratch->typed_data();  // per (seed, tile): x tile [in][kLanes], y tile [out][kLanes]
+
+  auto gather_values = [&](int64_t task) {
+    const int64_t seed = task / d.output_blocks(), first = (task % d.output_blocks()) * kOutputBlock;
+    const float* w = w_data + seed * d.in * d.out;
+    const int32_t* kept = idx_data + seed * d.out * d.k;
+    float* v = values_data + seed * d.out * d.k;
+    for (int64_t o = first; o < std::min(first + kOutputBlock, d.out); ++o)
+      for (int64_t j = 0; j < d.k; ++j) v[o * d.k + j] = w[int64_t(kept[o * d.k + j]) * d.out + o];
+  };
+  auto tile_outputs = [&](int64_t task) {
+    const int64_t seed = task / d.tiles(), first = (task % d.tiles()) * kLanes;
+    const int32_t* kept = idx_data + seed * d.out * d.k;
+    const float* v = values_data + seed * d.out * d.k;
+    float* x_tile = scratch_data + task * (d.in + d.out) * kLanes;
+    float* y_tile = x_tile + d.in * kLanes;
+    TransposeIn(x_data + seed * d.batch * d.in, d.in, d.batch, first, x_tile);
+    int64_t o = 0;
+    for (; o + 4 <= d.out; o += 4) {  // four outputs at a time: four independent accumulators
+      Vector sum0 = {}, sum1 = {}, sum2 = {}, sum3 = {};
+      for (int64_t j = 0; j < d.k; ++j) {
+        sum0 += v[o * d.k + j] * RowOf(x_tile, kept[o * d.k + j]);
+        sum1 += v[(o + 1) * d.k + j] * RowOf(x_tile, kept[(o + 1) * d.k + j]);
+        sum2 += v[(o + 2) * d.k + j] * RowOf(x_tile, kept[(o + 2) * d.k + j]);
+        sum3 += v[(o + 3) * d.k + j] * RowOf(x_tile, kept[(o + 3) * d.k + j]);
+      }
+      RowOf(y_tile, o) = sum0, RowOf(y_tile, o + 1) = sum1, RowOf(y_tile, o + 2) = sum2, RowOf(y_tile, o + 3) = sum3;
+    }
+    for (; o < d.out; ++o) {
+      Vector sum = {};
+      for (int64_t j = 0; j < d.k; ++j) sum += v[o * d.k + j] * RowOf(x_tile, kept[o * d.k + j]);
+      RowOf(y_tile, o) = sum;
+    }
+    TransposeOut(y_tile, d.out, d.batch, first, y_data + seed * d.batch * d.out);
+  };
+  TwoPhases(pool, d.seeds * d.output_blocks(), gather_values, d.seeds * d.tiles(), tile_outputs);
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Backward: dx, the dense-shaped kernel gradient (the kept entries; zeros elsewhere) and scratch.
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
+                    ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
+                    ffi::ResultBuffer<ffi::F32> dkernel, ffi::ResultBuffer<ffi::F32> scratch) {
+  const Dims d = DimsOf(x, idx);
+  const float* x_data = x.typed_data();
+  const float* values_data = values.typed_data();
+  const int32_t* idx_data = idx.typed_data();
+  const float* dy_data = dy.typed_data();
+  float* dx_data = dx->typed_data();
+  float* dkernel_data = dkernel->typed_data();
+  // Scratch, per seed: x^T [in][padded batch] and dy^T [out][padded batch] (whole rows, for the kernel
+  // gradient), then per tile the dx tile [in][kLanes] and the dy tile [out][kLanes].
+  const int64_t padded = d.tiles() * kLanes;
+  const int64_t per_seed = (d.in + d.out) * padded + d.tiles() * (d.in + d.out) * kLanes;
+  float* scratch_data = scratch->typed_data();
+
+  // Per (seed, tile): dx^T[idx[o, j]] += W[idx[o, j], o] * dy^T[o] (a scatter-add into the L1 tile), the tile's
+  // columns of the whole-batch x^T and dy^T, and a slice of the kernel gradient's rows zeroed.
+  auto input_gradient = [&](int64_t task) {
+    const int64_t seed = task / d.tiles(), tile = task % d.tiles(), first = tile * kLanes;
+    const int32_t* kept = idx_data + seed * d.out * d.k;
+    const float* v = values_data + seed * d.out * d.k;
+    float* x_rows = scratch_data + seed * per_seed;
+    float* dy_rows = x_rows + d.in * padded;
+    float* dx_tile = dy_rows + d.out * padded + tile * (d.in + d.out) * kLanes;
+    float* dy_tile = dx_tile + d.in * kLanes;
+    TransposeIn(dy_data + seed * d.batch * d.out, d.out, d.batch, first, dy_tile);
+    std::memset(dx_tile, 0, d.in * kLanes * sizeof(float));
+    for (int64_t o = 0; o < d.out; ++o) {
+      const Vector g = RowOf(static_cast<const float*>(dy_tile), o);
+      for (int64_t j = 0; j < d.k; ++j) RowOf(dx_tile, kept[o * d.k + j]) += v[o * d.k + j] * g;
+    }
+    TransposeOut(dx_tile, d.in, d.batch, first, dx_data + seed * d.batch * d.in);
+    float* x_tile = dx_tile;  // the dx tile is written out: reuse it for x's tile
+    TransposeIn(x_data + seed * d.batch * d.in, d.in, d.batch, first, x_tile);
+    for (int64_t i = 0; i < d.in; ++i) *reinterpret_cast<Vector*>(x_rows + i * padded + first) = RowOf(x_tile, i);
+    for (int64_t o = 0; o < d.out; ++o) *reinterpret_cast<Vector*>(dy_rows + o * padded + first) = RowOf(dy_tile, o);
+    const int64_t rows_first = d.in * tile / d.tiles(), rows_last = d.in * (tile + 1) / d.tiles();
+    std::memset(dkernel_data + seed * d.in * d.out + rows_first * d.out, 0,
+                (rows_last - rows_first) * d.out * sizeof(float));
+  };
+  // Per (seed, output block): dW[idx[o, j], o] = <x^T[idx[o, j]], dy^T[o]>, whole contiguous rows of the batch.
+  auto kernel_gradient = [&](int64_t task) {
+    const int64_t seed = task / d.output_blocks(), first = (task % d.output_blocks()) * kOutputBlock;
+    const int32_t* kept = idx_data + seed * d.out * d.k;
+    float* dw = dkernel_data + seed * d.in * d.out;
+    const float* x_rows = scratch_data + seed * per_seed;
+    const float* dy_rows = x_rows + d.in * padded;
+    for (int64_t o = first; o < std::min(first + kOutputBlock, d.out); ++o) {
+      const Vector* g = reinterpret_cast<const Vector*>(dy_rows + o * padded);
+      for (int64_t j = 0; j < d.k; ++j) {
+        const int32_t i = kept[o * d.k + j];
+        const Vector* row = reinterpret_cast<const Vector*>(x_rows + int64_t(i) * padded);
+        Vector sum = {};
+        for (int64_t t = 0; t < d.tiles(); ++t) sum += row[t] * g[t];
+        dw[int64_t(i) * d.out + o] = SumOfLanes(sum);
+      }
+    }
+  };
+  TwoPhases(pool, d.seeds * d.tiles(), input_gradient, d.seeds * d.output_blocks(), kernel_gradient);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SparserlCondensedForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SparserlCondensedBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

@@ -1,0 +1,159 @@
+"""Native condensed kernels: constant fan-in layers as XLA:CPU custom calls (XLA FFI), forward and backward.
+
+`--config.sparse.kernels=native` runs every constant fan-in layer of a batch
+of at least `condensed.NATIVE_MIN_BATCH` examples through `dense`, whose forward and backward
+passes are C++ (`condensed_native.cc`) built for this CPU with the machine's
+g++ on first use and cached (`library_path`). For W [in, out] kept at
+indices idx [out, k] (Lasby et al. 2023, section 3.1):
+
+    y[b, o]          = sum_j x[b, idx[o, j]] W[idx[o, j], o]
+    dx[b, i]         = sum_{(o, j): idx[o, j] = i} W[i, o] dy[b, o]
+    dW[idx[o, j], o] = sum_b x[b, idx[o, j]] dy[b, o],   0 off the indices
+
+so each costs batch * out * k multiply-adds instead of batch * in * out.
+Unlike `sparserl.sparse.condensed.dense` (masked backward), the kernel
+gradient is only computed at the kept connections: RigL's growth, which needs
+the dense gradient, gets it from `sparse_network.value_and_grad`, which runs
+the masked network on topology-update steps alone. Where acting is concerned
+(batch 1) the masked matrix-vector product is faster than any gather this
+CPU runs (`python -m sparserl.bench --rows=condensed_ceiling`), so smaller
+batches run masked.
+
+CPU only, float32 only; vmappable (seeds become leading axes of every buffer).
+"""
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "condensed_native.cc")
+FORWARD, BACKWARD = "sparserl_condensed_forward", "sparserl_condensed_backward"
+LANES = 16  # examples per tile (condensed_native.cc kLanes)
+COMPILE_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
+
+_registered = False
+
+
+def library_path() -> str:
+    """Where the compiled library lives: the compilation cache's parent (`$XDG_CACHE_HOME/sparserl`), under a
+    name that hashes the source, the flags, jaxlib's version and the CPU (-march=native)."""
+    import jaxlib
+
+    with open(SOURCE, "rb") as source:
+        digest = hashlib.sha256(source.read())
+    digest.update(" ".join(COMPILE_FLAGS).encode())
+    digest.update(f"{jaxlib.__version__} {platform.machine()} {_cpu_flags()}".encode())
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "sparserl", "native", f"condensed_native-{digest.hexdigest()[:16]}.so")
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return platform.processor()
+
+
+def build() -> str:
+    """The compiled library's path, compiling it first if it is not cached (RuntimeError: why it cannot be)."""
+    path = library_path()
+    if os.path.exists(path):
+        return path
+    compiler = shutil.which("g++")
+    if compiler is None:
+        raise RuntimeError("native kernels need a C++ compiler: g++ is not on PATH")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as directory:
+        partial = os.path.join(directory, os.path.basename(path))
+        result = subprocess.run([compiler, *COMPILE_FLAGS, f"-I{jax.ffi.include_dir()}", SOURCE, "-o", partial],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"native kernels failed to compile: {result.stderr.strip().splitlines()[-1:]}")
+        os.replace(partial, path)  # atomic: a killed build leaves no half-written library behind
+    return path
+
+
+def unavailable_reason() -> str | None:
+    """None when native kernels can run here, else why not (one line): not on a CPU backend, or no build."""
+    if jax.default_backend() != "cpu":
+        return f"native kernels run on the CPU only (this process runs on {jax.default_backend()})"
+    try:
+        register()
+    except RuntimeError as error:
+        return str(error)
+    return None
+
+
+def register() -> None:
+    """Builds (or finds) the library and registers its two custom calls with XLA, once per process."""
+    global _registered
+    if _registered:
+        return
+    library = ctypes.CDLL(build())
+    jax.ffi.register_ffi_target(FORWARD, jax.ffi.pycapsule(library.SparserlCondensedForward), platform="cpu")
+    jax.ffi.register_ffi_target(BACKWARD, jax.ffi.pycapsule(library.SparserlCondensedBackward), platform="cpu")
+    _registered = True
+
+
+def _tiles(batch: int) -> int:
+    return -(-batch // LANES)
+
+
+def _forward_call(x: jax.Array, kernel: jax.Array, indices: jax.Array):
+    """(y [batch, out], values [out, k]) from the custom call; its tile scratch is dropped."""
+    register()
+    (batch, in_features), (out_features, k) = x.shape, indices.shape
+    shapes = (jax.ShapeDtypeStruct((batch, out_features), jnp.float32),
+              jax.ShapeDtypeStruct((out_features, k), jnp.float32),
+              jax.ShapeDtypeStruct((_tiles(batch) * (in_features + out_features) * LANES,), jnp.float32))
+    y, values, _ = jax.ffi.ffi_call(FORWARD, shapes, vmap_method="broadcast_all")(x, kernel, indices)
+    return y, values
+
+
+def _check(x: jax.Array, kernel: jax.Array, indices: jax.Array) -> None:
+    if x.dtype != jnp.float32 or kernel.dtype != jnp.float32 or indices.dtype != jnp.int32:
+        raise TypeError(f"native condensed kernels take float32 x and kernel and int32 indices, not "
+                        f"{x.dtype}, {kernel.dtype}, {indices.dtype}")
+
+
+@jax.custom_vjp
+def dense(x: jax.Array, kernel: jax.Array, indices: jax.Array) -> jax.Array:
+    """x [..., in] times the kernel [in, out] restricted to `indices` [out, k], forward and backward in C++.
+
+    Equal to `x @ kernel` when the kernel is zero off the indices (the masked params),
+    and so is dx; the kernel gradient equals the masked network's at the kept
+    connections and is 0 elsewhere (see the module docstring).
+    """
+    _check(x, kernel, indices)
+    flat = x.reshape(-1, x.shape[-1])
+    return _forward_call(flat, kernel, indices)[0].reshape(*x.shape[:-1], kernel.shape[1])
+
+
+def _dense_forward(x, kernel, indices):
+    _check(x, kernel, indices)
+    y, values = _forward_call(x.reshape(-1, x.shape[-1]), kernel, indices)
+    return y.reshape(*x.shape[:-1], kernel.shape[1]), (x, values, indices)
+
+
+def _dense_backward(residuals, output_grad):
+    x, values, indices = residuals
+    flat = x.reshape(-1, x.shape[-1])
+    (batch, in_features), out_features = flat.shape, values.shape[0]
+    shapes = (jax.ShapeDtypeStruct(flat.shape, jnp.float32),
+              jax.ShapeDtypeStruct((in_features, out_features), jnp.float32),
+              jax.ShapeDtypeStruct((2 * _tiles(batch) * (in_features + out_features) * LANES,), jnp.float32))
+    dx, dkernel, _ = jax.ffi.ffi_call(BACKWARD, shapes, vmap_method="broadcast_all")(
+        flat, values, indices, output_grad.reshape(-1, out_features))
+    return dx.reshape(x.shape), dkernel, np.zeros(indices.shape, jax.dtypes.float0)
+
+
+dense.defvjp(_dense_forward, _dense_backward)

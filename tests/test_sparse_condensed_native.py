@@ -1,0 +1,110 @@
+"""Native condensed kernels (C++ custom calls): forward and backward against masked dense and plain Python, vmap,
+the dense gradient on topology steps, the target network's masks, the build and its errors."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sparserl import networks, sparse_network
+from sparserl.sparse import SparsityConfig, condensed, condensed_native, structure
+
+
+def _layer(key, batch_shape, in_features, out_features, sparsity):
+    mask_key, kernel_key, x_key = jax.random.split(key, 3)
+    mask = structure.random_mask(condensed.CONSTANT_FAN_IN, mask_key, (in_features, out_features), sparsity)
+    kernel = jnp.where(mask, jax.random.normal(kernel_key, mask.shape), 0.0)
+    x = jax.random.normal(x_key, (*batch_shape, in_features))
+    return x, kernel, mask, structure.fan_in_indices(mask, condensed.fan_in(in_features, sparsity))
+
+
+# Batches inside one tile of 16 and across tiles with a partial last one; outputs in blocks of four with a
+# remainder, and over more than one block of 64; a leading axis folded into the batch.
+@pytest.mark.parametrize("batch_shape, in_features, out_features", [
+    ((1,), 64, 32), ((16,), 64, 6), ((37,), 8, 130), ((2, 9), 64, 5)])
+def test_forward_equals_the_masked_matmul_and_a_plain_python_sum(batch_shape, in_features, out_features):
+    x, kernel, _, indices = _layer(jax.random.key(1), batch_shape, in_features, out_features, 0.75)
+    y = jax.jit(condensed_native.dense)(x, kernel, indices)
+    np.testing.assert_allclose(y, x @ kernel, rtol=1e-5, atol=1e-5)
+    x_np, kernel_np, indices_np = np.asarray(x).reshape(-1, in_features), np.asarray(kernel), np.asarray(indices)
+    expected = [[sum(row[i] * kernel_np[i, o] for i in indices_np[o]) for o in range(out_features)] for row in x_np]
+    np.testing.assert_allclose(np.asarray(y).reshape(-1, out_features), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [3, 40])
+def test_dx_is_the_masked_one_and_the_kernel_gradient_is_the_masked_one_on_the_mask_and_zero_off_it(batch):
+    x, kernel, mask, indices = _layer(jax.random.key(2), (batch,), 64, 70, 0.9)
+    target = jax.random.normal(jax.random.key(3), (batch, 70))
+    masked_dx, masked_dkernel = jax.grad(lambda x, w: jnp.sum((x @ w - target) ** 2), argnums=(0, 1))(x, kernel)
+    native = jax.jit(jax.grad(lambda x, w: jnp.sum((condensed_native.dense(x, w, indices) - target) ** 2), argnums=(0, 1)))
+    dx, dkernel = native(x, kernel)
+    np.testing.assert_allclose(dx, masked_dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dkernel, jnp.where(mask, masked_dkernel, 0.0), rtol=1e-4, atol=1e-4)
+    assert np.all(np.asarray(dkernel)[~np.asarray(mask)] == 0.0)
+
+
+def test_vmap_over_seeds_with_their_own_masks_equals_each_seed_alone():
+    layers = [_layer(jax.random.key(seed), (20,), 32, 24, 0.75) for seed in range(3)]
+    x, kernel, _, indices = (jnp.stack(parts) for parts in zip(*layers))
+    loss = lambda x, w, i: jnp.sum(condensed_native.dense(x, w, i) ** 2)
+    batched = jax.jit(jax.vmap(jax.value_and_grad(loss, argnums=(0, 1))))(x, kernel, indices)
+    for seed in range(3):
+        alone = jax.value_and_grad(loss, argnums=(0, 1))(x[seed], kernel[seed], indices[seed])
+        for batched_leaf, alone_leaf in zip(jax.tree.leaves(batched), jax.tree.leaves(alone)):
+            np.testing.assert_allclose(batched_leaf[seed], alone_leaf, rtol=1e-6, atol=1e-6)
+
+
+def test_other_dtypes_are_refused():
+    x, kernel, _, indices = _layer(jax.random.key(4), (16,), 8, 4, 0.5)
+    with pytest.raises(TypeError, match="native condensed kernels take float32"):
+        condensed_native.dense(x.astype(jnp.bfloat16), kernel, indices)
+
+
+def _rigl_network(kernels):
+    config = SparsityConfig(method="rigl", sparsity=0.75, distribution="uniform", structure="fan_in",
+                            update_period=10, update_start=0, update_end=100)
+    return sparse_network.make_network(networks.MLP((32,), 3), optax.adam(1e-2), config, kernels=kernels)
+
+
+@pytest.mark.parametrize("step, dense", [(10, True), (11, False)])  # RigL's topology steps are multiples of 10
+def test_value_and_grad_gives_the_dense_gradient_on_topology_steps_only(step, dense):
+    network = _rigl_network("native")
+    x = jax.random.normal(jax.random.key(5), (24, 6))
+    state = sparse_network.init(network, jax.random.key(6), x)
+    loss = lambda params, indices: (jnp.sum(sparse_network.apply(network, params, x, indices=indices) ** 2), 0.0)
+    (_, _), grads = jax.jit(lambda state, step: sparse_network.value_and_grad(network, loss, state, step))(state, jnp.int32(step))
+    (_, _), masked_grads = jax.value_and_grad(loss, has_aux=True)(state.params, {})
+    mask = state.opt_state.masks["output"]["kernel"]
+    expected = masked_grads["output"]["kernel"] if dense else jnp.where(mask, masked_grads["output"]["kernel"], 0.0)
+    np.testing.assert_allclose(grads["output"]["kernel"], expected, rtol=1e-4, atol=1e-5)
+    assert bool(np.any(np.asarray(grads["output"]["kernel"])[~np.asarray(mask)] != 0.0)) == dense
+
+
+@pytest.mark.parametrize("first, step, unchanged", [
+    (0, 0, True),     # an empty interval
+    (0, 10, True),    # steps 0..9: 0 is not an update step (schedules.is_periodic_step: never at step 0)
+    (0, 11, False),   # ... 10 is
+    (11, 20, True),   # 11..19
+    (100, 150, True),  # past update_end
+])
+def test_masks_unchanged_is_no_topology_step_in_the_interval(first, step, unchanged):
+    network = _rigl_network("native")
+    assert bool(sparse_network.masks_unchanged(network, jnp.int32(first), jnp.int32(step), 50)) == unchanged
+
+
+def test_the_library_is_cached_under_xdg_cache_home_and_built_without_leftovers(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = condensed_native.library_path()
+    assert path.startswith(str(tmp_path / "sparserl" / "native")) and path == condensed_native.library_path()
+    assert condensed_native.build() == path and os.path.getsize(path) > 0
+    assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]  # no partial build left behind
+
+
+def test_without_a_compiler_native_kernels_say_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(condensed_native, "_registered", False)
+    monkeypatch.setattr(condensed_native.shutil, "which", lambda name: None)
+    assert condensed_native.unavailable_reason() == "native kernels need a C++ compiler: g++ is not on PATH"
