@@ -28,10 +28,6 @@ slows both sides alike; absolute times are printed for context only. Rows
   MLP (Graesser et al.'s protocol); end to end, DQN CartPole at that protocol
   (host loop, steady env steps/s); each DQN row for `sparse.kernels` =
   condensed, auto and native.
-- `condensed_ceiling`: the 512x512 layer's forward pass written by hand in
-  C++ (compiled with the machine's g++) vs XLA's masked matmul, at batch 1,
-  16, 128, 256, and the bounds that puts on the `condensed` row's DQN act and
-  update goals (`sparserl.experiments.condensed_ceiling`).
 - `kernel_gradient`: a 90% RigL update (DQN CartPole 2x512, SAC 2x256, DQN
   Nature CNN) with `sparserl.linear.matmul` in the dense layers vs with
   autodiff's matmul.
@@ -198,7 +194,7 @@ def random_rollout(env_spec, steps: int, num_envs: int, seed: int):
 SPARSE_SETTINGS = {"sparse.method": "rigl", "sparse.sparsity": 0.9, "sparse.distribution": "erk"}
 
 
-def seed_update(agent, config, env_spec):
+def _seed_update(agent, config, env_spec):
     """(jitted seed-vmapped update, one seed's state, a random batch, keys): call `update(state, batch, keys)`."""
     import jax
 
@@ -222,7 +218,7 @@ def _off_policy_update_ms(agent_name: str, env_id: str, overrides: dict, setting
     for variant, extra in (("dense", {}), ("masked", SPARSE_SETTINGS)):
         config = agent_config(agent_name, env_id, {**overrides, **extra, "steps": 10**8})
         period = config.sparse.rigl.update_period
-        update, state, batch, keys = seed_update(agent_module.make(config, env_spec), config, env_spec)
+        update, state, batch, keys = _seed_update(agent_module.make(config, env_spec), config, env_spec)
         ordinary = state.replace(step=jnp.int32(period + 1))  # not a topology step
         topology = state.replace(step=jnp.int32(period))  # a topology step (SET/RigL drop and grow)
         functions[variant] = lambda update=update, s=ordinary, b=batch: update(s, b, keys)
@@ -644,7 +640,7 @@ def _dqn_program_ms(settings: Settings) -> dict[str, float]:
     for kernels in condensed.KERNELS:
         config = condensed_dqn_config(kernels, {"steps": 10**8})
         agent = dqn.make(config, env_spec)
-        update, state, batch, keys = seed_update(agent, config, env_spec)
+        update, state, batch, keys = _seed_update(agent, config, env_spec)
         actor = runner.make_actor(agent, runner.seed_axes(state), explore=True)
         observation = jnp.zeros((1, 1, *env_spec.observation_shape), jnp.float32)
         functions[f"act {kernels}"] = lambda f=actor, s=state: f(s, observation, keys, config.learning_starts)
@@ -686,14 +682,6 @@ def row_condensed(settings: Settings) -> list[Row]:
     return rows
 
 
-def row_condensed_ceiling(settings: Settings) -> list[Row]:
-    """A hand-written C++ condensed forward pass (built with g++) vs XLA's masked matmul, and the bounds it puts on
-    the `condensed` row's DQN goals: `sparserl.experiments.condensed_ceiling`."""
-    from sparserl.experiments import condensed_ceiling
-
-    return condensed_ceiling.rows(settings)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Row: the dense layers' kernel gradient
 
@@ -719,7 +707,7 @@ def row_kernel_gradient(settings: Settings) -> list[Row]:
         for product in ("linear", "autodiff"):
             patch = unittest.mock.patch.object(linear, "matmul", jnp.matmul) if product == "autodiff" else contextlib.nullcontext()
             with patch:  # the product is chosen when the update is traced, on its first call
-                update, state, batch, keys = seed_update(agent_module.make(config, env_spec), config, env_spec)
+                update, state, batch, keys = _seed_update(agent_module.make(config, env_spec), config, env_spec)
                 state = state.replace(step=jnp.int32(config.sparse.rigl.update_period + 1))  # not a topology step
                 jax.block_until_ready(update(state, batch, keys))
             functions[product] = lambda update=update, s=state, b=batch, k=keys: update(s, b, k)
@@ -769,7 +757,6 @@ ROWS: dict[str, Callable[[Settings], list[Row]]] = {
     "seeds": row_seeds,
     "envs_per_seed": row_envs_per_seed,
     "condensed": row_condensed,
-    "condensed_ceiling": row_condensed_ceiling,
     "kernel_gradient": row_kernel_gradient,
     "startup": row_startup,
     "end_to_end": row_end_to_end,

@@ -212,10 +212,9 @@ def native_is_faster(batch: int) -> bool:
     """The "native" rule: C++ kernels from batch `NATIVE_MIN_BATCH` on, masked matmuls below.
 
     Measured on the 2-core CPU (90% constant fan-in, 512x512 layer, `python -m
-    sparserl.bench --rows=condensed`): forward and backward about 1.9x faster
-    than masked at batch 128 and 256; at batch 16 the forward pass alone loses
-    (0.7x); at batch 1 no gather this CPU runs beats the matrix-vector product
-    (`--rows=condensed_ceiling`).
+    sparserl.bench --rows=condensed`, one run): forward + backward 1.70x as fast
+    as masked at batch 16, 2.41x at 128, 2.69x at 256; at batch 1 the forward
+    pass 0.91x (gathering 26k scalars loses to the matrix-vector product).
     """
     return batch >= NATIVE_MIN_BATCH
 

@@ -14,10 +14,9 @@ so each costs batch * out * k multiply-adds instead of batch * in * out.
 Unlike `sparserl.sparse.condensed.dense` (masked backward), the kernel
 gradient is only computed at the kept connections: RigL's growth, which needs
 the dense gradient, gets it from `sparse_network.value_and_grad`, which runs
-the masked network on topology-update steps alone. Where acting is concerned
-(batch 1) the masked matrix-vector product is faster than any gather this
-CPU runs (`python -m sparserl.bench --rows=condensed_ceiling`), so smaller
-batches run masked.
+the masked network on topology-update steps alone. Acting (batch 1) runs
+masked: there the gathers lose to the matrix-vector product
+(`condensed.native_is_faster`).
 
 CPU only, float32 only; vmappable (seeds become leading axes of every buffer).
 """
