@@ -108,3 +108,8 @@ def test_without_a_compiler_native_kernels_say_so(tmp_path, monkeypatch):
     monkeypatch.setattr(condensed_native, "_registered", False)
     monkeypatch.setattr(condensed_native.shutil, "which", lambda name: None)
     assert condensed_native.unavailable_reason() == "native kernels need a C++ compiler: g++ is not on PATH"
+
+
+def test_on_another_backend_native_kernels_say_so(monkeypatch):
+    monkeypatch.setattr(condensed_native.jax, "default_backend", lambda: "gpu")
+    assert condensed_native.unavailable_reason() == "native kernels run on the CPU only (this process runs on gpu)"
