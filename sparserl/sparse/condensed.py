@@ -212,9 +212,10 @@ def native_is_faster(batch: int) -> bool:
     """The "native" rule: C++ kernels from batch `NATIVE_MIN_BATCH` on, masked matmuls below.
 
     Measured on the 2-core CPU (90% constant fan-in, 512x512 layer, `python -m
-    sparserl.bench --rows=condensed`, one run): forward + backward 1.70x as fast
-    as masked at batch 16, 2.41x at 128, 2.69x at 256; at batch 1 the forward
-    pass 0.91x (gathering 26k scalars loses to the matrix-vector product).
+    sparserl.bench --rows=condensed`, two runs): forward + backward 1.60-1.70x
+    as fast as masked at batch 16, 2.41-2.99x at 128, 2.61-2.69x at 256; at
+    batch 1 the forward pass 0.66-0.91x (gathering 26k scalars loses to the
+    matrix-vector product).
     """
     return batch >= NATIVE_MIN_BATCH
 
