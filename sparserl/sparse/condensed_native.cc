@@ -103,6 +103,16 @@ float SumOfLanes(Vector v) {
 const Vector& RowOf(const float* tile, int32_t i) { return *reinterpret_cast<const Vector*>(tile + int64_t(i) * kLanes); }
 Vector& RowOf(float* tile, int32_t i) { return *reinterpret_cast<Vector*>(tile + int64_t(i) * kLanes); }
 
+// y^T tile[o + q] = sum_j v[o + q, j] x^T tile[idx[o + q, j]] for `count` outputs at once: `count` independent
+// accumulators in registers (four hide the latency of a vector multiply-add).
+template <int64_t count>
+void OutputsOfTile(const float* x_tile, const float* v, const int32_t* kept, int64_t k, int64_t o, float* y_tile) {
+  Vector sum[count] = {};
+  for (int64_t j = 0; j < k; ++j)
+    for (int64_t q = 0; q < count; ++q) sum[q] += v[(o + q) * k + j] * RowOf(x_tile, kept[(o + q) * k + j]);
+  for (int64_t q = 0; q < count; ++q) RowOf(y_tile, o + q) = sum[q];
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Forward: outputs y, the kept values [out, k] (W gathered once, for the backward pass) and tile scratch.
 
@@ -133,21 +143,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
     float* y_tile = x_tile + d.in * kLanes;
     TransposeIn(x_data + seed * d.batch * d.in, d.in, d.batch, first, x_tile);
     int64_t o = 0;
-    for (; o + 4 <= d.out; o += 4) {  // four outputs at a time: four independent accumulators
-      Vector sum0 = {}, sum1 = {}, sum2 = {}, sum3 = {};
-      for (int64_t j = 0; j < d.k; ++j) {
-        sum0 += v[o * d.k + j] * RowOf(x_tile, kept[o * d.k + j]);
-        sum1 += v[(o + 1) * d.k + j] * RowOf(x_tile, kept[(o + 1) * d.k + j]);
-        sum2 += v[(o + 2) * d.k + j] * RowOf(x_tile, kept[(o + 2) * d.k + j]);
-        sum3 += v[(o + 3) * d.k + j] * RowOf(x_tile, kept[(o + 3) * d.k + j]);
-      }
-      RowOf(y_tile, o) = sum0, RowOf(y_tile, o + 1) = sum1, RowOf(y_tile, o + 2) = sum2, RowOf(y_tile, o + 3) = sum3;
-    }
-    for (; o < d.out; ++o) {
-      Vector sum = {};
-      for (int64_t j = 0; j < d.k; ++j) sum += v[o * d.k + j] * RowOf(x_tile, kept[o * d.k + j]);
-      RowOf(y_tile, o) = sum;
-    }
+    for (; o + 4 <= d.out; o += 4) OutputsOfTile<4>(x_tile, v, kept, d.k, o, y_tile);
+    for (; o < d.out; ++o) OutputsOfTile<1>(x_tile, v, kept, d.k, o, y_tile);
     TransposeOut(y_tile, d.out, d.batch, first, y_data + seed * d.batch * d.out);
   };
   TwoPhases(pool, d.seeds * d.output_blocks(), gather_values, d.seeds * d.tiles(), tile_outputs);

@@ -132,9 +132,7 @@ def dense(x: jax.Array, kernel: jax.Array, indices: jax.Array) -> jax.Array:
     and so is dx; the kernel gradient equals the masked network's at the kept
     connections and is 0 elsewhere (see the module docstring).
     """
-    _check(x, kernel, indices)
-    flat = x.reshape(-1, x.shape[-1])
-    return _forward_call(flat, kernel, indices)[0].reshape(*x.shape[:-1], kernel.shape[1])
+    return _dense_forward(x, kernel, indices)[0]
 
 
 def _dense_forward(x, kernel, indices):
