@@ -9,16 +9,24 @@ the one of the env's family, or the one named after a colon:
 `--config=configs/dqn.py:atari`. Every input is checked before anything is
 written (`prepare`); a mistake ends with one line naming the flag and exit
 status 2 (docs/design.md contract 7).
+
+`--sparsity=0.5,0.8,0.9` (a list) is a sweep: every level x seed trains as one
+compiled program (`compiled_runner.run_sweep`, gymnax envs). Each level gets
+the config and the run directory that level run alone gets (its own
+`config.json` per seed directory, `default_run_name`), so each level's
+directory reads, resumes and aggregates as a run of its own (contract 1).
 """
 
+import contextlib
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
 import re
 import sys
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -30,9 +38,24 @@ from sparserl.sparse import structure as structure_lib
 from sparserl.sparse.distributions import DISTRIBUTIONS
 from sparserl.sparse.topology import TOPOLOGIES
 
+
+class SparsityLevels(flags.ArgumentParser):
+    """`--sparsity`: one level, or a comma-separated list of levels (a sweep), as a tuple of floats."""
+
+    def parse(self, argument: str) -> tuple[float, ...]:
+        return tuple(float(part) for part in argument.split(","))  # absl reports a ValueError as `flag --sparsity=...: ...`
+
+    def flag_type(self) -> str:
+        return "comma-separated list of floats"
+
+
 flags.DEFINE_string("agent", "dqn", f"Agent: {', '.join(AGENTS)} (default: the --config file's, else dqn).")
 flags.DEFINE_string("env", None, "Environment id (default: the agent config's env, e.g. CartPole-v1 for dqn).")
-flags.DEFINE_float("sparsity", 0.0, "Fraction of zero weights in [0, 1); 0 trains a dense agent.")
+flags.DEFINE(SparsityLevels(), "sparsity", "0",
+             "Fraction of zero weights in [0, 1); 0 trains a dense agent. A comma-separated list of levels in (0, 1) "
+             "(0.5,0.8,0.9) trains every level x seed as one compiled program (a sweep; gymnax:<id> envs only): each level "
+             "writes the run directory, named and configured, that it gets alone.",
+             serializer=flags.ListSerializer(","))
 flags.DEFINE_float("actor_sparsity", None, "Actor sparsity (sac, ppo); default --sparsity.")
 flags.DEFINE_float("critic_sparsity", None, "Critic sparsity (sac, ppo); default --sparsity.")
 flags.DEFINE_string("method", None, f"Sparse training method: {', '.join(TOPOLOGIES)} (default rigl when sparsity > 0).")
@@ -48,7 +71,8 @@ flags.DEFINE_integer("steps", None, "Environment steps per seed.")
 flags.DEFINE_integer("eval_every", None, "Environment steps between evaluations.")
 flags.DEFINE_integer("checkpoint_every", None, "Environment steps between checkpoints (one is also written at the end).")
 flags.DEFINE_string("workdir", "runs", "Directory that holds run directories.")
-flags.DEFINE_string("run_name", None, "Run directory name (default: built from agent, env, method, sparsity, redo).")
+flags.DEFINE_string("run_name", None, "Run directory name (default: built from agent, env, method, sparsity, redo). "
+                    "Not with a --sparsity list, whose levels take their default names.")
 flags.DEFINE_string(
     "config", None,
     "A configs/<agent>.py-style file with get_config(), optionally with a preset after a colon "
@@ -83,8 +107,9 @@ class UsageError(Exception):
     """A user mistake: reported as one line, exit status 2, nothing written."""
 
 
-def config_from_arguments(argv: list[str]) -> ml_collections.ConfigDict:
-    """The validated config `python -m sparserl.train ARGV[1:]` trains; parses `FLAGS` on the way.
+def configs_from_arguments(argv: list[str]) -> list[ml_collections.ConfigDict]:
+    """The validated config of every level `python -m sparserl.train ARGV[1:]` trains, in `--sparsity` order: one,
+    or a sweep's levels (each `compiled_runner.with_sparsity` of one config). Parses `FLAGS` on the way.
 
     Raises UsageError for any bad input.
     """
@@ -94,16 +119,34 @@ def config_from_arguments(argv: list[str]) -> ml_collections.ConfigDict:
     except flags.Error as error:
         raise UsageError(_flag_error(error)) from None
     config = _preset_config()
+    levels = FLAGS.sparsity
     for flag_name, field in FLAG_FIELDS.items():
         if FLAGS[flag_name].present:
-            _set(config, field, FLAGS[flag_name].value, f"--{flag_name}")
+            value = levels[0] if flag_name == "sparsity" else FLAGS[flag_name].value  # a sweep's levels: set below
+            _set(config, field, value, f"--{flag_name}")
     overridden = _apply_overrides(config, unparsed)
-    sparse = config.sparse
-    resolve_structure_sparsity(sparse)
-    if not FLAGS["method"].present and "sparse.method" not in overridden and max(sparsities(sparse)) == 0.0:
-        sparse.method = "dense"
-    validate(config)
-    return config
+    if len(levels) == 1:
+        configs = [config]
+    else:
+        from sparserl.compiled_runner import with_sparsity
+
+        check_sweep(config, levels, overridden)
+        configs = [with_sparsity(config, level) for level in levels]
+    for level_config in configs:
+        sparse = level_config.sparse
+        resolve_structure_sparsity(sparse)
+        if not FLAGS["method"].present and "sparse.method" not in overridden and max(sparsities(sparse)) == 0.0:
+            sparse.method = "dense"
+        validate(level_config)
+    return configs
+
+
+def config_from_arguments(argv: list[str]) -> ml_collections.ConfigDict:
+    """The validated config of a run of one level (`configs_from_arguments`); a `--sparsity` list is bad input here."""
+    configs = configs_from_arguments(argv)
+    if len(configs) > 1:
+        raise UsageError("--sparsity: give one level here, not a list")
+    return configs[0]
 
 
 def _preset_config() -> ml_collections.ConfigDict:
@@ -312,8 +355,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                          f"choose one of {', '.join(DISTRIBUTIONS)}")
     for name in ("sparsity", "actor_sparsity", "critic_sparsity"):
         value = sparse.get(name)
-        if value is not None and not 0.0 <= value < 1.0:
-            raise UsageError(f"--{name}: {value} is outside [0, 1)")
+        if value is not None:
+            _check_in_unit_interval(name, value)
     if sparse.method != "dense" and max(sparsities(sparse)) == 0.0:
         raise UsageError(f"--sparsity: --method={sparse.method} needs a sparsity in (0, 1)")
     if sparse.method == "dense" and max(sparsities(sparse)) > 0.0:
@@ -331,48 +374,116 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise UsageError(f"--config.network.{name}: {sizes!r} is not a list of positive integers such as 64,64")
 
 
+def _check_in_unit_interval(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise UsageError(f"--{name}: {value} is outside [0, 1)")
+
+
+# Kernels that need one concrete sparsity level (`sparserl.agent.kernels`): their indices are built from it.
+_CONCRETE_LEVEL_KERNELS = ("condensed", "native")
+
+
+def check_sweep(config: ml_collections.ConfigDict, levels: Sequence[float], overridden: dict[str, Any]) -> None:
+    """Raises UsageError, naming `--sparsity`, for a list of levels that cannot train as one compiled program
+    (`compiled_runner.run_sweep`: the level is a traced value, on a JAX-native env), or whose levels would share a
+    run directory. Each level's config is then validated as a run of its own (`validate`)."""
+    from sparserl import envs
+
+    sparse = config.sparse
+    if "sparse.sparsity" in overridden:
+        raise UsageError("--sparsity: a list of levels sets sparse.sparsity; leave out --config.sparse.sparsity")
+    for level in levels:
+        _check_in_unit_interval("sparsity", level)
+    if 0.0 in levels:
+        raise UsageError("--sparsity: 0 cannot be a level of a list: a dense network is not a sparsity level of a "
+                         "sparse method; give levels in (0, 1) and train the dense network as a run of its own")
+    names = [f"{level:g}" for level in levels]  # as the run directories name them
+    twice = next((name for index, name in enumerate(names) if name in names[:index]), None)
+    if twice is not None:
+        raise UsageError(f"--sparsity: level {twice} is listed twice (levels are told apart to 6 significant digits); "
+                         "give each level once")
+    if sparse.method == "dense":
+        sparse_methods = [name for name in TOPOLOGIES if name != "dense"]
+        raise UsageError(f"--sparsity: a list of levels needs a sparse method, not --method=dense; choose one of "
+                         f"{', '.join(sparse_methods)}")
+    per_network = [name for name in ("actor_sparsity", "critic_sparsity") if sparse.get(name) is not None]
+    if per_network:
+        raise UsageError(f"--sparsity: a list of levels sets every network's sparsity; leave out --{per_network[0]}")
+    if envs.env_family(config.env) != "gymnax":
+        raise UsageError(f"--sparsity: a list of levels trains as one compiled program, which needs a JAX-native env "
+                         f"(--env=gymnax:<id>, e.g. gymnax:CartPole-v1); {config.env} runs on the host loop, so give "
+                         "one level per run")
+    try:
+        fixed = structure_lib.parse(sparse.structure).fixed_sparsity
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if fixed is not None:
+        raise UsageError(f"--sparsity: --structure={sparse.structure} fixes the sparsity at 1 - N/M = {fixed:g}, so "
+                         "there are no levels to list; give one --sparsity or none")
+    kernels = sparse.get("kernels", "masked")
+    if kernels in _CONCRETE_LEVEL_KERNELS:
+        raise UsageError(f"--sparsity: a list of levels trains with the level traced, where "
+                         f"--config.sparse.kernels={kernels} cannot run (it needs one concrete level); choose masked or "
+                         "auto (auto runs masked kernels in a sweep)")
+
+
 @dataclasses.dataclass(frozen=True)
 class Prepared:
-    """A run with every input checked, before anything is written."""
+    """A run, or a sweep of sparsity levels, with every input checked, before anything is written.
 
-    config: ml_collections.ConfigDict
-    run_dir: str
+    Per level, in `--sparsity` order (a run has one): its config, its run directory and its agent, made concretely
+    (a run trains it; a sweep makes each level's agent again inside its program, the level traced).
+    """
+
+    configs: tuple[ml_collections.ConfigDict, ...]
+    run_dirs: tuple[str, ...]
+    agents: tuple[Agent, ...]
     seeds: list[int]
-    agent: Agent
+    make_agent: Callable[[ml_collections.ConfigDict], Agent]  # `make(config, env_spec)` of agents/<agent>.py
     loop: str  # the runner loop the agent trains with (`LOOP` of agents/<agent>.py)
     env_spec: Any
 
 
 def prepare(argv: list[str]) -> Prepared:
     """Every check `python -m sparserl.train ARGV[1:]` makes before it writes anything; raises UsageError."""
-    return prepare_run(config_from_arguments(argv), FLAGS.workdir, FLAGS.run_name)
+    return prepare_run(configs_from_arguments(argv), FLAGS.workdir, FLAGS.run_name)
 
 
-def prepare_run(config: ml_collections.ConfigDict, workdir: str, run_name: str | None) -> Prepared:
-    """The run directory and the agent of a validated config; raises UsageError."""
+def prepare_run(configs: Sequence[ml_collections.ConfigDict], workdir: str, run_name: str | None) -> Prepared:
+    """The run directories and the agents of validated level configs (`configs_from_arguments`); raises UsageError."""
     from sparserl import envs
 
     check_workdir(workdir)
-    run_name = run_name or default_run_name(config)
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", run_name) or run_name in (".", ".."):
+    if run_name is not None and len(configs) > 1:
+        raise UsageError(f"--run_name: a --sparsity list writes each level's run directory under the name it gets "
+                         f"alone ({default_run_name(configs[0])}, ...); leave --run_name out and choose the place "
+                         "with --workdir")
+    if run_name is not None and (not re.fullmatch(r"[A-Za-z0-9._-]+", run_name) or run_name in (".", "..")):
         raise UsageError(f"--run_name: {run_name!r} may only hold letters, digits, '.', '_' and '-'")
-    run_dir = os.path.join(workdir, run_name)
+    run_dirs = [os.path.join(workdir, run_name or default_run_name(config)) for config in configs]
+    config = configs[0]  # the levels differ in their sparsity only
     seeds = list(range(config.seed, config.seed + config.num_seeds))
-    check_existing_run(run_dir, config, seeds)
+    for level_config, run_dir in zip(configs, run_dirs):
+        check_existing_run(run_dir, level_config, seeds, "a new --run_name" if len(configs) == 1 else "a new --workdir")
     module = agent_module(config.agent)
     env_spec = envs.env_spec(config.env)
+    make_agent = functools.partial(module.make, env_spec=env_spec)
     try:
-        agent = module.make(config, env_spec)
+        agents = [make_agent(level_config) for level_config in configs]
     except ValueError as error:
         raise UsageError(str(error)) from None
-    return Prepared(config, run_dir, seeds, agent, module.LOOP, env_spec)
+    return Prepared(tuple(configs), tuple(run_dirs), tuple(agents), seeds, make_agent, module.LOOP, env_spec)
 
 
-def default_run_name(config: ml_collections.ConfigDict) -> str:
+def default_run_name(config: ml_collections.ConfigDict, levels: Sequence[float] = ()) -> str:
+    """The run directory name of a config (contract 5): agent, env, method, structure, sparsity and ReDo, e.g.
+    `dqn_gymnax-CartPole-v1_rigl_0.9`. With `levels`, they replace the sparsity, joined by '-': a sweep's name
+    (`dqn_gymnax-CartPole-v1_rigl_0.5-0.9`; its levels' run directories take their own names)."""
     sparse = config.sparse
     sparsity = max(sparse.sparsity, sparse.get("actor_sparsity") or 0.0, sparse.get("critic_sparsity") or 0.0)
+    sparsity_text = "-".join(f"{level:g}" for level in levels) if levels else f"{sparsity:g}"
     structure = "" if sparse.structure == "unstructured" else f"_{sparse.structure}"
-    name = f"{config.agent}_{config.env}_{sparse.method}{structure}_{sparsity:g}" + ("_redo" if config.redo.enabled else "")
+    name = f"{config.agent}_{config.env}_{sparse.method}{structure}_{sparsity_text}" + ("_redo" if config.redo.enabled else "")
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
 
 
@@ -393,8 +504,9 @@ def seed_config(config: ml_collections.ConfigDict, seed: int) -> dict:
     return json.loads(json.dumps(resolved, default=list))
 
 
-def check_existing_run(run_dir: str, config: ml_collections.ConfigDict, seeds: list[int]) -> None:
-    """Refuses to mix a new config into a run directory that holds another one."""
+def check_existing_run(run_dir: str, config: ml_collections.ConfigDict, seeds: list[int],
+                       elsewhere: str = "a new --run_name") -> None:
+    """Refuses to mix a new config into a run directory that holds another one; the message suggests `elsewhere`."""
     for seed in seeds:
         path = os.path.join(run_dir, f"seed{seed}", "config.json")
         if not os.path.exists(path):
@@ -406,7 +518,7 @@ def check_existing_run(run_dir: str, config: ml_collections.ConfigDict, seeds: l
         if differing:
             raise UsageError(
                 f"--run_name: {run_dir} holds a run with another config ({', '.join(differing[:3])} differ); "
-                "pass a new --run_name or delete that directory to start fresh"
+                f"pass {elsewhere} or delete that directory to start fresh"
             )
 
 
@@ -439,29 +551,63 @@ def main(prepared: Prepared) -> None:
 
     from sparserl import run_lock
 
-    lock = run_lock.RunLock(prepared.run_dir)
     try:
-        note = lock.acquire()
+        locks, notes = _lock_run_dirs(prepared.run_dirs)
     except run_lock.RunLocked as error:
-        _usage_exit(f"--run_name: {error}; wait for it to finish or pass another --run_name")
+        _usage_exit(f"--run_name: {error}; wait for it to finish or pass another --run_name" if len(prepared.run_dirs) == 1
+                    else f"--sparsity: {error}; wait for it to finish or leave that level out of the list")
     try:
-        if note:
+        for note in notes:
             print(f"note: {note}", flush=True)
         _train(prepared)
     finally:
-        lock.release()
+        for lock in locks:
+            lock.release()
+
+
+def _lock_run_dirs(run_dirs: Sequence[str]) -> tuple[list, list[str]]:
+    """One `run_lock.RunLock` per run directory, taken in sorted order, and the notes of locks taken over.
+
+    In a fixed order, two sweeps that share levels never refuse each other both: the one that takes the first
+    shared directory goes on. On a directory in use, the locks taken are released, the directories that locking
+    created are removed (nothing written), and `run_lock.RunLocked` is raised.
+    """
+    from sparserl import run_lock
+
+    locks, notes, created = [], [], []
+    try:
+        for run_dir in sorted(run_dirs):
+            if not os.path.isdir(run_dir):
+                created.append(run_dir)
+            lock = run_lock.RunLock(run_dir)
+            note = lock.acquire()
+            locks.append(lock)
+            notes += [note] if note else []
+    except run_lock.RunLocked:
+        for lock in locks:
+            lock.release()
+        for run_dir in created:
+            with contextlib.suppress(OSError):  # not empty: another process started in it meanwhile
+                os.rmdir(run_dir)
+        raise
+    return locks, notes
 
 
 def _train(prepared: Prepared) -> None:
-    """Writes the run directory and runs the loop; exits 1 on divergence or when no checkpoint reads back."""
-    config, agent, env_spec, run_dir, seeds = (prepared.config, prepared.agent, prepared.env_spec, prepared.run_dir,
-                                               prepared.seeds)
+    """Writes the run directories and runs the loop (a sweep: `compiled_runner.run_sweep`); exits 1 on divergence
+    or when no checkpoint reads back."""
+    configs, run_dirs, seeds, env_spec = prepared.configs, prepared.run_dirs, prepared.seeds, prepared.env_spec
+    config = configs[0]  # the levels differ in their sparsity only
     # Imported only now: the runners, checkpointing and logging load for a run that starts.
-    from sparserl import checkpoint, compilation_cache, compiled_runner, preemption, run_guard, runner
+    from sparserl import checkpoint, compilation_cache, compiled_runner, loop, preemption, run_guard, runner
     from sparserl.reporting import MetricsWriter, ProgressPrinter, atomic_write_text
 
     compilation_cache.enable()
-    seed_dirs = [os.path.join(run_dir, f"seed{seed}") for seed in seeds]
+    # Every member's seed directory, level-major (level 0's seeds, then level 1's...), as `run_sweep` takes them: one
+    # checkpointer over all of them resumes every level from their latest common checkpoint.
+    members = [(level_config, seed, os.path.join(run_dir, f"seed{seed}"))
+               for level_config, run_dir in zip(configs, run_dirs) for seed in seeds]
+    seed_dirs = [seed_dir for _, _, seed_dir in members]
     checkpointer = checkpoint.Checkpointer(seed_dirs, config.checkpoints_to_keep)
     try:
         resume_step = checkpointer.load_latest(warn=lambda line: print(line, flush=True)) if all(
@@ -470,17 +616,18 @@ def _train(prepared: Prepared) -> None:
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(1)
     writers = []
-    for seed, seed_dir in zip(seeds, seed_dirs):
+    for level_config, seed, seed_dir in members:
         os.makedirs(seed_dir, exist_ok=True)
-        atomic_write_text(os.path.join(seed_dir, "config.json"), json.dumps(seed_config(config, seed), indent=2, sort_keys=True))
+        atomic_write_text(os.path.join(seed_dir, "config.json"),
+                          json.dumps(seed_config(level_config, seed), indent=2, sort_keys=True))
         writers.append(MetricsWriter(seed_dir, seed, resume_step=resume_step))
-    print(describe(config, run_dir), flush=True)
+    print(describe(configs, run_dirs), flush=True)
     if resume_step is not None:
         print(f"resuming from the checkpoint of step {resume_step:,}", flush=True)
     stop_requests = preemption.StopRequests()
     stop_requests.install()
-    run = runner.Run(
-        seeds=seeds,
+    run = loop.Run(
+        seeds=[seed for _, seed, _ in members],
         writers=writers,
         progress=ProgressPrinter(f"{config.agent} {config.env}", config.steps),
         checkpointer=checkpointer,
@@ -488,8 +635,12 @@ def _train(prepared: Prepared) -> None:
         resume_step=resume_step,
     )
     try:
-        loops = compiled_runner.LOOPS if env_spec.family == "gymnax" else runner.LOOPS  # JAX-native envs: one program
-        loops[prepared.loop](agent, config, env_spec, run)
+        if len(configs) > 1:
+            levels = [level_config.sparse.sparsity for level_config in configs]
+            compiled_runner.run_sweep(prepared.make_agent, prepared.loop, config, env_spec, levels, run)
+        else:
+            loops = compiled_runner.LOOPS if env_spec.family == "gymnax" else runner.LOOPS  # JAX-native envs: one program
+            loops[prepared.loop](prepared.agents[0], config, env_spec, run)
     except run_guard.TrainingDiverged as error:
         last = checkpoint.latest_common_step(seed_dirs)
         kept = f"the last good checkpoint is step {last:,}" if last is not None else "no checkpoint was written"
@@ -505,20 +656,23 @@ def _train(prepared: Prepared) -> None:
     finally:
         for writer in writers:
             writer.close()
-    print(f"done: {run_dir}", flush=True)
+    print(f"done: {', '.join(run_dirs)}", flush=True)
 
 
-def describe(config: ml_collections.ConfigDict, run_dir: str) -> str:
-    """A short summary of the resolved config for the console (the whole config is in config.json)."""
+def describe(configs: Sequence[ml_collections.ConfigDict], run_dirs: Sequence[str]) -> str:
+    """A short summary of the resolved config of a run, or of a sweep's levels, for the console (the whole config is
+    in each seed directory's config.json)."""
+    config = configs[0]
     sparse = config.sparse
-    sparsity = f"sparsity={sparse.sparsity:g}"
+    sparsity = f"sparsity={','.join(f'{level_config.sparse.sparsity:g}' for level_config in configs)}"
     for network in ("actor", "critic"):
         if sparse.get(f"{network}_sparsity") is not None:
             sparsity += f" {network}={sparse[f'{network}_sparsity']:g}"
     redo = f"redo tau={config.redo.tau:g} every {config.redo.period}" if config.redo.enabled else "no redo"
+    places = f"run dir {run_dirs[0]}" if len(run_dirs) == 1 else f"{len(run_dirs)} run dirs {', '.join(run_dirs)}"
     return (
         f"{config.agent} on {config.env} | {sparse.method} {sparse.structure} {sparse.distribution} {sparsity} | {redo} | "
-        f"{config.steps:,} steps x {config.num_seeds} seed(s) from seed {config.seed} | run dir {run_dir}"
+        f"{config.steps:,} steps x {config.num_seeds} seed(s) from seed {config.seed} | {places}"
     )
 
 

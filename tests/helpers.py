@@ -53,25 +53,39 @@ def run_train_side_by_side(runs: dict[str, tuple[str, ...]], workdir) -> dict[st
         return {name: future.result() for name, future in futures.items()}
 
 
-def start_train(arguments, workdir):
-    return subprocess.Popen([sys.executable, "-m", "sparserl.train", *arguments, f"--workdir={workdir}", "--run_name=run"],
+def start_train(arguments, workdir, run_name: str | None = "run"):
+    """`sparserl.train ARGUMENTS --workdir=WORKDIR --run_name=RUN_NAME` in the background; no --run_name when None
+    (a sweep's levels take their own names)."""
+    naming = [] if run_name is None else [f"--run_name={run_name}"]
+    return subprocess.Popen([sys.executable, "-m", "sparserl.train", *arguments, f"--workdir={workdir}", *naming],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_environment())
 
 
-def wait_for_checkpoint(process, workdir, step: int) -> None:
-    seed_dir = os.path.join(workdir, "run", "seed0")
+def wait_for_checkpoint(process, workdir, step: int, seed_dir: str = os.path.join("run", "seed0")) -> None:
+    """Waits until `{workdir}/{seed_dir}` holds the complete checkpoint of `step`."""
     deadline = time.monotonic() + 600
-    while step not in checkpoint.checkpoint_steps(seed_dir):
+    while step not in checkpoint.checkpoint_steps(os.path.join(workdir, seed_dir)):
         assert process.poll() is None, "the run ended before it was stopped"
         assert time.monotonic() < deadline
         time.sleep(0.05)
 
 
-def kill_after_checkpoint(arguments, workdir, step: int) -> None:
-    process = start_train(arguments, workdir)
-    wait_for_checkpoint(process, workdir, step)
+def kill_after_checkpoint(arguments, workdir, step: int, run_name: str | None = "run",
+                          seed_dir: str = os.path.join("run", "seed0")) -> None:
+    """Starts a run (`start_train`) and kills it (SIGKILL) once `{workdir}/{seed_dir}` holds checkpoint `step`."""
+    process = start_train(arguments, workdir, run_name)
+    wait_for_checkpoint(process, workdir, step, seed_dir)
     process.send_signal(signal.SIGKILL)
     process.communicate()
+
+
+def final_checkpoint_leaves(seed_dir) -> dict:
+    """The arrays of a seed directory's newest checkpoint, by their '/'-joined paths."""
+    import flax.traverse_util
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(os.path.join(seed_dir, checkpoint.CHECKPOINTS, str(checkpoint.checkpoint_steps(seed_dir)[-1]), "arrays"))
+    return flax.traverse_util.flatten_dict(ocp.StandardCheckpointer().restore(directory), sep="/")
 
 
 def rows_without_sps(path):

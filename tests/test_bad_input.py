@@ -73,6 +73,35 @@ CASES = [
     (["--config.network.kind=rnn"], "--config.network.kind: unknown kind 'rnn'; choose one of mlp, cnn"),
     (["--agent=sac", "--config.network.kind=cnn"], "--config.network.kind: sac builds MLPs only"),
     (["--config.gradient_steps=0"], "--config.gradient_steps: must be >= 1"),
+    # A --sparsity list (a sweep of levels in one compiled program, on gymnax envs).
+    (["--env=gymnax:CartPole-v1", "--sparsity=0.5,1.5"], "--sparsity: 1.5 is outside [0, 1)"),
+    (["--env=gymnax:CartPole-v1", "--sparsity=0.5,,0.9"], "--sparsity: could not convert string to float: ''"),
+    (["--env=gymnax:CartPole-v1", "--sparsity=0.5,0"], "--sparsity: 0 cannot be a level of a list: a dense network is "
+                                                       "not a sparsity level of a sparse method"),
+    (["--env=gymnax:CartPole-v1", "--sparsity=0.9,0.5,0.9"], "--sparsity: level 0.9 is listed twice"),
+    (["--env=gymnax:CartPole-v1", "--sparsity=0.9,0.9000001"], "--sparsity: level 0.9 is listed twice (levels are told "
+                                                               "apart to 6 significant digits)"),
+    (["--sparsity=0.5,0.9"], "--sparsity: a list of levels trains as one compiled program, which needs a JAX-native env "
+                             "(--env=gymnax:<id>, e.g. gymnax:CartPole-v1); CartPole-v1 runs on the host loop"),
+    (["--env=gymnax:CartPole-v1", "--structure=nm:2:4", "--sparsity=0.5,0.9"],
+     "--sparsity: --structure=nm:2:4 fixes the sparsity at 1 - N/M = 0.5, so there are no levels to list"),
+    (["--agent=sac", "--env=gymnax:Pendulum-v1", "--sparsity=0.5,0.9", "--actor_sparsity=0.8"],
+     "--sparsity: a list of levels sets every network's sparsity; leave out --actor_sparsity"),
+    (["--agent=ppo", "--env=gymnax:CartPole-v1", "--sparsity=0.5,0.9", "--critic_sparsity=0.8"],
+     "--sparsity: a list of levels sets every network's sparsity; leave out --critic_sparsity"),
+    (["--env=gymnax:CartPole-v1", "--structure=fan_in", "--sparsity=0.5,0.9", "--config.sparse.kernels=condensed"],
+     "--sparsity: a list of levels trains with the level traced, where --config.sparse.kernels=condensed cannot run"),
+    (["--env=gymnax:CartPole-v1", "--structure=fan_in", "--sparsity=0.5,0.9", "--config.sparse.kernels=native"],
+     "--config.sparse.kernels=native cannot run (it needs one concrete level); choose masked or auto"),
+    (["--env=gymnax:CartPole-v1", "--method=dense", "--sparsity=0.5,0.9"],
+     "--sparsity: a list of levels needs a sparse method, not --method=dense; choose one of static, set, rigl"),
+    (["--env=gymnax:CartPole-v1", "--sparsity=0.5,0.9", "--config.sparse.sparsity=0.3"],
+     "--sparsity: a list of levels sets sparse.sparsity; leave out --config.sparse.sparsity"),
+    (["--env=gymnax:CartPole-v1", "--sparsity=0.5,0.9", "--run_name=mine"],
+     "--run_name: a --sparsity list writes each level's run directory under the name it gets alone "
+     "(dqn_gymnax-CartPole-v1_rigl_0.5, ...)"),
+    (["--env=gymnax:CartPole-v1", "--sparsity=0.5,0.9", "--config.network.kind=rnn"],
+     "--config.network.kind: unknown kind 'rnn'"),  # every level's agent is made in `prepare`
     (["--workdir={file}/runs"], "--workdir"),
     (["--run_name=../escape"], "--run_name"),
     (["--unknown_flag=1"], "--unknown_flag: unknown flag"),
@@ -114,7 +143,7 @@ def test_existing_run_with_another_config_is_refused(tmp_path):
     earlier = train.config_from_arguments(common + ["--sparsity=0.5"])
     (seed_dir / "config.json").write_text(json.dumps(train.seed_config(earlier, 0)))
     before = sorted(str(path) for path in tmp_path.rglob("*"))
-    assert train.prepare(common + ["--sparsity=0.5"]).run_dir == str(tmp_path / "run")  # the same config resumes
+    assert train.prepare(common + ["--sparsity=0.5"]).run_dirs == (str(tmp_path / "run"),)  # the same config resumes
     with pytest.raises(train.UsageError, match=r"^--run_name: .* holds a run with another config \(sparse.sparsity differ\)"):
         train.prepare(common + ["--sparsity=0.8"])
     assert sorted(str(path) for path in tmp_path.rglob("*")) == before
@@ -124,6 +153,9 @@ def test_existing_run_with_another_config_is_refused(tmp_path):
     (["--agent=nope"], "error: --agent: unknown agent 'nope'; choose one of dqn, sac, ppo"),
     (["--config.batch_size=abc"], "error: --config.batch_size: invalid literal for int() with base 10: 'abc'"),
     (["--workdir={file}/runs"], "error: --workdir: '{file}/runs' is not writable"),
+    (["--sparsity=0.5,0.9"], "error: --sparsity: a list of levels trains as one compiled program, which needs a "
+                             "JAX-native env (--env=gymnax:<id>, e.g. gymnax:CartPole-v1); CartPole-v1 runs on the host "
+                             "loop, so give one level per run"),
 ])
 def test_the_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, inputs, arguments, message):
     result = run_train(*[inputs(argument) for argument in arguments], f"--workdir={tmp_path / 'work'}"

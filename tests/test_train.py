@@ -61,7 +61,7 @@ def test_a_config_file_without_the_newer_fields_runs_on_the_defaults(tmp_path):
     path = tmp_path / "old_config.py"
     path.write_text(OLD_CONFIG)
     prepared = train.prepare(["sparserl.train", f"--config={path}", f"--workdir={tmp_path}"])
-    config = prepared.config
+    (config,) = prepared.configs
     assert (config.learning_rate, tuple(config.network.hidden_sizes)) == (5e-4, (32, 32))
     assert (config.gradient_steps, config.dormancy.batch_size, config.network.kind, config.env) == (1, 256, "mlp", "CartPole-v1")
 
@@ -77,9 +77,9 @@ def test_dormant_fractions_are_measured_on_the_dormancy_batch_with_redo_off(tmp_
 
     def measure(state, batch):
         measured.append(batch.observation.shape[0])
-        return prepared.agent.measure(state, batch)
+        return prepared.agents[0].measure(state, batch)
 
-    train._train(dataclasses.replace(prepared, agent=prepared.agent._replace(measure=measure)))
+    train._train(dataclasses.replace(prepared, agents=(prepared.agents[0]._replace(measure=measure),)))
     assert measured and set(measured) == {8}
 
 TINY_DQN = ("--steps=400", "--config.learning_starts=100", "--config.log_every=100", "--eval_every=400",
