@@ -31,8 +31,6 @@ log-probability is what the update uses); the runner clips it to the action
 bounds for the env. `act(explore=False)` returns the clipped mean.
 """
 
-from typing import Any, NamedTuple
-
 import flax.linen as nn
 import flax.struct
 import jax
@@ -44,27 +42,13 @@ import rlax
 
 from sparserl import dormancy, networks, sparse_network
 from sparserl.agent import Agent, network_module, network_sparsity, sparsity_config
+from sparserl.batches import Rollout
 from sparserl.envs import EnvSpec
 
 
 LOOP = "on_policy"
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
-
-
-class Rollout(NamedTuple):
-    """One on-policy rollout, arrays [rollout_steps, envs_per_seed, ...] (the runners add a leading seed axis).
-
-    `next_observation[t]` is the true s' of step t: the final observation
-    where an episode ended (terminated or truncated), else `observation[t + 1]`.
-    """
-
-    observation: Any
-    action: Any
-    reward: Any
-    terminated: Any
-    truncated: Any
-    next_observation: Any
 
 
 class RunningStats(flax.struct.PyTreeNode):

@@ -112,6 +112,10 @@ def add_schedules(config: ml_collections.ConfigDict, *, update_period: int, drop
 def add_off_policy(config: ml_collections.ConfigDict, *, batch_size: int) -> None:
     """The replay-buffer fields of an off-policy agent (DQN, SAC), and its ReDo and dormancy batches."""
     config.checkpoint_replay = True  # checkpoints hold the replay buffer (resume continues the same run)
+    # Envs per seed, stepped together: one act call serves them all and their transitions are stored together.
+    # train_every, learning_starts and the replay ratio count env steps of every env (num_envs must divide
+    # train_every or be a multiple of it). The papers' protocols step 1 env.
+    config.num_envs = 1
     config.batch_size = batch_size  # transitions per gradient step
     config.replay_capacity = 100_000  # transitions kept per seed
     config.learning_starts = 1_000  # uniformly random actions before this env step, and no updates

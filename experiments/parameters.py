@@ -5,7 +5,7 @@ parameter count. Here the dense network's hidden widths are scaled down
 (`network.width_multiplier`, `sparserl.networks.scaled_width`) until it has no
 more parameters than the sparse network keeps. Counts cover every trained network of the agent (DQN's online
 Q-network; SAC's actor and twin critics; PPO's actor and critic), biases
-included, target networks excluded (`sparserl.runner.network_params`).
+included, target networks excluded (`sparserl.metrics_log.network_params`).
 """
 
 import importlib
@@ -14,7 +14,7 @@ import math
 import jax
 import ml_collections
 
-from sparserl import runner
+from sparserl import metrics_log
 from sparserl.envs import EnvSpec
 
 
@@ -25,7 +25,7 @@ def _agent(config: ml_collections.ConfigDict, env_spec: EnvSpec):
 def dense_parameters(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> int:
     """Every weight and bias of the agent's trained networks at `config.network.width_multiplier` (shapes only)."""
     state = jax.eval_shape(_agent(config, env_spec).init, jax.random.key(0))
-    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(runner.network_params(state)))
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(metrics_log.network_params(state)))
 
 
 def sparse_parameters(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> int:
@@ -37,7 +37,7 @@ def sparse_parameters(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> i
     config = config.copy_and_resolve_references()
     config.sparse.method = "static"
     state = jax.jit(_agent(config, env_spec).init)(jax.random.key(0))
-    masks = {name: getattr(state, name).opt_state.masks for name in runner.network_params(state)}
+    masks = {name: getattr(state, name).opt_state.masks for name in metrics_log.network_params(state)}
     return int(sum(int(mask.sum()) for mask in jax.tree.leaves(masks)))
 
 

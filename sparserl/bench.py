@@ -200,10 +200,10 @@ def _seed_update(agent, config, env_spec):
 
     from sparserl import runner
 
-    state = runner.init_states(agent, [0])
-    axes = runner.seed_axes(state)
+    state = loop.init_states(agent, [0])
+    axes = loop.seed_axes(state)
     update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, 0), out_axes=(axes, 0)))
-    return update, state, random_transitions(env_spec, config.batch_size, seed=1), runner.seed_keys([1])
+    return update, state, random_transitions(env_spec, config.batch_size, seed=1), loop.seed_keys([1])
 
 
 def _off_policy_update_ms(agent_name: str, env_id: str, overrides: dict, settings: Settings) -> tuple[float, float, int]:
@@ -243,11 +243,11 @@ def _ppo_update_ms(settings: Settings) -> tuple[float, float, int]:
         config = agent_config("ppo", "CartPole-v1", {**PPO_SB3_SETTINGS, **extra, "steps": 10**8})
         period, minibatch_steps = config.sparse.rigl.update_period, config.update_epochs * config.num_minibatches
         agent = ppo.make(config, env_spec)
-        states = {"state": runner.init_states(agent, [0])}
-        axes = runner.seed_axes(states["state"])
+        states = {"state": loop.init_states(agent, [0])}
+        axes = loop.seed_axes(states["state"])
         update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, 0), out_axes=(axes, 0)), donate_argnums=(0,))
         rollout = random_rollout(env_spec, config.rollout_steps, config.num_envs, seed=1)
-        keys = runner.seed_keys([1])
+        keys = loop.seed_keys([1])
 
         def call(update=update, states=states, rollout=rollout):
             states["state"], metrics = update(states["state"], rollout, keys)  # the step counter advances: RigL runs on schedule
@@ -302,8 +302,8 @@ def _redo_overhead(env_id: str, overrides: dict, settings: Settings) -> tuple[fl
     for redo in (True, False):
         config = agent_config("dqn", env_id, {**overrides, "redo.enabled": redo, "steps": 10**8})
         agent = dqn.make(config, env_spec)
-        state = runner.init_states(agent, [0])
-        axes = runner.seed_axes(state)
+        state = loop.init_states(agent, [0])
+        axes = loop.seed_axes(state)
         step = runner.OffPolicyStep(agent, config, axes)
         replay = jax.vmap(lambda _: replay_lib.init(
             config.replay_capacity, env_spec.observation_shape, env_spec.observation_dtype, (), jnp.int32))(jnp.arange(1))
@@ -328,7 +328,7 @@ def _redo_overhead(env_id: str, overrides: dict, settings: Settings) -> tuple[fl
             updates = {plan: jax.jit(jax.vmap(functools.partial(update, plan=plan), in_axes=(axes, 0, 0), out_axes=(axes, 0)))
                        for plan in (True, False)}
             measure = jax.jit(jax.vmap(agent.measure, in_axes=(axes, 0)))
-            keys, big_batch = runner.seed_keys([3]), random_transitions(env_spec, config.dormancy.batch_size, seed=3)
+            keys, big_batch = loop.seed_keys([3]), random_transitions(env_spec, config.dormancy.batch_size, seed=3)
             functions["recycling update"] = lambda carry=carry: updates[True](state, carry["replay"], keys)
             functions["update"] = lambda carry=carry: updates[False](state, carry["replay"], keys)
             functions["measure"] = lambda measure=measure, state=state: measure(state, big_batch)
@@ -427,7 +427,7 @@ def train_in_process(config, clock: StepClock) -> None:
     with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(quiet):
         seed_dirs = [os.path.join(workdir, f"seed{seed}") for seed in seeds]
         writers = [MetricsWriter(seed_dir, seed) for seed, seed_dir in zip(seeds, seed_dirs)]
-        run = runner.Run(seeds, writers, ProgressPrinter("bench", config.steps, stream=quiet), checkpoint.Checkpointer(seed_dirs, 1))
+        run = loop.Run(seeds, writers, ProgressPrinter("bench", config.steps, stream=quiet), checkpoint.Checkpointer(seed_dirs, 1))
         try:
             with clocked_training_envs(clock):
                 runner.LOOPS[agent_module.LOOP](agent, config, env_spec, run)
@@ -641,7 +641,7 @@ def _dqn_program_ms(settings: Settings) -> dict[str, float]:
         config = condensed_dqn_config(kernels, {"steps": 10**8})
         agent = dqn.make(config, env_spec)
         update, state, batch, keys = _seed_update(agent, config, env_spec)
-        actor = runner.make_actor(agent, runner.seed_axes(state), explore=True)
+        actor = runner.make_actor(agent, loop.seed_axes(state), explore=True)
         observation = jnp.zeros((1, 1, *env_spec.observation_shape), jnp.float32)
         functions[f"act {kernels}"] = lambda f=actor, s=state: f(s, observation, keys, config.learning_starts)
         functions[f"update {kernels}"] = lambda f=update, s=state, b=batch: f(s, b, keys)

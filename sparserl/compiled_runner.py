@@ -1,30 +1,36 @@
-"""The compiled loops for JAX-native envs (``gymnax:<id>``): one jitted call advances every seed by a log window.
+"""The compiled loops for JAX-native envs (``gymnax:<id>``): one jitted call advances every member by many log rows.
 
 The host loops (`sparserl.runner`) make a jitted call per env step and step
 Gymnasium envs on the host. Here the env is a pure JAX function too
-(`sparserl.envs.GymnaxEnv`), so a whole log window is one program, as in
-PureJaxRL (Lu et al. 2022, "Discovered Policy Optimisation",
-github.com/luchris429/purejaxrl): a `lax.scan` over env steps, vmapped over
-seeds, with no host round trip inside.
+(`sparserl.envs.GymnaxEnv`), so training is one program, as in PureJaxRL
+(Lu et al. 2022, "Discovered Policy Optimisation", github.com/luchris429/purejaxrl):
+`lax` loops over env steps, vmapped over the members (seeds, or a sweep's
+levels and seeds), with no host round trip inside.
 
-- Off-policy (DQN, SAC): each scan step moves the env, then runs the host
-  loop's own per-step function (`runner.off_policy_step`: store -> learn when
+- Off-policy (DQN, SAC): an iteration steps a member's `num_envs` envs, then
+  runs the host loop's own step (`loop.off_policy_step`: store -> learn when
   due -> act) on the device replay.
-- On-policy (PPO): a scan over rollouts; each rollout is a scan over env
-  steps that fills a `ppo.Rollout` [rollout_steps, num_envs, ...], then
-  the agent's `update` of that rollout.
+- On-policy (PPO): an iteration collects a rollout [rollout_steps, num_envs]
+  in a scan, then runs the agent's `update` of it.
+
+One program, compiled once per run, runs up to `MAX_ROWS` rows of the
+schedule (`loop.Schedule`) per call: a `lax.scan` over rows, each a
+`lax.while_loop` over the row's iterations (so rows of different lengths share
+the program), then the row's network metrics, its frozen-network flags
+(`metrics_log.frozen_flags`) and, where the row evaluates, the greedy
+evaluation, all stacked per row. The host writes the rows after the call
+(`loop.RunHost`), so logging often costs little. A call ends at a row that
+checkpoints (checkpoints need the host) and after about `CALL_SECONDS`, so
+that the console, SIGTERM and SIGINT are answered within seconds.
 
 The agents' pure `init/act/update/measure` are used unchanged (ReDo runs inside `update`). Every
 key is a function of the seed (and the env step), so seed i of a vmapped run
-equals a single-seed run of seed i. Metrics and the episode returns of the
-window come back once per window; evaluation is one more jitted program on
-fresh env states. The host keeps what the host loops keep (`runner.MetricsLog`:
-CSV/TensorBoard rows, console line; `run_guard.RunGuard`: NaN stop, checkpoints);
-checkpoints sit on window boundaries and hold the env states and keys, so a
-resume continues exactly where the run stopped.
+equals a single-seed run of seed i, and the rows are the same however the
+calls group them. Checkpoints hold the env states and keys, so a resume
+continues exactly where the run stopped.
 """
 
-import functools
+import time
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -32,11 +38,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sparserl.agents.ppo import Rollout
-from sparserl import replay as replay_lib, runner
+from sparserl import loop, replay as replay_lib
 from sparserl.agent import Agent
+from sparserl.batches import Rollout, Transition
 from sparserl.envs import EnvSpec, GymnaxEnv, GymnaxEnvState
-from sparserl.run_guard import RunGuard
+from sparserl.metrics_log import frozen_flags
+
+MAX_ROWS = 64  # rows one call may run (the program's scan length; rows the call does not use cost nothing)
+CALL_SECONDS = 2.0  # about how long a call runs, from the time its rows took so far
 
 # Streams folded into a seed's key, apart from the agent's own (`agent.init(key(seed))`).
 _FIRST_ACTION_STREAM = 2**31 - 1  # the off-policy loop's first action, as in the host loop
@@ -47,11 +56,6 @@ _MEASURE_STREAM = 2**31 - 4  # the replay batch that network metrics are measure
 
 def _stream(seed: jax.Array, stream: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), stream)
-
-
-def _split_rng(state):
-    rng, key = jax.random.split(state.rng)
-    return state.replace(rng=rng), key
 
 
 # A seed's envs are one vmapped call; across seeds (and sweep levels) the calls run one after another
@@ -80,7 +84,7 @@ def env_actions(env_spec: EnvSpec, actions: jax.Array) -> jax.Array:
 
 
 class EnvCarry(NamedTuple):
-    """A seed's envs between windows: their states, the observations to act on, and the env key."""
+    """A seed's envs between iterations: their states, the observations to act on, and the env key."""
 
     env_state: GymnaxEnvState
     observation: jax.Array  # [num_envs, *obs_shape]
@@ -89,15 +93,7 @@ class EnvCarry(NamedTuple):
 
 class OffPolicyCarry(NamedTuple):
     envs: EnvCarry
-    action: jax.Array  # the pending action, chosen for `envs.observation`: [1, *action_shape]
-
-
-class WindowOutput(NamedTuple):
-    """What one window returns to the host, per seed."""
-
-    episode_return: jax.Array  # [window steps * envs], NaN where no episode ended
-    update_metrics: dict  # of the window's last gradient step
-    network_metrics: dict  # sparsity, dormancy (and ReDo's count) at the window's end
+    action: jax.Array  # the pending actions, chosen for `envs.observation`: [num_envs, *action_shape]
 
 
 def _init_envs(env: GymnaxEnv, seed: jax.Array, num_envs: int) -> EnvCarry:
@@ -106,29 +102,24 @@ def _init_envs(env: GymnaxEnv, seed: jax.Array, num_envs: int) -> EnvCarry:
     return EnvCarry(env_state, observation, key)
 
 
-def _evaluator(agent_for: Callable, env: GymnaxEnv, episodes: int) -> Callable:
-    """One member's mean return of `episodes` greedy episodes on fresh envs, run side by side to their ends."""
+def _evaluate(agent: Agent, env: GymnaxEnv, episodes: int, state, seed, eval_step) -> jax.Array:
+    """A member's mean return of `episodes` greedy episodes on fresh envs, run side by side to their ends."""
+    reset_key, key = jax.random.split(jax.random.fold_in(_stream(seed, _EVAL_STREAM), eval_step))
+    observation, env_state = _reset_envs(env, reset_key, episodes)
 
-    def evaluate(level, state, seed, eval_step):
-        agent = agent_for(level)
-        reset_key, key = jax.random.split(jax.random.fold_in(_stream(seed, _EVAL_STREAM), eval_step))
-        observation, env_state = _reset_envs(env, reset_key, episodes)
+    def unfinished(loop):
+        return jnp.any(jnp.isnan(loop[3]))
 
-        def unfinished(loop):
-            return jnp.any(jnp.isnan(loop[3]))
+    def step(loop):
+        env_state, observation, key, returns = loop
+        key, act_key, step_key = jax.random.split(key, 3)
+        actions = agent.act(state, observation, act_key, 0, False)
+        env_state, result = _step_envs(env, step_key, env_state, actions)
+        returns = jnp.where(jnp.isnan(returns), result.episode_return, returns)
+        return env_state, result.observation, key, returns
 
-        def step(loop):
-            env_state, observation, key, returns = loop
-            key, act_key, step_key = jax.random.split(key, 3)
-            actions = agent.act(state, observation, act_key, 0, False)
-            env_state, result = _step_envs(env, step_key, env_state, actions)
-            returns = jnp.where(jnp.isnan(returns), result.episode_return, returns)
-            return env_state, result.observation, key, returns
-
-        returns = jnp.full((episodes,), jnp.nan, jnp.float32)
-        return jnp.mean(jax.lax.while_loop(unfinished, step, (env_state, observation, key, returns))[3])
-
-    return evaluate
+    returns = jnp.full((episodes,), jnp.nan, jnp.float32)
+    return jnp.mean(jax.lax.while_loop(unfinished, step, (env_state, observation, key, returns))[3])
 
 
 class Members(NamedTuple):
@@ -141,246 +132,278 @@ class Members(NamedTuple):
     levels: jax.Array  # float32 [members]
 
 
+class CallPlan(NamedTuple):
+    """The rows of one call, the same for every member (unbatched)."""
+
+    start: jax.Array  # int32: the env step the call starts at
+    row_ends: jax.Array  # int32 [MAX_ROWS]: each row's last env step (+1); rows past `rows` repeat the last end
+    rows: jax.Array  # int32: the rows this call runs
+    evaluates: jax.Array  # bool [MAX_ROWS]: whether the row ends with an evaluation
+    learn_from: jax.Array  # int32: the first env step that may learn (off-policy)
+
+
+class RowOutput(NamedTuple):
+    """What a call returns of each row, per member."""
+
+    return_sum: jax.Array  # the returns of the episodes that ended in the row, summed
+    return_count: jax.Array  # and counted
+    learned: jax.Array  # whether the row took a gradient step
+    update_metrics: dict  # of its last gradient step (NaN: none)
+    network_metrics: dict  # sparsity, dormancy, ReDo's count and frozen-network flags at its end
+    eval_return: jax.Array  # the mean greedy return at its end (NaN: no evaluation)
+
+
+class _RowTotals(NamedTuple):
+    return_sum: jax.Array
+    return_count: jax.Array
+    learned: jax.Array
+    update_metrics: dict
+
+
+def _call_program(iterate: Callable, measured_batch: Callable, measure: Callable, evaluate: Callable,
+                  granularity: int, metrics_shape: Any) -> Callable:
+    """One member's call: up to MAX_ROWS rows, each `iterate` in a while loop from its start to its end.
+
+    `iterate(state, carry, position, plan) -> (state, carry, update metrics, learned, episode returns)` advances
+    `granularity` env steps. At a row's end `measure(state, measured_batch(carry, row_end))` (the agent's) gives
+    its network metrics and `evaluate(state, row_end)` its evaluation, each in a `lax.cond` on the unbatched plan,
+    so a row that is not run or not evaluated skips them (only the batch, not the whole carry, enters the cond).
+    """
+
+    def call(state, carry, plan: CallPlan):
+        def row(outer, index):
+            state, carry = outer
+            row_start = jnp.where(index == 0, plan.start, plan.row_ends[index - 1])
+            row_end = plan.row_ends[index]
+
+            def iteration(inner):
+                state, carry, position, totals = inner
+                state, carry, metrics, learned, returns = iterate(state, carry, position, plan)
+                ended = ~jnp.isnan(returns)
+                totals = _RowTotals(
+                    totals.return_sum + jnp.sum(jnp.where(ended, returns, 0.0)),
+                    totals.return_count + jnp.sum(ended, dtype=jnp.int32),
+                    totals.learned | learned,
+                    jax.tree.map(lambda new, old: jnp.where(learned, new, old), metrics, totals.update_metrics),
+                )
+                return state, carry, position + granularity, totals
+
+            totals = _RowTotals(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), bool),
+                                loop.nan_like(metrics_shape))
+            row_state, carry, _, totals = jax.lax.while_loop(
+                lambda inner: inner[2] < row_end, iteration, (state, carry, row_start, totals))
+            batch = measured_batch(carry, row_end)
+            network_metrics = jax.lax.cond(  # a row the call does not run: zeros, which the host never reads
+                index < plan.rows, lambda: measure(row_state, batch),
+                lambda: jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), jax.eval_shape(measure, row_state, batch)))
+            eval_return = jax.lax.cond(plan.evaluates[index], lambda: evaluate(row_state, row_end),
+                                       lambda: jnp.full((), jnp.nan, jnp.float32))
+            output = RowOutput(totals.return_sum, totals.return_count, totals.learned, totals.update_metrics,
+                               {**network_metrics, **frozen_flags(state, row_state)}, eval_return)
+            return (row_state, carry), output
+
+        (state, carry), outputs = jax.lax.scan(row, (state, carry), jnp.arange(MAX_ROWS))
+        return state, carry, outputs
+
+    return call
+
+
 def _init_states(agent_for: Callable, members: Members) -> tuple[Any, Any]:
     """Every member's initial TrainState (`agent.init(key(seed))`) and the vmap axes of a TrainState."""
     abstract = jax.eval_shape(agent_for(float(members.levels[0])).init, jax.random.key(0))
-    axes = runner.seed_axes(abstract)
+    axes = loop.seed_axes(abstract)
     init = jax.vmap(lambda level, key: agent_for(level).init(key), out_axes=axes)
-    # Waited for, as in runner.init_states (jaxlib 0.10 CPU deadlock when compiling while this runs).
-    return jax.block_until_ready(jax.jit(init)(members.levels, runner.seed_keys(members.seeds))), axes
+    # Waited for, as in loop.init_states (jaxlib 0.10 CPU deadlock when compiling while this runs).
+    return jax.block_until_ready(jax.jit(init)(members.levels, loop.seed_keys(members.seeds))), axes
 
 
-def _window_ends(start: int, every: int, steps: int, granularity: int = 1):
-    """Ends of the windows after `start`: the first multiple of `granularity` steps that reaches a multiple of
-    `every`, or `steps`."""
-    while start < steps:
-        end = start
-        while True:
-            end += granularity
-            if end // every > start // every or end >= steps:
-                break
-        yield start, end
-        start = end
+class _Loop(NamedTuple):
+    """What differs between the off-policy and the on-policy compiled loop."""
+
+    granularity: int  # env steps per iteration
+    init_carry: Callable  # (agent, state, seed) -> the member's carry (envs, pending actions, replay)
+    iterate: Callable  # (agent, seed) -> iterate(state, carry, position, plan) (see `_call_program`)
+    measured_batch: Callable  # seed -> batch(carry, row_end): what `agent.measure` scores at a row's end
+    checkpointed: Callable  # carry -> the part of it that checkpoints hold, by name
 
 
-class _Host(NamedTuple):
-    """The host side of a compiled run: its metrics log and its guard."""
-
-    log: runner.MetricsLog
-    guard: RunGuard
-
-
-def _host_side(run: runner.Run, evaluate: Callable, state: Any, state_axes: Any, members: "Members") -> _Host:
-    """A `MetricsLog` whose evaluation is `evaluate` jitted over the members, and a `RunGuard`."""
-    evaluate_members = jax.jit(jax.vmap(evaluate, in_axes=(0, state_axes, 0, None)))
-    eval_returns = lambda state, done: np.asarray(evaluate_members(members.levels, state, members.seeds, done))  # noqa: E731
-    return _Host(runner.MetricsLog(run, eval_returns, state), RunGuard(run))
-
-
-def _resume(host: _Host, arrays: dict, axes: dict) -> dict:
-    """The arrays of checkpoint `run.resume_step`, shaped like `arrays`; the metrics log takes back its part."""
-    arrays, loop_states = host.guard.restore(arrays, axes)
-    host.log.resume(arrays["state"], loop_states)
-    return arrays
-
-
-def _close_window(host: _Host, config, start: int, done: int, output: WindowOutput,
-                  learned: bool, state: Any, arrays: dict, axes: dict) -> None:
-    """Host side of a window's end: episodes, a metrics row per seed, eval and checkpoint when due (and when
-    SIGTERM/SIGINT asked the run to stop: then `Stopped` is raised after the checkpoint)."""
-    output = jax.device_get(output)
-    host.log.add_episodes(output.episode_return)
-    final = done >= config.steps
-    reached = lambda every: done // every > start // every or final  # noqa: E731
-    update_metrics = output.update_metrics if learned else {}
-    host.guard.check_losses(done, update_metrics)
-    host.log.log(done, state, update_metrics, output.network_metrics, final)
-    if reached(config.eval_every):
-        host.log.evaluate(state, done)
-    if reached(config.checkpoint_every) or host.guard.run.stop_requests.requested:
-        with host.log.untimed():
-            host.guard.checkpoint(done, arrays, axes, [host.log.loop_state(i) for i in range(len(host.guard.run.seeds))])
-        if not final:
-            host.guard.stop_if_requested(done)
-
-
-def _seed_axes(arrays: dict, state_axes: Any) -> dict:
-    """Checkpoint axes of {"state": ..., other arrays}: the state's own, seed axis 0 for the rest."""
-    return {name: state_axes if name == "state" else jax.tree.map(lambda _: 0, tree) for name, tree in arrays.items()}
-
-
-def _off_policy_window(agent_for: Callable, config: ml_collections.ConfigDict, env: GymnaxEnv, length: int) -> Callable:
-    """One member's window of `length` env steps: env step, then `runner.off_policy_step`, in a scan."""
-
-    def window(level, state, replay, carry: OffPolicyCarry, seed, start, learn_from):
-        agent = agent_for(level)
-        step = runner.off_policy_step(agent, config)
-
-        def env_step(loop, env_step):
-            state, replay, carry, last_metrics = loop
-            key, step_key = jax.random.split(carry.envs.key)
-            env_state, result = _step_envs(env, step_key, carry.envs.env_state, carry.action)
-            transition = replay_lib.Transition(
-                carry.envs.observation[0], carry.action[0], result.reward[0], result.next_observation[0],
-                result.terminated[0],
-            )
-            learned = runner.is_learning_step(env_step, learn_from, config)
-            state, replay, action, metrics = step(state, replay, transition, result.observation, env_step, learned)
-            last_metrics = jax.tree.map(lambda new, old: jnp.where(learned, new, old), metrics, last_metrics)
-            carry = OffPolicyCarry(EnvCarry(env_state, result.observation, key), action)
-            return (state, replay, carry, last_metrics), result.episode_return[0]
-
-        metrics_shape = jax.eval_shape(step, state, replay, jax.tree.map(lambda x: x[0], replay.storage),
-                                       carry.envs.observation, start, True)[3]
-        loop = (state, replay, carry, runner.nan_like(metrics_shape))
-        (state, replay, carry, last_metrics), episode_return = jax.lax.scan(
-            env_step, loop, start + jnp.arange(length)
-        )
-        end = start + length
-        batch_key = jax.random.fold_in(_stream(seed, _MEASURE_STREAM), end)
-        network_metrics = agent.measure(state, replay_lib.sample(replay, batch_key, config.dormancy.batch_size))
-        return state, replay, carry, WindowOutput(episode_return, last_metrics, network_metrics)
-
-    return window
-
-
-def run_off_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: EnvSpec, run: runner.Run) -> None:
-    """DQN and SAC on a gymnax env, `config.log_every` env steps per compiled call (see the module docstring)."""
-    _run_off_policy(lambda level: agent, _members(run.seeds, config.sparse.sparsity), config, env_spec, run)
-
-
-def _run_off_policy(agent_for: Callable, members: Members, config: ml_collections.ConfigDict, env_spec: EnvSpec,
-                    run: runner.Run) -> None:
+def _run(kind: _Loop, agent_for: Callable, members: Members, config: ml_collections.ConfigDict, run: loop.Run) -> None:
+    """Trains every member on the compiled loop `kind`, `CallPlan` by `CallPlan` (see the module docstring)."""
     env = GymnaxEnv(config.env)
-    seed_values = members.seeds
     state, state_axes = _init_states(agent_for, members)
-    host = _host_side(run, _evaluator(agent_for, env, config.eval_episodes), state, state_axes, members)
-
-    def init_carry(level, state, seed):
-        envs = _init_envs(env, seed, 1)
-        first_key = _stream(seed, _FIRST_ACTION_STREAM)
-        return OffPolicyCarry(envs, agent_for(level).act(state, envs.observation, first_key, 0, True))
-
-    carry = jax.jit(jax.vmap(init_carry, in_axes=(0, state_axes, 0)))(members.levels, state, seed_values)
-    action_shape = () if env_spec.discrete else (env_spec.num_actions,)
-    action_dtype = jnp.int32 if env_spec.discrete else jnp.float32
-    replay = jax.vmap(lambda _: replay_lib.init(
-        config.replay_capacity, env_spec.observation_shape, env_spec.observation_dtype, action_shape, action_dtype
-    ))(seed_values)
-
-    def arrays_of(state, replay, carry):
-        arrays = {"state": state, "loop": carry}
-        return {**arrays, "replay": replay} if config.checkpoint_replay else arrays
-
-    axes = _seed_axes(arrays_of(state, replay, carry), state_axes)
-    start, learn_from = 0, config.learning_starts
+    carry = jax.jit(jax.vmap(lambda level, state, seed: kind.init_carry(agent_for(level), state, seed),
+                             in_axes=(0, state_axes, 0)))(members.levels, state, members.seeds)
+    host = loop.RunHost(run, loop.Schedule(config, kind.granularity))
+    position, learn_from = 0, config.get("learning_starts", 0)
+    axes = {"state": state_axes, **jax.tree.map(lambda _: 0, kind.checkpointed(carry))}
     if run.resume_step is not None:
-        arrays = _resume(host, arrays_of(state, replay, carry), axes)
-        state, replay, carry = arrays["state"], arrays.get("replay", replay), arrays["loop"]
-        start = run.resume_step
-        if not config.checkpoint_replay:
-            learn_from = start + config.learning_starts
+        arrays, _ = host.resume({"state": state, **kind.checkpointed(carry)}, axes)
+        state, carry = arrays.pop("state"), {**carry, **arrays}
+        position = run.resume_step
+        if "replay" in carry and not config.checkpoint_replay:
+            learn_from = position + config.learning_starts
             print(f"  the replay buffer was not checkpointed: it refills until step {learn_from:,}", flush=True)
 
-    @functools.cache
-    def compiled_window(length: int) -> Callable:
-        window = jax.vmap(_off_policy_window(agent_for, config, env, length),
-                          in_axes=(0, state_axes, 0, 0, 0, None, None), out_axes=(state_axes, 0, 0, 0))
-        return jax.jit(window, donate_argnums=(1, 2, 3))
+    def member_call(level, state, carry, seed, plan):
+        agent = agent_for(level)
+        iterate = kind.iterate(agent, seed)
+        metrics_shape = jax.eval_shape(iterate, state, carry, plan.start, plan)[2]
+        call = _call_program(iterate, kind.measured_batch(seed), agent.measure,
+                             lambda state, eval_step: _evaluate(agent, env, config.eval_episodes, state, seed, eval_step),
+                             kind.granularity, metrics_shape)
+        return call(state, carry, plan)
 
-    for start, done in _window_ends(start, config.log_every, config.steps):
-        state, replay, carry, output = compiled_window(done - start)(
-            members.levels, state, replay, carry, seed_values, start, learn_from
-        )
-        jax.block_until_ready(output)
-        first_update = max(start, learn_from) + (-max(start, learn_from)) % config.train_every
-        _close_window(host, config, start, done, output, first_update < done, state,
-                      arrays_of(state, replay, carry), axes)
+    program = jax.jit(jax.vmap(member_call, in_axes=(0, state_axes, 0, 0, None), out_axes=(state_axes, 0, 0)),
+                      donate_argnums=(1, 2))
+    rows = list(host.schedule.rows(position))
+    compiled = program.lower(members.levels, state, carry, members.seeds, _plan(rows[:1], host.schedule, learn_from)
+                             ).compile() if rows else None
+    rows_per_call = 1
+    while rows:
+        call_rows = []
+        for start, done in rows[:rows_per_call]:
+            call_rows.append((start, done))
+            if host.schedule.checkpoints(start, done):
+                break
+        rows = rows[len(call_rows):]
+        started = time.perf_counter()
+        state, carry, outputs = compiled(members.levels, state, carry, members.seeds,
+                                         _plan(call_rows, host.schedule, learn_from))
+        outputs = jax.device_get(outputs)
+        seconds = time.perf_counter() - started
+        _end_rows(host, call_rows, outputs, (call_rows[-1][1] - call_rows[0][0]) / seconds,
+                  lambda: ({"state": state, **kind.checkpointed(carry)}, axes, [{} for _ in run.seeds]))
+        rows_per_call = int(np.clip(CALL_SECONDS * len(call_rows) / seconds, 1, MAX_ROWS))
 
 
-def _on_policy_window(agent_for: Callable, config: ml_collections.ConfigDict, env_spec: EnvSpec, env: GymnaxEnv,
-                      rollouts: int) -> Callable:
-    """One member's window of `rollouts` PPO iterations: collect a rollout in a scan, then `agent.update` of it."""
+def _plan(rows: list[tuple[int, int]], schedule: loop.Schedule, learn_from: int) -> CallPlan:
+    ends = [done for _, done in rows]
+    padding = MAX_ROWS - len(rows)
+    return CallPlan(
+        start=np.int32(rows[0][0]),
+        row_ends=np.asarray(ends + ends[-1:] * padding, np.int32),
+        rows=np.int32(len(rows)),
+        evaluates=np.asarray([schedule.evaluates(start, done) for start, done in rows] + [False] * padding),
+        learn_from=np.int32(learn_from),
+    )
+
+
+def _end_rows(host: loop.RunHost, rows: list[tuple[int, int]], outputs: RowOutput, sps: float,
+              checkpoint: Callable) -> None:
+    """The host's work at the end of each row of a call; only the call's last row may checkpoint."""
+    for index, (start, done) in enumerate(rows):
+        row = jax.tree.map(lambda values: values[:, index], outputs)
+        counts = row.return_count
+        episode_returns = np.where(counts > 0, row.return_sum / np.maximum(counts, 1), np.nan)
+        host.end_row(start, done, row.update_metrics if row.learned.any() else {}, row.network_metrics,
+                     lambda: row.eval_return, checkpoint if index == len(rows) - 1 else None,
+                     episode_returns=episode_returns, sps=sps)
+
+
+def _off_policy(config: ml_collections.ConfigDict, env: GymnaxEnv, env_spec: EnvSpec) -> _Loop:
+    """DQN and SAC: an iteration steps a member's `num_envs` envs, then `loop.off_policy_step`."""
+    num_envs = config.num_envs
+
+    def init_carry(agent, state, seed):
+        envs = _init_envs(env, seed, num_envs)
+        first_action = agent.act(state, envs.observation, _stream(seed, _FIRST_ACTION_STREAM), 0, True)
+        replay = jax.tree.map(lambda leaf: leaf[0], loop.init_replay(config, env_spec, 1))
+        return {"loop": OffPolicyCarry(envs, first_action), "replay": replay}
+
+    def iterate(agent, seed):
+        step = loop.off_policy_step(agent, config)
+
+        def iteration(state, carry, position, plan):
+            envs, action = carry["loop"]
+            key, step_key = jax.random.split(envs.key)
+            env_state, result = _step_envs(env, step_key, envs.env_state, action)
+            transitions = Transition(envs.observation, action, result.reward, result.next_observation, result.terminated)
+            learned = loop.is_learning_step(position, plan.learn_from, config)
+            state, replay, action, metrics = step(state, carry["replay"], transitions, result.observation, position, learned)
+            carry = {"loop": OffPolicyCarry(EnvCarry(env_state, result.observation, key), action), "replay": replay}
+            return state, carry, metrics, learned, result.episode_return
+
+        return iteration
+
+    def measured_batch(seed):
+        def batch(carry, row_end):
+            batch_key = jax.random.fold_in(_stream(seed, _MEASURE_STREAM), row_end)
+            return replay_lib.sample(carry["replay"], batch_key, config.dormancy.batch_size)
+
+        return batch
+
+    def checkpointed(carry):
+        return carry if config.checkpoint_replay else {"loop": carry["loop"]}
+
+    return _Loop(num_envs, init_carry, iterate, measured_batch, checkpointed)
+
+
+def _on_policy(config: ml_collections.ConfigDict, env: GymnaxEnv, env_spec: EnvSpec) -> _Loop:
+    """PPO: an iteration collects a rollout of `num_envs` x `rollout_steps` in a scan, then `agent.update`s it.
+
+    The network metrics of a row are measured on its last rollout, which the carry keeps (not checkpointed)."""
     num_envs, num_steps = config.num_envs, config.rollout_steps
 
-    def rollout(agent, state, envs: EnvCarry, start):
-        state, key = _split_rng(state)
-        act_keys = jax.random.split(key, num_steps)
+    def collect(agent, state, envs: EnvCarry, position):
+        state, key = loop.split_rng(state)
 
         def env_step(envs: EnvCarry, inputs):
             t, act_key = inputs
-            actions = agent.act(state, envs.observation, act_key, start + t * num_envs, True)
+            actions = agent.act(state, envs.observation, act_key, position + t * num_envs, True)
             key, step_key = jax.random.split(envs.key)
             env_state, result = _step_envs(env, step_key, envs.env_state, env_actions(env_spec, actions))
-            transition = Rollout(envs.observation, actions, result.reward, result.terminated,
-                                        result.truncated, result.next_observation)
+            transition = Rollout(envs.observation, actions, result.reward, result.terminated, result.truncated,
+                                 result.next_observation)
             return EnvCarry(env_state, result.observation, key), (transition, result.episode_return)
 
-        envs, (batch, episode_return) = jax.lax.scan(env_step, envs, (jnp.arange(num_steps), act_keys))
-        state, key = _split_rng(state)
-        state, metrics = agent.update(state, batch, key)
-        return state, envs, batch, metrics, episode_return
+        envs, (batch, episode_return) = jax.lax.scan(env_step, envs, (jnp.arange(num_steps), jax.random.split(key, num_steps)))
+        return state, envs, batch, episode_return
 
-    def window(level, state, envs: EnvCarry, start):
-        agent = agent_for(level)
+    def init_carry(agent, state, seed):
+        envs = _init_envs(env, seed, num_envs)
+        batch = jax.eval_shape(lambda state, envs: collect(agent, state, envs, 0), state, envs)[2]
+        return {"loop": envs, "batch": jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), batch)}
 
-        def iteration(loop, index):
-            state, envs, _ = loop
-            state, envs, batch, metrics, episode_return = rollout(agent, state, envs, start + index * num_envs * num_steps)
-            return (state, envs, batch), (metrics, episode_return)
+    def iterate(agent, seed):
+        def iteration(state, carry, position, plan):
+            state, envs, batch, episode_return = collect(agent, state, carry["loop"], position)
+            state, key = loop.split_rng(state)
+            state, metrics = agent.update(state, batch, key)
+            return state, {"loop": envs, "batch": batch}, metrics, jnp.ones((), bool), episode_return.reshape(-1)
 
-        batch_shape = jax.eval_shape(functools.partial(rollout, agent), state, envs, start)[2]
-        empty_batch = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), batch_shape)
-        (state, envs, batch), (metrics, episode_return) = jax.lax.scan(
-            iteration, (state, envs, empty_batch), jnp.arange(rollouts)
-        )
-        last_metrics = jax.tree.map(lambda values: values[-1], metrics)
-        output = WindowOutput(episode_return.reshape(-1), last_metrics, agent.measure(state, batch))
-        return state, envs, output
+        return iteration
 
-    return window
+    def measured_batch(seed):
+        return lambda carry, row_end: carry["batch"]
+
+    return _Loop(num_envs * num_steps, init_carry, iterate, measured_batch, lambda carry: {"loop": carry["loop"]})
 
 
-def run_on_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: EnvSpec, run: runner.Run) -> None:
-    """PPO on a gymnax env: whole rollouts until a log window is reached, per compiled call.
-
-    Windows end at the first rollout boundary that reaches a multiple of
-    `log_every` (or the end), as in the host loop (`runner.run_on_policy`).
-    """
-    _run_on_policy(lambda level: agent, _members(run.seeds, config.sparse.sparsity), config, env_spec, run)
-
-
-def _run_on_policy(agent_for: Callable, members: Members, config: ml_collections.ConfigDict, env_spec: EnvSpec,
-                   run: runner.Run) -> None:
-    env = GymnaxEnv(config.env)
-    state, state_axes = _init_states(agent_for, members)
-    host = _host_side(run, _evaluator(agent_for, env, config.eval_episodes), state, state_axes, members)
-    envs = jax.jit(jax.vmap(lambda seed: _init_envs(env, seed, config.num_envs)))(members.seeds)
-    axes = _seed_axes({"state": state, "loop": envs}, state_axes)
-    start = 0
-    if run.resume_step is not None:
-        arrays = _resume(host, {"state": state, "loop": envs}, axes)
-        state, envs, start = arrays["state"], arrays["loop"], run.resume_step
-
-    @functools.cache
-    def compiled_window(rollouts: int) -> Callable:
-        window = jax.vmap(_on_policy_window(agent_for, config, env_spec, env, rollouts),
-                          in_axes=(0, state_axes, 0, None), out_axes=(state_axes, 0, 0))
-        return jax.jit(window, donate_argnums=(1, 2))
-
-    rollout_size = config.num_envs * config.rollout_steps
-    for start, done in _window_ends(start, config.log_every, config.steps, rollout_size):
-        state, envs, output = compiled_window((done - start) // rollout_size)(members.levels, state, envs, start)
-        jax.block_until_ready(output)
-        _close_window(host, config, start, done, output, True, state, {"state": state, "loop": envs}, axes)
-
-
-LOOPS = {"off_policy": run_off_policy, "on_policy": run_on_policy}
-_SWEEP_LOOPS = {"off_policy": _run_off_policy, "on_policy": _run_on_policy}
+_KINDS = {"off_policy": _off_policy, "on_policy": _on_policy}
 
 
 def _members(seeds, level: float) -> Members:
     return Members(jnp.asarray(seeds, jnp.uint32), jnp.full(len(seeds), level, jnp.float32))
+
+
+def _run_loop(name: str, agent_for: Callable, members: Members, config: ml_collections.ConfigDict, env_spec: EnvSpec,
+              run: loop.Run) -> None:
+    if name == "off_policy":
+        loop.check_num_envs(config)
+    _run(_KINDS[name](config, GymnaxEnv(config.env), env_spec), agent_for, members, config, run)
+
+
+def run_off_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: EnvSpec, run: loop.Run) -> None:
+    """DQN and SAC on a gymnax env (see the module docstring)."""
+    _run_loop("off_policy", lambda level: agent, _members(run.seeds, config.sparse.sparsity), config, env_spec, run)
+
+
+def run_on_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: EnvSpec, run: loop.Run) -> None:
+    """PPO on a gymnax env: whole rollouts, rows ending on rollout boundaries (`loop.Schedule`)."""
+    _run_loop("on_policy", lambda level: agent, _members(run.seeds, config.sparse.sparsity), config, env_spec, run)
+
+
+LOOPS = {"off_policy": run_off_policy, "on_policy": run_on_policy}
 
 
 def with_sparsity(config: ml_collections.ConfigDict, level) -> ml_collections.ConfigDict:
@@ -391,8 +414,8 @@ def with_sparsity(config: ml_collections.ConfigDict, level) -> ml_collections.Co
     return copy
 
 
-def run_sweep(make_agent: Callable, loop: str, config: ml_collections.ConfigDict, env_spec: EnvSpec,
-              levels, run: runner.Run) -> None:
+def run_sweep(make_agent: Callable, loop_name: str, config: ml_collections.ConfigDict, env_spec: EnvSpec,
+              levels, run: loop.Run) -> None:
     """Several sparsity levels of one method, each with the run's seeds, trained in one compiled program.
 
     The level is a traced value: the agent is built inside the vmapped program by
@@ -406,4 +429,4 @@ def run_sweep(make_agent: Callable, loop: str, config: ml_collections.ConfigDict
     num_seeds = len(run.seeds) // len(levels)
     members = Members(jnp.asarray(run.seeds, jnp.uint32), jnp.repeat(jnp.asarray(levels, jnp.float32), num_seeds))
     agent_for = lambda level: make_agent(with_sparsity(config, level))  # noqa: E731
-    _SWEEP_LOOPS[loop](agent_for, members, config, env_spec, run)
+    _run_loop(loop_name, agent_for, members, config, env_spec, run)

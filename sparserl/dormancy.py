@@ -227,7 +227,7 @@ def recycle_when_due(schedule: RecycleSchedule | None, state: Any, recycle: Call
     loop) compile the decision away: False leaves ReDo out, True recycles unconditionally, None decides by
     `lax.cond`. XLA on CPU runs an update that holds a `lax.cond` markedly slower even when the branch is not
     taken (`python -m sparserl.bench --rows dormancy_redo`), and convolutions inside it about 10x slower
-    (`runner._branch`), so the host loop compiles one program per plan.
+    (`loop._branch`), so the host loop compiles one program per plan.
     """
     if schedule is None or plan is False:
         return state

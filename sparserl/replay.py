@@ -1,6 +1,6 @@
 """Uniform experience replay that lives on the device (Mnih et al. 2015, "experience replay").
 
-A pure, functional ring buffer: `add` writes one transition and `sample`
+A pure, functional ring buffer: `add` writes one step's transitions and `sample`
 draws a uniform batch, both jittable. The runner vmaps them over seeds, so the
 stored arrays carry a leading seed axis (docs/design.md contract 1), and donates the
 buffer to the jitted step so that adding a transition writes in place.
@@ -13,15 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-class Transition(NamedTuple):
-    """One step (s, a, r, s', terminated). For a time-limit truncation, s' is the final observation and terminated is False."""
-
-    observation: jax.Array
-    action: jax.Array
-    reward: jax.Array
-    next_observation: jax.Array
-    terminated: jax.Array
+from sparserl.batches import Transition
 
 
 class ReplayState(NamedTuple):
@@ -42,13 +34,19 @@ def init(capacity: int, observation_shape, observation_dtype, action_shape=(), a
     return ReplayState(storage, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
 
-def add(replay: ReplayState, transition: Transition) -> ReplayState:
-    """Writes one transition at the current position, overwriting the oldest when full."""
-    storage = jax.tree.map(
-        lambda stored, value: stored.at[replay.position].set(value.astype(stored.dtype)), replay.storage, transition
-    )
+def add(replay: ReplayState, transitions: Transition) -> ReplayState:
+    """Writes a batch of transitions (arrays [n, ...]: one step of a seed's n envs) at the next n positions, in
+    order, overwriting the oldest when full. Where n divides the capacity the n positions never wrap around, and
+    the write is one contiguous slice (a cheaper program than a scatter)."""
     size = replay.storage.reward.shape[0]
-    return ReplayState(storage, (replay.position + 1) % size, jnp.minimum(replay.size + 1, size))
+    count = transitions.reward.shape[0]
+    if size % count == 0:
+        write = lambda stored, values: jax.lax.dynamic_update_slice_in_dim(stored, values, replay.position, axis=0)  # noqa: E731
+    else:
+        positions = (replay.position + jnp.arange(count)) % size
+        write = lambda stored, values: stored.at[positions].set(values)  # noqa: E731
+    storage = jax.tree.map(lambda stored, values: write(stored, values.astype(stored.dtype)), replay.storage, transitions)
+    return ReplayState(storage, (replay.position + count) % size, jnp.minimum(replay.size + count, size))
 
 
 def sample(replay: ReplayState, key: jax.Array, batch_size: int) -> Transition:

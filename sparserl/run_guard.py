@@ -4,7 +4,7 @@ The loops (`sparserl.runner`, `sparserl.compiled_runner`) hand their state to
 one `RunGuard` per run: at every log it checks the losses, at every
 checkpoint that each parameter is finite before it writes; after a
 checkpoint it stops the run when SIGTERM/SIGINT asked for it. Metrics rows and
-the console are `runner.MetricsLog`'s.
+the console are `metrics_log.MetricsLog`'s.
 """
 
 from typing import Any

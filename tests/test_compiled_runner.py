@@ -9,7 +9,7 @@ import pytest
 
 from sparserl.configs import dqn as dqn_config
 from sparserl.agents import dqn
-from sparserl import checkpoint, compiled_runner, envs, runner
+from sparserl import checkpoint, compiled_runner, envs, loop
 from sparserl.reporting import MetricsWriter, ProgressPrinter, read_csv
 from tests.helpers import (assert_same_rows, eval_returns, kill_after_checkpoint, mean_of_last_evals, rows_without_sps,
                            run_train, run_train_side_by_side)
@@ -35,11 +35,17 @@ def _assert_close_rows(left, right):
             assert left_row[name] == pytest.approx(right_row[name], rel=1e-5, abs=1e-6, nan_ok=True), (left_row["step"], name)
 
 
-@pytest.mark.parametrize("arguments, exact", [(TINY_DQN, True), (TINY_PPO, False)], ids=["dqn", "ppo"])
+# Five CartPole envs per seed, a learning step every 5 env steps (one update per step of the envs).
+TINY_DQN_5_ENVS = (*TINY_DQN, "--config.num_envs=5", "--config.train_every=5")
+
+
+@pytest.mark.parametrize("arguments, exact", [(TINY_DQN, True), (TINY_DQN_5_ENVS, True), (TINY_PPO, False)],
+                         ids=["dqn", "dqn_5_envs", "ppo"])
 def test_num_seeds_equals_single_seed_runs(tmp_path, arguments, exact):
     """Seed 5 of a 3-seed run (seeds 4, 5, 6 vmapped in one program) equals a run of seed 5 alone.
 
-    DQN: bit for bit, every metric and the whole final checkpoint (TrainState, env states, keys, replay).
+    DQN (one env per seed, and five): bit for bit, every metric and the whole final checkpoint (TrainState, env
+    states, keys, replay).
     PPO: evaluations bit for bit, metrics and state to float32 rounding, as the host loop's PPO test
     (tests/test_ppo.py): XLA on CPU may sum PPO's minibatch gradients in another order with 3 seeds.
     """
@@ -60,11 +66,50 @@ def test_num_seeds_equals_single_seed_runs(tmp_path, arguments, exact):
     metrics = [rows_without_sps(tmp_path / run / "seed5" / "metrics.csv") for run in ("batched", "single")]
     (assert_same_rows if exact else _assert_close_rows)(*metrics)
     rows = read_csv(tmp_path / "single" / "seed5" / "metrics.csv")
-    assert [row["step"] for row in rows] == ([250, 500, 750, 1000] if arguments is TINY_DQN else [512, 1024, 1536, 2048])
-    assert abs(rows[-1]["sparsity/total" if arguments is TINY_DQN else "sparsity/actor/total"] - 0.9) <= 0.01
+    dqn = arguments is not TINY_PPO
+    assert [row["step"] for row in rows] == ([250, 500, 750, 1000] if dqn else [512, 1024, 1536, 2048])
+    assert abs(rows[-1]["sparsity/total" if dqn else "sparsity/actor/total"] - 0.9) <= 0.01
     assert "redo/recycled" in rows[-1] and not math.isnan(rows[-1]["train/episode_return"])
     other = read_csv(tmp_path / "batched" / "seed4" / "metrics.csv")
     assert other[-1]["train/episode_return"] != rows[-1]["train/episode_return"]  # seeds differ
+
+
+@pytest.mark.slow
+def test_a_killed_run_with_several_envs_per_seed_resumes_exactly(tmp_path):
+    """Five envs per seed, killed after its step-500 checkpoint (env states, pending actions and replay of all
+    five): the rerun writes the same rows as an uninterrupted run."""
+    arguments = (*TINY_DQN_5_ENVS, "--config.checkpoint_every=500")
+    whole = run_train(*arguments, f"--workdir={tmp_path / 'whole'}", "--run_name=run")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    kill_after_checkpoint(arguments, tmp_path / "killed", 500)
+    resumed = run_train(*arguments, f"--workdir={tmp_path / 'killed'}", "--run_name=run")
+    assert resumed.returncode == 0 and "resuming from the checkpoint of step 500" in resumed.stdout, resumed.stderr[-3000:]
+    for filename in ("metrics.csv", "eval.csv"):
+        assert_same_rows(rows_without_sps(tmp_path / "whole" / "run" / "seed0" / filename),
+                         rows_without_sps(tmp_path / "killed" / "run" / "seed0" / filename))
+
+
+def test_the_rows_are_the_same_whether_a_call_runs_one_row_or_many(tmp_path, monkeypatch):
+    """The same run with a call per row (CALL_SECONDS 0) and with calls of as many rows as the checkpoints allow:
+    the same metrics and evaluation rows, bit for bit, from a different number of calls."""
+    config = _tiny_dqn_config()
+    config.update(steps=1000, log_every=100, eval_every=300, checkpoint_every=500)
+    env_spec = envs.env_spec(config.env)
+    calls = {}
+    end_rows = compiled_runner._end_rows
+    for name, call_seconds in (("one_row", 0.0), ("many_rows", 1e9)):
+        monkeypatch.setattr(compiled_runner, "CALL_SECONDS", call_seconds)
+        monkeypatch.setattr(compiled_runner, "_end_rows",
+                            lambda host, rows, *rest, name=name: (calls.setdefault(name, []).append(len(rows)),
+                                                                   end_rows(host, rows, *rest)))
+        run = _run_of([(tmp_path / name, 0)], config)
+        compiled_runner.run_off_policy(dqn.make(config, env_spec), config, env_spec, run)
+        _close(run)
+    assert calls == {"one_row": [1] * 10, "many_rows": [1, 4, 5]}  # the first call runs one row; checkpoints at 500
+    for filename in ("metrics.csv", "eval.csv"):
+        assert_same_rows(rows_without_sps(tmp_path / "one_row" / "seed0" / filename),
+                         rows_without_sps(tmp_path / "many_rows" / "seed0" / filename))
+    assert [row["step"] for row in read_csv(tmp_path / "one_row" / "seed0" / "eval.csv")] == [300, 600, 900, 1000]
 
 
 MINATAR_DQN = ("--agent=dqn", "--env=gymnax:Breakout-MinAtar", "--sparsity=0.9", "--redo", "--redo_period=200",
@@ -113,6 +158,8 @@ SAC_PENDULUM = ("--agent=sac", "--env=gymnax:Pendulum-v1", "--seed=0", "--num_se
 LEARNING_RUNS = {
     "dqn_dense": (DQN_CARTPOLE, 3, 120),
     "dqn_rigl_0.9": ((*DQN_CARTPOLE, "--sparsity=0.9"), 3, 120),
+    # Four envs per seed at the same replay ratio (two updates per step of the envs).
+    "dqn_rigl_0.9_4_envs": ((*DQN_CARTPOLE, "--sparsity=0.9", "--config.num_envs=4"), 3, 120),
     "ppo_dense": (PPO_CARTPOLE, 3, 300),
     "ppo_rigl_0.9": ((*PPO_CARTPOLE, "--sparsity=0.9"), 3, 300),
     "sac_dense": (SAC_PENDULUM, 2, -400),
@@ -126,7 +173,7 @@ def learning_runs(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("compiled_learning")
     names = list(LEARNING_RUNS)
     results = {}
-    for pair in zip(names[::2], names[1::2]):
+    for pair in (names[index:index + 2] for index in range(0, len(names), 2)):
         results.update(run_train_side_by_side({name: LEARNING_RUNS[name][0] for name in pair}, workdir))
     return workdir, results
 
@@ -161,9 +208,9 @@ def _tiny_dqn_config():
     return config
 
 
-def _run_of(run_dirs_and_seeds, config) -> runner.Run:
+def _run_of(run_dirs_and_seeds, config) -> loop.Run:
     seed_dirs = [str(run_dir / f"seed{seed}") for run_dir, seed in run_dirs_and_seeds]
-    return runner.Run(
+    return loop.Run(
         seeds=[seed for _, seed in run_dirs_and_seeds],
         writers=[MetricsWriter(seed_dir, seed) for seed_dir, (_, seed) in zip(seed_dirs, run_dirs_and_seeds)],
         progress=ProgressPrinter("sweep test", config.steps),
@@ -171,7 +218,7 @@ def _run_of(run_dirs_and_seeds, config) -> runner.Run:
     )
 
 
-def _close(run: runner.Run) -> None:
+def _close(run: loop.Run) -> None:
     for writer in run.writers:
         writer.close()
 

@@ -167,15 +167,15 @@ def test_redo_rewrites_the_target_only_when_asked(reset_target):
 def test_update_recycles_dead_neurons_in_the_runner():
     """DQN's update recycles, through the off-policy runner's step, a network with 20 planted dead neurons
     (bias -100) on a batch sampled from the replay: they are recycled."""
-    from sparserl import replay as replay_lib, runner
+    from sparserl import loop, replay as replay_lib, runner
 
     agent, config = _agent(learning_starts=0, batch_size=8, redo=dict(enabled=True, tau=0.1, period=1, batch_size=8,
                                                                        reset_target=False))
-    state = runner.init_states(agent, [0])
+    state = loop.init_states(agent, [0])
     bias = state.online.params["dense_0"]["bias"]
     state = state.replace(online=state.online.replace(params={
         **state.online.params, "dense_0": {**state.online.params["dense_0"], "bias": bias.at[:, :20].set(-100.0)}}))
-    step = runner.OffPolicyStep(agent, config, runner.seed_axes(state))
+    step = runner.OffPolicyStep(agent, config, loop.seed_axes(state))
     replay = jax.vmap(lambda _: replay_lib.init(16, (4,), jnp.float32))(jnp.arange(1))
     transition = jax.tree.map(lambda x: x[None], _hand_batch())
     transition = replay_lib.Transition(*(leaf[:, 0] for leaf in transition))

@@ -219,20 +219,20 @@ _VMAPPED_ORTHOGONAL_SCRIPT = textwrap.dedent("""
     import jax
     from sparserl.agents import ppo
     from sparserl.configs import ppo as ppo_config
-    from sparserl import envs, runner
+    from sparserl import batches, envs, loop
 
     config = ppo_config.get_config()
     config.redo.tau = 1e9  # every hidden neuron is dormant: each recycle re-draws all incoming weights
     agent = ppo.make(config, envs.env_spec("CartPole-v1"))
     seeds = [0, 1, 2, 3]
-    states = runner.init_states(agent, seeds)
-    axes = runner.seed_axes(states)
+    states = loop.init_states(agent, seeds)
+    axes = loop.seed_axes(states)
     observations = jax.numpy.ones((len(seeds), 8, 4))
     init = jax.jit(jax.vmap(agent.init, out_axes=axes))
-    recycle = jax.jit(jax.vmap(lambda state, obs, key: agent.recycle(state, ppo.Rollout(obs, None, None, None, None, None), key),
+    recycle = jax.jit(jax.vmap(lambda state, obs, key: agent.recycle(state, batches.Rollout(obs, None, None, None, None, None), key),
                                in_axes=(axes, 0, 0), out_axes=(axes, 0)))
     for i in range(300):
-        states = init(runner.seed_keys([4 * i + s for s in seeds]))
+        states = init(loop.seed_keys([4 * i + s for s in seeds]))
         states, recycled = recycle(states, observations[:, :, None], jax.random.split(jax.random.key(i), len(seeds)))
         assert int(recycled.min()) == 256, recycled  # 2x64 actor + 2x64 critic
     jax.block_until_ready(states)

@@ -11,7 +11,7 @@ import pytest
 
 from sparserl.agents import ppo
 from sparserl.configs import ppo as ppo_config
-from sparserl import dormancy, envs, runner
+from sparserl import batches, dormancy, envs, loop, runner
 from sparserl.reporting import read_csv
 from tests.helpers import built_modules, eval_returns, mean_of_last_evals, run_train, run_train_side_by_side, with_fields
 
@@ -115,14 +115,14 @@ def _small_config(**fields) -> ml_collections.ConfigDict:
     return with_fields(config, **fields)
 
 
-def _random_rollout(spec: envs.EnvSpec, steps: int, num_envs: int, seed: int = 0) -> ppo.Rollout:
+def _random_rollout(spec: envs.EnvSpec, steps: int, num_envs: int, seed: int = 0) -> batches.Rollout:
     rng = np.random.default_rng(seed)
     observation_shape = (steps, num_envs, *spec.observation_shape)
     if spec.discrete:
         actions = rng.integers(0, spec.num_actions, size=(steps, num_envs)).astype(np.int32)
     else:
         actions = rng.normal(size=(steps, num_envs, spec.num_actions)).astype(np.float32)
-    return ppo.Rollout(
+    return batches.Rollout(
         observation=rng.normal(size=observation_shape).astype(np.float32),
         action=actions,
         reward=rng.normal(size=(steps, num_envs)).astype(np.float32),
@@ -188,8 +188,8 @@ def test_categorical_agent_greedy_action_and_vmapped_update():
     spec = envs.env_spec("CartPole-v1")
     config = _small_config(**{"sparse.sparsity": 0.9})
     agent = ppo.make(config, spec)
-    states = runner.init_states(agent, [3, 4])
-    axes = runner.seed_axes(states)
+    states = loop.init_states(agent, [3, 4])
+    axes = loop.seed_axes(states)
     batch = _random_rollout(spec, config.rollout_steps, config.num_envs)
     batches = jax.tree.map(lambda array: np.stack([array, array]), batch)
     update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, None), out_axes=(axes, 0)))

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparserl import checkpoint, preemption, runner
+from sparserl import checkpoint, loop, preemption
 from sparserl.reporting import MetricsWriter, ProgressPrinter
 from sparserl.run_guard import RunGuard, TrainingDiverged
 
@@ -16,7 +16,7 @@ def run(tmp_path):
     """A two-seed run (seeds 3 and 4) writing into tmp_path/seed3 and tmp_path/seed4."""
     seed_dirs = [str(tmp_path / f"seed{seed}") for seed in (3, 4)]
     writers = [MetricsWriter(seed_dir, seed) for seed_dir, seed in zip(seed_dirs, (3, 4))]
-    yield runner.Run([3, 4], writers, ProgressPrinter("test", 100, stream=io.StringIO()),
+    yield loop.Run([3, 4], writers, ProgressPrinter("test", 100, stream=io.StringIO()),
                      checkpoint.Checkpointer(seed_dirs, keep=2))
     for writer in writers:
         writer.close()

@@ -10,44 +10,10 @@ import numpy as np
 
 from sparserl.agents import dqn
 from sparserl.configs import dqn as dqn_config
-from sparserl import checkpoint, envs, replay as replay_lib, runner
+from sparserl import checkpoint, envs, loop, metrics_log, replay as replay_lib, runner
 from sparserl.agent import off_policy_updates
 from sparserl.reporting import MetricsWriter, ProgressPrinter, read_csv
 from tests.helpers import run_train
-
-
-def test_frozen_watch_flags_exactly_unchanged_networks_per_seed(capsys):
-    config = dqn_config.get_config()
-    config.network.hidden_sizes = (8,)
-    agent = dqn.make(config, envs.env_spec("CartPole-v1"))
-    state = runner.init_states(agent, [0, 1])
-    watch = runner.FrozenNetworkWatch(state)
-
-    # No gradient step in the window (before learning starts): nothing to judge.
-    assert np.isnan(watch.check(state, [0, 1], (0, 100))["warnings/frozen/online"]).all()
-
-    # One gradient step that moved a single parameter of seed 1 by one float step: seed 0 is frozen.
-    params = state.online.params
-    kernel = params["output"]["kernel"]
-    moved = kernel.at[1, 0, 0].set(jnp.nextafter(kernel[1, 0, 0], jnp.float32(1.0)))
-    params = {**params, "output": {**params["output"], "kernel": moved}}
-    state = state.replace(online=state.online.replace(params=params), step=state.step + 1)
-    metrics = watch.check(state, [0, 1], (100, 200))
-    np.testing.assert_array_equal(metrics["warnings/frozen/online"], [1.0, 0.0])
-    assert capsys.readouterr().out.strip() == (
-        "warning: the online network of seed(s) 0 got no update at all from step 100 to 200 (no path from input to "
-        "output? a zero learning rate?); see warnings/frozen/online")
-
-    # Still frozen in the next window: the metric says so again, the console only once.
-    state = state.replace(step=state.step + 1)
-    np.testing.assert_array_equal(watch.check(state, [0, 1], (200, 300))["warnings/frozen/online"], [1.0, 1.0])
-    assert capsys.readouterr().out == ""
-
-
-def test_network_params_finds_every_network_of_a_state():
-    state = runner.init_states(dqn.make(dqn_config.get_config(), envs.env_spec("CartPole-v1")), [0])
-    assert list(runner.network_params(state)) == ["online"]  # target params are not a trained network
-    assert jax.tree.structure(runner.network_params(state)["online"]) == jax.tree.structure(state.online.params)
 
 
 def test_a_run_with_a_zero_learning_rate_is_reported_frozen(tmp_path):
@@ -61,16 +27,15 @@ def test_a_run_with_a_zero_learning_rate_is_reported_frozen(tmp_path):
 
 
 def _filled_replay(config, spec, num_seeds, size):
-    """A replay per seed holding `size` random CartPole-shaped transitions."""
-    replay = jax.vmap(lambda _: replay_lib.init(config.replay_capacity, spec.observation_shape,
-                                                spec.observation_dtype, (), jnp.int32))(jnp.arange(num_seeds))
+    """A replay per seed holding `size` random CartPole-shaped transitions (steps of one env), and the first step."""
+    replay = loop.init_replay(config, spec, num_seeds)
     keys = jax.random.split(jax.random.key(7), 3)
     transitions = replay_lib.Transition(
-        observation=jax.random.normal(keys[0], (size, num_seeds, 4)),
-        action=jax.random.randint(keys[1], (size, num_seeds), 0, 2),
-        reward=jnp.ones((size, num_seeds)),
-        next_observation=jax.random.normal(keys[2], (size, num_seeds, 4)),
-        terminated=jnp.zeros((size, num_seeds), bool),
+        observation=jax.random.normal(keys[0], (size, num_seeds, 1, 4)),
+        action=jax.random.randint(keys[1], (size, num_seeds, 1), 0, 2),
+        reward=jnp.ones((size, num_seeds, 1)),
+        next_observation=jax.random.normal(keys[2], (size, num_seeds, 1, 4)),
+        terminated=jnp.zeros((size, num_seeds, 1), bool),
     )
     for t in range(size):
         replay = jax.vmap(replay_lib.add)(replay, jax.tree.map(lambda leaf: leaf[t], transitions))
@@ -85,8 +50,8 @@ def test_gradient_steps_take_that_many_updates_each_on_its_own_batch():
     config.network.hidden_sizes = (8,)
     config.update(batch_size=4, learning_starts=0, gradient_steps=2, target_update_period=1)
     agent = dqn.make(config, spec)
-    state = runner.init_states(agent, [0, 1])
-    axes = runner.seed_axes(state)
+    state = loop.init_states(agent, [0, 1])
+    axes = loop.seed_axes(state)
     replay, transition = _filled_replay(config, spec, num_seeds=2, size=16)
     observations = np.zeros((2, 1, 4), np.float32)
 
@@ -130,9 +95,9 @@ def test_redo_runs_after_the_update_that_reaches_its_period_inside_a_learning_st
     config.update(batch_size=4, learning_starts=0, gradient_steps=2)
     config.redo.update(enabled=True, period=3, tau=100.0, batch_size=4)
     agent = dqn.make(config, spec)
-    state = runner.init_states(agent, [0])
+    state = loop.init_states(agent, [0])
     replay, transition = _filled_replay(config, spec, num_seeds=1, size=8)
-    step = runner.OffPolicyStep(agent, config, runner.seed_axes(state))
+    step = runner.OffPolicyStep(agent, config, loop.seed_axes(state))
     observations = np.zeros((1, 1, 4), np.float32)
     counts = []
     for env_step in range(3):
@@ -153,7 +118,7 @@ def test_an_in_process_run_logs_checkpoints_and_counts_redo(tmp_path):
     spec = envs.env_spec("CartPole-v1")
     seed_dir = str(tmp_path / "seed3")
     writer = MetricsWriter(seed_dir, 3)
-    run = runner.Run(seeds=[3], writers=[writer], progress=ProgressPrinter("test", config.steps, stream=io.StringIO()),
+    run = loop.Run(seeds=[3], writers=[writer], progress=ProgressPrinter("test", config.steps, stream=io.StringIO()),
                      checkpointer=checkpoint.Checkpointer([seed_dir], 1))
     runner.run_off_policy(dqn.make(config, spec), config, spec, run)
     writer.close()
@@ -165,7 +130,7 @@ def test_an_in_process_run_logs_checkpoints_and_counts_redo(tmp_path):
     assert checkpoint.checkpoint_steps(seed_dir) == [200]
     reader = checkpoint.Checkpointer([seed_dir], 1)
     assert reader.load_latest(warn=print) == 200
-    template = runner.init_states(dqn.make(config, spec), [3])
-    [arrays], [loop_state] = reader.restore(200, [checkpoint.seed_slice({"state": template}, 0, {"state": runner.seed_axes(template)})])
+    template = loop.init_states(dqn.make(config, spec), [3])
+    [arrays], [loop_state] = reader.restore(200, [checkpoint.seed_slice({"state": template}, 0, {"state": loop.seed_axes(template)})])
     assert int(arrays["state"].step) == 150 and int(arrays["state"].recycled) == 8 * 15
     assert loop_state["window_returns"] == [] and loop_state["pending_action"].shape == (1,)

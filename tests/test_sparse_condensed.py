@@ -12,7 +12,7 @@ import pytest
 
 from sparserl.agents import dqn
 from sparserl.configs import dqn as dqn_config
-from sparserl import checkpoint, envs, networks, runner, sparse_network
+from sparserl import checkpoint, envs, loop, networks, runner, sparse_network
 from sparserl.reporting import MetricsWriter, ProgressPrinter, read_csv
 from sparserl.sparse import SparsityConfig, condensed, structure
 
@@ -131,7 +131,7 @@ def _dqn_run(kernels_name: str, workdir) -> list[dict]:
     env_spec = envs.env_spec(config.env)
     agent = dqn.make(config, env_spec)
     writer = MetricsWriter(str(workdir), 0)
-    run = runner.Run([0], [writer], ProgressPrinter("test", config.steps, stream=io.StringIO()),
+    run = loop.Run([0], [writer], ProgressPrinter("test", config.steps, stream=io.StringIO()),
                      checkpoint.Checkpointer([str(workdir)], 1))
     try:
         runner.run_off_policy(agent, config, env_spec, run)
