@@ -11,6 +11,10 @@ dormant fraction at tau 0, 0.025 and 0.1 (Sokar et al., eq. 1) with its
 returns; the aggregate plots dormant % against steps per replay ratio, with
 and without ReDo, and summary.md states the final fractions and returns.
 
+One process per (replay ratio, ReDo), its seeds vmapped in one program: the
+runs differ in what the program does (updates per env step, ReDo on or off),
+not in a sparsity level, so no two of them share a program.
+
 Scales: `smoke` (the tests); `small` (the default: MinAtar Breakout with the
 MinAtar network for DQN, 20k steps and 2 seeds as the pilot chose them (see
 `SMALL_DQN_CHOICE` and docs/studies.md), Pendulum for SAC, gymnax through the
@@ -23,7 +27,7 @@ from __future__ import annotations
 import math
 import sys
 
-from sparserl.experiments import launch, study
+from sparserl.experiments import study
 from sparserl.experiments.aggregate import TAUS, UsageError
 
 # replay ratio -> (train_every, gradient_steps)
@@ -84,8 +88,7 @@ def build(argv):
         for redo in (False, True):
             args = [*common, f"--config.train_every={train_every}", f"--config.gradient_steps={gradient_steps}",
                     f"--redo={str(redo).lower()}"]
-            config = study.resolve_config(args)
-            specs.append(launch.RunSpec(study.run_name(config, f"_rr{ratio:g}"), tuple(args), tuple(range(seeds))))
+            specs.append(study.run_spec(args, seeds, f"_rr{ratio:g}"))
     plan = dict(study="dormant_neurons", command=" ".join(["python -m sparserl.experiments.dormant_neuron_study", *argv]),
                 agent=arguments.agent, env=env, scale=arguments.scale, steps=steps, seeds=seeds,
                 replay_ratios={f"{r:g}": dict(zip(("train_every", "gradient_steps"), available[r])) for r in ratios})

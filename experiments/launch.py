@@ -1,20 +1,24 @@
 """Run a sweep of `python -m sparserl.train` commands: as local processes, or as Ray tasks on a cluster.
 
-Both launchers take the same list of `RunSpec`s (one run directory each,
-seeds vmapped inside the run) and give the same outcomes:
+Both launchers take the same list of `RunSpec`s, one per process: a run (one
+run directory, seeds vmapped inside it) or a sweep of sparsity levels
+(`--sparsity=0.5,0.9`: one compiled program, a run directory per level), and
+give the same outcomes:
 
-- a run whose directory already holds every seed finished (the last
-  evaluation is at the config's last step) is skipped, so launching a sweep
-  again resumes it (an interrupted run resumes from its checkpoint);
-- a failed run is reported by name, exit status and last log line, and the
-  others go on.
+- a process whose run directories all hold every seed finished (the last
+  evaluation is at the config's last step) is skipped, so launching again
+  resumes what is left: an interrupted run resumes from its checkpoint, an
+  interrupted sweep every level from their latest common checkpoint (a sweep
+  with one level unfinished runs again as a whole);
+- a failed process is reported by name, exit status and last log line, and
+  the others go on.
 
 Local: at most `max_parallel` processes at once (default: the cores this
-process may use). Ray (`pip install sparserl[cluster]`): one task per run,
+process may use). Ray (`pip install sparserl[cluster]`): one task per process,
 `ray_address` joins a running cluster (the run directories must then be on a
 file system every node shares), else a local instance starts; each task asks
-for one CPU and, where the cluster has GPUs, `gpus_per_run` of a GPU. The runs
-log to `{logdir}/{name}.log`.
+for one CPU and, where the cluster has GPUs, `gpus_per_run` of a GPU. Each
+process logs to `{logdir}/{name}.log`.
 """
 
 from __future__ import annotations
@@ -38,11 +42,21 @@ class LaunchError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-    """One run directory of a sweep: `sparserl.train` flags (without --workdir and --run_name) and its seeds."""
+    """One `sparserl.train` process: its flags (without --workdir and --run_name), its seeds and its name.
+
+    A run writes the run directory `name` (`--run_name={name}`). A sweep (a `--sparsity` list in `args`) writes
+    `sweep`, a run directory per level under the name sparserl.train gives it; `name` names its log and outcome.
+    """
 
     name: str
     args: tuple[str, ...]
     seeds: tuple[int, ...]
+    sweep: tuple[str, ...] = ()
+
+    @property
+    def run_names(self) -> tuple[str, ...]:
+        """The run directories the process writes, under the workdir."""
+        return self.sweep or (self.name,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +67,13 @@ class Outcome:
 
 
 def train_command(spec: RunSpec, workdir: str, python: str = sys.executable) -> list[str]:
-    return [python, "-m", "sparserl.train", *spec.args, f"--workdir={workdir}", f"--run_name={spec.name}"]
+    naming = [] if spec.sweep else [f"--run_name={spec.name}"]
+    return [python, "-m", "sparserl.train", *spec.args, f"--workdir={workdir}", *naming]
+
+
+def is_spec_finished(spec: RunSpec, workdir: str) -> bool:
+    """Every run directory of the process `is_finished`."""
+    return all(is_finished(os.path.join(workdir, name), spec.seeds) for name in spec.run_names)
 
 
 def is_finished(run_dir: str, seeds) -> bool:
@@ -97,12 +117,12 @@ def _outcome(spec: RunSpec, returncode: int, last_line: str, log_path: str, seco
 
 def launch(specs: list[RunSpec], workdir: str, logdir: str, launcher: str = "local", max_parallel: int | None = None,
            ray_address: str | None = None, gpus_per_run: float = 0.25) -> list[Outcome]:
-    """Runs every unfinished spec; returns one Outcome per spec, in order."""
+    """Runs every spec with an unfinished run directory; returns one Outcome per spec, in order."""
     workdir, logdir = os.path.abspath(workdir), os.path.abspath(logdir)
-    outcomes = {spec.name: Outcome(spec.name, "skipped") for spec in specs
-                if is_finished(os.path.join(workdir, spec.name), spec.seeds)}
+    outcomes = {spec.name: Outcome(spec.name, "skipped") for spec in specs if is_spec_finished(spec, workdir)}
     pending = [spec for spec in specs if spec.name not in outcomes]
-    print(f"{len(specs)} runs: {len(outcomes)} already finished, {len(pending)} to run ({launcher})", flush=True)
+    print(f"{len(specs)} processes ({sum(len(spec.run_names) for spec in specs)} run directories): "
+          f"{len(outcomes)} already finished, {len(pending)} to run ({launcher})", flush=True)
     if pending:
         run = _launch_ray if launcher == "ray" else _launch_local
         outcomes.update(run(pending, workdir, logdir, max_parallel or len(os.sched_getaffinity(0)),
@@ -121,9 +141,9 @@ def _launch_local(specs, workdir, logdir, max_parallel, **_) -> dict[str, Outcom
         return {outcome.name: outcome for outcome in pool.map(run, specs)}
 
 
-def _ray_task(args: tuple[str, ...], name: str, workdir: str, log_path: str) -> tuple[int, str]:
-    """One run on a Ray worker, with that worker's Python."""
-    return _run_process(train_command(RunSpec(name, args, ()), workdir), log_path, _process_environment())
+def _ray_task(spec: RunSpec, workdir: str, log_path: str) -> tuple[int, str]:
+    """One process on a Ray worker, with that worker's Python."""
+    return _run_process(train_command(spec, workdir), log_path, _process_environment())
 
 
 def _launch_ray(specs, workdir, logdir, max_parallel, ray_address=None, gpus_per_run=0.25) -> dict[str, Outcome]:
@@ -145,7 +165,7 @@ def _launch_ray(specs, workdir, logdir, max_parallel, ray_address=None, gpus_per
         references = {}
         for spec in specs:
             log_path = os.path.join(logdir, f"{spec.name}.log")
-            references[task.remote(spec.args, spec.name, workdir, log_path)] = (spec, log_path)
+            references[task.remote(spec, workdir, log_path)] = (spec, log_path)
         outcomes = {}
         waiting = list(references)
         while waiting:

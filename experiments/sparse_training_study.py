@@ -11,7 +11,17 @@ with no more parameters than the sparse one keeps (`experiments.parameters`).
 Each run directory holds its seeds side by side (vmapped). The study directory
 gets plan.json, runs/, logs/, the aggregate's tables and plots, and summary.md.
 
-Scales: `smoke` (the tests: tiny networks, host envs, a few hundred steps);
+Processes: on gymnax envs (the smoke and small scales) one per sparse method,
+its sparsity levels x seeds trained as one compiled program (`sparserl.train
+--sparsity=0.5,0.8,...`, each level still in a run directory of its own);
+on host-loop envs (the paper scale: ALE, MuJoCo), where that program cannot
+run, one per (method, level). The dense network is one more process, and
+every parameter-matched dense network one of its own: their widths differ, so
+their parameters have different shapes and cannot share one vmapped program.
+The small-scale grid is 10 processes (4 sparse methods, dense, 5 matched) for
+its 26 run directories.
+
+Scales: `smoke` (the tests: tiny networks, gymnax envs, a few hundred steps);
 `small` (the default: gymnax classic control through the compiled loop;
 DQN keeps Graesser et al.'s classic-control protocol, the one setting with a
 small published baseline, Acrobot-v1); `paper` (Graesser et al.'s Atari DQN
@@ -22,7 +32,7 @@ from __future__ import annotations
 
 import sys
 
-from sparserl.experiments import launch, study
+from sparserl.experiments import study
 from sparserl.experiments.aggregate import UsageError
 
 METHODS = ("dense", "static", "set", "rigl", "prune")
@@ -66,6 +76,11 @@ def build(argv):
     sparsities = study.parse_floats(arguments.sparsities, "--sparsities")
     if not all(0.0 < sparsity < 1.0 for sparsity in sparsities):
         raise UsageError(f"--sparsities: each must be in (0, 1), got {arguments.sparsities}")
+    from sparserl import train
+
+    twice = train.repeated_level(sparsities)
+    if twice is not None:
+        raise UsageError(f"--sparsities: {twice} is listed twice; give each sparsity once")
     if not sparsities and set(methods) - {"dense"}:
         raise UsageError("--sparsities: give at least one sparsity for the sparse methods")
 
@@ -76,22 +91,23 @@ def build(argv):
     specs, matched = [], {}
 
     def add(flags, suffix=""):
-        args = [*common, *flags]
-        config = study.resolve_config(args)
-        specs.append(launch.RunSpec(study.run_name(config, suffix), tuple(args), tuple(range(seeds))))
-        return config
+        specs.append(study.run_spec([*common, *flags], seeds, suffix))
+
+    from sparserl import envs
 
     if "dense" in methods:
         add(["--method=dense", "--sparsity=0"])
+    # A method's levels x seeds as one compiled program where the env is JAX-native; a process per level elsewhere.
+    level_lists = ([",".join(f"{sparsity:g}" for sparsity in sparsities)] if env.startswith(envs.GYMNAX_PREFIX)
+                   else [f"{sparsity:g}" for sparsity in sparsities])
     for method in methods:
-        for sparsity in sparsities if method != "dense" else ():
-            add([f"--method={method}", f"--sparsity={sparsity:g}"])
+        for levels in level_lists if method != "dense" else ():
+            add([f"--method={method}", f"--sparsity={levels}"])
     if "dense" in methods and not arguments.no_param_matched:
         from sparserl.experiments import parameters
-        from sparserl import envs
 
         for sparsity in sparsities:
-            sparse_config = study.resolve_config([*common, "--method=static", f"--sparsity={sparsity:g}"])
+            (sparse_config,) = study.resolve_configs([*common, "--method=static", f"--sparsity={sparsity:g}"])
             multiplier, dense_count, sparse_count = parameters.matched_width_multiplier(
                 sparse_config, envs.env_spec(sparse_config.env))
             add(["--method=dense", "--sparsity=0", f"--config.network.width_multiplier={multiplier!r}"],

@@ -1,9 +1,10 @@
 """What both studies share: scales, their command line, resolving a run's config as `sparserl.train` would, and the
 plan -> launch -> aggregate -> summary.md sequence of a study directory.
 
-A study directory `--out` holds `plan.json` (the grid: every run's name, flags
-and seeds), `runs/` (the run directories), `logs/` (one log per run), the
-aggregate's `results.csv`, `iqm.csv` and plots, and `summary.md`.
+A study directory `--out` holds `plan.json` (the grid: every process's name,
+flags, seeds and, for a sweep of sparsity levels, its levels' run
+directories), `runs/` (the run directories), `logs/` (one log per process),
+the aggregate's `results.csv`, `iqm.csv` and plots, and `summary.md`.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ class Scale:
     flags: tuple[str, ...] = ()
 
 
-# Tiny networks and a few hundred steps on host envs: the tests' scale.
+# Tiny networks and a few hundred steps on gymnax envs (the compiled loop, where a study trains a method's sparsity
+# levels as one program, as at the small scale): the tests' scale.
 SMOKE_FLAGS = ("--eval_every=100", "--checkpoint_every=1000", "--config.eval_episodes=2", "--config.log_every=100",
                "--config.network.hidden_sizes=16,16")
 SMOKE = {
-    "dqn": Scale("CartPole-v1", 300, 2, SMOKE_FLAGS + ("--config.learning_starts=100", "--config.batch_size=32")),
-    "sac": Scale("Pendulum-v1", 300, 2, SMOKE_FLAGS + ("--config.learning_starts=100", "--config.batch_size=32")),
-    "ppo": Scale("CartPole-v1", 512, 2, SMOKE_FLAGS + ("--config.rollout_steps=64", "--config.num_envs=2")),
+    "dqn": Scale("gymnax:CartPole-v1", 300, 2, SMOKE_FLAGS + ("--config.learning_starts=100", "--config.batch_size=32")),
+    "sac": Scale("gymnax:Pendulum-v1", 300, 2, SMOKE_FLAGS + ("--config.learning_starts=100", "--config.batch_size=32")),
+    "ppo": Scale("gymnax:CartPole-v1", 512, 2, SMOKE_FLAGS + ("--config.rollout_steps=64", "--config.num_envs=2")),
 }
 
 
@@ -96,20 +98,31 @@ def parse_floats(text: str, flag: str) -> list[float]:
         raise UsageError(f"{flag}: {text!r} is not a comma-separated list of numbers") from None
 
 
-def resolve_config(train_args: list[str]):
-    """The config `python -m sparserl.train TRAIN_ARGS` would run (presets, flags, overrides), or a UsageError."""
+def resolve_configs(train_args: list[str]) -> list:
+    """The config of every level `python -m sparserl.train TRAIN_ARGS` would run (presets, flags, overrides; one, or
+    a sweep's levels), checked as sparserl.train checks them, or a UsageError."""
     from sparserl import train
 
     try:
-        return train.config_from_arguments(["sparserl.train", *train_args])
+        return train.configs_from_arguments(["sparserl.train", *train_args])
     except train.UsageError as error:
         raise UsageError(str(error)) from None
 
 
-def run_name(config, suffix: str = "") -> str:
+def run_spec(train_args: list[str], seeds: int, suffix: str = "") -> launch.RunSpec:
+    """The process `python -m sparserl.train TRAIN_ARGS` (checked as sparserl.train checks them) over seeds 0..seeds-1:
+    a run, named by its default run name and `suffix`, or a sweep (a `--sparsity` list), named by its levels
+    (`dqn_gymnax-CartPole-v1_rigl_0.5-0.9`), whose levels write the run directories sparserl.train names."""
     from sparserl import train
 
-    return train.default_run_name(config) + suffix
+    configs = resolve_configs(train_args)
+    names = tuple(train.default_run_name(config) for config in configs)
+    if len(configs) == 1:
+        return launch.RunSpec(names[0] + suffix, tuple(train_args), tuple(range(seeds)))
+    if suffix:
+        raise ValueError(f"a sweep's run directories take the names sparserl.train gives them, not {suffix!r}")
+    levels = [config.sparse.sparsity for config in configs]
+    return launch.RunSpec(train.default_run_name(configs[0], levels), tuple(train_args), tuple(range(seeds)), names)
 
 
 def run_study(arguments, plan: dict, specs: list[launch.RunSpec], summarize: Callable[[dict, dict], str]) -> int:
@@ -127,16 +140,16 @@ def run_study(arguments, plan: dict, specs: list[launch.RunSpec], summarize: Cal
     outcomes = launch.launch(specs, runs_dir, logs_dir, arguments.launcher, arguments.max_parallel,
                              arguments.ray_address, arguments.gpus_per_run)
     failed = [outcome for outcome in outcomes if outcome.status == "failed"]
-    finished = [os.path.join(runs_dir, spec.name) for spec in specs
-                if launch.is_finished(os.path.join(runs_dir, spec.name), spec.seeds)]
+    run_dirs = [(os.path.join(runs_dir, name), spec.seeds) for spec in specs for name in spec.run_names]
+    finished = [run_dir for run_dir, seeds in run_dirs if launch.is_finished(run_dir, seeds)]
     if finished:
         result = aggregate.aggregate(finished, out, arguments.bootstrap_reps)
         for reason in result["skipped"]:
             print(f"skipped {reason}", flush=True)
         text = summarize(plan, result)
-        if len(finished) < len(specs):
-            missing = sorted(set(spec.name for spec in specs) - {os.path.basename(path) for path in finished})
-            text += f"\n## Not included\n\n{len(missing)} of {len(specs)} runs did not finish: {', '.join(missing)}.\n"
+        if len(finished) < len(run_dirs):
+            missing = [os.path.basename(run_dir) for run_dir, _ in run_dirs if run_dir not in finished]
+            text += f"\n## Not included\n\n{len(missing)} of {len(run_dirs)} runs did not finish: {', '.join(missing)}.\n"
         atomic_write_text(os.path.join(out, "summary.md"), text)
         print(f"wrote {os.path.join(out, 'summary.md')}", flush=True)
     for outcome in failed:

@@ -397,8 +397,7 @@ def check_sweep(config: ml_collections.ConfigDict, levels: Sequence[float], over
     if 0.0 in levels:
         raise UsageError("--sparsity: 0 cannot be a level of a list: a dense network is not a sparsity level of a "
                          "sparse method; give levels in (0, 1) and train the dense network as a run of its own")
-    names = [f"{level:g}" for level in levels]  # as the run directories name them
-    twice = next((name for index, name in enumerate(names) if name in names[:index]), None)
+    twice = repeated_level(levels)
     if twice is not None:
         raise UsageError(f"--sparsity: level {twice} is listed twice (levels are told apart to 6 significant digits); "
                          "give each level once")
@@ -425,6 +424,12 @@ def check_sweep(config: ml_collections.ConfigDict, levels: Sequence[float], over
         raise UsageError(f"--sparsity: a list of levels trains with the level traced, where "
                          f"--config.sparse.kernels={kernels} cannot run (it needs one concrete level); choose masked or "
                          "auto (auto runs masked kernels in a sweep)")
+
+
+def repeated_level(levels: Sequence[float]) -> str | None:
+    """The first level listed twice, as run directory names write levels (`{level:g}`), or None."""
+    names = [f"{level:g}" for level in levels]
+    return next((name for index, name in enumerate(names) if name in names[:index]), None)
 
 
 @dataclasses.dataclass(frozen=True)

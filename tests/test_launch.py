@@ -28,6 +28,18 @@ def test_a_run_is_finished_when_every_seed_evaluated_its_last_step(tmp_path):
     assert not launch.is_finished(str(tmp_path / "missing"), (0,))
 
 
+def test_a_sweep_is_finished_when_every_level_is_and_names_no_run_directory(tmp_path):
+    sweep = launch.RunSpec("rigl_0.5-0.9", ("--sparsity=0.5,0.9",), (0,), sweep=("rigl_0.5", "rigl_0.9"))
+    run = launch.RunSpec("rigl_0.5", ("--sparsity=0.5",), (0,))
+    assert (sweep.run_names, run.run_names) == (("rigl_0.5", "rigl_0.9"), ("rigl_0.5",))
+    assert launch.train_command(sweep, "w", python="python")[3:] == ["--sparsity=0.5,0.9", "--workdir=w"]
+    assert launch.train_command(run, "w", python="python")[3:] == ["--sparsity=0.5", "--workdir=w", "--run_name=rigl_0.5"]
+    _seed_dir(tmp_path / "rigl_0.5", 0, 300, [100, 200, 300])
+    assert launch.is_spec_finished(run, str(tmp_path)) and not launch.is_spec_finished(sweep, str(tmp_path))
+    _seed_dir(tmp_path / "rigl_0.9", 0, 300, [100, 200, 300])
+    assert launch.is_spec_finished(sweep, str(tmp_path))
+
+
 @pytest.mark.slow
 def test_a_failed_run_is_reported_by_name_and_the_next_one_still_runs(tmp_path, capsys):
     scale = SMOKE["dqn"]

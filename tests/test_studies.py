@@ -12,7 +12,10 @@ from sparserl.experiments import aggregate, dormant_neuron_study, sparse_trainin
 from tests.helpers import cli_environment
 
 SMOKE_SWEEP = ["--scale=smoke", "--methods=static,rigl", "--sparsities=0.5,0.9", "--seeds=2", "--bootstrap_reps=500"]
-RUN_NAMES = {f"dqn_CartPole-v1_{method}_{sparsity}" for method in ("static", "rigl") for sparsity in ("0.5", "0.9")}
+# One process per method, its two levels x two seeds in one program (gymnax:CartPole-v1), a run directory per level.
+SWEEPS = {f"dqn_gymnax-CartPole-v1_{method}_0.5-0.9": [f"dqn_gymnax-CartPole-v1_{method}_{sparsity}"
+                                                       for sparsity in ("0.5", "0.9")] for method in ("static", "rigl")}
+RUN_NAMES = {name for names in SWEEPS.values() for name in names}
 
 
 def run_study(module, *arguments, timeout=900):
@@ -22,7 +25,9 @@ def run_study(module, *arguments, timeout=900):
 
 def check_study_directory(out):
     plan = json.loads((out / "plan.json").read_text())
-    assert {run["name"] for run in plan["runs"]} == RUN_NAMES and plan["methods"] == ["static", "rigl"]
+    assert {run["name"]: run["sweep"] for run in plan["runs"]} == SWEEPS and plan["methods"] == ["static", "rigl"]
+    assert sorted(path.name for path in (out / "runs").iterdir()) == sorted(RUN_NAMES)
+    assert sorted(path.name for path in (out / "logs").iterdir()) == sorted(f"{name}.log" for name in SWEEPS)
     rows = aggregate.read_table(str(out / "results.csv"))
     assert sorted((row["run"], row["seed"]) for row in rows) == sorted((name, s) for name in RUN_NAMES for s in (0.0, 1.0))
     assert all(row["last_eval_step"] == 300 for row in rows)
@@ -32,7 +37,7 @@ def check_study_directory(out):
     for name in ("return_vs_sparsity", "dormant_vs_step", "return_vs_step", "performance_profiles"):
         assert (out / f"{name}.png").stat().st_size > 10_000, name
     summary = (out / "summary.md").read_text()
-    rigl = next(entry for entry in table if entry["run"] == "dqn_CartPole-v1_rigl_0.9")
+    rigl = next(entry for entry in table if entry["run"] == "dqn_gymnax-CartPole-v1_rigl_0.9")
     assert "| rigl | " in summary and f"{rigl['iqm']:.4g} [{rigl['iqm_low']:.4g}, {rigl['iqm_high']:.4g}]" in summary
     assert "rigl minus static" in summary
 
@@ -42,12 +47,13 @@ def test_smoke_sweep_writes_the_study_and_a_second_launch_runs_nothing(tmp_path)
     out = tmp_path / "study"
     result = run_study("sparse_training_study", *SMOKE_SWEEP, f"--out={out}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "4 runs: 0 already finished, 4 to run (local)" in result.stdout
+    assert "2 processes (4 run directories): 0 already finished, 2 to run (local)" in result.stdout
     check_study_directory(out)
     logs = {path: os.stat(path).st_mtime_ns for path in (out / "logs").iterdir()}
     again = run_study("sparse_training_study", *SMOKE_SWEEP, f"--out={out}")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "4 runs: 4 already finished, 0 to run (local)" in again.stdout and "done:" not in again.stdout
+    assert "2 processes (4 run directories): 2 already finished, 0 to run (local)" in again.stdout
+    assert "done:" not in again.stdout
     assert {path: os.stat(path).st_mtime_ns for path in (out / "logs").iterdir()} == logs
 
 
@@ -58,7 +64,7 @@ def test_smoke_sweep_through_ray(tmp_path):
     out = tmp_path / "study"
     result = run_study("sparse_training_study", *SMOKE_SWEEP, "--launcher=ray", "--max_parallel=2", f"--out={out}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "4 runs: 0 already finished, 4 to run (ray)" in result.stdout
+    assert "2 processes (4 run directories): 0 already finished, 2 to run (ray)" in result.stdout
     check_study_directory(out)
 
 
@@ -68,10 +74,12 @@ def test_the_dormant_study_plans_every_replay_ratio_with_and_without_redo(tmp_pa
     plan = json.loads((out / "plan.json").read_text())
     runs = {run["name"]: run["args"] for run in plan["runs"]}
     assert len(runs) == 10 and not (out / "runs").exists()
+    # A process per (ratio, ReDo), its seeds vmapped: no sweeps, the ratios and ReDo change the program.
+    assert all(run["sweep"] == [] and "--num_seeds=2" in run["args"] for run in plan["runs"])
     expected = {0.25: (4, 1), 0.5: (2, 1), 1: (1, 1), 2: (1, 2), 4: (1, 4)}
     for ratio, (train_every, gradient_steps) in expected.items():
         for redo, suffix in ((False, ""), (True, "_redo")):
-            args = runs[f"dqn_CartPole-v1_dense_0{suffix}_rr{ratio:g}"]
+            args = runs[f"dqn_gymnax-CartPole-v1_dense_0{suffix}_rr{ratio:g}"]
             assert f"--config.train_every={train_every}" in args and f"--config.gradient_steps={gradient_steps}" in args
             assert f"--redo={str(redo).lower()}" in args
     commands = capsys.readouterr().out.strip().splitlines()
@@ -84,12 +92,39 @@ def test_the_sparse_study_plans_a_parameter_matched_dense_run_per_sparsity(tmp_p
                                        "--config.sparse.distribution=uniform", "--dry_run", f"--out={out}"]) == 0
     plan = json.loads((out / "plan.json").read_text())
     assert [run["name"] for run in plan["runs"]] == [
-        "dqn_CartPole-v1_dense_0", "dqn_CartPole-v1_prune_0.9", "dqn_CartPole-v1_dense_0_matched-0.9"]
+        "dqn_gymnax-CartPole-v1_dense_0", "dqn_gymnax-CartPole-v1_prune_0.9", "dqn_gymnax-CartPole-v1_dense_0_matched-0.9"]
     # Smoke network 4-16-16-2, uniform 90%: kernels keep 7 + 26 + 4 weights, plus 34 biases = 71 parameters; a dense
     # net of width k has k^2 + 8k + 2, so k = 5 (67 parameters) is the widest within 71.
-    matched = plan["param_matched"]["dqn_CartPole-v1_dense_0_matched-0.9"]
+    matched = plan["param_matched"]["dqn_gymnax-CartPole-v1_dense_0_matched-0.9"]
     assert matched == {"sparsity": 0.9, "width_multiplier": 5 / 16, "dense_parameters": 67, "sparse_parameters": 71}
     assert "--config.network.width_multiplier=0.3125" in plan["runs"][2]["args"]
+
+
+def test_the_sparse_study_runs_a_method_s_levels_as_one_process_on_gymnax_and_one_per_level_elsewhere(tmp_path, capsys):
+    """On gymnax (the smoke and small scales) one `--sparsity` list per sparse method; the dense network and each
+    parameter-matched one (another width: another program) a process of their own. On a host env, a process per
+    level, as sparserl.train refuses a list there."""
+    grid = ["--scale=smoke", "--methods=dense,static,rigl", "--sparsities=0.5,0.9", "--dry_run"]
+    assert sparse_training_study.main([*grid, f"--out={tmp_path / 'gymnax'}"]) == 0
+    commands = capsys.readouterr().out.strip().splitlines()
+    assert len(commands) == 5 and all(command.startswith("python -m sparserl.train --agent=dqn --env=gymnax:CartPole-v1 ")
+                                      for command in commands)
+    workdir = f"--workdir={tmp_path / 'gymnax' / 'runs'}"
+    assert commands[0].endswith(f"--method=dense --sparsity=0 {workdir} --run_name=dqn_gymnax-CartPole-v1_dense_0")
+    for command, method in zip(commands[1:3], ("static", "rigl")):
+        assert command.endswith(f"--method={method} --sparsity=0.5,0.9 {workdir}")  # no --run_name: a run dir per level
+    for command, sparsity in zip(commands[3:], ("0.5", "0.9")):
+        assert command.endswith(f"{workdir} --run_name=dqn_gymnax-CartPole-v1_dense_0_matched-{sparsity}")
+    plan = json.loads((tmp_path / "gymnax" / "plan.json").read_text())
+    assert plan["runs"][2]["name"] == "dqn_gymnax-CartPole-v1_rigl_0.5-0.9"
+    assert plan["runs"][2]["sweep"] == ["dqn_gymnax-CartPole-v1_rigl_0.5", "dqn_gymnax-CartPole-v1_rigl_0.9"]
+
+    assert sparse_training_study.main([*grid, "--env=CartPole-v1", f"--out={tmp_path / 'host'}"]) == 0
+    plan = json.loads((tmp_path / "host" / "plan.json").read_text())
+    assert [(run["name"], run["sweep"]) for run in plan["runs"]] == [(name, []) for name in (
+        "dqn_CartPole-v1_dense_0", "dqn_CartPole-v1_static_0.5", "dqn_CartPole-v1_static_0.9", "dqn_CartPole-v1_rigl_0.5",
+        "dqn_CartPole-v1_rigl_0.9", "dqn_CartPole-v1_dense_0_matched-0.5", "dqn_CartPole-v1_dense_0_matched-0.9")]
+    assert "--sparsity=0.9" in plan["runs"][4]["args"]
 
 
 @pytest.mark.parametrize("module, arguments, flag", [
@@ -105,6 +140,10 @@ def test_the_sparse_study_plans_a_parameter_matched_dense_run_per_sparsity(tmp_p
     (sparse_training_study, ["--frobnicate"], "--frobnicate"),
     (sparse_training_study, ["--seeds=two"], "--seeds"),
     (sparse_training_study, ["--config.sparse.sparsity=0.3"], "--config.sparse.sparsity: the study sets it"),
+    (sparse_training_study, ["--sparsities=0.5,0.9,0.5"], "--sparsities: 0.5 is listed twice"),
+    # A method's levels run as one program, which condensed kernels cannot (checked when the plan is made).
+    (sparse_training_study, ["--config.sparse.structure=fan_in", "--config.sparse.kernels=condensed"],
+     "--config.sparse.kernels=condensed cannot run (it needs one concrete level)"),
     (dormant_neuron_study, ["--config.gradient_steps=2"], "--config.gradient_steps: the study sets it"),
     (dormant_neuron_study, ["--replay_ratios=0.25,3"], "--replay_ratios"),
     (dormant_neuron_study, ["--agent=ppo"], "--agent"),
