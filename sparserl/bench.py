@@ -198,7 +198,7 @@ def _seed_update(agent, config, env_spec):
     """(jitted seed-vmapped update, one seed's state, a random batch, keys): call `update(state, batch, keys)`."""
     import jax
 
-    from sparserl import runner
+    from sparserl import loop
 
     state = loop.init_states(agent, [0])
     axes = loop.seed_axes(state)
@@ -235,7 +235,7 @@ def _ppo_update_ms(settings: Settings) -> tuple[float, float, int]:
     import jax
 
     from sparserl.agents import ppo
-    from sparserl import envs, runner
+    from sparserl import envs, loop
 
     env_spec = envs.env_spec("CartPole-v1")
     functions, period, minibatch_steps = {}, None, None
@@ -293,7 +293,7 @@ def _redo_overhead(env_id: str, overrides: dict, settings: Settings) -> tuple[fl
     import jax.numpy as jnp
 
     from sparserl.agents import dqn
-    from sparserl import envs, replay as replay_lib, runner
+    from sparserl import envs, loop, replay as replay_lib, runner
 
     env_spec = envs.env_spec(env_id)
     batch = random_transitions(env_spec, 1, seed=2)
@@ -416,7 +416,7 @@ def clocked_training_envs(clock: StepClock):
 
 def train_in_process(config, clock: StepClock) -> None:
     """Runs the agent's loop on `config` as `sparserl.train` would, in a throw-away run directory, quietly."""
-    from sparserl import checkpoint, envs, runner
+    from sparserl import checkpoint, envs, loop, runner
     from sparserl.reporting import MetricsWriter, ProgressPrinter
 
     agent_module = importlib.import_module(f"sparserl.agents.{config.agent}")
@@ -632,7 +632,7 @@ def _dqn_program_ms(settings: Settings) -> dict[str, float]:
     import jax.numpy as jnp
 
     from sparserl.agents import dqn
-    from sparserl import agent as agent_lib, envs, runner
+    from sparserl import agent as agent_lib, envs, loop, runner
     from sparserl.sparse import condensed
 
     env_spec = envs.env_spec("CartPole-v1")

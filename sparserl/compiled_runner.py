@@ -14,9 +14,9 @@ levels and seeds), with no host round trip inside.
   in a scan, then runs the agent's `update` of it.
 
 One program, compiled once per run, runs up to `MAX_ROWS` rows of the
-schedule (`loop.Schedule`) per call: a `lax.scan` over rows, each a
-`lax.while_loop` over the row's iterations (so rows of different lengths share
-the program), then the row's network metrics, its frozen-network flags
+schedule (`loop.Schedule`) per call: a loop over the call's rows, each a
+`lax.while_loop` over the row's iterations (so rows of different lengths and
+calls of different row counts share the program), then the row's network metrics, its frozen-network flags
 (`metrics_log.frozen_flags`) and, where the row evaluates, the greedy
 evaluation, all stacked per row. The host writes the rows after the call
 (`loop.RunHost`), so logging often costs little. A call ends at a row that
@@ -44,7 +44,7 @@ from sparserl.batches import Rollout, Transition
 from sparserl.envs import EnvSpec, GymnaxEnv, GymnaxEnvState
 from sparserl.metrics_log import frozen_flags
 
-MAX_ROWS = 64  # rows one call may run (the program's scan length; rows the call does not use cost nothing)
+MAX_ROWS = 64  # rows one call may run (the length of its stacked outputs; rows it does not run cost nothing)
 CALL_SECONDS = 2.0  # about how long a call runs, from the time its rows took so far
 
 # Streams folded into a seed's key, apart from the agent's own (`agent.init(key(seed))`).
@@ -166,44 +166,49 @@ def _call_program(iterate: Callable, measured_batch: Callable, measure: Callable
 
     `iterate(state, carry, position, plan) -> (state, carry, update metrics, learned, episode returns)` advances
     `granularity` env steps. At a row's end `measure(state, measured_batch(carry, row_end))` (the agent's) gives
-    its network metrics and `evaluate(state, row_end)` its evaluation, each in a `lax.cond` on the unbatched plan,
-    so a row that is not run or not evaluated skips them (only the batch, not the whole carry, enters the cond).
+    its network metrics and, where the plan says so (a `lax.cond` on the unbatched plan), `evaluate(state,
+    row_end)` its evaluation. The rows loop runs `plan.rows` times and writes row i of `outputs` ([MAX_ROWS, ...]):
+    rows past `plan.rows` cost nothing and keep what `outputs` held.
     """
 
+    def run_row(state, carry, plan: CallPlan, index):
+        row_start = jnp.where(index == 0, plan.start, plan.row_ends[index - 1])
+        row_end = plan.row_ends[index]
+
+        def iteration(inner):
+            state, carry, position, totals = inner
+            state, carry, metrics, learned, returns = iterate(state, carry, position, plan)
+            ended = ~jnp.isnan(returns)
+            totals = _RowTotals(
+                totals.return_sum + jnp.sum(jnp.where(ended, returns, 0.0)),
+                totals.return_count + jnp.sum(ended, dtype=jnp.int32),
+                totals.learned | learned,
+                jax.tree.map(lambda new, old: jnp.where(learned, new, old), metrics, totals.update_metrics),
+            )
+            return state, carry, position + granularity, totals
+
+        totals = _RowTotals(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), bool),
+                            loop.nan_like(metrics_shape))
+        row_state, carry, _, totals = jax.lax.while_loop(
+            lambda inner: inner[2] < row_end, iteration, (state, carry, row_start, totals))
+        eval_return = jax.lax.cond(plan.evaluates[index], lambda: evaluate(row_state, row_end),
+                                   lambda: jnp.full((), jnp.nan, jnp.float32))
+        network_metrics = {**measure(row_state, measured_batch(carry, row_end)), **frozen_flags(state, row_state)}
+        return row_state, carry, RowOutput(totals.return_sum, totals.return_count, totals.learned,
+                                           totals.update_metrics, network_metrics, eval_return)
+
+    run_row = jax.jit(run_row)  # inlined in the program; traced once for its shapes and its loop
+
     def call(state, carry, plan: CallPlan):
-        def row(outer, index):
-            state, carry = outer
-            row_start = jnp.where(index == 0, plan.start, plan.row_ends[index - 1])
-            row_end = plan.row_ends[index]
+        def row(index, loop_state):
+            state, carry, outputs = loop_state
+            state, carry, output = run_row(state, carry, plan, index)
+            outputs = jax.tree.map(lambda stacked, value: stacked.at[index].set(value), outputs, output)
+            return state, carry, outputs
 
-            def iteration(inner):
-                state, carry, position, totals = inner
-                state, carry, metrics, learned, returns = iterate(state, carry, position, plan)
-                ended = ~jnp.isnan(returns)
-                totals = _RowTotals(
-                    totals.return_sum + jnp.sum(jnp.where(ended, returns, 0.0)),
-                    totals.return_count + jnp.sum(ended, dtype=jnp.int32),
-                    totals.learned | learned,
-                    jax.tree.map(lambda new, old: jnp.where(learned, new, old), metrics, totals.update_metrics),
-                )
-                return state, carry, position + granularity, totals
-
-            totals = _RowTotals(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), bool),
-                                loop.nan_like(metrics_shape))
-            row_state, carry, _, totals = jax.lax.while_loop(
-                lambda inner: inner[2] < row_end, iteration, (state, carry, row_start, totals))
-            batch = measured_batch(carry, row_end)
-            network_metrics = jax.lax.cond(  # a row the call does not run: zeros, which the host never reads
-                index < plan.rows, lambda: measure(row_state, batch),
-                lambda: jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), jax.eval_shape(measure, row_state, batch)))
-            eval_return = jax.lax.cond(plan.evaluates[index], lambda: evaluate(row_state, row_end),
-                                       lambda: jnp.full((), jnp.nan, jnp.float32))
-            output = RowOutput(totals.return_sum, totals.return_count, totals.learned, totals.update_metrics,
-                               {**network_metrics, **frozen_flags(state, row_state)}, eval_return)
-            return (row_state, carry), output
-
-        (state, carry), outputs = jax.lax.scan(row, (state, carry), jnp.arange(MAX_ROWS))
-        return state, carry, outputs
+        output_shape = jax.eval_shape(run_row, state, carry, plan, 0)[2]
+        outputs = jax.tree.map(lambda leaf: jnp.zeros((MAX_ROWS, *leaf.shape), leaf.dtype), output_shape)
+        return jax.lax.fori_loop(0, plan.rows, row, (state, carry, outputs))
 
     return call
 
@@ -246,7 +251,8 @@ def _run(kind: _Loop, agent_for: Callable, members: Members, config: ml_collecti
 
     def member_call(level, state, carry, seed, plan):
         agent = agent_for(level)
-        iterate = kind.iterate(agent, seed)
+        # Jitted inside the program (inlined there), so that its shapes and the loops that run it trace it once.
+        iterate = jax.jit(kind.iterate(agent, seed))
         metrics_shape = jax.eval_shape(iterate, state, carry, plan.start, plan)[2]
         call = _call_program(iterate, kind.measured_batch(seed), agent.measure,
                              lambda state, eval_step: _evaluate(agent, env, config.eval_episodes, state, seed, eval_step),

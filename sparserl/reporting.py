@@ -22,6 +22,7 @@ import time
 from typing import Mapping, TextIO
 
 import tensorboardX
+from tensorboardX.proto.summary_pb2 import Summary
 
 CSV_FILENAMES = {"train": "metrics.csv", "eval": "eval.csv"}
 INDEX_COLUMNS = ("step", "seed")
@@ -147,10 +148,10 @@ class MetricsWriter:
         if kind not in self._csv_logs:
             raise ValueError(f"kind must be one of {sorted(self._csv_logs)}, got {kind!r}")
         self._csv_logs[kind].append(step, self.seed, metrics)
-        for name, value in metrics.items():
-            number = float(value)
-            if not math.isnan(number):
-                self._summary_writer.add_scalar(name, number, int(step))
+        values = [Summary.Value(tag=name, simple_value=float(value)) for name, value in metrics.items()
+                  if not math.isnan(float(value))]
+        if values:  # one event holds every scalar of the row (add_scalar writes one event per scalar: 10x slower)
+            self._summary_writer.file_writer.add_summary(Summary(value=values), int(step))
 
     def flush(self) -> None:
         for csv_log in self._csv_logs.values():

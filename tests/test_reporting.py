@@ -2,6 +2,7 @@
 
 import io
 import math
+import struct
 
 from sparserl.reporting import MetricsWriter, ProgressPrinter, read_csv
 
@@ -95,13 +96,30 @@ def test_fresh_start_truncates_existing_csvs(tmp_path):
     assert read_csv(tmp_path / "eval.csv") == []
 
 
-def test_tensorboard_event_file_exists_after_close(tmp_path):
+def _scalars(event_file) -> list[tuple[int, str, float]]:
+    """(step, tag, value) of every scalar in a TensorBoard event file (TFRecords of `Event` protos: a length, its
+    CRC, the data, the data's CRC)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    data, scalars, offset = event_file.read_bytes(), [], 0
+    while offset < len(data):
+        (length,) = struct.unpack("<Q", data[offset:offset + 8])
+        event = Event.FromString(data[offset + 12:offset + 12 + length])
+        scalars += [(event.step, value.tag, value.simple_value) for value in event.summary.value]
+        offset += 12 + length + 4
+    return scalars
+
+
+def test_tensorboard_gets_every_finite_scalar_of_a_row_at_its_step(tmp_path):
     writer = MetricsWriter(tmp_path, seed=0)
-    writer.write(1, {"train/episode_return": 1.0, "loss/td": float("nan")})
+    writer.write(1, {"train/episode_return": 1.5, "loss/td": float("nan")})
+    writer.write(2, {"train/episode_return": 2.5, "loss/td": 0.25})
+    writer.write(2, {"eval/episode_return": 7.0}, kind="eval")
     writer.close()
 
-    event_files = list(tmp_path.glob("events.out.tfevents*"))
-    assert event_files and event_files[0].stat().st_size > 0
+    [event_file] = tmp_path.glob("events.out.tfevents*")
+    assert _scalars(event_file) == [(1, "train/episode_return", 1.5), (2, "train/episode_return", 2.5),
+                                    (2, "loss/td", 0.25), (2, "eval/episode_return", 7.0)]
 
 
 class FakeClock:
