@@ -31,6 +31,8 @@ slows both sides alike; absolute times are printed for context only. Rows
 - `kernel_gradient`: a 90% RigL update (DQN CartPole 2x512, SAC 2x256, DQN
   Nature CNN) with `sparserl.linear.matmul` in the dense layers vs with
   autodiff's matmul.
+- `compiled`: the compiled loop against its roofline (the same program with
+  no learning), PPO and DQN at PureJaxRL's CartPole settings, dense and 90%.
 - `end_to_end`: steady steps/s and whole-process wall time of short runs of
   `python -m sparserl.train`: DQN CartPole, PPO CartPole, SAC HalfCheetah-v5,
   DQN Pong; with `--peers`, the same settings run with sbx
@@ -717,6 +719,15 @@ def row_kernel_gradient(settings: Settings) -> list[Row]:
     return rows
 
 
+def row_compiled(settings: Settings) -> list[Row]:
+    """The compiled loop against its roofline, the same program with no learning (`experiments/bench_roofline.py`):
+    PPO and DQN at PureJaxRL's CartPole settings, dense and 90% RigL."""
+    from sparserl.experiments import bench_roofline
+
+    return [Row("compiled loop", f"{name}: steady env steps/s", training, roofline, "env steps/s", training / roofline,
+                "training / roofline (no learning)") for name, training, roofline in bench_roofline.rows(settings.quick)]
+
+
 def row_startup(settings: Settings) -> list[Row]:
     """Process start to the first env step, DQN CartPole: warm compilation cache vs cold (goal: warm <= 3 s)."""
     with tempfile.TemporaryDirectory() as cache_dir:
@@ -758,6 +769,7 @@ ROWS: dict[str, Callable[[Settings], list[Row]]] = {
     "envs_per_seed": row_envs_per_seed,
     "condensed": row_condensed,
     "kernel_gradient": row_kernel_gradient,
+    "compiled": row_compiled,
     "startup": row_startup,
     "end_to_end": row_end_to_end,
 }

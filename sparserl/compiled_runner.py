@@ -232,15 +232,49 @@ class _Loop(NamedTuple):
     checkpointed: Callable  # carry -> the part of it that checkpoints hold, by name
 
 
-def _run(kind: _Loop, agent_for: Callable, members: Members, config: ml_collections.ConfigDict, run: loop.Run) -> None:
-    """Trains every member on the compiled loop `kind`, `CallPlan` by `CallPlan` (see the module docstring)."""
-    env = GymnaxEnv(config.env)
-    state, state_axes = _init_states(agent_for, members)
-    carry = jax.jit(jax.vmap(lambda level, state, seed: kind.init_carry(agent_for(level), state, seed),
-                             in_axes=(0, state_axes, 0)))(members.levels, state, members.seeds)
+class CompiledLoop:
+    """The program of a compiled run and its members' initial arrays: the seam between the program and the host.
+
+    `program(levels, state, carry, seeds, plan) -> (state, carry, outputs)` is the jitted call (state and carry
+    donated); `state` and `carry` the members' initial TrainStates and carries (envs, pending actions, replay).
+    """
+
+    def __init__(self, loop_name: str, agent_for: Callable, members: Members, config: ml_collections.ConfigDict,
+                 env_spec: EnvSpec):
+        if loop_name == "off_policy":
+            loop.check_num_envs(config)
+        env = GymnaxEnv(config.env)
+        kind = self.kind = _KINDS[loop_name](config, env, env_spec)
+        self.members = members
+        self.state, self.state_axes = _init_states(agent_for, members)
+        self.carry = jax.jit(jax.vmap(lambda level, state, seed: kind.init_carry(agent_for(level), state, seed),
+                                      in_axes=(0, self.state_axes, 0)))(members.levels, self.state, members.seeds)
+
+        def member_call(level, state, carry, seed, plan):
+            agent = agent_for(level)
+            # Jitted inside the program (inlined there), so that its shapes and the loops that run it trace it once.
+            iterate = jax.jit(kind.iterate(agent, seed))
+            metrics_shape = jax.eval_shape(iterate, state, carry, plan.start, plan)[2]
+            call = _call_program(iterate, kind.measured_batch(seed), agent.measure,
+                                 lambda state, step: _evaluate(agent, env, config.eval_episodes, state, seed, step),
+                                 kind.granularity, metrics_shape)
+            return call(state, carry, plan)
+
+        self.program = jax.jit(jax.vmap(member_call, in_axes=(0, self.state_axes, 0, 0, None),
+                                        out_axes=(self.state_axes, 0, 0)), donate_argnums=(1, 2))
+
+    def compile(self, plan: CallPlan) -> Callable:
+        """The program compiled ahead of its first call (so that no row's `sps` counts the compile)."""
+        return self.program.lower(self.members.levels, self.state, self.carry, self.members.seeds, plan).compile()
+
+
+def _run(compiled_loop: CompiledLoop, config: ml_collections.ConfigDict, run: loop.Run) -> None:
+    """Trains every member of `compiled_loop`, `CallPlan` by `CallPlan` (see the module docstring)."""
+    kind, members = compiled_loop.kind, compiled_loop.members
+    state, carry = compiled_loop.state, compiled_loop.carry
     host = loop.RunHost(run, loop.Schedule(config, kind.granularity))
     position, learn_from = 0, config.get("learning_starts", 0)
-    axes = {"state": state_axes, **jax.tree.map(lambda _: 0, kind.checkpointed(carry))}
+    axes = {"state": compiled_loop.state_axes, **jax.tree.map(lambda _: 0, kind.checkpointed(carry))}
     if run.resume_step is not None:
         arrays, _ = host.resume({"state": state, **kind.checkpointed(carry)}, axes)
         state, carry = arrays.pop("state"), {**carry, **arrays}
@@ -248,22 +282,8 @@ def _run(kind: _Loop, agent_for: Callable, members: Members, config: ml_collecti
         if "replay" in carry and not config.checkpoint_replay:
             learn_from = position + config.learning_starts
             print(f"  the replay buffer was not checkpointed: it refills until step {learn_from:,}", flush=True)
-
-    def member_call(level, state, carry, seed, plan):
-        agent = agent_for(level)
-        # Jitted inside the program (inlined there), so that its shapes and the loops that run it trace it once.
-        iterate = jax.jit(kind.iterate(agent, seed))
-        metrics_shape = jax.eval_shape(iterate, state, carry, plan.start, plan)[2]
-        call = _call_program(iterate, kind.measured_batch(seed), agent.measure,
-                             lambda state, eval_step: _evaluate(agent, env, config.eval_episodes, state, seed, eval_step),
-                             kind.granularity, metrics_shape)
-        return call(state, carry, plan)
-
-    program = jax.jit(jax.vmap(member_call, in_axes=(0, state_axes, 0, 0, None), out_axes=(state_axes, 0, 0)),
-                      donate_argnums=(1, 2))
     rows = list(host.schedule.rows(position))
-    compiled = program.lower(members.levels, state, carry, members.seeds, _plan(rows[:1], host.schedule, learn_from)
-                             ).compile() if rows else None
+    program = compiled_loop.compile(call_plan(rows[:1], host.schedule, learn_from)) if rows else None
     rows_per_call = 1
     while rows:
         call_rows = []
@@ -273,8 +293,8 @@ def _run(kind: _Loop, agent_for: Callable, members: Members, config: ml_collecti
                 break
         rows = rows[len(call_rows):]
         started = time.perf_counter()
-        state, carry, outputs = compiled(members.levels, state, carry, members.seeds,
-                                         _plan(call_rows, host.schedule, learn_from))
+        state, carry, outputs = program(members.levels, state, carry, members.seeds,
+                                        call_plan(call_rows, host.schedule, learn_from))
         outputs = jax.device_get(outputs)
         seconds = time.perf_counter() - started
         _end_rows(host, call_rows, outputs, (call_rows[-1][1] - call_rows[0][0]) / seconds,
@@ -282,7 +302,8 @@ def _run(kind: _Loop, agent_for: Callable, members: Members, config: ml_collecti
         rows_per_call = int(np.clip(CALL_SECONDS * len(call_rows) / seconds, 1, MAX_ROWS))
 
 
-def _plan(rows: list[tuple[int, int]], schedule: loop.Schedule, learn_from: int) -> CallPlan:
+def call_plan(rows: list[tuple[int, int]], schedule: loop.Schedule, learn_from: int) -> CallPlan:
+    """The plan of a call that runs `rows` ((start, end) pairs of env steps, in order)."""
     ends = [done for _, done in rows]
     padding = MAX_ROWS - len(rows)
     return CallPlan(
@@ -394,9 +415,7 @@ def _members(seeds, level: float) -> Members:
 
 def _run_loop(name: str, agent_for: Callable, members: Members, config: ml_collections.ConfigDict, env_spec: EnvSpec,
               run: loop.Run) -> None:
-    if name == "off_policy":
-        loop.check_num_envs(config)
-    _run(_KINDS[name](config, GymnaxEnv(config.env), env_spec), agent_for, members, config, run)
+    _run(CompiledLoop(name, agent_for, members, config, env_spec), config, run)
 
 
 def run_off_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: EnvSpec, run: loop.Run) -> None:
