@@ -106,7 +106,7 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
     seed_dir = tmp_path / "run" / "seed0"
     rows = read_csv(seed_dir / "metrics.csv")
     assert checkpoint.checkpoint_steps(str(seed_dir)) == [200, 400]
-    shutil.rmtree(seed_dir / "checkpoints" / "400" / "loop")  # missing files
+    (seed_dir / "checkpoints" / "400" / "checkpoint.npz").unlink()  # a missing file
 
     resumed = run_train(*arguments)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -116,10 +116,9 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
     assert "resuming from the checkpoint of step 200" in resumed.stdout
     assert_same_rows(rows_without_sps(seed_dir / "metrics.csv"), [{k: v for k, v in row.items() if k != "sps"} for row in rows])
 
-    for step in (200, 400):  # every array file truncated: nothing to resume from
-        for array_file in (seed_dir / "checkpoints" / str(step) / "arrays").rglob("*"):
-            if array_file.is_file():
-                array_file.write_bytes(array_file.read_bytes()[:10])
+    for step in (200, 400):  # every checkpoint file truncated: nothing to resume from
+        checkpoint_file = seed_dir / "checkpoints" / str(step) / "checkpoint.npz"
+        checkpoint_file.write_bytes(checkpoint_file.read_bytes()[:10])
     broken = run_train(*arguments)
     assert broken.returncode == 1
     assert broken.stderr.strip().splitlines()[-1] == (
@@ -142,10 +141,11 @@ def test_a_kill_during_a_checkpoint_write_leaves_a_resumable_run(tmp_path):
     arguments = (*DQN[:4], "--steps=400", *DQN[5:])
     kill_after_checkpoint(arguments, tmp_path, 200)
     seed_dir = tmp_path / "run" / "seed0"
-    # What a kill in the middle of writing the next checkpoint leaves behind: orbax's partial temporary directory.
-    partial = seed_dir / "checkpoints" / "400.orbax-checkpoint-tmp-1"
+    # What a kill in the middle of writing the next checkpoint leaves behind: a partial temporary directory.
+    partial = seed_dir / "checkpoints" / "400.tmp-1"
     shutil.copytree(seed_dir / "checkpoints" / "200", partial)
-    shutil.rmtree(partial / "loop")
+    checkpoint_file = partial / "checkpoint.npz"
+    checkpoint_file.write_bytes(checkpoint_file.read_bytes()[:100])
     assert checkpoint.checkpoint_steps(str(seed_dir)) == [200]
 
     resumed = run_train(*arguments, f"--workdir={tmp_path}", "--run_name=run")
@@ -153,7 +153,8 @@ def test_a_kill_during_a_checkpoint_write_leaves_a_resumable_run(tmp_path):
     assert "resuming from the checkpoint of step 200" in resumed.stdout
     assert checkpoint.checkpoint_steps(str(seed_dir)) == [200, 400]
     assert not partial.exists()
-    assert [row["step"] for row in read_csv(seed_dir / "metrics.csv")] == [100, 200, 300, 400]
+    # Rows end where the run logs (every 100), evaluates (every 250) or checkpoints (every 200): loop.Schedule.
+    assert [row["step"] for row in read_csv(seed_dir / "metrics.csv")] == [100, 200, 250, 300, 400]
 
 
 def test_a_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
