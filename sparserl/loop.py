@@ -32,7 +32,8 @@ from sparserl.run_guard import RunGuard
 @dataclasses.dataclass
 class Run:
     """Where a loop writes: one seed directory per member (seed, or level and seed in a sweep), its writers, the
-    console and checkpoints; `resume_step` is the checkpoint to resume from (None: a fresh start)."""
+    console and checkpoints; `resume_step` is the checkpoint to resume from (None: a fresh start). The console
+    shows the mean of each group of members."""
 
     seeds: list[int]
     writers: list[MetricsWriter]
@@ -40,6 +41,8 @@ class Run:
     checkpointer: Checkpointer
     stop_requests: StopRequests = dataclasses.field(default_factory=StopRequests)
     resume_step: int | None = None
+    # The console's groups of members, by label: a sweep's levels ({"sparsity 0.5": [0, 1], ...}); empty: one group.
+    groups: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
 
 def seed_axes(state: Any) -> Any:

@@ -101,7 +101,9 @@ class MetricsLog:
             row.update({name: value[member] for name, value in network_metrics.items()})
             writer.write(done, row)
             rows.append(row)
-        self.run.progress.update(done, _mean_over_members(rows), final=final)
+        self.run.progress.update_groups(
+            done, {label: _mean_over_members([rows[member] for member in members]) for label, members in self._groups()},
+            final=final)
         self.window_returns = [[] for _ in self.run.seeds]
         self.window_start, self.window_time = done, time.perf_counter()
 
@@ -123,7 +125,14 @@ class MetricsLog:
             returns = evaluate()
             for member, writer in enumerate(self.run.writers):
                 writer.write(done, {"eval/episode_return": returns[member]}, kind="eval")
-            print(f"  eval at step {done:,}: return {np.mean(returns):.1f} (mean of {len(returns)} seed(s))", flush=True)
+            for label, members in self._groups():
+                print(f"  eval at step {done:,}{' (' + label + ')' if label else ''}: return "
+                      f"{np.mean([returns[member] for member in members]):.1f} (mean of {len(members)} seed(s))",
+                      flush=True)
+
+    def _groups(self) -> list[tuple[str, list[int]]]:
+        """(label, members) of each group the console shows: the run's groups, else all members unlabelled."""
+        return list(self.run.groups.items()) or [("", list(range(len(self.run.seeds))))]
 
     @contextlib.contextmanager
     def untimed(self):

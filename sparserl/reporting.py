@@ -211,15 +211,21 @@ class ProgressPrinter:
 
     def update(self, step: int, metrics: Mapping[str, float], final: bool = False) -> None:
         """Prints a progress line if `interval_seconds` have passed since the last one, or if `final`."""
+        self.update_groups(step, {"": metrics}, final)
+
+    def update_groups(self, step: int, metrics: Mapping[str, Mapping[str, float]], final: bool = False) -> None:
+        """Like `update`, with a line per group of runs (a sweep's levels: `{"0.9": metrics, ...}`), each labelled
+        with its group's name after this printer's label."""
         now = self.clock()
         if self._first_update is None:
             self._first_update = (step, now)
         if not final and now - self._last_print_time < self.interval_seconds:
             return
         self._last_print_time = now
-        print(self._format_line(step, metrics, now), file=self.stream, flush=True)
+        for group, group_metrics in metrics.items():
+            print(self._format_line(step, group_metrics, now, group), file=self.stream, flush=True)
 
-    def _format_line(self, step: int, metrics: Mapping[str, float], now: float) -> str:
+    def _format_line(self, step: int, metrics: Mapping[str, float], now: float, group: str = "") -> str:
         """The progress line for `step`, without printing it."""
         percent = 100 * step // self.total_steps if self.total_steps > 0 else 100
         fields = [f"step {step:,}/{self.total_steps:,} ({percent}%)"]
@@ -232,7 +238,7 @@ class ProgressPrinter:
         if rate and step < self.total_steps:
             remaining_seconds = (self.total_steps - step) / rate
             fields.append(f"eta {datetime.timedelta(seconds=round(remaining_seconds))}")
-        return f"[{self.label}] " + " | ".join(fields)
+        return f"[{self.label}{' ' + group if group else ''}] " + " | ".join(fields)
 
     def _measured_rate(self, step: int, now: float) -> float | None:
         """Steps per second since the first update, or None before any time has passed."""

@@ -638,6 +638,9 @@ def _train(prepared: Prepared) -> None:
         checkpointer=checkpointer,
         stop_requests=stop_requests,
         resume_step=resume_step,
+        groups={f"sparsity {level_config.sparse.sparsity:g}": [index for index, member in enumerate(members)
+                                                              if member[0] is level_config]
+                for level_config in configs} if len(configs) > 1 else {},
     )
     try:
         if len(configs) > 1:

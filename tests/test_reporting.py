@@ -168,3 +168,13 @@ def test_progress_printer_reads_multi_network_metrics_and_measures_rate():
 
     assert stream.getvalue() == (
         "[sac Hopper-v5] step 100/1,000 (10%) | sparsity 0.800 | dormant(0.1) 0.25 | eta 0:01:30\n")
+
+
+def test_progress_printer_prints_a_labelled_line_per_group():
+    stream = io.StringIO()
+    printer = ProgressPrinter("dqn gymnax:CartPole-v1", total_steps=1_000, stream=stream, clock=FakeClock())
+    printer.update_groups(1_000, {"sparsity 0.5": {"train/episode_return": 20.0},
+                                  "sparsity 0.9": {"train/episode_return": 10.0}}, final=True)
+    assert stream.getvalue().splitlines() == [
+        "[dqn gymnax:CartPole-v1 sparsity 0.5] step 1,000/1,000 (100%) | return 20.0",
+        "[dqn gymnax:CartPole-v1 sparsity 0.9] step 1,000/1,000 (100%) | return 10.0"]
