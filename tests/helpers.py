@@ -81,11 +81,8 @@ def kill_after_checkpoint(arguments, workdir, step: int, run_name: str | None = 
 
 def final_checkpoint_leaves(seed_dir) -> dict:
     """The arrays of a seed directory's newest checkpoint, by their '/'-joined paths."""
-    import flax.traverse_util
-    import orbax.checkpoint as ocp
-
-    directory = os.path.abspath(os.path.join(seed_dir, checkpoint.CHECKPOINTS, str(checkpoint.checkpoint_steps(seed_dir)[-1]), "arrays"))
-    return flax.traverse_util.flatten_dict(ocp.StandardCheckpointer().restore(directory), sep="/")
+    newest = checkpoint.checkpoint_steps(seed_dir)[-1]
+    return checkpoint.read_arrays(os.path.join(seed_dir, checkpoint.CHECKPOINTS, str(newest)))
 
 
 def rows_without_sps(path):

@@ -2,9 +2,7 @@
 
 import math
 
-import flax.traverse_util
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from sparserl.configs import dqn as dqn_config
@@ -23,8 +21,7 @@ TINY_PPO = ("--agent=ppo", "--env=gymnax:CartPole-v1", "--sparsity=0.9", "--redo
 
 
 def _final_checkpoint_leaves(seed_dir) -> dict:
-    directory = seed_dir / checkpoint.CHECKPOINTS / str(checkpoint.checkpoint_steps(seed_dir)[-1]) / "arrays"
-    return flax.traverse_util.flatten_dict(ocp.StandardCheckpointer().restore(directory), sep="/")
+    return checkpoint.read_arrays(seed_dir / checkpoint.CHECKPOINTS / str(checkpoint.checkpoint_steps(seed_dir)[-1]))
 
 
 def _assert_close_rows(left, right):
