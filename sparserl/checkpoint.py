@@ -29,9 +29,9 @@ own state and names the first that differs; it never casts.
 Checkpoints written by orbax (an `arrays/` and a `loop/` directory, before
 this format) are read with orbax, so runs started before it still resume.
 
-Why not orbax for writing: an orbax `CheckpointManager` save took about 40 ms for
-a few small arrays (threads, asyncio loops, some 18 files per checkpoint, which
-`keep` then deletes); this format takes about 2 ms.
+Why not orbax for writing: an orbax `CheckpointManager` save took about 37 ms per
+seed for 31 small arrays (threads, asyncio loops, some 18 files per checkpoint,
+which `keep` then deletes); this format takes about 2.5 ms (2-core CPU machine).
 """
 
 import os
