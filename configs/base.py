@@ -14,6 +14,8 @@ from typing import Mapping
 import ml_collections
 from ml_collections import config_dict
 
+MEMBER_LOOPS = ("auto", "vmap", "map")  # the values of `member_loop`
+
 
 def get_config(*, agent: str, env: str, steps: int, eval_every: int, log_every: int, checkpoint_every: int,
                per_network_sparsity: bool) -> ml_collections.ConfigDict:
@@ -33,6 +35,9 @@ def get_config(*, agent: str, env: str, steps: int, eval_every: int, log_every: 
     config.log_every = log_every  # environment steps between rows of metrics.csv
     config.checkpoint_every = checkpoint_every  # environment steps between checkpoints (and one at the end)
     config.checkpoints_to_keep = 2  # the newest checkpoints kept per seed
+    # How a compiled run (gymnax envs) runs its seeds and sweep levels: "vmap" (side by side), "map" (one after
+    # another) or "auto" (map for DQN and SAC, vmap for PPO: measured, sparserl.compiled_runner.member_loop).
+    config.member_loop = "auto"
 
     config.sparse = ml_collections.ConfigDict()
     # A name from sparserl.sparse.topology.TOPOLOGIES; the entry point makes it "dense" when every sparsity is 0.

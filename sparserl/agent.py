@@ -151,8 +151,15 @@ def off_policy_updates(config: ml_collections.ConfigDict) -> int:
     """Gradient updates in an off-policy run: `gradient_steps` every `train_every` env steps after `learning_starts`.
 
     The replay ratio (updates per env step, Sokar et al. 2023; D'Oro et al. 2023) is
-    gradient_steps / train_every. Raises ValueError (reported as bad input) when `gradient_steps` < 1.
+    gradient_steps / train_every. Raises ValueError (reported as bad input) when `gradient_steps` < 1, or unless
+    `num_envs` (envs per seed, stepped together) divides `train_every` or is a multiple of it, so that every step
+    of the envs that learns takes the same number of updates (`loop.updates_per_learning_step`).
     """
     if config.gradient_steps < 1:
         raise ValueError(f"--config.gradient_steps: must be >= 1, got {config.gradient_steps}")
+    if config.num_envs < 1:
+        raise ValueError(f"--config.num_envs: must be >= 1, got {config.num_envs}")
+    if config.train_every % config.num_envs and config.num_envs % config.train_every:
+        raise ValueError(f"--config.num_envs: {config.num_envs} must divide --config.train_every "
+                         f"({config.train_every}) or be a multiple of it")
     return max(1, (config.steps - config.learning_starts) // config.train_every) * config.gradient_steps

@@ -4,8 +4,9 @@ The host loops (`sparserl.runner`) make a jitted call per env step and step
 Gymnasium envs on the host. Here the env is a pure JAX function too
 (`sparserl.envs.GymnaxEnv`), so training is one program, as in PureJaxRL
 (Lu et al. 2022, "Discovered Policy Optimisation", github.com/luchris429/purejaxrl):
-`lax` loops over env steps, vmapped over the members (seeds, or a sweep's
-levels and seeds), with no host round trip inside.
+`lax` loops over env steps for every member (a seed, or a sweep's level and
+seed), the members vmapped or one after another (`member_loop`), with no host
+round trip inside.
 
 - Off-policy (DQN, SAC): an iteration steps a member's `num_envs` envs, then
   runs the host loop's own step (`loop.off_policy_step`: store -> learn when
@@ -16,17 +17,17 @@ levels and seeds), with no host round trip inside.
 One program, compiled once per run, runs up to `MAX_ROWS` rows of the
 schedule (`loop.Schedule`) per call: a loop over the call's rows, each a
 `lax.while_loop` over the row's iterations (so rows of different lengths and
-calls of different row counts share the program), then the row's network metrics, its frozen-network flags
-(`metrics_log.frozen_flags`) and, where the row evaluates, the greedy
-evaluation, all stacked per row. The host writes the rows after the call
+calls of different row counts share the program), then the row's network
+metrics, its frozen-network flags (`metrics_log.frozen_flags`) and, where the
+row evaluates, the greedy evaluation, all stacked per row. The host writes the rows after the call
 (`loop.RunHost`), so logging often costs little. A call ends at a row that
 checkpoints (checkpoints need the host) and after about `CALL_SECONDS`, so
 that the console, SIGTERM and SIGINT are answered within seconds.
 
 The agents' pure `init/act/update/measure` are used unchanged (ReDo runs inside `update`). Every
-key is a function of the seed (and the env step), so seed i of a vmapped run
-equals a single-seed run of seed i, and the rows are the same however the
-calls group them. Checkpoints hold the env states and keys, so a resume
+key is a function of the seed (and the env step), so seed i of a run of many
+members equals a single-seed run of seed i (bit for bit where the members run
+one after another), and the rows are the same however the calls group them. Checkpoints hold the env states and keys, so a resume
 continues exactly where the run stopped.
 """
 
@@ -241,8 +242,6 @@ class CompiledLoop:
 
     def __init__(self, loop_name: str, agent_for: Callable, members: Members, config: ml_collections.ConfigDict,
                  env_spec: EnvSpec):
-        if loop_name == "off_policy":
-            loop.check_num_envs(config)
         env = GymnaxEnv(config.env)
         kind = self.kind = _KINDS[loop_name](config, env, env_spec)
         self.members = members
@@ -260,12 +259,49 @@ class CompiledLoop:
                                  kind.granularity, metrics_shape)
             return call(state, carry, plan)
 
-        self.program = jax.jit(jax.vmap(member_call, in_axes=(0, self.state_axes, 0, 0, None),
-                                        out_axes=(self.state_axes, 0, 0)), donate_argnums=(1, 2))
+        if member_loop(config, loop_name) == "vmap":
+            members_call = jax.vmap(member_call, in_axes=(0, self.state_axes, 0, 0, None),
+                                    out_axes=(self.state_axes, 0, 0))
+        else:
+            members_call = _one_after_another(member_call, self.state_axes, len(members.seeds))
+        self.program = jax.jit(members_call, donate_argnums=(1, 2))
 
     def compile(self, plan: CallPlan) -> Callable:
         """The program compiled ahead of its first call (so that no row's `sps` counts the compile)."""
         return self.program.lower(self.members.levels, self.state, self.carry, self.members.seeds, plan).compile()
+
+
+def member_loop(config: ml_collections.ConfigDict, loop_name: str) -> str:
+    """How the program runs its members (`config.member_loop`): "vmap" (side by side: every op vectorised over
+    them) or "map" (one after another, `lax.map`: every op at one member's size, so each member computes exactly
+    as it would alone). "auto" maps the off-policy loop and vmaps the on-policy one, by measurement (2-core CPU,
+    CartPole, 4 seeds, aggregate env steps/s): an off-policy step is one gradient update of a small batch, and
+    XLA:CPU runs the batched matmuls of N vmapped updates more slowly per member than one member's (DQN at
+    PureJaxRL's settings: map 67,000-68,500, vmap 54,000-55,000; also with 2x32 and 2x64 networks), while a PPO
+    iteration is mostly a rollout of 128 small env and act steps that vectorise well (vmap 211,000, map 179,000).
+    """
+    chosen = config.get("member_loop", "auto")
+    if chosen != "auto":
+        return chosen
+    return "map" if loop_name == "off_policy" else "vmap"
+
+
+def _one_after_another(member_call: Callable, state_axes: Any, count: int) -> Callable:
+    """`member_call` over the members one after another (`lax.map`), taking and giving arrays batched as the vmapped
+    call does: the shared leaves of a TrainState (axis None: the gradient step counter) go to every member and come
+    back from the first (the members take the same steps)."""
+
+    def shared(axis) -> bool:
+        return axis is None
+
+    def members_call(levels, state, carry, seeds, plan):
+        spread = jax.tree.map(lambda leaf, axis: jnp.broadcast_to(leaf, (count, *leaf.shape)) if shared(axis) else leaf,
+                              state, state_axes, is_leaf=shared)
+        state, carry, outputs = jax.lax.map(lambda member: member_call(*member, plan), (levels, spread, carry, seeds))
+        state = jax.tree.map(lambda leaf, axis: leaf[0] if shared(axis) else leaf, state, state_axes, is_leaf=shared)
+        return state, carry, outputs
+
+    return members_call
 
 
 def _run(compiled_loop: CompiledLoop, config: ml_collections.ConfigDict, run: loop.Run) -> None:

@@ -85,19 +85,10 @@ def init_replay(config: ml_collections.ConfigDict, env_spec: EnvSpec, members: i
 
 # ------------------------------------------------------------------------------------------------ the off-policy step
 
-def check_num_envs(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError (reported as bad input) unless `num_envs` divides `train_every` or is a multiple of it, so
-    that every env step of the loop takes the same number of updates when it learns."""
-    if config.num_envs < 1:
-        raise ValueError(f"--config.num_envs: must be >= 1, got {config.num_envs}")
-    if config.train_every % config.num_envs and config.num_envs % config.train_every:
-        raise ValueError(f"--config.num_envs: {config.num_envs} must divide --config.train_every "
-                         f"({config.train_every}) or be a multiple of it")
-
-
 def updates_per_learning_step(config: ml_collections.ConfigDict) -> int:
     """Updates of a learning step: `gradient_steps` for each multiple of `train_every` among the `num_envs` env
-    steps it covers, so the replay ratio gradient_steps / train_every holds in env steps."""
+    steps it covers, so the replay ratio gradient_steps / train_every holds in env steps (`num_envs` divides
+    `train_every` or is a multiple of it: `agent.off_policy_updates` checks)."""
     return config.gradient_steps * max(1, config.num_envs // config.train_every)
 
 

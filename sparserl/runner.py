@@ -114,7 +114,6 @@ def _restore_envs(envs: SeedEnvs, loop_states: list[dict], observations: np.ndar
 def run_off_policy(agent: Agent, config: ml_collections.ConfigDict, env_spec: EnvSpec, run: loop.Run) -> None:
     """Trains one agent per seed for `config.steps` env steps of each of its `num_envs` envs' steps, on the
     schedule of `loop.Schedule`; resumes from `run.resume_step`."""
-    loop.check_num_envs(config)
     seeds, num_envs = run.seeds, config.num_envs
     state = loop.init_states(agent, seeds)
     state_axes = loop.seed_axes(state)

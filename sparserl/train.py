@@ -34,6 +34,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from sparserl.agent import AGENTS, Agent, agent_module, config_module
+from sparserl.configs.base import MEMBER_LOOPS
 from sparserl.sparse import structure as structure_lib
 from sparserl.sparse.distributions import DISTRIBUTIONS
 from sparserl.sparse.topology import TOPOLOGIES
@@ -362,6 +363,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if sparse.method == "dense" and max(sparsities(sparse)) > 0.0:
         sparse_methods = [name for name in TOPOLOGIES if name != "dense"]
         raise UsageError(f"--method: dense cannot train at a sparsity > 0; choose one of {', '.join(sparse_methods)}")
+    if config.member_loop not in MEMBER_LOOPS:
+        raise UsageError(f"--config.member_loop: unknown member loop {config.member_loop!r}; "
+                         f"choose one of {', '.join(MEMBER_LOOPS)}")
     for field, minimum in (("num_seeds", 1), ("steps", 1), ("eval_every", 1), ("log_every", 1), ("checkpoint_every", 1),
                            ("seed", 0), ("redo.tau", 0.0), ("redo.period", 1)):
         value = _field_value(config, field)

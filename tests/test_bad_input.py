@@ -73,6 +73,9 @@ CASES = [
     (["--config.network.kind=rnn"], "--config.network.kind: unknown kind 'rnn'; choose one of mlp, cnn"),
     (["--agent=sac", "--config.network.kind=cnn"], "--config.network.kind: sac builds MLPs only"),
     (["--config.gradient_steps=0"], "--config.gradient_steps: must be >= 1"),
+    (["--config.num_envs=3", "--config.train_every=4"],
+     "--config.num_envs: 3 must divide --config.train_every (4) or be a multiple of it"),
+    (["--config.member_loop=pmap"], "--config.member_loop: unknown member loop 'pmap'; choose one of auto, vmap, map"),
     # A --sparsity list (a sweep of levels in one compiled program, on gymnax envs).
     (["--env=gymnax:CartPole-v1", "--sparsity=0.5,1.5"], "--sparsity: 1.5 is outside [0, 1)"),
     (["--env=gymnax:CartPole-v1", "--sparsity=0.5,,0.9"], "--sparsity: could not convert string to float: ''"),

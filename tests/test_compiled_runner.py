@@ -36,13 +36,15 @@ def _assert_close_rows(left, right):
 TINY_DQN_5_ENVS = (*TINY_DQN, "--config.num_envs=5", "--config.train_every=5")
 
 
-@pytest.mark.parametrize("arguments, exact", [(TINY_DQN, True), (TINY_DQN_5_ENVS, True), (TINY_PPO, False)],
-                         ids=["dqn", "dqn_5_envs", "ppo"])
+@pytest.mark.parametrize("arguments, exact", [(TINY_DQN, True), (TINY_DQN_5_ENVS, True),
+                                               ((*TINY_DQN, "--config.member_loop=vmap"), True), (TINY_PPO, False)],
+                         ids=["dqn", "dqn_5_envs", "dqn_vmap", "ppo"])
 def test_num_seeds_equals_single_seed_runs(tmp_path, arguments, exact):
-    """Seed 5 of a 3-seed run (seeds 4, 5, 6 vmapped in one program) equals a run of seed 5 alone.
+    """Seed 5 of a 3-seed run (seeds 4, 5, 6 in one program: one after another for DQN, vmapped for PPO and with
+    `member_loop=vmap`) equals a run of seed 5 alone.
 
-    DQN (one env per seed, and five): bit for bit, every metric and the whole final checkpoint (TrainState, env
-    states, keys, replay).
+    DQN (one env per seed, and five; members mapped and vmapped): bit for bit, every metric and the whole final
+    checkpoint (TrainState, env states, keys, replay).
     PPO: evaluations bit for bit, metrics and state to float32 rounding, as the host loop's PPO test
     (tests/test_ppo.py): XLA on CPU may sum PPO's minibatch gradients in another order with 3 seeds.
     """
@@ -63,7 +65,7 @@ def test_num_seeds_equals_single_seed_runs(tmp_path, arguments, exact):
     metrics = [rows_without_sps(tmp_path / run / "seed5" / "metrics.csv") for run in ("batched", "single")]
     (assert_same_rows if exact else _assert_close_rows)(*metrics)
     rows = read_csv(tmp_path / "single" / "seed5" / "metrics.csv")
-    dqn = arguments is not TINY_PPO
+    dqn = arguments[0] == "--agent=dqn"
     assert [row["step"] for row in rows] == ([250, 500, 750, 1000] if dqn else [512, 1024, 1536, 2048])
     assert abs(rows[-1]["sparsity/total" if dqn else "sparsity/actor/total"] - 0.9) <= 0.01
     assert "redo/recycled" in rows[-1] and not math.isnan(rows[-1]["train/episode_return"])

@@ -5,6 +5,7 @@ import ml_collections
 import pytest
 
 from sparserl import loop
+from sparserl.agent import off_policy_updates
 
 
 def _config(**fields):
@@ -43,7 +44,6 @@ def test_rows_end_on_whole_iterations_and_the_last_may_pass_the_end():
 def test_envs_per_seed_keep_the_replay_ratio_in_env_steps(num_envs, train_every, gradient_steps, updates,
                                                          learning_env_steps):
     config = _config(num_envs=num_envs, train_every=train_every, gradient_steps=gradient_steps)
-    loop.check_num_envs(config)
     assert loop.updates_per_learning_step(config) == updates
     steps = range(0, 16 if num_envs < 10 else 20, num_envs)  # the first env step of every step of the envs
     assert [step for step in steps if loop.is_learning_step(step, 0, config)] == learning_env_steps
@@ -56,4 +56,4 @@ def test_envs_per_seed_keep_the_replay_ratio_in_env_steps(num_envs, train_every,
 @pytest.mark.parametrize("num_envs, train_every", [(3, 4), (4, 6), (0, 1)])
 def test_envs_per_seed_that_split_the_replay_ratio_unevenly_are_refused(num_envs, train_every):
     with pytest.raises(ValueError, match="--config.num_envs"):
-        loop.check_num_envs(_config(num_envs=num_envs, train_every=train_every))
+        off_policy_updates(_config(num_envs=num_envs, train_every=train_every, learning_starts=0))
