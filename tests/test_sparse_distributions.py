@@ -9,7 +9,7 @@ import pytest
 
 from sparserl.networks import MLP, NatureCNN
 from sparserl.sparse import SparsityConfig, layer_sparsities
-from sparserl.sparse.distributions import erk_sparsities, kernel_shapes, uniform_sparsities
+from sparserl.sparse.distributions import erk_sparsities, kernel_shapes, masked_layers, uniform_sparsities
 from sparserl.sparse.masks import random_masks
 
 MLP_SHAPES = {"dense_0": (4, 512), "dense_1": (512, 512), "output": (512, 2)}
@@ -107,6 +107,14 @@ def test_dense_first_and_last_layer(distribution):
     masks = random_masks(jax.random.key(1), params, both)
     assert bool(jnp.all(masks["dense_0"]["kernel"])) and bool(jnp.all(masks["output"]["kernel"]))
     assert int(jnp.sum(~masks["dense_1"]["kernel"])) == math.floor(both["dense_1"] * 32 * 32)
+
+
+def test_masked_layers_are_the_kernels_a_config_masks_with_their_shapes():
+    params = _mlp_params()
+    base = dict(method="static", sparsity=0.8, distribution="erk")
+    assert masked_layers(params, SparsityConfig(**base)) == {"dense_0": (5, 32), "dense_1": (32, 32), "output": (32, 3)}
+    assert masked_layers(params, SparsityConfig(**base, dense_layers=("dense_*",))) == {"output": (32, 3)}
+    assert masked_layers(params, SparsityConfig(method="dense", sparsity=0.0, distribution="erk")) == {}
 
 
 def test_uniform_layer_sparsities_and_dense_method():

@@ -98,3 +98,16 @@ def test_random_mask_of_a_traced_sparsity_has_the_same_zeros():
         concrete = random_mask(jax.random.key(3), (64, 64), level)
         np.testing.assert_array_equal(traced[index], concrete)
         assert int(np.sum(~np.asarray(concrete))) == math.floor(level * 64 * 64)
+
+
+def test_apply_masks_to_the_masked_layers_leaves_every_other_leaf_as_it_is():
+    """With `layers`, only those layers' kernels are zeroed off their masks; every other leaf comes back as it was
+    (its mask is all-True in a run; here a False in the bias mask shows it is not read)."""
+    tree = {"dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}, "output": {"kernel": jnp.ones((2, 1))}}
+    masks = {"dense_0": {"kernel": jnp.asarray([[True, False], [False, True]]), "bias": jnp.asarray([True, False])},
+             "output": {"kernel": jnp.asarray([[False], [True]])}}
+    masked = apply_masks(tree, masks, {"dense_0"})
+    np.testing.assert_array_equal(masked["dense_0"]["kernel"], [[1.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_array_equal(masked["dense_0"]["bias"], [1.0, 1.0])
+    np.testing.assert_array_equal(masked["output"]["kernel"], [[1.0], [1.0]])
+    np.testing.assert_array_equal(apply_masks(tree, masks)["output"]["kernel"], [[0.0], [1.0]])

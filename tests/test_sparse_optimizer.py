@@ -11,6 +11,7 @@ import pytest
 
 from sparserl.networks import MLP
 from sparserl.sparse import SparseOptState, SparsityConfig, apply_masks, layer_sparsities, sparse_optimizer, zero_moments
+from sparserl.sparse.distributions import masked_layers
 from sparserl.sparse.schedules import cubic_sparsity
 
 T, F = True, False
@@ -40,13 +41,15 @@ def _adam_moments(inner_state):
 
 
 def _make_step(inner, opt):
-    """One jitted update returning the sparse result and, from the same inputs, what the inner adam alone produced."""
+    """One jitted update returning the sparse result and, from the same inputs, what the inner adam alone produced
+    (grads and updates zeroed off the masks of the masked layers: every other mask is all-True)."""
 
     @jax.jit
     def step(t, params, state, batch, key):
         grads = jax.grad(_loss)(params, batch)
-        ref_updates, ref_inner = inner.update(apply_masks(grads, state.masks), state.inner, params)
-        ref_params = optax.apply_updates(params, apply_masks(ref_updates, state.masks))
+        layers = masked_layers(params, opt.config)
+        ref_updates, ref_inner = inner.update(apply_masks(grads, state.masks, layers), state.inner, params)
+        ref_params = optax.apply_updates(params, apply_masks(ref_updates, state.masks, layers))
         new_params, new_state = opt.apply_gradients(t, params, grads, state, key)
         return new_params, new_state, ref_params, ref_inner
 

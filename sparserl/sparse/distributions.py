@@ -127,18 +127,25 @@ def dense_layer_paths(layers: list[str], config: SparsityConfig) -> list[str]:
             if layer in chosen or any(fnmatch.fnmatchcase(layer, pattern) for pattern in config.dense_layers)]
 
 
-def layer_sparsities(params: Any, config: SparsityConfig) -> dict[str, float]:
-    """Target sparsity of every masked layer of `params` (static: depends on shapes only).
-
-    Layers kept dense (`dense_layer_paths`) are left out, so they are never
-    masked. With `method='dense'` nothing is masked. An N:M structure fixes
-    every masked layer at 1 - N/M (Zhou et al. 2021), whatever the distribution.
-    """
+def masked_layers(params: Any, config: SparsityConfig) -> dict[str, tuple[int, ...]]:
+    """The kernel shape of every layer of `params` that `config` masks: every kernel but the layers kept dense
+    (`dense_layer_paths`); none with `method='dense'`. Every other leaf's mask is all-True for the whole run."""
     shapes = kernel_shapes(params)
     if config.method == "dense":
         return {}
     for layer in dense_layer_paths(list(shapes), config):
         del shapes[layer]
+    return shapes
+
+
+def layer_sparsities(params: Any, config: SparsityConfig) -> dict[str, float]:
+    """Target sparsity of every masked layer of `params` (`masked_layers`; static: depends on shapes only).
+
+    An N:M structure fixes every masked layer at 1 - N/M (Zhou et al. 2021), whatever the distribution.
+    """
+    shapes = masked_layers(params, config)
+    if not shapes:
+        return {}
     fixed = config.parsed_structure.fixed_sparsity
     if fixed is not None:
         return {name: fixed for name in shapes}

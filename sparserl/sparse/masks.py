@@ -7,7 +7,7 @@ structure and vmap over a seed axis like any other pytree.
 """
 
 import math
-from typing import Any, Mapping
+from typing import Any, Container, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -60,9 +60,18 @@ def dense_masks(params: Any) -> Any:
     return jax.tree.map(lambda leaf: jnp.ones(leaf.shape, bool), params)
 
 
-def apply_masks(tree: Any, masks: Any) -> Any:
-    """Zeroes the entries of `tree` (params, grads, updates) where the mask is False."""
-    return jax.tree.map(lambda leaf, mask: jnp.where(mask, leaf, jnp.zeros_like(leaf)), tree, masks)
+def apply_masks(tree: Any, masks: Any, layers: Container[str] | None = None) -> Any:
+    """Zeroes the entries of `tree` (params, grads, updates) where the mask is False.
+
+    `layers`: the layers whose masks may hold a False (`distributions.masked_layers`); the other leaves' masks are
+    all-True, and those leaves are returned as they are, with no op in the program. None: every leaf.
+    """
+    def apply(path, leaf, mask):
+        if layers is not None and layer_of(path) not in layers:
+            return leaf
+        return jnp.where(mask, leaf, jnp.zeros_like(leaf))
+
+    return jax.tree_util.tree_map_with_path(apply, tree, masks)
 
 
 def sparsity_metrics(masks: Any, prefix: str = "sparsity") -> dict[str, jax.Array]:

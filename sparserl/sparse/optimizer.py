@@ -23,7 +23,7 @@ import optax
 
 from sparserl.sparse import masks as mask_lib
 from sparserl.sparse.config import SparsityConfig
-from sparserl.sparse.distributions import layer_sparsities
+from sparserl.sparse.distributions import layer_sparsities, masked_layers
 from sparserl.sparse.topology import get_topology
 
 
@@ -74,7 +74,9 @@ def sparse_optimizer(inner: optax.GradientTransformation, config: SparsityConfig
         masks = state.masks
         trained, grads = topology.train_params_and_grads(step, params, dense_grads, masks, state.topology, config)
         updates, inner_state = inner.update(grads, state.inner, trained)
-        trained = optax.apply_updates(trained, mask_lib.apply_masks(updates, masks) if topology.masked_updates else updates)
+        if topology.masked_updates:
+            updates = mask_lib.apply_masks(updates, masks, masked_layers(trained, config))
+        trained = optax.apply_updates(trained, updates)
 
         def change_topology(operands):
             trained, inner_state, masks, topology_state = operands

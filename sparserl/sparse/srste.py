@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from sparserl.sparse import masks as mask_lib
 from sparserl.sparse import schedules
 from sparserl.sparse import structure as structure_lib
+from sparserl.sparse.distributions import masked_layers
 from sparserl.sparse.topology import DenseWeightsBehindNM, magnitude_mask, map_masked_layers, register
 
 
@@ -65,5 +66,5 @@ class SRSTE(DenseWeightsBehindNM):
         return dense, grads
 
     def finish(self, step, trained, masks, state, config):
-        del step, state, config
-        return mask_lib.apply_masks(trained, masks), trained
+        del step, state
+        return mask_lib.apply_masks(trained, masks, masked_layers(trained, config)), trained

@@ -42,6 +42,7 @@ from sparserl.sparse import masks as mask_lib
 from sparserl.sparse import schedules
 from sparserl.sparse import structure as structure_lib
 from sparserl.sparse.config import SparsityConfig
+from sparserl.sparse.distributions import masked_layers
 from sparserl.sparse.structure import Structure, group_ranks, to_groups
 
 UNSTRUCTURED = Structure()
@@ -170,13 +171,13 @@ class Topology:
     def train_params_and_grads(self, step, params, dense_grads, masks, state, config: SparsityConfig):
         """The weights the inner optimizer trains at gradient step `step` and their gradients: the params and the
         masked gradients."""
-        del step, state, config
-        return params, mask_lib.apply_masks(dense_grads, masks)
+        del step, state
+        return params, mask_lib.apply_masks(dense_grads, masks, masked_layers(params, config))
 
     def finish(self, step, trained, masks, state, config: SparsityConfig):
         """(params, state) after gradient step `step`: the trained weights on the (possibly new) masks."""
-        del step, config
-        return mask_lib.apply_masks(trained, masks), state
+        del step
+        return mask_lib.apply_masks(trained, masks, masked_layers(trained, config)), state
 
 
 TOPOLOGIES: dict[str, Topology] = {}
