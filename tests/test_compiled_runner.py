@@ -75,14 +75,19 @@ def test_num_seeds_equals_single_seed_runs(tmp_path, arguments, exact):
 
 @pytest.mark.slow
 def test_a_killed_run_with_several_envs_per_seed_resumes_exactly(tmp_path):
-    """Five envs per seed, killed after its step-500 checkpoint (env states, pending actions and replay of all
-    five): the rerun writes the same rows as an uninterrupted run."""
-    arguments = (*TINY_DQN_5_ENVS, "--config.checkpoint_every=500")
+    """Five envs per seed, killed after its step-1000 checkpoint (env states, pending actions and replay of all
+    five; the kill lands before the run's end, at 20,000 steps): the rerun resumes from the newest checkpoint and
+    writes the same rows as an uninterrupted run."""
+    arguments = (*TINY_DQN_5_ENVS, "--steps=20000", "--config.log_every=1000", "--eval_every=5000",
+                 "--config.checkpoint_every=1000")
     whole = run_train(*arguments, f"--workdir={tmp_path / 'whole'}", "--run_name=run")
     assert whole.returncode == 0, whole.stderr[-3000:]
-    kill_after_checkpoint(arguments, tmp_path / "killed", 500)
+    kill_after_checkpoint(arguments, tmp_path / "killed", 1000)
+    newest = checkpoint.checkpoint_steps(tmp_path / "killed" / "run" / "seed0")[-1]
+    assert newest < 20_000, "the run ended before the kill"
     resumed = run_train(*arguments, f"--workdir={tmp_path / 'killed'}", "--run_name=run")
-    assert resumed.returncode == 0 and "resuming from the checkpoint of step 500" in resumed.stdout, resumed.stderr[-3000:]
+    assert resumed.returncode == 0 and f"resuming from the checkpoint of step {newest:,}" in resumed.stdout, \
+        resumed.stderr[-3000:]
     for filename in ("metrics.csv", "eval.csv"):
         assert_same_rows(rows_without_sps(tmp_path / "whole" / "run" / "seed0" / filename),
                          rows_without_sps(tmp_path / "killed" / "run" / "seed0" / filename))

@@ -178,7 +178,7 @@ def test_update_recycles_dead_neurons_in_the_runner():
     step = runner.OffPolicyStep(agent, config, loop.seed_axes(state))
     replay = jax.vmap(lambda _: replay_lib.init(16, (4,), jnp.float32))(jnp.arange(1))
     transition = jax.tree.map(lambda x: x[None], _hand_batch())
-    transition = replay_lib.Transition(*(leaf[:, 0] for leaf in transition))
+    transition = replay_lib.Transition(*(leaf[:, :1] for leaf in transition))  # [seed, one env, ...]
     new_state, _, _, _ = step(state, replay, transition, jnp.zeros((1, 1, 4)), 0, 0)
     assert int(new_state.recycled[0]) >= 20
     np.testing.assert_array_equal(new_state.online.params["dense_0"]["bias"][0, :20], 0.0)
