@@ -27,7 +27,8 @@ that the console, SIGTERM and SIGINT are answered within seconds.
 The agents' pure `init/act/update/measure` are used unchanged (ReDo runs inside `update`). Every
 key is a function of the seed (and the env step), so seed i of a run of many
 members equals a single-seed run of seed i (bit for bit where the members run
-one after another), and the rows are the same however the calls group them. Checkpoints hold the env states and keys, so a resume
+one after another, to float rounding where they are vmapped), and the rows are
+the same however the calls group them. Checkpoints hold the env states and keys, so a resume
 continues exactly where the run stopped.
 """
 
@@ -59,22 +60,20 @@ def _stream(seed: jax.Array, stream: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), stream)
 
 
-# A seed's envs are one vmapped call; across seeds (and sweep levels) the calls run one after another
-# (`sequential_vmap`). XLA on CPU computes an elementwise op (CartPole's sin and cos) on a vector of one
-# seed's values and on a vector of several seeds' with different code, so the last bit could differ; one
-# seed at a time keeps seed i of a batch equal to a run of seed i alone (docs/design.md contract 1).
+# A member's envs are one vmapped call, vmapped again over members where they run side by side. XLA on CPU
+# computes an elementwise op (CartPole's sin and cos) on a vector of one member's values and on a vector of
+# several members' with different code, so the last bit can differ from a run alone (docs/design.md contract
+# 1); stepping the members' envs one after another (`jax.custom_batching.sequential_vmap`) kept that bit, at
+# 5% of a 4-seed PPO program (214-230k against 204-217k env steps/s, 3 runs each). `member_loop=map` runs
+# each member exactly as alone.
 
 
 def _reset_envs(env: GymnaxEnv, key: jax.Array, num_envs: int) -> tuple[jax.Array, GymnaxEnvState]:
-    reset = jax.custom_batching.sequential_vmap(lambda key: jax.vmap(env.reset)(jax.random.split(key, num_envs)))
-    return reset(key)
+    return jax.vmap(env.reset)(jax.random.split(key, num_envs))
 
 
 def _step_envs(env: GymnaxEnv, key: jax.Array, env_state: GymnaxEnvState, actions: jax.Array):
-    step = jax.custom_batching.sequential_vmap(
-        lambda key, env_state, actions: jax.vmap(env.step)(jax.random.split(key, actions.shape[0]), env_state, actions)
-    )
-    return step(key, env_state, actions)
+    return jax.vmap(env.step)(jax.random.split(key, actions.shape[0]), env_state, actions)
 
 
 def env_actions(env_spec: EnvSpec, actions: jax.Array) -> jax.Array:
@@ -273,8 +272,8 @@ class CompiledLoop:
 
 def member_loop(config: ml_collections.ConfigDict, loop_name: str) -> str:
     """How the program runs its members (`config.member_loop`): "vmap" (side by side: every op vectorised over
-    them) or "map" (one after another, `lax.map`: every op at one member's size, so each member computes exactly
-    as it would alone). "auto" maps the off-policy loop and vmaps the on-policy one, by measurement (2-core CPU,
+    them; each member equals its run alone to float rounding) or "map" (one after another, `lax.map`: every op at
+    one member's size, so each member computes exactly as it would alone). "auto" maps the off-policy loop and vmaps the on-policy one, by measurement (2-core CPU,
     CartPole, 4 seeds, aggregate env steps/s): an off-policy step is one gradient update of a small batch, and
     XLA:CPU runs the batched matmuls of N vmapped updates more slowly per member than one member's (DQN at
     PureJaxRL's settings: map 67,000-68,500, vmap 54,000-55,000; also with 2x32 and 2x64 networks), while a PPO
