@@ -18,7 +18,8 @@ import optax
 import rlax
 
 from sparserl import dormancy, sparse_network
-from sparserl.agent import Agent, kernels, network_module, off_policy_updates, sparsity_config
+from sparserl.agent_contract import Agent
+from sparserl.configs.base import kernels, network_module, off_policy_updates, sparsity_config
 from sparserl.envs import EnvSpec
 from sparserl.replay import Transition
 from sparserl.sparse.masks import layer_of

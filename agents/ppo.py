@@ -41,7 +41,8 @@ import optax
 import rlax
 
 from sparserl import dormancy, networks, sparse_network
-from sparserl.agent import Agent, network_module, network_sparsity, sparsity_config
+from sparserl.agent_contract import Agent
+from sparserl.configs.base import network_module, network_sparsity, sparsity_config
 from sparserl.batches import Rollout
 from sparserl.envs import EnvSpec
 

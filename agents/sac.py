@@ -29,7 +29,8 @@ import ml_collections
 import optax
 
 from sparserl import dormancy, networks, sparse_network
-from sparserl.agent import Agent, network_module, network_sparsity, off_policy_updates, sparsity_config
+from sparserl.agent_contract import Agent
+from sparserl.configs.base import network_module, network_sparsity, off_policy_updates, sparsity_config
 from sparserl.envs import EnvSpec
 from sparserl.replay import Transition
 

@@ -11,8 +11,14 @@ defaults, one at a time, never stacked.
 
 from typing import Mapping
 
+import flax.linen as nn
 import ml_collections
 from ml_collections import config_dict
+
+from sparserl import networks
+from sparserl.sparse import SparsityConfig, condensed, condensed_native
+from sparserl.sparse.config import is_concrete
+from sparserl.sparse.topology import get_topology
 
 MEMBER_LOOPS = ("auto", "vmap", "map")  # the values of `member_loop`
 
@@ -25,7 +31,7 @@ def get_config(*, agent: str, env: str, steps: int, eval_every: int, log_every: 
     critic). The per-method schedule blocks come from `add_schedules`.
     """
     config = ml_collections.ConfigDict()
-    config.agent = agent  # a name from sparserl.agent.AGENTS: agents/<agent>.py trains it
+    config.agent = agent  # a name from sparserl.agent_contract.AGENTS: agents/<agent>.py trains it
     config.env = env  # the environment id; its family chooses the preset (sparserl.envs.preset_family)
     config.steps = steps  # environment steps per seed
     config.seed = 0  # the first seed; a run trains seed, seed + 1, ...
@@ -65,7 +71,7 @@ def get_config(*, agent: str, env: str, steps: int, eval_every: int, log_every: 
 
 
 def add_network(config: ml_collections.ConfigDict, *, hidden_sizes: tuple[int, ...], activation: str, cnn: bool) -> None:
-    """The `network` block (sparserl.agent.network_module builds it); `cnn` adds the Nature CNN's fields (Mnih et al.
+    """The `network` block (`network_module` builds it); `cnn` adds the Nature CNN's fields (Mnih et al.
     2015: convs 32/64/64, kernels 8/4/3, strides 4/2/1, one dense layer of 512), used with `kind="cnn"`."""
     config.network = ml_collections.ConfigDict()
     config.network.kind = "mlp"  # "mlp", or "cnn" (the fields below)
@@ -147,3 +153,115 @@ def with_preset(config: ml_collections.ConfigDict, presets: Mapping[str, Mapping
     config.update_from_flattened_dict(dict(presets[preset]))
     config.unlock()
     return config
+
+
+# What the agents read from their configs.
+
+NETWORK_KINDS = ("mlp", "cnn")
+
+
+def network_module(network: ml_collections.ConfigDict, output_size: int, **overrides) -> nn.Module:
+    """The flax module a network config describes: `kind` 'mlp' or 'cnn' (Nature CNN and its MinAtar variant).
+
+    Both kinds take `activation` and the `overrides` (`hidden_kernel_init`, `output_kernel_init`). Raises
+    ValueError (reported as bad input) for an unknown kind or activation.
+    """
+    if network.kind not in NETWORK_KINDS:
+        raise ValueError(f"--config.network.kind: unknown kind {network.kind!r}; choose one of {', '.join(NETWORK_KINDS)}")
+    if network.activation not in networks.ACTIVATION_FUNCTIONS:
+        raise ValueError(f"--config.network.activation: unknown activation {network.activation!r}; "
+                         f"choose one of {', '.join(networks.ACTIVATION_FUNCTIONS)}")
+    if network.kind == "mlp":
+        return networks.MLP(
+            tuple(network.hidden_sizes),
+            output_size,
+            activation=network.activation,
+            width_multiplier=network.width_multiplier,
+            **overrides,
+        )
+    return networks.NatureCNN(
+        output_size,
+        conv_features=tuple(network.conv_features),
+        kernel_sizes=tuple(network.kernel_sizes),
+        strides=tuple(network.strides),
+        dense_sizes=tuple(network.dense_sizes),
+        width_multiplier=network.width_multiplier,
+        activation=network.activation,
+        **overrides,
+    )
+
+
+def sparsity_config(sparse: ml_collections.ConfigDict, total_updates: int, sparsity: float) -> SparsityConfig:
+    """A SparsityConfig with the method's schedule and options read by the method itself from its block, `sparse.<method>`.
+
+    Each topology names the fields of its block it reads (`Topology.config_fields`):
+    SET, RigL and SRigL their `update_period`, `start_fraction` and
+    `end_fraction` of the run's gradient updates and initial `drop_fraction`;
+    prune the same window as Zhu & Gupta's t0 and t1 and `update_period` as its
+    frequency; a method's own options (SRigL's `ablation_threshold`, SR-STE's
+    `decay`) likewise. The configs take these from the papers and Graesser et
+    al. 2022's gin files, named beside each value. Static and dense networks
+    never change their masks and use no schedule. `sparse.structure` (default
+    unstructured) and `sparse.dense_layers` (path patterns, default none) apply
+    to every method.
+    """
+    method = "dense" if is_concrete(sparsity) and sparsity == 0.0 else sparse.method  # a traced level is > 0
+    topology = get_topology(method)
+    return SparsityConfig(
+        method=method,
+        sparsity=sparsity,
+        distribution=sparse.distribution,
+        dense_first_layer=sparse.dense_first_layer,
+        dense_last_layer=sparse.dense_last_layer,
+        structure=topology.structure_for(sparse.get("structure", "unstructured")),
+        dense_layers=tuple(sparse.get("dense_layers", ())),
+        **topology.config_fields(sparse.get(method), total_updates),
+    )
+
+
+# Methods under which every neuron of a fan_in layer keeps exactly k inputs for the whole run.
+CONSTANT_FAN_IN_METHODS = ("static", "set", "rigl")
+
+
+def kernels(sparse: ml_collections.ConfigDict) -> str:
+    """The kernels of a network under `sparse`: `sparse.kernels` ("masked", "condensed", "auto", "native"), which
+    only runs condensed where every neuron keeps the same fan-in all along: `sparse.structure` "fan_in", a
+    concrete sparsity level, and static, SET or RigL (prune shrinks the fan-in over training; SRigL's neuron
+    ablation gives the surviving neurons more inputs than k).
+
+    "auto" falls back to "masked" elsewhere; "condensed" and "native" there raise ValueError (reported as bad
+    input), and so does "native" where it cannot run (`condensed_native.unavailable_reason`: no g++, or not a CPU).
+    """
+    chosen = condensed.check_kernels(sparse.get("kernels", "masked"))
+    constant_fan_in = (sparse.get("structure", "unstructured") == "fan_in" and sparse.method in CONSTANT_FAN_IN_METHODS
+                       and is_concrete(sparse.sparsity))
+    if chosen in ("condensed", "native") and not constant_fan_in:
+        raise ValueError(f"--config.sparse.kernels: {chosen} needs constant fan-in masks "
+                         f"(--config.sparse.structure=fan_in, --method one of {', '.join(CONSTANT_FAN_IN_METHODS)})")
+    if chosen == "native" and (reason := condensed_native.unavailable_reason()):
+        raise ValueError(f"--config.sparse.kernels: {reason}; choose masked, condensed or auto")
+    return chosen if constant_fan_in else "masked"
+
+
+def network_sparsity(sparse: ml_collections.ConfigDict, network: str) -> float:
+    """`sparse.<network>_sparsity` when set (SAC, PPO: 'actor', 'critic'), else `sparse.sparsity`."""
+    value = sparse.get(f"{network}_sparsity")
+    return sparse.sparsity if value is None else value
+
+
+def off_policy_updates(config: ml_collections.ConfigDict) -> int:
+    """Gradient updates in an off-policy run: `gradient_steps` every `train_every` env steps after `learning_starts`.
+
+    The replay ratio (updates per env step, Sokar et al. 2023; D'Oro et al. 2023) is
+    gradient_steps / train_every. Raises ValueError (reported as bad input) when `gradient_steps` < 1, or unless
+    `num_envs` (envs per seed, stepped together) divides `train_every` or is a multiple of it, so that every step
+    of the envs that learns takes the same number of updates (`loop.updates_per_learning_step`).
+    """
+    if config.gradient_steps < 1:
+        raise ValueError(f"--config.gradient_steps: must be >= 1, got {config.gradient_steps}")
+    if config.num_envs < 1:
+        raise ValueError(f"--config.num_envs: must be >= 1, got {config.num_envs}")
+    if config.train_every % config.num_envs and config.num_envs % config.train_every:
+        raise ValueError(f"--config.num_envs: {config.num_envs} must divide --config.train_every "
+                         f"({config.train_every}) or be a multiple of it")
+    return max(1, (config.steps - config.learning_starts) // config.train_every) * config.gradient_steps

@@ -634,7 +634,8 @@ def _dqn_program_ms(settings: Settings) -> dict[str, float]:
     import jax.numpy as jnp
 
     from sparserl.agents import dqn
-    from sparserl import agent as agent_lib, envs, loop, runner
+    from sparserl import envs, loop, runner
+    from sparserl.configs.base import network_module
     from sparserl.sparse import condensed
 
     env_spec = envs.env_spec("CartPole-v1")
@@ -648,7 +649,7 @@ def _dqn_program_ms(settings: Settings) -> dict[str, float]:
         functions[f"act {kernels}"] = lambda f=actor, s=state: f(s, observation, keys, config.learning_starts)
         functions[f"update {kernels}"] = lambda f=update, s=state, b=batch: f(s, b, keys)
         if kernels == "masked":  # the network's share of acting: its forward pass alone, one jitted call
-            module = agent_lib.network_module(config.network, env_spec.num_actions)
+            module = network_module(config.network, env_spec.num_actions)
             forward = jax.jit(jax.vmap(lambda params, x: module.apply({"params": params}, x)))
             functions["forward masked"] = lambda f=forward, s=state: f(s.online.params, observation)
     return interleaved_ms(functions, rounds=settings.pick(8, 4), calls=settings.pick(20, 8))

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from sparserl import replay as replay_lib
-from sparserl.agent import Agent
+from sparserl.agent_contract import Agent
 from sparserl.checkpoint import Checkpointer
 from sparserl.envs import EnvSpec
 from sparserl.metrics_log import MetricsLog

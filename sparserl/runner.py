@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from sparserl import loop, replay as replay_lib
-from sparserl.agent import Agent
+from sparserl.agent_contract import Agent
 from sparserl.batches import Rollout, Transition
 from sparserl.envs import EnvSpec, SeedEnvs
 from sparserl.metrics_log import FrozenNetworkWatch

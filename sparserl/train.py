@@ -33,7 +33,7 @@ from absl import logging as absl_logging
 import ml_collections
 from ml_collections import config_flags
 
-from sparserl.agent import AGENTS, Agent, agent_module, config_module
+from sparserl.agent_contract import AGENTS, Agent, agent_module, config_module
 from sparserl.configs.base import MEMBER_LOOPS
 from sparserl.sparse import structure as structure_lib
 from sparserl.sparse.distributions import DISTRIBUTIONS
@@ -383,7 +383,7 @@ def _check_in_unit_interval(name: str, value: float) -> None:
         raise UsageError(f"--{name}: {value} is outside [0, 1)")
 
 
-# Kernels that need one concrete sparsity level (`sparserl.agent.kernels`): their indices are built from it.
+# Kernels that need one concrete sparsity level (`sparserl.configs.base.kernels`): their indices are built from it.
 _CONCRETE_LEVEL_KERNELS = ("condensed", "native")
 
 

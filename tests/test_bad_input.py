@@ -9,7 +9,7 @@ import json
 import pytest
 
 from sparserl import train
-from sparserl.agent import config_module
+from sparserl.agent_contract import config_module
 from tests.helpers import run_train
 
 BROKEN_CONFIG = "def get_config(:\n"

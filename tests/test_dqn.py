@@ -8,7 +8,7 @@ import pytest
 from sparserl.agents import dqn
 from sparserl.configs import dqn as dqn_config
 from sparserl import envs
-from sparserl.agent import network_module
+from sparserl.configs.base import network_module
 from sparserl.replay import Transition
 
 

@@ -5,7 +5,7 @@ import ml_collections
 import pytest
 
 from sparserl import loop
-from sparserl.agent import off_policy_updates
+from sparserl.configs.base import off_policy_updates
 
 
 def _config(**fields):

@@ -11,7 +11,7 @@ import numpy as np
 from sparserl.agents import dqn
 from sparserl.configs import dqn as dqn_config
 from sparserl import checkpoint, envs, loop, metrics_log, replay as replay_lib, runner
-from sparserl.agent import off_policy_updates
+from sparserl.configs.base import off_policy_updates
 from sparserl.reporting import MetricsWriter, ProgressPrinter, read_csv
 from tests.helpers import run_train
 

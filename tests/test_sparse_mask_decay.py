@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from sparserl.agent import sparsity_config
+from sparserl.configs.base import sparsity_config
 from sparserl.configs import dqn as dqn_config
 from sparserl.sparse import SparsityConfig, sparse_optimizer
 from sparserl.sparse.mask_decay import mask_value

@@ -11,7 +11,7 @@ import pytest
 
 from sparserl.configs import dqn as dqn_config
 from sparserl import train
-from sparserl.agent import config_module
+from sparserl.agent_contract import config_module
 from sparserl.reporting import read_csv
 from tests.helpers import run_train
 
