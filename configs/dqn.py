@@ -59,7 +59,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # Kernels: "masked" (dense matmuls on the masked weights), "condensed" or "auto" (XLA gather kernels for
     # constant fan-in masks, sparserl/sparse/condensed.py) or "native" (C++ forward and backward passes on the
     # CPU, built with g++ on first use, sparserl/sparse/condensed_native.py). Masked by default: it runs
-    # everywhere and keeps every structure and method (README, "Condensed kernels").
+    # everywhere and keeps every structure and method (docs/performance.md, "Condensed kernels").
     config.sparse.kernels = "masked"
     # ReDo recycles the online network only (Dopamine labs/redo/recycled_dqn_agents.py); the studies use the
     # default redo.reset_target = False.

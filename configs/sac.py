@@ -48,24 +48,23 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     return base.with_preset(config, PRESETS, preset)
 
 
+def _continuous_control(env: str, steps: int) -> dict:
+    """The MuJoCo and DeepMind Control Suite presets, which differ in env and length only: a replay buffer that
+    holds the whole run (10^6 transitions, Haarnoja et al. 2018's table of hyperparameters, for a 10^6-step
+    MuJoCo run), 10,000 random steps first, an evaluation every 10,000 steps."""
+    return {
+        "env": env,
+        "steps": steps,
+        "replay_capacity": steps,
+        "learning_starts": 10_000,
+        "eval_every": 10_000,
+        "log_every": 5_000,
+        "checkpoint_every": 50_000,
+    }
+
+
 PRESETS = {
     "classic": {},
-    "mujoco": {
-        "env": "HalfCheetah-v5",
-        "steps": 1_000_000,
-        "eval_every": 10_000,
-        "log_every": 5_000,
-        "checkpoint_every": 50_000,
-        "replay_capacity": 1_000_000,
-        "learning_starts": 10_000,
-    },
-    "dmc": {
-        "env": "dmc:cheetah-run",
-        "steps": 500_000,
-        "eval_every": 10_000,
-        "log_every": 5_000,
-        "checkpoint_every": 50_000,
-        "replay_capacity": 500_000,
-        "learning_starts": 10_000,
-    },
+    "mujoco": _continuous_control("HalfCheetah-v5", steps=1_000_000),
+    "dmc": _continuous_control("dmc:cheetah-run", steps=500_000),
 }

@@ -78,10 +78,29 @@ class Dense(nn.Dense):
         return outputs
 
 
-def _capture(layer: nn.Module, outputs: jnp.ndarray) -> None:
-    """Stores a layer's post-activation outputs at `activations/<layer path>/post_activation`."""
+def _hidden(layer: nn.Module, activation: Callable, x: jnp.ndarray) -> jnp.ndarray:
+    """`activation(layer(x))`, stored at `activations/<layer path>/post_activation` for dormancy and ReDo."""
+    outputs = activation(layer(x))
     # One entry per call: reduce_fn replaces instead of appending to a tuple.
     layer.sow(ACTIVATIONS, POST_ACTIVATION, outputs, init_fn=lambda: None, reduce_fn=lambda _, y: y)
+    return outputs
+
+
+def _dense_head(x: jnp.ndarray, sizes: Sequence[int], output_size: int, activation: Callable, width_multiplier: float,
+                hidden_kernel_init: Callable, output_kernel_init: Callable) -> jnp.ndarray:
+    """Hidden `Dense` layers `dense_i` (widths scaled by `width_multiplier`), then the layer `output`.
+
+    Call it from a module's compact method: the layers become that module's submodules, under these names.
+    """
+    for i, width in enumerate(sizes):
+        x = _hidden(Dense(scaled_width(width, width_multiplier), kernel_init=hidden_kernel_init, name=f"dense_{i}"),
+                    activation, x)
+    return Dense(output_size, kernel_init=output_kernel_init, name="output")(x)
+
+
+def _dense_chain(sizes: Sequence[int]) -> list[str]:
+    """The module paths of `_dense_head`'s layers, in order."""
+    return [f"dense_{i}" for i in range(len(sizes))] + ["output"]
 
 
 class MLP(nn.Module):
@@ -96,17 +115,12 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        activation = ACTIVATION_FUNCTIONS[self.activation]
         x = x.reshape((x.shape[0], -1)).astype(jnp.float32)
-        for i, width in enumerate(self.hidden_sizes):
-            name = f"dense_{i}"
-            layer = Dense(scaled_width(width, self.width_multiplier), kernel_init=self.hidden_kernel_init, name=name)
-            x = activation(layer(x))
-            _capture(layer, x)
-        return Dense(self.output_size, kernel_init=self.output_kernel_init, name="output")(x)
+        return _dense_head(x, self.hidden_sizes, self.output_size, ACTIVATION_FUNCTIONS[self.activation],
+                           self.width_multiplier, self.hidden_kernel_init, self.output_kernel_init)
 
     def chains(self) -> list[list[str]]:
-        return [[f"dense_{i}" for i in range(len(self.hidden_sizes))] + ["output"]]
+        return [_dense_chain(self.hidden_sizes)]
 
 
 class Im2colConv(nn.Module):
@@ -184,29 +198,21 @@ class NatureCNN(nn.Module):
             x = x.astype(jnp.float32) / 255.0
         x = x.astype(jnp.float32)
         for i, (features, kernel, stride) in enumerate(zip(self.conv_features, self.kernel_sizes, self.strides)):
-            name = f"conv_{i}"
             layer = Im2colConv(
                 scaled_width(features, self.width_multiplier),
                 (kernel, kernel),
                 (stride, stride),
                 padding=self.padding,
                 kernel_init=self.hidden_kernel_init,
-                name=name,
+                name=f"conv_{i}",
             )
-            x = activation(layer(x))
-            _capture(layer, x)
+            x = _hidden(layer, activation, x)
         x = x.reshape((x.shape[0], -1))
-        for i, width in enumerate(self.dense_sizes):
-            name = f"dense_{i}"
-            layer = Dense(scaled_width(width, self.width_multiplier), kernel_init=self.hidden_kernel_init, name=name)
-            x = activation(layer(x))
-            _capture(layer, x)
-        return Dense(self.output_size, kernel_init=self.output_kernel_init, name="output")(x)
+        return _dense_head(x, self.dense_sizes, self.output_size, activation, self.width_multiplier,
+                           self.hidden_kernel_init, self.output_kernel_init)
 
     def chains(self) -> list[list[str]]:
-        convs = [f"conv_{i}" for i in range(len(self.conv_features))]
-        denses = [f"dense_{i}" for i in range(len(self.dense_sizes))]
-        return [convs + denses + ["output"]]
+        return [[f"conv_{i}" for i in range(len(self.conv_features))] + _dense_chain(self.dense_sizes)]
 
 
 class TwinCritic(nn.Module):
@@ -225,5 +231,4 @@ class TwinCritic(nn.Module):
         return jnp.stack([self.q1(inputs)[:, 0], self.q2(inputs)[:, 0]])
 
     def chains(self) -> list[list[str]]:
-        chain = [f"dense_{i}" for i in range(len(self.hidden_sizes))] + ["output"]
-        return [[f"{head}/{layer}" for layer in chain] for head in ("q1", "q2")]
+        return [[f"{head}/{layer}" for layer in _dense_chain(self.hidden_sizes)] for head in ("q1", "q2")]

@@ -49,6 +49,26 @@ def test_mlp_shapes_and_activations():
     np.testing.assert_allclose(net.apply({"params": params}, x), out)
 
 
+def test_mlp_is_the_flax_dense_network():
+    """MLP draws the params of the same stack of nn.Dense layers (names, inits, values) and computes its function."""
+    hidden_init, output_init = orthogonal(2.0 ** 0.5), nn.initializers.zeros_init()
+
+    class FlaxMLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for i, width in enumerate((12, 6)):
+                x = nn.tanh(nn.Dense(width, kernel_init=hidden_init, name=f"dense_{i}")(x))
+            return nn.Dense(2, kernel_init=output_init, name="output")(x)
+
+    net = MLP((8, 4), 2, activation="tanh", width_multiplier=1.5, hidden_kernel_init=hidden_init,
+              output_kernel_init=output_init)
+    x = jax.random.normal(KEY, (3, 5))
+    params = net.init(KEY, x)["params"]
+    jax.tree.map(np.testing.assert_array_equal, params, FlaxMLP().init(KEY, x)["params"])
+    np.testing.assert_allclose(net.apply({"params": params}, x), FlaxMLP().apply({"params": params}, x),
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_mlp_tanh_activation_and_flattening():
     net = MLP((8,), 2, activation="tanh")
     x = jax.random.normal(KEY, (4, 2, 3))
