@@ -18,13 +18,9 @@ from sparserl.reporting import read_csv
 
 def cli_environment() -> dict[str, str]:
     """The environment of a CLI run in the tests: CPU, unbuffered output, and Python's fault handler on (so a
-    run stopped with SIGABRT prints the stacks of all its threads).
-
-    No persistent compilation cache (`SPARSERL_COMPILATION_CACHE=0`): each run compiles its own programs, so
-    no test depends on what an earlier run left in a shared cache.
-    """
-    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1",
-                SPARSERL_COMPILATION_CACHE="0")
+    run stopped with SIGABRT prints the stacks of all its threads). The persistent compilation cache is the test
+    session's own (`conftest.one_compilation_cache_per_session`)."""
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
 
 
 def run_train(*args: str, cwd=None, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ import pytest
 from sparserl import networks, sparse_network
 from sparserl.sparse import SparsityConfig, condensed, condensed_native, structure
 
-# The kernels are built with the machine's g++ (README: "Condensed kernels"); the two tests of what happens
+# The kernels are built with the machine's g++ (docs/performance.md: "Condensed kernels"); the two tests of what happens
 # without one, or on another backend, run anyway.
 needs_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="native kernels are built with g++, not on PATH")
 
