@@ -26,7 +26,6 @@ possible return. Envs without a known floor get no normalised score.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import csv
 import dataclasses
@@ -39,10 +38,12 @@ import sys
 
 import numpy as np
 
+from sparserl.cli import OneLineParser, UsageError, largest_sparsity
+from sparserl.dormancy import DEFAULT_TAUS, tau_name
 from sparserl.reporting import read_csv
 
 SCORE_FRACTION = 0.1
-TAUS = ("0", "0.025", "0.1")
+TAUS = tuple(tau_name(tau) for tau in DEFAULT_TAUS)  # as the metric names write them: "0", "0.025", "0.1"
 CONFIDENCE = 0.95
 INSTALL_HINT = "pip install sparserl[analysis]"
 
@@ -57,10 +58,6 @@ RETURN_FLOORS = {
     **{f"MinAtar/{game}-v1": 0.0 for game in ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")},
     **{f"{game}-MinAtar": 0.0 for game in ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")},
 }
-
-
-class UsageError(Exception):
-    """Bad input: one line, exit status 2, nothing written."""
 
 
 @dataclasses.dataclass
@@ -81,14 +78,13 @@ class SeedRun:
 def run_fields(config: dict) -> dict:
     """What a run was, from its config.json: agent, env, method, sparsity, ReDo, replay ratio, width."""
     sparse = config["sparse"]
-    sparsity = max(sparse.get("sparsity") or 0.0, sparse.get("actor_sparsity") or 0.0, sparse.get("critic_sparsity") or 0.0)
     train_every = config.get("train_every")
     gradient_steps = config.get("gradient_steps", 1) if train_every is not None else None
     return {
         "agent": config["agent"],
         "env": config["env"],
         "method": sparse["method"],
-        "sparsity": sparsity,
+        "sparsity": largest_sparsity(sparse),
         "distribution": sparse.get("distribution", ""),
         "redo": bool(config["redo"]["enabled"]),
         "train_every": train_every,
@@ -101,6 +97,7 @@ def run_fields(config: dict) -> dict:
 
 
 def env_floor(env_id: str) -> float | None:
+    """The lowest return an env allows (`RETURN_FLOORS`; a gymnax port shares its Gymnasium id's), or None."""
     return RETURN_FLOORS.get(env_id.removeprefix("gymnax:"))
 
 
@@ -242,6 +239,7 @@ def iqm_rows(rows: list[dict], reps: int, seed: int = 0) -> list[dict]:
 
 
 def csv_text(rows: list[dict]) -> str:
+    """Rows as CSV text: the columns in order of first appearance; None and NaN as empty cells."""
     columns = list(dict.fromkeys(name for row in rows for name in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, lineterminator="\n", restval="")
@@ -491,15 +489,8 @@ def aggregate(run_dirs: list[str], out: str, reps: int = 10_000, seed: int = 0) 
     return {"rows": rows, "table": table, "skipped": skipped}
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one `error: ...` line and exit status 2 (docs/design.md contract 7)."""
-
-    def error(self, message):
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv=None) -> int:
+    """`python -m sparserl.experiments.aggregate RUN_DIRS --out DIR`; bad input is one line and exit status 2."""
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="*", metavar="RUN_DIRS", help="run directories ({workdir}/{run_name})")
     parser.add_argument("--out", required=True, help="output directory")

@@ -27,8 +27,9 @@ from __future__ import annotations
 import math
 import sys
 
+from sparserl.cli import UsageError
 from sparserl.experiments import study
-from sparserl.experiments.aggregate import TAUS, UsageError
+from sparserl.experiments.aggregate import TAUS
 
 # replay ratio -> (train_every, gradient_steps)
 REPLAY_RATIOS = {
@@ -67,6 +68,7 @@ SMALL_DQN_CHOICE = (
 
 
 def build(argv):
+    """The study from its command line: (arguments, plan, specs, summarize), as `study.main` runs it."""
     parser = study.parser(__doc__.splitlines()[0], ("dqn", "sac"))
     parser.add_argument("--replay_ratios", default=None,
                         help="comma-separated subset of the agent's ratios (dqn: 0.25,0.5,1,2,4; sac: 1,2,4)")
@@ -136,6 +138,7 @@ def summarize(plan: dict, result: dict) -> str:
 
 
 def main(argv=None) -> int:
+    """The study's command line: exit status 0, 1 when a run failed, 2 on bad input (`study.main`)."""
     return study.main(build, sys.argv[1:] if argv is None else argv)
 
 

@@ -31,14 +31,10 @@ import subprocess
 import sys
 import time
 
+from sparserl.cli import UsageError
 from sparserl.reporting import read_csv
 
 LAUNCHERS = ("local", "ray")
-
-
-class LaunchError(Exception):
-    """A launcher that cannot start (ray not installed): reported as bad input."""
-
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
@@ -61,12 +57,15 @@ class RunSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
+    """What became of one process."""
+
     name: str
     status: str  # 'skipped' (already finished), 'done' or 'failed'
     detail: str = ""
 
 
 def train_command(spec: RunSpec, workdir: str, python: str = sys.executable) -> list[str]:
+    """The command line of a spec's `sparserl.train` process, writing under `workdir`."""
     naming = [] if spec.sweep else [f"--run_name={spec.name}"]
     return [python, "-m", "sparserl.train", *spec.args, f"--workdir={workdir}", *naming]
 
@@ -150,7 +149,7 @@ def _launch_ray(specs, workdir, logdir, max_parallel, ray_address=None, gpus_per
     try:
         import ray
     except ImportError:
-        raise LaunchError("--launcher=ray: ray is not installed; pip install sparserl[cluster]") from None
+        raise UsageError("--launcher=ray: ray is not installed; pip install sparserl[cluster]") from None
     if ray_address:
         ray.init(address=ray_address, log_to_driver=False)
     else:

@@ -8,18 +8,19 @@ Q-network; SAC's actor and twin critics; PPO's actor and critic), biases
 included, target networks excluded (`sparserl.metrics_log.network_params`).
 """
 
-import importlib
 import math
 
 import jax
 import ml_collections
 
 from sparserl import metrics_log
+from sparserl.agent_contract import agent_module
 from sparserl.envs import EnvSpec
 
 
 def _agent(config: ml_collections.ConfigDict, env_spec: EnvSpec):
-    return importlib.import_module(f"sparserl.agents.{config.agent}").make(config, env_spec)
+    """The agent `config` makes on `env_spec` (`make` of agents/<agent>.py)."""
+    return agent_module(config.agent).make(config, env_spec)
 
 
 def dense_parameters(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> int:

@@ -6,7 +6,6 @@ Each run is drawn as the mean over its seeds with a band of +- one standard
 deviation (seeds are the `seed*/` directories of the run).
 """
 
-import argparse
 import glob
 import math
 import os
@@ -18,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sparserl.cli import OneLineParser, report_usage  # noqa: E402
 from sparserl.reporting import read_csv  # noqa: E402
 
 PANELS = (
@@ -46,6 +46,7 @@ def seed_curves(run_dir: str, filename: str, metric: str) -> list[tuple[np.ndarr
 
 
 def plot(run_dirs: list[str], out: str) -> None:
+    """Writes the figure to `out`: a panel per entry of `PANELS`, a line per run directory."""
     figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
     for axis, (filename, metric, title) in zip(axes, PANELS):
         for run_dir in run_dirs:
@@ -69,14 +70,14 @@ def plot(run_dirs: list[str], out: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """`python -m sparserl.experiments.plot_runs RUN_DIRS --out FILE`; bad input is one line and exit status 2."""
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+", help="run directories ({workdir}/{run_name})")
     parser.add_argument("--out", default="runs.png", help="output image (PNG, PDF or SVG)")
     arguments = parser.parse_args(argv)
     missing = [run_dir for run_dir in arguments.run_dirs if not glob.glob(os.path.join(run_dir, "seed*"))]
     if missing:
-        print(f"error: run_dirs: no seed directories in {', '.join(missing)}", file=sys.stderr)
-        return 2
+        return report_usage(f"run_dirs: no seed directories in {', '.join(missing)}")
     plot(arguments.run_dirs, arguments.out)
     print(f"wrote {arguments.out}")
     return 0

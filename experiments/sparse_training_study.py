@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import sys
 
+from sparserl.cli import UsageError
 from sparserl.experiments import study
-from sparserl.experiments.aggregate import UsageError
 
 METHODS = ("dense", "static", "set", "rigl", "prune")
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.99)
@@ -63,6 +63,7 @@ PUBLISHED_ACROBOT = "dense about -67; prune about -66 up to 97% sparsity; static
 
 
 def build(argv):
+    """The study from its command line: (arguments, plan, specs, summarize), as `study.main` runs it."""
     parser = study.parser(__doc__.splitlines()[0], ("dqn", "sac", "ppo"))
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
     parser.add_argument("--sparsities", default=",".join(map(str, SPARSITIES)), help="comma-separated, each in (0, 1)")
@@ -76,9 +77,9 @@ def build(argv):
     sparsities = study.parse_floats(arguments.sparsities, "--sparsities")
     if not all(0.0 < sparsity < 1.0 for sparsity in sparsities):
         raise UsageError(f"--sparsities: each must be in (0, 1), got {arguments.sparsities}")
-    from sparserl import train
+    from sparserl.train_config import repeated_level
 
-    twice = train.repeated_level(sparsities)
+    twice = repeated_level(sparsities)
     if twice is not None:
         raise UsageError(f"--sparsities: {twice} is listed twice; give each sparsity once")
     if not sparsities and set(methods) - {"dense"}:
@@ -182,6 +183,7 @@ def summarize(plan: dict, result: dict) -> str:
 
 
 def main(argv=None) -> int:
+    """The study's command line: exit status 0, 1 when a run failed, 2 on bad input (`study.main`)."""
     return study.main(build, sys.argv[1:] if argv is None else argv)
 
 

@@ -1,9 +1,11 @@
 """experiments.launch: finished runs are skipped, a failed run is reported by name and the others go on."""
 
 import json
+import sys
 
 import pytest
 
+from sparserl.cli import UsageError
 from sparserl.experiments import launch
 from sparserl.experiments.study import SMOKE
 
@@ -54,3 +56,10 @@ def test_a_failed_run_is_reported_by_name_and_the_next_one_still_runs(tmp_path, 
     # Launched again: the finished run is skipped, the failing one fails again.
     outcomes = launch.launch([bad, good], str(tmp_path / "runs"), str(tmp_path / "logs"), max_parallel=1)
     assert [(o.name, o.status) for o in outcomes] == [("bad", "failed"), ("good", "skipped")]
+
+
+def test_the_ray_launcher_without_ray_is_bad_input(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
+    spec = launch.RunSpec("run", ("--agent=dqn",), (0,))
+    with pytest.raises(UsageError, match=r"^--launcher=ray: ray is not installed; pip install sparserl\[cluster\]$"):
+        launch.launch([spec], str(tmp_path / "runs"), str(tmp_path / "logs"), launcher="ray")
