@@ -17,14 +17,40 @@ this matmul, a SAC 2x256 update about 1.08x and a Nature CNN DQN update about
 end to end at Graesser's protocol about 1.3x (README, Performance). `networks.Im2colConv` keeps autodiff's product: its
 patches have far more rows (batch x positions) than the kernel has entries,
 so transposing them cost more (a Nature CNN DQN update about 1.1x slower).
+
+`autodiff_backward()` is the comparison's other side: what is traced inside it differentiates `matmul` as autodiff
+differentiates `x @ kernel`, so one process can time both (the bench's `kernel_gradient` row).
 """
+
+import contextlib
+import contextvars
+from typing import Iterator
 
 import jax
 
+_AUTODIFF_BACKWARD = contextvars.ContextVar("sparserl_linear_autodiff_backward", default=False)
+
+
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x [..., in] @ kernel [in, out]; the backward pass is `matmul_backward` (autodiff's inside `autodiff_backward`)."""
+    return x @ kernel if _AUTODIFF_BACKWARD.get() else _kernel_layout_matmul(x, kernel)
+
+
+@contextlib.contextmanager
+def autodiff_backward() -> Iterator[None]:
+    """Inside, `matmul` is the plain `x @ kernel`, differentiated by autodiff. It counts when a function is traced:
+    one traced inside (a jitted function: on its first call) keeps autodiff's product after the block ends, and one
+    JAX traced before, outside, keeps `matmul_backward` inside it (JAX caches a trace per function)."""
+    token = _AUTODIFF_BACKWARD.set(True)
+    try:
+        yield
+    finally:
+        _AUTODIFF_BACKWARD.reset(token)
+
 
 @jax.custom_vjp
-def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """x [..., in] @ kernel [in, out]; the backward pass is `matmul_backward`."""
+def _kernel_layout_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`x @ kernel` whose backward pass is `matmul_backward`."""
     return x @ kernel
 
 
@@ -50,5 +76,5 @@ def _matmul_backward(residuals, output_grad):
     return matmul_backward(*residuals, output_grad)
 
 
-matmul.defvjp(_matmul_forward, _matmul_backward)
+_kernel_layout_matmul.defvjp(_matmul_forward, _matmul_backward)
 

@@ -1,30 +1,39 @@
-"""sparserl.bench: the table, its JSON, the goals, the step clock and the command's errors (no timed assertions)."""
+"""sparserl.bench (`sparserl.experiments.bench`): the table, its JSON, the goals, the steady rate a run's metrics
+give, the runs the rows build through `sparserl.train`, and the command's errors (no timed assertions)."""
 
 import json
+import os
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparserl import bench
+from sparserl import envs
+from sparserl.agent_contract import agent_module
+from sparserl.experiments.bench import cli, compiled, condensed, timing, training, workloads
+from sparserl.experiments.bench.table import Row
+from sparserl.reporting import MetricsWriter, read_csv
 
 
 def tiny_row(settings):
     """A row like the real ones, on two tiny jitted functions."""
     small, large = jax.jit(lambda x: x + 1), jax.jit(lambda x: x @ x)
     vector, matrix = jnp.ones(3), jnp.ones((8, 8))
-    ms = bench.interleaved_ms({"small": lambda: small(vector), "large": lambda: large(matrix)}, rounds=2, calls=2)
-    return [bench.Row("tiny", "large vs small", ms["large"], ms["small"], "ms", ms["large"] / ms["small"],
-                      "large / small", "<= 1e9"),
-            bench.Row("tiny", "no baseline", 3.0, None, "s", None, "", "<= 3", goal_on="ours")]
+    ms = timing.interleaved_ms({"small": lambda: small(vector), "large": lambda: large(matrix)}, rounds=2, calls=2)
+    return [Row("tiny", "large vs small", ms["large"], ms["small"], "ms", ms["large"] / ms["small"],
+                "large / small", "<= 1e9"),
+            Row("tiny", "no baseline", 3.0, None, "s", None, "", "<= 3", goal_on="ours")]
 
 
 def test_a_tiny_row_prints_a_table_and_writes_well_formed_json(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench, "ROWS", {"tiny": tiny_row})
+    monkeypatch.setattr(cli, "ROWS", ("tiny",))
+    monkeypatch.setitem(sys.modules, f"{cli.__package__}.tiny", types.SimpleNamespace(rows=tiny_row))
     monkeypatch.setenv("SPARSERL_COMPILATION_CACHE", "0")
     path = tmp_path / "out.json"
-    assert bench.main(["--quick", "--rows=tiny", f"--json={path}"]) == 0
+    assert cli.main(["--quick", "--rows=tiny", f"--json={path}"]) == 0
     table = json.loads(path.read_text())
     assert table["quick"] is True and table["command"] == f"python -m sparserl.bench --quick --rows=tiny --json={path}"
     assert table["machine"]["platform"] == jax.devices()[0].platform
@@ -34,6 +43,11 @@ def test_a_tiny_row_prints_a_table_and_writes_well_formed_json(tmp_path, monkeyp
     assert second["baseline"] is None and second["ratio"] is None and second["holds"] is True
     output = capsys.readouterr().out
     assert "| tiny  | large vs small" in output and "<= 3 s" in output
+
+
+def test_every_row_is_a_module_with_a_rows_function():
+    for name in cli.ROWS:
+        assert callable(cli.row_function(name)), name
 
 
 @pytest.mark.parametrize("goal, goal_on, ratio, ours, holds", [
@@ -47,15 +61,15 @@ def test_a_tiny_row_prints_a_table_and_writes_well_formed_json(tmp_path, monkeyp
     (">= 2", "ratio", None, 1.0, None),
 ])
 def test_a_row_holds_its_goal(goal, goal_on, ratio, ours, holds):
-    row = bench.Row("g", "n", ours, 1.0, "s", ratio, "a / b", goal, goal_on)
+    row = Row("g", "n", ours, 1.0, "s", ratio, "a / b", goal, goal_on)
     assert row.holds is holds
 
 
 def test_peers_without_sbx_is_one_line_and_exit_status_2(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench, "peers_available", lambda: False)
+    monkeypatch.setattr(cli, "peers_available", lambda: False)
     monkeypatch.setenv("SPARSERL_COMPILATION_CACHE", "0")
     path = tmp_path / "out.json"
-    assert bench.main(["--peers", f"--json={path}"]) == 2
+    assert cli.main(["--peers", f"--json={path}"]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("error: --peers needs sbx") and captured.err.count("\n") == 1
     assert captured.out == "" and not path.exists()
@@ -63,52 +77,79 @@ def test_peers_without_sbx_is_one_line_and_exit_status_2(tmp_path, monkeypatch, 
 
 def test_an_unknown_row_is_one_line_and_exit_status_2(monkeypatch, capsys):
     monkeypatch.setenv("SPARSERL_COMPILATION_CACHE", "0")
-    assert bench.main(["--rows=sparse_update,nope"]) == 2
+    assert cli.main(["--rows=sparse_update,nope"]) == 2
     captured = capsys.readouterr()
-    assert captured.err == "error: --rows: unknown row(s) nope; choose from " + ", ".join(bench.ROWS) + "\n"
+    assert captured.err == "error: --rows: unknown row(s) nope; choose from " + ", ".join(cli.ROWS) + "\n"
 
 
-def test_steady_rate_is_env_steps_over_time_from_the_given_fraction():
-    clock = bench.StepClock()
-    clock.steps, clock.times = [4, 8, 12, 16, 20], [0.0, 1.0, 1.5, 2.0, 4.0]
-    assert clock.steady_rate(from_fraction=0.4) == pytest.approx((20 - 12) / (4.0 - 1.5))
-    assert clock.steady_rate(from_fraction=0.0) == pytest.approx((20 - 4) / 4.0)
+def test_steady_rate_is_the_median_sps_of_the_later_rows_summed_over_seeds(tmp_path):
+    sps = {20: 1.0, 40: 4.0, 60: 2.0, 80: 3.0, 100: 100.0}  # the last row is left out where others are left
+    for seed in (0, 1):
+        writer = MetricsWriter(tmp_path / f"seed{seed}", seed)
+        for step, rate in sps.items():
+            writer.write(step, {"sps": rate})
+        writer.close()
+    assert timing.steady_rate(str(tmp_path), from_fraction=0.4) == pytest.approx(2 * np.median([2.0, 3.0]))
+    assert timing.steady_rate(str(tmp_path), from_fraction=0.0) == pytest.approx(2 * np.median([1.0, 4.0, 2.0, 3.0]))
+    assert timing.steady_rate(str(tmp_path), from_fraction=0.9) == pytest.approx(2 * 100.0)  # only the last is left
 
 
 def test_override_flags_are_what_sparserl_train_parses():
-    flags = bench.override_flags({"network.hidden_sizes": (256, 256), "learning_rate": 1e-4, "checkpoint_replay": False})
+    flags = training.override_flags({"network.hidden_sizes": (256, 256), "learning_rate": 1e-4, "checkpoint_replay": False})
     assert flags == ["--config.network.hidden_sizes=256,256", "--config.learning_rate=0.0001",
                      "--config.checkpoint_replay=false"]
 
 
-def test_agent_config_applies_the_family_preset_then_the_overrides():
-    config = bench.agent_config("dqn", "ALE/Pong-v5", {"replay_capacity": 1000, "sparse.sparsity": 0.9})
+def test_train_config_applies_the_family_preset_then_the_overrides():
+    config = training.train_config("dqn", "ALE/Pong-v5", {"replay_capacity": 1000, "sparse.sparsity": 0.9})
     assert config.env == "ALE/Pong-v5" and config.network.kind == "cnn" and config.train_every == 4
     assert config.replay_capacity == 1000 and config.sparse.method == "rigl"
-    assert bench.agent_config("dqn", "CartPole-v1", {}).sparse.method == "dense"
+    assert training.train_config("dqn", "CartPole-v1", {}).sparse.method == "dense"
 
 
-def test_the_clock_counts_every_training_env_step_of_every_seed():
-    config = bench.agent_config("dqn", "CartPole-v1", {
-        "steps": 120, "num_seeds": 2, "learning_starts": 50, "log_every": 60, "eval_every": 120, "eval_episodes": 1,
-        "checkpoint_every": 10**9, "network.hidden_sizes": (16,), "batch_size": 8})
-    clock = bench.StepClock()
-    bench.train_in_process(config, clock)
-    assert clock.steps == list(range(2, 2 * 120 + 1, 2))  # eval episodes after the last step are not counted
-    assert np.all(np.diff(clock.times) >= 0)
+def test_a_quiet_run_in_process_writes_a_metrics_row_per_log_of_every_seed_and_gives_its_steady_rate(tmp_path, capfd):
+    overrides = {**training.quiet_run(120, rows=2), "num_seeds": 2, "learning_starts": 50,
+                 "network.hidden_sizes": (16,), "batch_size": 8}
+    prepared = training.prepare("dqn", "CartPole-v1", overrides, str(tmp_path))
+    training.train_quietly(prepared)
+    assert capfd.readouterr().out == ""
+    for seed in (0, 1):
+        rows = read_csv(os.path.join(prepared.run_dirs[0], f"seed{seed}", "metrics.csv"))
+        assert [row["step"] for row in rows] == [60, 120] and all(row["sps"] > 0 for row in rows)
+    assert timing.steady_rate(prepared.run_dirs[0], from_fraction=0.0) == pytest.approx(2 * rows[0]["sps"])
+
+
+def test_the_startup_row_times_a_child_run_to_its_metrics_row(tmp_path):
+    workload = workloads.Workload("dqn", "CartPole-v1", {"network.hidden_sizes": (16,), "learning_starts": 10}, 0, 0,
+                                  "DQN", {})
+    run_dir, started, wall = workloads.run_ours(workload, 1, str(tmp_path), cache_dir=str(tmp_path / "cache"))
+    metrics = os.path.join(run_dir, "seed0", "metrics.csv")
+    assert [row["step"] for row in read_csv(metrics)] == [1]
+    assert 0 < os.stat(metrics).st_mtime - started < wall
+
+
+def test_the_roofline_program_runs_without_learning():
+    agent_name, overrides = compiled.ROOFLINE_WORKLOADS["PPO CartPole (PureJaxRL settings)"]
+    assert compiled.roofline_steps_per_second(agent_name, {**overrides, "network.hidden_sizes": (8,)}, False, 5_120) > 0
 
 
 def test_the_condensed_rows_run_dqn_at_graessers_protocol_on_constant_fan_in_masks():
-    from sparserl.agents import dqn
-    from sparserl import envs
-
-    config = bench.condensed_dqn_config("condensed", {})
+    config = condensed.dqn_config("condensed", {})
     assert tuple(config.network.hidden_sizes) == (512, 512) and config.batch_size == 128 and config.train_every == 1
     assert (config.sparse.method, config.sparse.sparsity, config.sparse.structure) == ("static", 0.9, "fan_in")
     config.network.hidden_sizes = (64, 64)
-    agent = dqn.make(config, envs.env_spec("CartPole-v1"))
+    agent = agent_module("dqn").make(config, envs.env_spec("CartPole-v1"))
     state = agent.init(jax.random.key(0))
     assert state.online.indices  # ERK keeps some layers dense: those have no indices
     for layer, node in state.online.indices.items():
         kept = np.sum(state.online.opt_state.masks[layer]["kernel"], axis=0)
         np.testing.assert_array_equal(kept, node["indices"].shape[1])
+
+
+def test_sbx_peer_times_every_env_step_of_its_wrapped_env():
+    sbx_peer = pytest.importorskip("sparserl.experiments.bench.sbx_peer", reason="sbx is not installed")
+    env = sbx_peer.TimedSteps(envs.make_env("CartPole-v1"), exit_at_first_step=False)
+    env.reset(seed=0)
+    for _ in range(6):
+        env.step(env.action_space.sample())
+    assert len(env.times) == 6 and env.first_step_wall_time is not None and env.steady_rate() > 0

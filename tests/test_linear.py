@@ -41,3 +41,24 @@ def test_vmap_over_seeds_and_jit_equal_each_seed_alone():
         alone = jax.grad(lambda x, kernel: jnp.sum((x @ kernel) ** 2), argnums=(0, 1))(x[seed], kernel[seed])
         np.testing.assert_allclose(batched[0][seed], alone[0], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(batched[1][seed], alone[1], rtol=1e-5, atol=1e-6)
+
+
+def _primitives(function, *arguments) -> set[str]:
+    return {equation.primitive.name for equation in jax.make_jaxpr(function)(*arguments).jaxpr.eqns}
+
+
+def test_inside_autodiff_backward_matmul_is_the_plain_product_with_autodiffs_gradient():
+    x = jax.random.normal(jax.random.key(5), (4, 6))
+    kernel = jax.random.normal(jax.random.key(6), (6, 3))
+    product = lambda x, kernel: linear.matmul(x, kernel)  # a fresh function per trace: JAX caches traces per function
+    gradient = lambda: jax.jit(jax.grad(lambda x, kernel: jnp.sum(jnp.tanh(linear.matmul(x, kernel))), argnums=(0, 1)))
+    assert "custom_vjp_call" in _primitives(product, x, kernel)
+    ours = gradient()(x, kernel)
+    with linear.autodiff_backward():
+        assert _primitives(lambda x, kernel: product(x, kernel), x, kernel) == {"dot_general"}
+        traced_inside = gradient()
+        autodiff = traced_inside(x, kernel)
+    assert "custom_vjp_call" in _primitives(lambda x, kernel: product(x, kernel), x, kernel)  # the block has ended
+    assert "custom_vjp_call" not in str(jax.make_jaxpr(traced_inside)(x, kernel))  # what was traced inside keeps it
+    for expected, actual in zip(ours, autodiff):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)

@@ -9,7 +9,8 @@ import pytest
 
 from sparserl.configs import dqn as dqn_config, ppo as ppo_config, sac as sac_config
 from sparserl.agents import dqn, ppo, sac
-from sparserl import bench, envs
+from sparserl import envs
+from sparserl.experiments.bench import agent_programs
 from sparserl.sparse.structure import FAN_IN, NM, column_counts, group_counts, parse
 
 AGENTS = {"dqn": (dqn, dqn_config, "gymnax:CartPole-v1"), "sac": (sac, sac_config, "gymnax:Pendulum-v1"),
@@ -65,10 +66,10 @@ def test_method_runs_through_the_agent(agent, method):
     config = _config(agent, method)
     instance = module.make(config, spec)
     if agent == "ppo":
-        batch = jax.tree.map(lambda x: jnp.asarray(x[0]), bench.random_rollout(spec, config.rollout_steps, config.num_envs, 0))
+        batch = jax.tree.map(lambda x: jnp.asarray(x[0]), agent_programs.random_rollout(spec, config.rollout_steps, config.num_envs, 0))
         updates, per_call = 100, 2
     else:
-        batch = jax.tree.map(lambda x: jnp.asarray(x[0]), bench.random_transitions(spec, config.batch_size, 0))
+        batch = jax.tree.map(lambda x: jnp.asarray(x[0]), agent_programs.random_transitions(spec, config.batch_size, 0))
         updates, per_call = 200, 1
 
     @jax.jit
@@ -105,7 +106,7 @@ def test_redo_resets_dormant_neurons_but_not_the_structure(method):
     spec = _env_spec("gymnax:CartPole-v1")
     instance = dqn.make(_config("dqn", method, redo_tau=1e9), spec)
     state = instance.init(jax.random.key(0))
-    batch = jax.tree.map(lambda x: jnp.asarray(x[0]), bench.random_transitions(spec, 16, 0))
+    batch = jax.tree.map(lambda x: jnp.asarray(x[0]), agent_programs.random_transitions(spec, 16, 0))
     recycled, count = jax.jit(instance.recycle)(state, batch, jax.random.key(1))
     assert int(count) == 32  # both hidden layers of 16
     jax.tree.map(np.testing.assert_array_equal, recycled.online.opt_state.masks, state.online.opt_state.masks)

@@ -1,0 +1,61 @@
+"""An agent's programs on random data, for rows that time one call: the agent of a config, replay-shaped and
+rollout-shaped random batches, and the jitted seed-vmapped update."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from sparserl import envs, loop
+from sparserl.agent_contract import Agent, agent_module
+from sparserl.batches import Rollout, Transition
+
+
+def make_agent(config: ml_collections.ConfigDict) -> tuple[Agent, envs.EnvSpec]:
+    """(the agent of `config`, its env's spec), as `agents/<config.agent>.py` makes it."""
+    env_spec = envs.env_spec(config.env)
+    return agent_module(config.agent).make(config, env_spec), env_spec
+
+
+def random_transitions(env_spec: envs.EnvSpec, batch_size: int, seed: int) -> Transition:
+    """A replay-shaped batch [1 seed, batch, ...] of random transitions for `env_spec`."""
+    rng = np.random.default_rng(seed)
+
+    def observations():
+        shape = (1, batch_size, *env_spec.observation_shape)
+        if env_spec.observation_dtype == np.uint8:
+            return rng.integers(0, 256, shape, dtype=np.uint8)
+        return rng.normal(size=shape).astype(np.float32)
+
+    if env_spec.discrete:
+        actions = rng.integers(0, env_spec.num_actions, (1, batch_size)).astype(np.int32)
+    else:
+        shape = (1, batch_size, env_spec.num_actions)
+        actions = rng.uniform(env_spec.action_low, env_spec.action_high, shape).astype(np.float32)
+    return Transition(observations(), actions, rng.normal(size=(1, batch_size)).astype(np.float32), observations(),
+                      rng.uniform(size=(1, batch_size)) < 0.01)
+
+
+def random_rollout(env_spec: envs.EnvSpec, steps: int, num_envs: int, seed: int) -> Rollout:
+    """A `Rollout` [1 seed, steps, num_envs, ...] of random data."""
+    rng = np.random.default_rng(seed)
+    shape = (1, steps, num_envs)
+    observation = rng.normal(size=(*shape, *env_spec.observation_shape)).astype(np.float32)
+    if env_spec.discrete:
+        action = rng.integers(0, env_spec.num_actions, shape).astype(np.int32)
+    else:
+        action = rng.normal(size=(*shape, env_spec.num_actions)).astype(np.float32)
+    return Rollout(observation, action, rng.normal(size=shape).astype(np.float32), rng.uniform(size=shape) < 0.01,
+                   rng.uniform(size=shape) < 0.001, rng.normal(size=observation.shape).astype(np.float32))
+
+
+def seed_update(agent: Agent, env_spec: envs.EnvSpec,
+                config: ml_collections.ConfigDict) -> tuple[Callable, Any, Transition, jax.Array]:
+    """(jitted seed-vmapped update, one seed's state, a random batch, keys): call `update(state, batch, keys)`."""
+    state = loop.init_states(agent, [0])
+    axes = loop.seed_axes(state)
+    update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, 0), out_axes=(axes, 0)))
+    return update, state, random_transitions(env_spec, config.batch_size, seed=1), loop.seed_keys([1])
