@@ -16,8 +16,10 @@ import ml_collections
 from ml_collections import config_dict
 
 from sparserl import networks
+from sparserl.errors import ConfigError
 from sparserl.sparse import SparsityConfig, condensed, condensed_native
-from sparserl.sparse.config import is_concrete
+from sparserl.sparse.config import read_settings
+from sparserl.sparse.structure import is_concrete
 from sparserl.sparse.topology import get_topology
 
 MEMBER_LOOPS = ("auto", "vmap", "map")  # the values of `member_loop`
@@ -87,8 +89,9 @@ def add_network(config: ml_collections.ConfigDict, *, hidden_sizes: tuple[int, .
 
 def add_schedules(config: ml_collections.ConfigDict, *, update_period: int, drop_fraction: float,
                   end_fraction: float, prune_update_period: int) -> None:
-    """The per-method schedule blocks `sparse.set`, `sparse.rigl`, `sparse.srigl`, `sparse.prune`, `sparse.srste`
-    and `sparse.mask_decay`.
+    """The per-method blocks `sparse.set`, `sparse.rigl`, `sparse.srigl`, `sparse.prune`, `sparse.srste` and
+    `sparse.mask_decay`: each holds the fields of its method's settings (`Topology.settings_type`, read by
+    `sparsity_config`), no more and no fewer.
 
     Fractions count the run's gradient steps. SET and RigL share one block of
     values in every reference gin (their mask_updater); pruning starts at 20%
@@ -164,13 +167,13 @@ def network_module(network: ml_collections.ConfigDict, output_size: int, **overr
     """The flax module a network config describes: `kind` 'mlp' or 'cnn' (Nature CNN and its MinAtar variant).
 
     Both kinds take `activation` and the `overrides` (`hidden_kernel_init`, `output_kernel_init`). Raises
-    ValueError (reported as bad input) for an unknown kind or activation.
+    ConfigError (fields `network.kind`, `network.activation`) for an unknown kind or activation.
     """
     if network.kind not in NETWORK_KINDS:
-        raise ValueError(f"--config.network.kind: unknown kind {network.kind!r}; choose one of {', '.join(NETWORK_KINDS)}")
+        raise ConfigError("network.kind", f"unknown kind {network.kind!r}; choose one of {', '.join(NETWORK_KINDS)}")
     if network.activation not in networks.ACTIVATION_FUNCTIONS:
-        raise ValueError(f"--config.network.activation: unknown activation {network.activation!r}; "
-                         f"choose one of {', '.join(networks.ACTIVATION_FUNCTIONS)}")
+        raise ConfigError("network.activation", f"unknown activation {network.activation!r}; "
+                          f"choose one of {', '.join(networks.ACTIVATION_FUNCTIONS)}")
     if network.kind == "mlp":
         return networks.MLP(
             tuple(network.hidden_sizes),
@@ -192,18 +195,19 @@ def network_module(network: ml_collections.ConfigDict, output_size: int, **overr
 
 
 def sparsity_config(sparse: ml_collections.ConfigDict, total_updates: int, sparsity: float) -> SparsityConfig:
-    """A SparsityConfig with the method's schedule and options read by the method itself from its block, `sparse.<method>`.
+    """A SparsityConfig at `sparsity`, with the method's settings read from its block, `sparse.<method>`.
 
-    Each topology names the fields of its block it reads (`Topology.config_fields`):
-    SET, RigL and SRigL their `update_period`, `start_fraction` and
-    `end_fraction` of the run's gradient updates and initial `drop_fraction`;
-    prune the same window as Zhu & Gupta's t0 and t1 and `update_period` as its
-    frequency; a method's own options (SRigL's `ablation_threshold`, SR-STE's
-    `decay`) likewise. The configs take these from the papers and Graesser et
-    al. 2022's gin files, named beside each value. Static and dense networks
-    never change their masks and use no schedule. `sparse.structure` (default
-    unstructured) and `sparse.dense_layers` (path patterns, default none) apply
-    to every method.
+    Each topology declares its settings (`Topology.settings_type`, a dataclass; `sparserl.sparse.config.read_settings`
+    checks the block against it, a ConfigError naming a field that is unknown, missing or of the wrong type):
+    SET, RigL and SRigL (`DropAndGrowSettings`) their `update_period`,
+    `start_fraction` and `end_fraction` of the run's `total_updates` gradient
+    updates and initial `drop_fraction`; prune (`Window`) the same window as Zhu
+    & Gupta's t0 and t1 and `update_period` as its frequency; SRigL's
+    `ablation_threshold` and SR-STE's `decay` besides. The configs take these
+    from the papers and Graesser et al. 2022's gin files, named beside each
+    value. Static and dense networks never change their masks and have no
+    settings. `sparse.structure` (default unstructured) and `sparse.dense_layers`
+    (path patterns, default none) apply to every method.
     """
     method = "dense" if is_concrete(sparsity) and sparsity == 0.0 else sparse.method  # a traced level is > 0
     topology = get_topology(method)
@@ -215,7 +219,7 @@ def sparsity_config(sparse: ml_collections.ConfigDict, total_updates: int, spars
         dense_last_layer=sparse.dense_last_layer,
         structure=topology.structure_for(sparse.get("structure", "unstructured")),
         dense_layers=tuple(sparse.get("dense_layers", ())),
-        **topology.config_fields(sparse.get(method), total_updates),
+        settings=read_settings(topology.settings_type, sparse.get(method), f"sparse.{method}", total_updates),
     )
 
 
@@ -229,17 +233,18 @@ def kernels(sparse: ml_collections.ConfigDict) -> str:
     concrete sparsity level, and static, SET or RigL (prune shrinks the fan-in over training; SRigL's neuron
     ablation gives the surviving neurons more inputs than k).
 
-    "auto" falls back to "masked" elsewhere; "condensed" and "native" there raise ValueError (reported as bad
-    input), and so does "native" where it cannot run (`condensed_native.unavailable_reason`: no g++, or not a CPU).
+    "auto" falls back to "masked" elsewhere; "condensed" and "native" there raise ConfigError (field
+    `sparse.kernels`), and so does "native" where it cannot run (`condensed_native.unavailable_reason`: no g++, or
+    not a CPU).
     """
     chosen = condensed.check_kernels(sparse.get("kernels", "masked"))
     constant_fan_in = (sparse.get("structure", "unstructured") == "fan_in" and sparse.method in CONSTANT_FAN_IN_METHODS
                        and is_concrete(sparse.sparsity))
     if chosen in ("condensed", "native") and not constant_fan_in:
-        raise ValueError(f"--config.sparse.kernels: {chosen} needs constant fan-in masks "
-                         f"(--config.sparse.structure=fan_in, --method one of {', '.join(CONSTANT_FAN_IN_METHODS)})")
+        raise ConfigError("sparse.kernels", f"{chosen} needs constant fan-in masks "
+                          f"(--config.sparse.structure=fan_in, --method one of {', '.join(CONSTANT_FAN_IN_METHODS)})")
     if chosen == "native" and (reason := condensed_native.unavailable_reason()):
-        raise ValueError(f"--config.sparse.kernels: {reason}; choose masked, condensed or auto")
+        raise ConfigError("sparse.kernels", f"{reason}; choose masked, condensed or auto")
     return chosen if constant_fan_in else "masked"
 
 
@@ -253,15 +258,15 @@ def off_policy_updates(config: ml_collections.ConfigDict) -> int:
     """Gradient updates in an off-policy run: `gradient_steps` every `train_every` env steps after `learning_starts`.
 
     The replay ratio (updates per env step, Sokar et al. 2023; D'Oro et al. 2023) is
-    gradient_steps / train_every. Raises ValueError (reported as bad input) when `gradient_steps` < 1, or unless
-    `num_envs` (envs per seed, stepped together) divides `train_every` or is a multiple of it, so that every step
-    of the envs that learns takes the same number of updates (`loop.updates_per_learning_step`).
+    gradient_steps / train_every. Raises ConfigError when `gradient_steps` < 1, or unless `num_envs` (envs per
+    seed, stepped together) divides `train_every` or is a multiple of it, so that every step of the envs that
+    learns takes the same number of updates (`loop.updates_per_learning_step`).
     """
     if config.gradient_steps < 1:
-        raise ValueError(f"--config.gradient_steps: must be >= 1, got {config.gradient_steps}")
+        raise ConfigError("gradient_steps", f"must be >= 1, got {config.gradient_steps}")
     if config.num_envs < 1:
-        raise ValueError(f"--config.num_envs: must be >= 1, got {config.num_envs}")
+        raise ConfigError("num_envs", f"must be >= 1, got {config.num_envs}")
     if config.train_every % config.num_envs and config.num_envs % config.train_every:
-        raise ValueError(f"--config.num_envs: {config.num_envs} must divide --config.train_every "
-                         f"({config.train_every}) or be a multiple of it")
+        raise ConfigError("num_envs", f"{config.num_envs} must divide --config.train_every "
+                          f"({config.train_every}) or be a multiple of it")
     return max(1, (config.steps - config.learning_starts) // config.train_every) * config.gradient_steps

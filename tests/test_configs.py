@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from sparserl.configs import base, dqn as dqn_config, ppo as ppo_config, sac as sac_config
-from sparserl.configs.base import kernels, network_module, sparsity_config
+from sparserl.configs.base import kernels, network_module, off_policy_updates, sparsity_config
+from sparserl.errors import ConfigError
+from sparserl.sparse.config import Settings, Window
 from tests.helpers import hidden_outputs
 
 MODULES = {"dqn": dqn_config, "sac": sac_config, "ppo": ppo_config}
@@ -61,7 +63,7 @@ def test_atari_schedules_in_gradient_steps(method, expected):
     config = preset("dqn", "atari")
     config.sparse.method = method
     resolved = sparsity_config(config.sparse, 2_500_000, 0.9)
-    assert {name: getattr(resolved, name) for name in expected} == expected
+    assert {name: getattr(resolved.settings, name) for name in expected} == expected
 
 
 def test_dqn_classic_control_protocol():
@@ -157,30 +159,51 @@ def test_cnn_takes_the_configured_activation():
     assert len(hidden) == 2
     for outputs in hidden:  # tanh: outputs in (-1, 1), some negative; ReLU gives none
         assert np.all(np.abs(outputs) < 1.0) and np.any(outputs < 0.0)
-    with pytest.raises(ValueError, match="--config.network.activation: unknown activation 'gelu'; choose one of relu, tanh"):
+    with pytest.raises(ConfigError) as error:
         network_module(ml_collections.ConfigDict(dict(network.to_dict(), activation="gelu")), 2)
+    assert error.value.field == "network.activation"
+    assert error.value.reason.startswith("unknown activation 'gelu'; choose one of relu, tanh")
+    with pytest.raises(ConfigError) as error:
+        network_module(ml_collections.ConfigDict(dict(network.to_dict(), kind="rnn")), 2)
+    assert (error.value.field, error.value.reason) == ("network.kind", "unknown kind 'rnn'; choose one of mlp, cnn")
 
 
 def test_sparsity_config_lets_each_method_read_its_own_block():
     sparse = dqn_config.get_config().sparse
-    schedule = lambda resolved: (resolved.update_period, resolved.update_start, resolved.update_end)  # noqa: E731
+    schedule = lambda resolved: (resolved.settings.update_period, resolved.settings.update_start,  # noqa: E731
+                                 resolved.settings.update_end)
     sparse.method = "srigl"
     resolved = sparsity_config(sparse, 1_000, 0.9)
-    assert (resolved.method, resolved.structure, schedule(resolved), resolved.drop_fraction) == ("srigl", "fan_in", (1_000, 0, 750), 0.5)
-    assert resolved.options == (("ablation_threshold", 0.3),)
+    assert (resolved.method, resolved.structure, schedule(resolved), resolved.settings.drop_fraction) == (
+        "srigl", "fan_in", (1_000, 0, 750), 0.5)
+    assert resolved.settings.ablation_threshold == 0.3
     sparse.method = "prune"
     resolved = sparsity_config(sparse, 1_000, 0.9)
-    assert (resolved.structure, schedule(resolved), resolved.options) == ("unstructured", (1_000, 200, 750), ())
+    assert (resolved.structure, schedule(resolved), type(resolved.settings)) == ("unstructured", (1_000, 200, 750), Window)
     sparse.method, sparse.structure = "srste", "nm:2:4"
     resolved = sparsity_config(sparse, 1_000, 0.5)
-    assert (resolved.structure, schedule(resolved), resolved.options) == ("nm:2:4", (1, 0, 1_000), (("decay", 2e-4),))
+    assert (resolved.structure, schedule(resolved), resolved.settings.decay) == ("nm:2:4", (1, 0, 1_000), 2e-4)
     sparse.structure = "fan_in"
-    with pytest.raises(ValueError, match="--structure: --method=srste trains N:M"):
+    with pytest.raises(ConfigError) as error:
         sparsity_config(sparse, 1_000, 0.5)
+    assert error.value.field == "sparse.structure" and error.value.reason.startswith("--method=srste trains N:M")
     sparse.method, sparse.dense_layers = "static", ("q*/output",)
     resolved = sparsity_config(sparse, 1_000, 0.9)
-    assert (resolved.structure, resolved.dense_layers, resolved.options) == ("fan_in", ("q*/output",), ())
+    assert (resolved.structure, resolved.dense_layers, resolved.settings) == ("fan_in", ("q*/output",), Settings())
     assert sparsity_config(sparse, 1_000, 0.0).method == "dense"
+
+
+def test_sparsity_config_names_the_field_of_a_wrong_method_block():
+    sparse = dqn_config.get_config().sparse
+    sparse.rigl.update_period = 0
+    with pytest.raises(ConfigError) as error:
+        sparsity_config(sparse, 1_000, 0.9)
+    assert (error.value.field, error.value.reason) == ("sparse.rigl.update_period", "must be >= 1, got 0")
+    sparse.method = "srigl"
+    del sparse.srigl["ablation_threshold"]
+    with pytest.raises(ConfigError) as error:
+        sparsity_config(sparse, 1_000, 0.9)
+    assert error.value.field == "sparse.srigl.ablation_threshold" and error.value.reason.startswith("missing")
 
 
 def test_kernels_run_condensed_only_with_constant_fan_in():
@@ -194,8 +217,24 @@ def test_kernels_run_condensed_only_with_constant_fan_in():
         config.sparse.method = method
         assert kernels(config.sparse) == "masked"
     config.sparse.kernels = "condensed"
-    with pytest.raises(ValueError, match="--config.sparse.kernels: condensed needs constant fan-in"):
+    with pytest.raises(ConfigError) as error:
         kernels(config.sparse)
+    assert error.value.field == "sparse.kernels" and error.value.reason.startswith("condensed needs constant fan-in")
     config.sparse.kernels = "fast"
-    with pytest.raises(ValueError, match="--config.sparse.kernels: unknown kernels 'fast'; choose one of masked, "):
+    with pytest.raises(ConfigError) as error:
         kernels(config.sparse)  # even where the masks would make it masked
+    assert error.value.field == "sparse.kernels"
+    assert error.value.reason.startswith("unknown kernels 'fast'; choose one of masked, ")
+
+
+@pytest.mark.parametrize("fields, field, reason", [
+    (dict(gradient_steps=0), "gradient_steps", "must be >= 1, got 0"),
+    (dict(num_envs=0), "num_envs", "must be >= 1, got 0"),
+    (dict(num_envs=3, train_every=4), "num_envs", "3 must divide --config.train_every (4) or be a multiple of it"),
+])
+def test_off_policy_updates_names_the_field_it_cannot_use(fields, field, reason):
+    config = dqn_config.get_config()
+    config.update(fields)
+    with pytest.raises(ConfigError) as error:
+        off_policy_updates(config)
+    assert (error.value.field, error.value.reason) == (field, reason)

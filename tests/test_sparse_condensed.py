@@ -14,7 +14,9 @@ from sparserl.agents import dqn
 from sparserl.configs import dqn as dqn_config
 from sparserl import checkpoint, envs, loop, networks, runner, sparse_network
 from sparserl.reporting import MetricsWriter, ProgressPrinter, read_csv
+from sparserl.errors import ConfigError
 from sparserl.sparse import SparsityConfig, condensed, structure
+from sparserl.sparse.topology import DropAndGrowSettings
 
 
 def fan_in_mask(key: jax.Array, shape: tuple[int, int], sparsity: float) -> jax.Array:
@@ -91,8 +93,8 @@ def test_auto_runs_condensed_only_under_the_measured_bound():
 
 def _network(kernels_name: str):
     """An 80%-sparse RigL MLP on constant fan-in masks whose topology changes every 2 steps."""
-    config = SparsityConfig(method="rigl", sparsity=0.8, distribution="uniform", structure="fan_in", update_period=2,
-                            update_start=0, update_end=100, drop_fraction=0.5)
+    config = SparsityConfig(method="rigl", sparsity=0.8, distribution="uniform", structure="fan_in",
+                            settings=DropAndGrowSettings(update_period=2, update_start=0, update_end=100, drop_fraction=0.5))
     return sparse_network.make_network(networks.MLP((24, 24), 3), optax.adam(1e-2), config, kernels=kernels_name)
 
 
@@ -162,5 +164,6 @@ def test_a_dqn_run_with_condensed_kernels_matches_masked(masked_dqn_run, kernels
 
 
 def test_a_network_with_unknown_kernels_is_refused():
-    with pytest.raises(ValueError, match="--config.sparse.kernels: unknown kernels 'fast'"):
+    with pytest.raises(ConfigError, match="unknown kernels 'fast'") as error:
         sparse_network.make_network(networks.MLP((4,), 2), optax.adam(1e-3), SparsityConfig(), kernels="fast")
+    assert error.value.field == "sparse.kernels"

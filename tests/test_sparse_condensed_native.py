@@ -12,6 +12,7 @@ import pytest
 
 from sparserl import networks, sparse_network
 from sparserl.sparse import SparsityConfig, condensed, condensed_native, structure
+from sparserl.sparse.topology import DropAndGrowSettings
 
 # The kernels are built with the machine's g++ (docs/performance.md: "Condensed kernels"); the two tests of what happens
 # without one, or on another backend, run anyway.
@@ -74,7 +75,7 @@ def test_other_dtypes_are_refused():
 
 def _rigl_network(kernels):
     config = SparsityConfig(method="rigl", sparsity=0.75, distribution="uniform", structure="fan_in",
-                            update_period=10, update_start=0, update_end=100)
+                            settings=DropAndGrowSettings(update_period=10, update_start=0, update_end=100, drop_fraction=0.3))
     return sparse_network.make_network(networks.MLP((32,), 3), optax.adam(1e-2), config, kernels=kernels)
 
 

@@ -8,7 +8,9 @@ import pytest
 
 from sparserl.configs.base import sparsity_config
 from sparserl.configs import dqn as dqn_config
+from sparserl.errors import ConfigError
 from sparserl.sparse import SparsityConfig, sparse_optimizer
+from sparserl.sparse.config import Window
 from sparserl.sparse.mask_decay import mask_value
 from sparserl.sparse.structure import group_counts, parse
 from sparserl.sparse.topology import TOPOLOGIES
@@ -19,7 +21,7 @@ METHOD = TOPOLOGIES["mask_decay"]
 
 def _config(structure="nm:2:4", start=0, end=4, period=1):
     return SparsityConfig(method="mask_decay", sparsity=parse(structure).fixed_sparsity, structure=structure,
-                          update_period=period, update_start=start, update_end=end)
+                          settings=Window(update_period=period, update_start=start, update_end=end))
 
 
 def _kernel(tree):
@@ -29,7 +31,7 @@ def _kernel(tree):
 def test_mask_value_falls_linearly_from_start_to_end():
     config = _config(start=10, end=30)
     steps = jnp.array([0, 10, 15, 20, 29, 30, 100])
-    np.testing.assert_allclose(mask_value(steps, config), [1.0, 1.0, 0.75, 0.5, 0.05, 0.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(mask_value(steps, config.settings), [1.0, 1.0, 0.75, 0.5, 0.05, 0.0, 0.0], rtol=1e-6)
 
 
 def test_masks_are_recomputed_on_the_period_and_at_the_windows_last_step():
@@ -141,8 +143,10 @@ def test_seeds_vmapped_equal_single_seed_runs():
 
 
 def test_mask_decay_needs_an_nm_structure():
-    with pytest.raises(ValueError, match="^--structure: --method=mask_decay trains N:M sparsity"):
+    with pytest.raises(ConfigError) as error:
         METHOD.structure_for("fan_in")
+    assert error.value.field == "sparse.structure"
+    assert error.value.reason.startswith("--method=mask_decay trains N:M sparsity")
     assert METHOD.structure_for("nm:2:4") == "nm:2:4"
 
 
@@ -150,4 +154,5 @@ def test_the_config_block_sets_the_window_in_gradient_steps():
     sparse = dqn_config.get_config().sparse
     sparse.method, sparse.structure = "mask_decay", "nm:1:4"
     resolved = sparsity_config(sparse, 10_000, 0.75)
-    assert (resolved.update_period, resolved.update_start, resolved.update_end) == (1, 0, 5_000)
+    window = resolved.settings
+    assert (window.update_period, window.update_start, window.update_end) == (1, 0, 5_000)

@@ -11,8 +11,11 @@ import pytest
 
 from sparserl.networks import MLP
 from sparserl.sparse import SparseOptState, SparsityConfig, apply_masks, layer_sparsities, sparse_optimizer, zero_moments
+from sparserl.sparse.config import Window
 from sparserl.sparse.distributions import masked_layers
 from sparserl.sparse.schedules import cubic_sparsity
+from sparserl.sparse.topology import DropAndGrowSettings
+from tests.test_sparse_structure import settings_for
 
 T, F = True, False
 NET = MLP((16, 16), 2)
@@ -63,7 +66,8 @@ def _kernel_nnz(masks):
 @pytest.mark.parametrize("method", ["set", "rigl"])
 def test_drop_grow_invariants_through_optimizer(method):
     inner = optax.adam(1e-2)
-    config = SparsityConfig(method=method, sparsity=0.8, distribution="erk", update_period=4, update_end=22, drop_fraction=0.3)
+    config = SparsityConfig(method=method, sparsity=0.8, distribution="erk", settings=DropAndGrowSettings(
+        update_period=4, update_start=0, update_end=22, drop_fraction=0.3))
     opt = sparse_optimizer(inner, config)
     params, state = opt.init(jax.random.key(0), _params())
     nnz0 = _kernel_nnz(state.masks)
@@ -112,7 +116,8 @@ def _hand_case(drop_fraction, grads_01=-0.2):
     grads = {"layer": {"kernel": jnp.array([[0.0, grads_01, 0.9], [0.1, 0.05, -0.4]]), "bias": jnp.array([1.0, 1.0, 1.0])}}
     masks = {"layer": {"kernel": mask, "bias": jnp.ones(3, bool)}}
     inner = optax.adam(0.0)  # no inner move: the topology step alone changes params
-    config = SparsityConfig(method="rigl", sparsity=1 / 3, distribution="uniform", drop_fraction=drop_fraction, update_period=10, update_end=10**9)
+    config = SparsityConfig(method="rigl", sparsity=1 / 3, distribution="uniform", settings=DropAndGrowSettings(
+        update_period=10, update_start=0, update_end=10**9, drop_fraction=drop_fraction))
     opt = sparse_optimizer(inner, config)
     state = SparseOptState(inner.init(params), masks)
     return opt, params, grads, state
@@ -147,7 +152,8 @@ def test_dropped_and_regrown_connection_keeps_weight_and_moments():
 
 def test_no_topology_change_after_update_end():
     inner = optax.adam(1e-2)
-    config = SparsityConfig(method="rigl", sparsity=0.8, update_period=2, update_end=20, drop_fraction=0.5)
+    config = SparsityConfig(method="rigl", sparsity=0.8, settings=DropAndGrowSettings(
+        update_period=2, update_start=0, update_end=20, drop_fraction=0.5))
     opt = sparse_optimizer(inner, config)
     params, state = opt.init(jax.random.key(0), _params())
     step = _make_step(inner, opt)
@@ -170,7 +176,8 @@ def test_no_topology_change_after_update_end():
 def test_prune_schedule(distribution):
     inner = optax.adam(1e-2)
     t0, t1, freq = 5, 45, 10
-    config = SparsityConfig(method="prune", sparsity=0.9, distribution=distribution, update_start=t0, update_end=t1, update_period=freq)
+    config = SparsityConfig(method="prune", sparsity=0.9, distribution=distribution,
+                            settings=Window(update_period=freq, update_start=t0, update_end=t1))
     opt = sparse_optimizer(inner, config)
     params, state = opt.init(jax.random.key(0), _params())
     assert all(bool(jnp.all(m)) for m in jax.tree.leaves(state.masks))  # masks start dense
@@ -230,7 +237,8 @@ def test_cubic_per_layer_target_matches_float64_formula():
 def test_sparse_training_reduces_loss_and_keeps_zeros(method):
     inner = optax.adam(3e-3)
     net = MLP((64, 64), 2)
-    config = SparsityConfig(method=method, sparsity=0.9, update_period=10, update_end=80)
+    config = SparsityConfig(method=method, sparsity=0.9,
+                            settings=settings_for(method, update_period=10, update_start=0, update_end=80, drop_fraction=0.3))
     opt = sparse_optimizer(inner, config)
 
     def loss_fn(params, batch):
@@ -301,7 +309,8 @@ def test_zero_moments_leaves_count():
 def _vmap_setup(method):
     """Jitted init (vmapped and single) and update (single) for `method`; cached so the tests share compilations."""
     inner = optax.adam(1e-2)
-    config = SparsityConfig(method=method, sparsity=0.8, update_period=3, update_end=100, drop_fraction=0.3)
+    config = SparsityConfig(method=method, sparsity=0.8, settings=settings_for(
+        method, update_period=3, update_start=0, update_end=100, drop_fraction=0.3))
     opt = sparse_optimizer(inner, config)
 
     def init(key):

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sparserl.errors import ConfigError
 from sparserl.sparse import SparsityConfig, layer_sparsities
-from sparserl.sparse.srigl import ablated_neurons
+from sparserl.sparse.srigl import SRigLSettings, ablated_neurons
 from sparserl.sparse.structure import FAN_IN, Structure, column_counts
 from sparserl.sparse.topology import TOPOLOGIES
 from tests.test_sparse_structure import _training
@@ -33,8 +34,8 @@ def _update(threshold: float):
     grads = {"dense_0": {"kernel": GRADS}, "output": {"kernel": jnp.zeros((4, 2))}}
     masks = {"dense_0": {"kernel": MASK}, "output": {"kernel": jnp.ones((4, 2), bool)}}
     # Step 10 of [0, 1e9): f_t just below 0.55, n_prune = floor(12 * 0.55) = 6.
-    config = SparsityConfig(method="srigl", sparsity=0.25, structure="fan_in", drop_fraction=0.55, update_period=10,
-                            update_end=10**9, options=(("ablation_threshold", threshold),))
+    config = SparsityConfig(method="srigl", sparsity=0.25, structure="fan_in", settings=SRigLSettings(
+        update_period=10, update_start=0, update_end=10**9, drop_fraction=0.55, ablation_threshold=threshold))
     return TOPOLOGIES["srigl"].update_masks(jax.random.key(0), jnp.int32(10), params, grads, masks, {"dense_0": 0.25}, config)
 
 
@@ -88,8 +89,10 @@ def test_srigl_keeps_constant_fan_in_through_the_optimizer():
 
 def test_srigl_needs_constant_fan_in():
     assert TOPOLOGIES["srigl"].structure_for("unstructured") == FAN_IN
-    with pytest.raises(ValueError, match="--structure: --method=srigl keeps a constant fan-in"):
+    with pytest.raises(ConfigError) as error:
         TOPOLOGIES["srigl"].structure_for("nm:2:4")
+    assert error.value.field == "sparse.structure"
+    assert error.value.reason.startswith("--method=srigl keeps a constant fan-in")
     assert Structure(FAN_IN) == SparsityConfig(method="srigl", sparsity=0.5, structure="fan_in").parsed_structure
 
 

@@ -6,15 +6,17 @@ import numpy as np
 import optax
 import pytest
 
+from sparserl.errors import ConfigError
 from sparserl.sparse import SparsityConfig, sparse_optimizer
+from sparserl.sparse.srste import SRSTESettings
 from sparserl.sparse.topology import TOPOLOGIES
 
 T, F = True, False
 
 
 def test_one_sr_ste_step_by_hand():
-    config = SparsityConfig(method="srste", sparsity=0.5, structure="nm:2:4", update_period=1, update_end=100,
-                            options=(("decay", 0.5),))
+    config = SparsityConfig(method="srste", sparsity=0.5, structure="nm:2:4",
+                            settings=SRSTESettings(update_period=1, update_start=0, update_end=100, decay=0.5))
     opt = sparse_optimizer(optax.sgd(0.1), config)
     params, state = opt.init(jax.random.key(0), {"layer": {"kernel": jnp.array([[0.5], [-0.1], [0.7], [0.3]])}})
     # The initial mask keeps the 2 largest |w| of the group of 4; the dense weights live in the method's state.
@@ -38,6 +40,8 @@ def test_one_sr_ste_step_by_hand():
 
 
 def test_srste_needs_an_nm_structure():
-    with pytest.raises(ValueError, match="--structure: --method=srste trains N:M sparsity"):
+    with pytest.raises(ConfigError) as error:
         TOPOLOGIES["srste"].structure_for("fan_in")
+    assert error.value.field == "sparse.structure"
+    assert error.value.reason.startswith("--method=srste trains N:M sparsity")
     assert TOPOLOGIES["srste"].structure_for("nm:2:4") == "nm:2:4"

@@ -1,5 +1,6 @@
 """Tests for sparserl.sparse.structure: unstructured, constant fan-in and N:M masks, kept by every method."""
 
+import dataclasses
 import functools
 import math
 
@@ -9,8 +10,10 @@ import numpy as np
 import optax
 import pytest
 
+from sparserl.errors import ConfigError
 from sparserl.networks import MLP, NatureCNN, TwinCritic
 from sparserl.sparse import SparsityConfig, layer_sparsities, sparse_optimizer
+from sparserl.sparse.config import Window
 from sparserl.sparse.distributions import dense_layer_paths, erk_sparsities, kernel_shapes
 from sparserl.sparse.masks import random_masks
 from sparserl.sparse.structure import (FAN_IN, NM, Structure, column_counts, fan_in_indices, from_groups, group_counts,
@@ -34,10 +37,13 @@ def test_parse():
     assert parse("nm:1:3").fixed_sparsity == pytest.approx(2 / 3)
     assert str(parse("nm:2:4")) == "nm:2:4" and FAN.fixed_sparsity is None
     for bad in ("nm:4:4", "nm:0:4", "nm:2", "fanin", "nm:a:b", ""):
-        with pytest.raises(ValueError, match="--structure: unknown structure"):
+        with pytest.raises(ConfigError) as error:
             parse(bad)
-    with pytest.raises(ValueError, match="--structure"):
+        assert (error.value.field, error.value.reason) == (
+            "sparse.structure", f"unknown structure {bad!r}; choose unstructured, fan_in or nm:N:M with 1 <= N < M")
+    with pytest.raises(ConfigError) as error:
         SparsityConfig(method="static", sparsity=0.5, structure="nm:3:2")
+    assert error.value.field == "sparse.structure"
 
 
 def test_grouped_views_by_hand():
@@ -147,7 +153,8 @@ def test_prune_per_column_by_hand():
     weights = jnp.array([[0.5, -2.0], [-0.1, 0.3], [0.7, 0.0]])
     params = {"layer": {"kernel": weights}}
     masks = {"layer": {"kernel": jnp.ones((3, 2), bool)}}
-    config = SparsityConfig(method="prune", sparsity=0.9, update_start=0, update_end=100, update_period=10, structure="fan_in")
+    config = SparsityConfig(method="prune", sparsity=0.9, settings=Window(update_period=10, update_start=0, update_end=100),
+                            structure="fan_in")
     # s_50 = 0.9 * (1 - 0.5^3) = 0.7875: floor(3 * 0.7875) = 2 zeros per column, k = 1: 0.7 and -2.0 stay.
     new = TOPOLOGIES["prune"].update_masks(jax.random.key(0), jnp.int32(50), params, None, masks, {"layer": 0.9}, config)
     np.testing.assert_array_equal(new["layer"]["kernel"], [[F, T], [F, F], [T, F]])
@@ -180,11 +187,18 @@ def _structure_holds(masks, sparsities, structure: Structure, step_sparsity=None
                 assert counts[0] == structure.n, name
 
 
+def settings_for(method: str, **values):
+    """`method`'s settings (`Topology.settings_type`) from `values`, less the fields they do not have (static: none)."""
+    settings_type = TOPOLOGIES[method].settings_type
+    names = {field.name for field in dataclasses.fields(settings_type)}
+    return settings_type(**{name: value for name, value in values.items() if name in names})
+
+
 @functools.lru_cache(maxsize=None)
 def _training(method: str, structure: str):
+    settings = settings_for(method, update_period=2, update_start=0, update_end=9, drop_fraction=0.5, ablation_threshold=0.3)
     config = SparsityConfig(method=method, sparsity=0.75 if structure == "fan_in" else 0.5, distribution="uniform",
-                            structure=structure, update_period=2, update_start=0, update_end=9, drop_fraction=0.5,
-                            options=(("ablation_threshold", 0.3),) if method == "srigl" else ())
+                            structure=structure, settings=settings)
     opt = sparse_optimizer(optax.adam(1e-2), config)
 
     def init(key):

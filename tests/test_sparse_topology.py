@@ -7,8 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sparserl.errors import ConfigError
 from sparserl.sparse import SparsityConfig
-from sparserl.sparse.topology import TOPOLOGIES, drop_and_grow, get_topology, magnitude_mask
+from sparserl.sparse.config import Window
+from sparserl.sparse.topology import TOPOLOGIES, DropAndGrowSettings, drop_and_grow, get_topology, magnitude_mask
 
 T, F = True, False
 # Active magnitudes: 0.5, 0.1, 2.0, 0.3 (sign must not matter: -0.1 is small, -2.0 is large).
@@ -46,12 +48,14 @@ def test_rigl_through_topology_update_masks():
     grads = {"layer": {"kernel": GRADS, "bias": jnp.full(3, 5.0)}}
     masks = {"layer": {"kernel": MASK, "bias": jnp.ones(3, bool)}}
     # Step 10 of [0, 1e9): f_t is just below 0.6, n = floor(2.39..) = 2.
-    config = SparsityConfig(method="rigl", sparsity=0.3, drop_fraction=0.6, update_period=10, update_end=10**9)
+    config = SparsityConfig(method="rigl", sparsity=0.3, settings=DropAndGrowSettings(
+        update_period=10, update_start=0, update_end=10**9, drop_fraction=0.6))
     new = TOPOLOGIES["rigl"].update_masks(jax.random.key(0), jnp.int32(10), params, grads, masks, {"layer": 0.3}, config)
     np.testing.assert_array_equal(new["layer"]["kernel"], [[T, F, T], [T, F, T]])
     np.testing.assert_array_equal(new["layer"]["bias"], [T, T, T])
     # The cosine decay reaches the fraction: at T_end / 2 with f0 = 0.6, f = 0.3, n = 1.
-    config = SparsityConfig(method="rigl", sparsity=0.3, drop_fraction=0.6, update_period=10, update_end=20)
+    config = SparsityConfig(method="rigl", sparsity=0.3, settings=DropAndGrowSettings(
+        update_period=10, update_start=0, update_end=20, drop_fraction=0.6))
     new = TOPOLOGIES["rigl"].update_masks(jax.random.key(0), jnp.int32(10), params, grads, masks, {"layer": 0.3}, config)
     np.testing.assert_array_equal(new["layer"]["kernel"], [[T, F, T], [T, T, F]])
 
@@ -59,7 +63,8 @@ def test_rigl_through_topology_update_masks():
 def test_set_drops_smallest_and_grows_at_random():
     params = {"layer": {"kernel": WEIGHTS}}
     masks = {"layer": {"kernel": MASK}}
-    config = SparsityConfig(method="set", sparsity=0.3, drop_fraction=0.6, update_period=10, update_end=10**9)
+    config = SparsityConfig(method="set", sparsity=0.3, settings=DropAndGrowSettings(
+        update_period=10, update_start=0, update_end=10**9, drop_fraction=0.6))
     update = jax.jit(lambda key: TOPOLOGIES["set"].update_masks(key, jnp.int32(10), params, None, masks, {"layer": 0.3}, config))
     outcomes = set()
     for seed in range(30):
@@ -99,7 +104,8 @@ def test_nnz_unchanged_over_many_direct_updates(method):
         params[name] = {"kernel": jax.random.normal(k1, shape)}
         masks[name] = {"kernel": jax.random.uniform(k2, shape) > 0.7}
     initial = {name: int(masks[name]["kernel"].sum()) for name in shapes}
-    config = SparsityConfig(method=method, sparsity=0.7, drop_fraction=0.5, update_period=1, update_end=1000)
+    config = SparsityConfig(method=method, sparsity=0.7, settings=DropAndGrowSettings(
+        update_period=1, update_start=0, update_end=1000, drop_fraction=0.5))
     sparsities = {name: 0.7 for name in shapes}
 
     @jax.jit
@@ -135,7 +141,7 @@ def test_prune_update_masks_by_hand():
     weights = jnp.array([[0.5, -0.1, 0.0], [-2.0, 0.3, 0.7]])
     params = {"layer": {"kernel": weights}}
     masks = {"layer": {"kernel": jnp.ones((2, 3), bool)}}
-    config = SparsityConfig(method="prune", sparsity=0.9, update_start=0, update_end=100, update_period=10)
+    config = SparsityConfig(method="prune", sparsity=0.9, settings=Window(update_period=10, update_start=0, update_end=100))
     # s_50 = 0.9 * (1 - 0.5^3) = 0.7875 -> floor(4.725) = 4 zeros: keep -2.0 and 0.7.
     new = TOPOLOGIES["prune"].update_masks(jax.random.key(0), jnp.int32(50), params, None, masks, {"layer": 0.9}, config)
     np.testing.assert_array_equal(new["layer"]["kernel"], [[F, F, F], [T, F, T]])
@@ -145,7 +151,7 @@ def test_prune_update_masks_by_hand():
 
 
 def test_update_step_predicates():
-    config = SparsityConfig(method="rigl", sparsity=0.9, update_period=10, update_start=0, update_end=35)
+    config = SparsityConfig(method="rigl", sparsity=0.9, settings=Window(update_period=10, update_start=0, update_end=35))
     for name in ("set", "rigl"):
         got = [t for t in range(50) if bool(TOPOLOGIES[name].is_update_step(jnp.int32(t), config))]
         assert got == [10, 20, 30]
@@ -156,5 +162,7 @@ def test_update_step_predicates():
 
 
 def test_unknown_method():
-    with pytest.raises(ValueError, match="unknown sparse training method 'foo'"):
+    with pytest.raises(ConfigError, match="unknown sparse training method 'foo'") as error:
         get_topology("foo")
+    assert error.value.field == "sparse.method"
+    assert error.value.reason.startswith("unknown sparse training method 'foo'; choose one of dense, static, set, rigl")

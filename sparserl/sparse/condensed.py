@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from sparserl import linear
+from sparserl.errors import ConfigError
 from sparserl.sparse import structure as structure_lib
 from sparserl.sparse.masks import layer_of
 
@@ -61,9 +62,9 @@ AUTO_MAX_GATHERED = 2048
 
 
 def check_kernels(kernels: str) -> str:
-    """`kernels` if it is one of `KERNELS`, else ValueError naming the flag (reported as bad input)."""
+    """`kernels` if it is one of `KERNELS`, else ConfigError (field `sparse.kernels`)."""
     if kernels not in KERNELS:
-        raise ValueError(f"--config.sparse.kernels: unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
+        raise ConfigError("sparse.kernels", f"unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
     return kernels
 
 

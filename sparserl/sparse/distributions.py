@@ -19,7 +19,8 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from sparserl.sparse.config import SparsityConfig, is_concrete
+from sparserl.sparse.config import SparsityConfig
+from sparserl.sparse.structure import is_concrete
 
 Shape = tuple[int, ...]
 

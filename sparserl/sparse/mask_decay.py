@@ -48,6 +48,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from sparserl.sparse.config import Window
 from sparserl.sparse.topology import DenseWeightsBehindNM, register
 
 
@@ -56,9 +57,9 @@ class MaskDecayState(NamedTuple):
     nm_masks: Any  # E: all-True until the first update step (beta is 1 there), then the N:M magnitude mask of |W|
 
 
-def mask_value(step, config) -> jax.Array:
+def mask_value(step, window: Window) -> jax.Array:
     """beta_t = clip(1 - (t - update_start) / (update_end - update_start), 0, 1): the pruned weights' mask value."""
-    progress = (step - config.update_start) / (config.update_end - config.update_start)
+    progress = (step - window.update_start) / (window.update_end - window.update_start)
     return jnp.clip(1.0 - progress, 0.0, 1.0)
 
 
@@ -75,27 +76,28 @@ class MaskDecay(DenseWeightsBehindNM):
 
     def is_update_step(self, step, config):
         """Every `update_period` steps from update_start on, and the window's last step, in [update_start, update_end)."""
-        in_window = (step >= config.update_start) & (step < config.update_end)
-        periodic = (step - config.update_start) % config.update_period == 0
-        return in_window & (periodic | (step == config.update_end - 1))
+        window = config.settings
+        in_window = (step >= window.update_start) & (step < window.update_end)
+        periodic = (step - window.update_start) % window.update_period == 0
+        return in_window & (periodic | (step == window.update_end - 1))
 
     def update(self, key, step, params, dense_grads, masks, state, sparsities, config):
         """E from the dense weights' magnitudes (N of every M); the wrapper's masks become E when beta reaches 0."""
         del key, dense_grads
         nm_masks = self.magnitude_nm_masks(params, state.nm_masks, sparsities, config)
-        last = step == config.update_end - 1
+        last = step == config.settings.update_end - 1
         masks = jax.tree.map(lambda mask, nm_mask: jnp.where(last, nm_mask, mask), masks, nm_masks)
         return masks, state._replace(nm_masks=nm_masks)
 
     def train_params_and_grads(self, step, params, dense_grads, masks, state, config):
         del masks
-        beta = mask_value(step, config)
+        beta = mask_value(step, config.settings)
         weights = jax.tree.map(jnp.where, state.nm_masks, params, state.weights)
         grads = jax.tree.map(lambda grad, nm_mask: jnp.where(nm_mask, grad, beta * grad), dense_grads, state.nm_masks)
         return weights, grads
 
     def finish(self, step, trained, masks, state, config):
         del masks
-        beta = mask_value(step + 1, config)
+        beta = mask_value(step + 1, config.settings)
         params = jax.tree.map(lambda weights, nm_mask: jnp.where(nm_mask, weights, beta * weights), trained, state.nm_masks)
         return params, state._replace(weights=trained)

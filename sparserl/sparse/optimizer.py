@@ -61,8 +61,13 @@ class SparseOptimizer(NamedTuple):
 
 
 def sparse_optimizer(inner: optax.GradientTransformation, config: SparsityConfig) -> SparseOptimizer:
-    """Wraps `inner` so that params, updates and moments stay on the masks chosen by `config.method`."""
+    """Wraps `inner` so that params, updates and moments stay on the masks chosen by `config.method`.
+
+    Raises TypeError unless `config.settings` are of the method's `Topology.settings_type`."""
     topology = get_topology(config.method)
+    if type(config.settings) is not topology.settings_type:
+        raise TypeError(f"method {config.method!r} takes {topology.settings_type.__name__} settings, "
+                        f"not {type(config.settings).__name__}")
 
     def init(key: jax.Array, params: Any) -> tuple[Any, SparseOptState]:
         masks = topology.init_masks(key, params, layer_sparsities(params, config), config.parsed_structure)

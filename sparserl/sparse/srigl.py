@@ -34,13 +34,16 @@ salient comes back). Without ablation (threshold 0) this is RigL with a
 layer-wide drop and a per-neuron regrow.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
+from sparserl.errors import ConfigError
 from sparserl.sparse import structure as structure_lib
 from sparserl.sparse.distributions import first_and_last_layers, kernel_shapes
 from sparserl.sparse.structure import FAN_IN, NM, Structure, group_ranks, to_groups
-from sparserl.sparse.topology import RigL, map_masked_layers, register
+from sparserl.sparse.topology import DropAndGrowSettings, RigL, map_masked_layers, register
 
 COLUMNS = Structure(FAN_IN)
 
@@ -83,22 +86,31 @@ def srigl_mask(weights: jax.Array, mask: jax.Array, grads: jax.Array, drop_fract
     return structure_lib.from_groups(COLUMNS, kept | grown, mask.shape)
 
 
+@dataclasses.dataclass(frozen=True)
+class SRigLSettings(DropAndGrowSettings):
+    """RigL's settings and gamma_sal, the neuron-ablation threshold (step 3 of the module docstring; 0 ablates
+    nothing)."""
+
+    ablation_threshold: float
+
+
 @register
 class SRigL(RigL):
     """RigL with constant fan-in and neuron ablation; `ablation_threshold` is the paper's gamma_sal."""
 
     name = "srigl"
-    options = {"ablation_threshold": 0.3}
+    settings_type = SRigLSettings
 
     def structure_for(self, structure: str) -> str:
         if structure_lib.parse(structure).kind == NM:
-            raise ValueError(f"--structure: --method=srigl keeps a constant fan-in; use fan_in (the default for srigl), not {structure}")
+            raise ConfigError("sparse.structure",
+                              f"--method=srigl keeps a constant fan-in; use fan_in (the default for srigl), not {structure}")
         return FAN_IN
 
     def update_masks(self, key, step, params, dense_grads, masks, sparsities, config):
         del key
         fraction = self.drop_fraction(step, config)
-        threshold = self.option(config, "ablation_threshold")
+        threshold = config.settings.ablation_threshold
         _, output_layers = first_and_last_layers(list(kernel_shapes(params)))
 
         def update(index, layer, sparsity, mask, weights, grads):

@@ -25,20 +25,29 @@ the optimizer moments are kept (no connection is new: all were trained).
 The initial E is the N:M magnitude mask of the initial weights.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from sparserl.sparse import masks as mask_lib
-from sparserl.sparse import schedules
 from sparserl.sparse import structure as structure_lib
+from sparserl.sparse.config import Window
 from sparserl.sparse.distributions import masked_layers
 from sparserl.sparse.topology import DenseWeightsBehindNM, magnitude_mask, map_masked_layers, register
+
+
+@dataclasses.dataclass(frozen=True)
+class SRSTESettings(Window):
+    """SR-STE's settings: when E is recomputed, and lambda_W, the decay of the pruned weights (eq. 6)."""
+
+    decay: float
 
 
 @register
 class SRSTE(DenseWeightsBehindNM):
     name = "srste"
-    options = {"decay": 2e-4}
+    settings_type = SRSTESettings
 
     def init_masks(self, key, params, sparsities, structure=structure_lib.Structure()):
         del key
@@ -51,7 +60,7 @@ class SRSTE(DenseWeightsBehindNM):
         return params  # the dense weights W
 
     def is_update_step(self, step, config):
-        return schedules.is_periodic_step(step, config.update_period, config.update_start, config.update_end)
+        return config.settings.is_periodic_step(step)
 
     def update_masks(self, key, step, params, dense_grads, masks, sparsities, config):
         """E from the dense weights' magnitudes: N of every M, whatever the previous mask."""
@@ -61,7 +70,7 @@ class SRSTE(DenseWeightsBehindNM):
     def train_params_and_grads(self, step, params, dense_grads, masks, state, config):
         del step
         dense = jax.tree.map(jnp.where, masks, params, state)
-        decay = self.option(config, "decay")
+        decay = config.settings.decay
         grads = jax.tree.map(lambda grad, weight, mask: grad + decay * jnp.where(mask, 0.0, weight), dense_grads, dense, masks)
         return dense, grads
 

@@ -38,7 +38,7 @@ import re
 import jax
 import jax.numpy as jnp
 
-from sparserl.sparse.config import is_concrete
+from sparserl.errors import ConfigError
 
 UNSTRUCTURED = "unstructured"
 FAN_IN = "fan_in"
@@ -62,14 +62,19 @@ class Structure:
         return f"nm:{self.n}:{self.m}" if self.kind == NM else self.kind
 
 
+def is_concrete(value) -> bool:
+    """True for a Python number; False for a traced value (a sparsity level vmapped over in a sweep)."""
+    return isinstance(value, (int, float))
+
+
 def parse(text: str) -> Structure:
-    """'unstructured', 'fan_in' or 'nm:N:M'; raises ValueError naming the allowed values."""
+    """'unstructured', 'fan_in' or 'nm:N:M'; raises ConfigError (field `sparse.structure`) naming the allowed values."""
     if text in (UNSTRUCTURED, FAN_IN):
         return Structure(text)
     match = re.fullmatch(r"nm:(\d+):(\d+)", text)
     if match and 1 <= int(match.group(1)) < int(match.group(2)):
         return Structure(NM, int(match.group(1)), int(match.group(2)))
-    raise ValueError(f"--structure: unknown structure {text!r}; choose {ALLOWED}")
+    raise ConfigError("sparse.structure", f"unknown structure {text!r}; choose {ALLOWED}")
 
 
 def zero_count(sparsity, size: int):

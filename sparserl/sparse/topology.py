@@ -2,10 +2,11 @@
 
 A method is a `Topology` subclass registered by name with `@register`. It
 says how masks start (`init_masks`, and `init_state` for state of its own),
-when they change (`is_update_step`) and how (`update`), which fields of its
-config block `sparse.<name>` it reads (`schedule_fields`, `options`: so no
-agent or config helper special-cases a method), and, through three hooks,
-how the optimizer wrapper (`sparserl.sparse.optimizer`) trains the weights:
+when they change (`is_update_step`) and how (`update`), its own settings
+(`settings_type`, a frozen dataclass read from its config block
+`sparse.<name>`: so no agent or config helper special-cases a method), and,
+through three hooks, how the optimizer wrapper (`sparserl.sparse.optimizer`)
+trains the weights:
 `train_params_and_grads`, `masked_updates` and `finish` (both given the
 gradient step, for methods whose weights depend on it). The defaults train
 the weights on the mask (docs/design.md contract 3); SR-STE (`sparserl.sparse.srste`)
@@ -29,19 +30,23 @@ Every method keeps the config's structure (`sparserl.sparse.structure`): it
 draws, drops, grows and prunes within each group (the whole kernel, a
 neuron's fan-in, or a group of M inputs), so each group's count holds.
 
-A new method: one file with a subclass decorated `@register`, imported in
-`sparserl/sparse/__init__.py`, and its test.
+A new method: one file with a subclass decorated `@register` (and, if it has
+settings of its own, their dataclass and its config block in
+`configs/base.py:add_schedules`), imported in `sparserl/sparse/__init__.py`,
+and its test.
 """
 
+import dataclasses
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
+from sparserl.errors import ConfigError
 from sparserl.sparse import masks as mask_lib
 from sparserl.sparse import schedules
 from sparserl.sparse import structure as structure_lib
-from sparserl.sparse.config import SparsityConfig
+from sparserl.sparse.config import Settings, SparsityConfig, Window
 from sparserl.sparse.distributions import masked_layers
 from sparserl.sparse.structure import Structure, group_ranks, to_groups
 
@@ -105,44 +110,22 @@ class Topology:
     """A method that never changes its masks (the base of every other one).
 
     Class attributes a subclass sets:
-    - `name`: the registry name (`--method`);
-    - `schedule_fields`: the fields of `sparse.<name>` that set its schedule
-      (update_period, start_fraction, end_fraction, drop_fraction);
-    - `options`: its own settings {name: default}, read from `sparse.<name>`;
+    - `name`: the registry name (`sparse.method`);
+    - `settings_type`: the dataclass of its own settings (`SparsityConfig.settings`),
+      read from its config block `sparse.<name>` (`sparserl.sparse.config.read_settings`);
     - `dense_init`: start from all-True masks (prune);
     - `reset_moments`: zero the optimizer moments of changed connections.
     """
 
     name = "static"
-    schedule_fields: tuple[str, ...] = ()
-    options: dict[str, float] = {}
+    settings_type: type[Settings] = Settings
     dense_init = False
     reset_moments = True
     masked_updates = True  # updates are masked before they are applied
 
     def structure_for(self, structure: str) -> str:
-        """The structure this method trains, given `--structure` (ValueError when it cannot)."""
+        """The structure this method trains, given `sparse.structure` (ConfigError when it cannot)."""
         return structure
-
-    def config_fields(self, block: Mapping[str, Any] | None, total_updates: int) -> dict[str, Any]:
-        """SparsityConfig fields from the method's config block `sparse.<name>` over a run of `total_updates`.
-
-        start_fraction and end_fraction are fractions of the run's gradient
-        updates: the window [update_start, update_end) of topology changes
-        (prune: Zhu & Gupta's t0 and t1).
-        """
-        if not self.schedule_fields:
-            return {}
-        start = int(block["start_fraction"] * total_updates)
-        fields = dict(update_period=block["update_period"], update_start=start,
-                      update_end=max(start + 1, int(block["end_fraction"] * total_updates)))
-        if "drop_fraction" in self.schedule_fields:
-            fields["drop_fraction"] = block["drop_fraction"]
-        fields["options"] = tuple((name, block.get(name, default)) for name, default in self.options.items())
-        return fields
-
-    def option(self, config: SparsityConfig, name: str) -> float:
-        return config.option(name, self.options[name])
 
     def init_masks(self, key: jax.Array, params: Any, sparsities: Mapping[str, float],
                    structure: Structure = UNSTRUCTURED) -> Any:
@@ -198,6 +181,14 @@ class Dense(Topology):
 register(Topology)  # 'static': the initial random mask never changes
 
 
+@dataclasses.dataclass(frozen=True)
+class DropAndGrowSettings(Window):
+    """SET's and RigL's settings: their window and f0, the fraction of each layer's active weights dropped at
+    `update_start`, cosine-decayed (Evci et al. 2020, eq. 1)."""
+
+    drop_fraction: float
+
+
 class DropAndGrow(Topology):
     """Drop the lowest drop scores, grow the highest grow scores, every `update_period` steps (cosine fraction).
 
@@ -205,7 +196,7 @@ class DropAndGrow(Topology):
     `update_start`. Subclasses supply `grow_scores` (and may override `drop_scores`).
     """
 
-    schedule_fields = ("update_period", "start_fraction", "end_fraction", "drop_fraction")
+    settings_type = DropAndGrowSettings
 
     def drop_scores(self, weights: jax.Array) -> jax.Array:
         return jnp.abs(weights)
@@ -214,11 +205,12 @@ class DropAndGrow(Topology):
         raise NotImplementedError
 
     def is_update_step(self, step, config):
-        return schedules.is_periodic_step(step, config.update_period, config.update_start, config.update_end)
+        return config.settings.is_periodic_step(step)
 
     def drop_fraction(self, step, config):
-        return schedules.cosine_drop_fraction(step - config.update_start, config.drop_fraction,
-                                              config.update_end - config.update_start)
+        settings = config.settings
+        return schedules.cosine_drop_fraction(step - settings.update_start, settings.drop_fraction,
+                                              settings.update_end - settings.update_start)
 
     def update_masks(self, key, step, params, dense_grads, masks, sparsities, config):
         fraction = self.drop_fraction(step, config)
@@ -262,19 +254,20 @@ class Prune(Topology):
     """
 
     name = "prune"
-    schedule_fields = ("update_period", "start_fraction", "end_fraction")
+    settings_type = Window
     dense_init = True
 
     def is_update_step(self, step, config):
-        return schedules.is_pruning_step(step, config.update_period, config.update_start, config.update_end)
+        window = config.settings
+        return schedules.is_pruning_step(step, window.update_period, window.update_start, window.update_end)
 
     def update_masks(self, key, step, params, dense_grads, masks, sparsities, config):
         del key, dense_grads
-        structure = config.parsed_structure
+        structure, window = config.parsed_structure, config.settings
 
         def update(index, layer, final_sparsity, mask, weights):
             del index, layer
-            target = schedules.cubic_sparsity(step, final_sparsity, config.update_start, config.update_end)
+            target = schedules.cubic_sparsity(step, final_sparsity, window.update_start, window.update_end)
             return magnitude_mask(weights, mask, target, structure)
 
         return map_masked_layers(update, sparsities, masks, params)
@@ -285,13 +278,14 @@ class DenseWeightsBehindNM(Topology):
     (SR-STE, `sparserl.sparse.srste`; pruning mask decay, `sparserl.sparse.mask_decay`): an N:M structure only,
     moments kept when E changes (every weight was trained), updates applied unmasked."""
 
-    schedule_fields = ("update_period", "start_fraction", "end_fraction")
+    settings_type = Window
     reset_moments = False
     masked_updates = False
 
     def structure_for(self, structure: str) -> str:
         if structure_lib.parse(structure).kind != structure_lib.NM:
-            raise ValueError(f"--structure: --method={self.name} trains N:M sparsity; pass --structure=nm:N:M (e.g. nm:2:4)")
+            raise ConfigError("sparse.structure",
+                              f"--method={self.name} trains N:M sparsity; pass --structure=nm:N:M (e.g. nm:2:4)")
         return structure
 
     def magnitude_nm_masks(self, params, masks, sparsities, config: SparsityConfig):
@@ -303,6 +297,8 @@ class DenseWeightsBehindNM(Topology):
 
 
 def get_topology(name: str) -> Topology:
+    """The registered method `name` (ConfigError, field `sparse.method`, for an unknown one)."""
     if name not in TOPOLOGIES:
-        raise ValueError(f"unknown sparse training method {name!r}; choose one of {', '.join(TOPOLOGIES)}")
+        raise ConfigError("sparse.method",
+                          f"unknown sparse training method {name!r}; choose one of {', '.join(TOPOLOGIES)}")
     return TOPOLOGIES[name]
