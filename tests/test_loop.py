@@ -6,6 +6,7 @@ import pytest
 
 from sparserl import loop
 from sparserl.configs.base import off_policy_updates
+from sparserl.errors import ConfigError
 
 
 def _config(**fields):
@@ -55,5 +56,6 @@ def test_envs_per_seed_keep_the_replay_ratio_in_env_steps(num_envs, train_every,
 
 @pytest.mark.parametrize("num_envs, train_every", [(3, 4), (4, 6), (0, 1)])
 def test_envs_per_seed_that_split_the_replay_ratio_unevenly_are_refused(num_envs, train_every):
-    with pytest.raises(ValueError, match="--config.num_envs"):
+    with pytest.raises(ConfigError) as error:
         off_policy_updates(_config(num_envs=num_envs, train_every=train_every, learning_starts=0))
+    assert error.value.field == "num_envs"
