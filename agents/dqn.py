@@ -7,7 +7,6 @@ A time-limit truncation is stored with terminated = False and s' = the final
 observation, so the target bootstraps through it.
 """
 
-import functools
 from typing import Any
 
 import flax.struct
@@ -17,10 +16,12 @@ import ml_collections
 import optax
 import rlax
 
-from sparserl import dormancy, sparse_network
+from sparserl import sparse_network
 from sparserl.agent_contract import Agent
-from sparserl.configs.base import kernels, network_module, off_policy_updates, sparsity_config
+from sparserl.agent_networks import AgentNetwork, AgentNetworks, network_of
+from sparserl.configs.base import kernels, network_module, off_policy_updates
 from sparserl.envs import EnvSpec
+from sparserl.errors import ConfigError
 from sparserl.replay import Transition
 from sparserl.sparse.masks import layer_of
 
@@ -66,19 +67,18 @@ def hidden_kernel_l2(weight_decay: float) -> optax.GradientTransformation:
 
 
 def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
+    """DQN's pure functions (docs/design.md contract 1) for `config` on an env like `env_spec`."""
     if config.td_loss not in TD_LOSSES:
-        raise ValueError(f"--config.td_loss: unknown loss {config.td_loss!r}; choose one of {', '.join(TD_LOSSES)}")
+        raise ConfigError("td_loss", f"unknown loss {config.td_loss!r}; choose one of {', '.join(TD_LOSSES)}")
     if not env_spec.discrete:
         raise ValueError(f"--agent=dqn needs a discrete action space; {env_spec.env_id} is continuous (use --agent=sac or ppo)")
-    network = sparse_network.make_network(
-        network_module(config.network, env_spec.num_actions),
+    network = network_of(
+        config, network_module(config.network, env_spec.num_actions),
         optax.chain(hidden_kernel_l2(config.weight_decay), optax.adam(config.learning_rate, eps=config.adam_eps)),
-        sparsity_config(config.sparse, off_policy_updates(config), config.sparse.sparsity),
-        sparse_init_rescale=config.sparse.sparse_init_rescale,
-        kernels=kernels(config.sparse),
-    )
+        off_policy_updates(config), kernels=kernels(config.sparse))
+    networks = AgentNetworks([AgentNetwork(network, "online", target_field="target_params")],
+                             inputs=lambda state, batch: [(batch.observation,)], redo=config.redo)
     sample_observation = jnp.zeros((1, *env_spec.observation_shape), env_spec.observation_dtype)
-    redo_schedule = dormancy.schedule_of(config.redo)
     epsilon = optax.linear_schedule(
         1.0, config.epsilon_end, config.epsilon_decay_steps, transition_begin=config.learning_starts
     )
@@ -136,19 +136,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         )
         metrics = {"loss/td": loss, "q/mean": jnp.mean(q_values)}
         state = DQNState(online, target_params, state.rng, step, state.recycled)
-        state = dormancy.recycle_when_due(redo_schedule, state, recycle, dormancy.replay_batch(sample, config.redo.batch_size),
-                                          dormancy.redo_key(key), plan)
-        return state, metrics
+        return networks.recycle_from_replay(state, sample, key, plan), metrics
 
-    def measure(state: DQNState, batch: Transition) -> dict[str, jax.Array]:
-        return {**sparse_network.metrics(network, state.online, batch.observation), **dormancy.recycled_metrics(redo_schedule, state)}
-
-    def recycle(state: DQNState, batch: Transition, key: jax.Array) -> tuple[DQNState, jax.Array]:
-        online, result = sparse_network.recycle(network, state.online, key, config.redo.tau, batch.observation)
-        state = state.replace(online=online)
-        if config.redo.reset_target:
-            state = state.replace(target_params=dormancy.follow_online(state.target_params, online.params, result.touched))
-        return state, result.num_recycled
-
-    return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle,
-                 plan=functools.partial(dormancy.plan_of, redo_schedule))
+    return Agent(init=init, act=act, update=update, measure=networks.measure, recycle=networks.recycle,
+                 plan=networks.plan)

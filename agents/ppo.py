@@ -31,6 +31,8 @@ log-probability is what the update uses); the runner clips it to the action
 bounds for the env. `act(explore=False)` returns the clipped mean.
 """
 
+from typing import NamedTuple
+
 import flax.linen as nn
 import flax.struct
 import jax
@@ -40,11 +42,14 @@ import numpy as np
 import optax
 import rlax
 
-from sparserl import dormancy, networks, sparse_network
+from sparserl import sparse_network
 from sparserl.agent_contract import Agent
-from sparserl.configs.base import network_module, network_sparsity, sparsity_config
+from sparserl.agent_networks import AgentNetwork, AgentNetworks, network_of
 from sparserl.batches import Rollout
+from sparserl.configs.base import network_module
 from sparserl.envs import EnvSpec
+from sparserl.errors import ConfigError
+from sparserl.networks import orthogonal
 
 
 LOOP = "on_policy"
@@ -161,7 +166,73 @@ def update_stats(stats: RunningStats, observations: jax.Array) -> RunningStats:
     return RunningStats(mean, m2 / total, total)
 
 
+def normalize(stats: RunningStats, observations: jax.Array, clip: float) -> jax.Array:
+    """(o - mean) / sqrt(var + 1e-8), clipped to [-clip, clip] (CleanRL's `gym.wrappers.NormalizeObservation` and
+    `TransformObservation` clip, SB3's `VecNormalize`)."""
+    scaled = (observations.astype(jnp.float32) - stats.mean) / jnp.sqrt(stats.var + 1e-8)
+    return jnp.clip(scaled, -clip, clip)
+
+
+def categorical_log_prob_and_entropy(logits: jax.Array, actions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """log pi(a|s) and the entropy -sum_a pi(a|s) log pi(a|s) of a categorical policy over `logits` [B, |A|]
+    (CleanRL `ppo.py`'s `Categorical(logits=...)`)."""
+    log_probs = jax.nn.log_softmax(logits)
+    log_prob = jnp.take_along_axis(log_probs, actions[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+    return log_prob, entropy
+
+
+def gaussian_log_prob_and_entropy(mean_and_log_std: tuple[jax.Array, jax.Array],
+                                  actions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """log pi(a|s) and the entropy of a diagonal Gaussian, summed over action dims (CleanRL
+    `ppo_continuous_action.py`'s `Normal(mean, std)`): log N(a; mu, sigma) = -(a - mu)^2 / (2 sigma^2) - log sigma
+    - log(2 pi) / 2 per dim, entropy log sigma + (1 + log(2 pi)) / 2 per dim."""
+    mean, log_std = mean_and_log_std
+    log_prob = jnp.sum(-0.5 * jnp.square((actions - mean) * jnp.exp(-log_std)) - log_std - 0.5 * _LOG_2PI, axis=-1)
+    entropy = jnp.sum(log_std + 0.5 * (1.0 + _LOG_2PI), axis=-1)
+    return log_prob, entropy
+
+
+class Minibatch(NamedTuple):
+    """What the loss reads of each transition of a rollout, flattened over steps and envs: computed once per
+    update with the pre-update params, then indexed per minibatch."""
+
+    observations: jax.Array
+    actions: jax.Array
+    old_log_probs: jax.Array
+    advantages: jax.Array
+    returns: jax.Array
+    old_values: jax.Array
+
+
+def ppo_loss(log_probs: jax.Array, entropy: jax.Array, values: jax.Array, minibatch: Minibatch,
+             config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The minibatch loss -L^CLIP + c1 L^VF - c2 S (Schulman et al. 2017, eq. 9, as a loss to minimise; CleanRL
+    `ppo.py`), c1 = `vf_coef`, c2 = `ent_coef`, `clipped_losses` under `clip_coef`, `clip_value_loss` and
+    `normalize_advantages`; and its metrics (the losses, the approximate KL (r - 1) - log r, the clip fraction)."""
+    policy_loss, value_loss, ratio, log_ratio = clipped_losses(
+        log_probs, minibatch.old_log_probs, minibatch.advantages, values, minibatch.old_values, minibatch.returns,
+        config.clip_coef, config.clip_value_loss, config.normalize_advantages,
+    )
+    entropy = jnp.mean(entropy)
+    loss = policy_loss - config.ent_coef * entropy + config.vf_coef * value_loss
+    metrics = {
+        "loss/policy": policy_loss,
+        "loss/value": value_loss,
+        "loss/entropy": entropy,
+        "ppo/approx_kl": jnp.mean((ratio - 1.0) - log_ratio),
+        "ppo/clip_fraction": jnp.mean((jnp.abs(ratio - 1.0) > config.clip_coef).astype(jnp.float32)),
+    }
+    return loss, metrics
+
+
+def explained_variance(values: jax.Array, returns: jax.Array) -> jax.Array:
+    """1 - Var(R - V) / Var(R) (+ 1e-8): how much of the returns' variance the pre-update values explain (CleanRL)."""
+    return 1.0 - jnp.var(returns.reshape(-1) - values) / (jnp.var(returns) + 1e-8)
+
+
 def rollout_size(config: ml_collections.ConfigDict) -> int:
+    """Transitions per rollout: `num_envs` x `rollout_steps`."""
     return config.num_envs * config.rollout_steps
 
 
@@ -171,169 +242,122 @@ def total_updates(config: ml_collections.ConfigDict) -> int:
     return max(1, rollouts * config.update_epochs * config.num_minibatches)
 
 
-def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for a rollout PPO cannot run: a count below 1, or minibatches that do not divide it."""
     for name in ("num_envs", "rollout_steps", "num_minibatches", "update_epochs", "log_every"):
         if config[name] < 1:
-            raise ValueError(f"--config.{name}: must be >= 1, got {config[name]}")
+            raise ConfigError(name, f"must be >= 1, got {config[name]}")
     if rollout_size(config) % config.num_minibatches:
-        raise ValueError(
-            f"--config.num_minibatches: {config.num_minibatches} does not divide the rollout of "
-            f"{config.num_envs} x {config.rollout_steps} transitions"
-        )
-    updates = total_updates(config)
-    minibatch_size = rollout_size(config) // config.num_minibatches
-    discrete = env_spec.discrete
-    num_actions = env_spec.num_actions
+        raise ConfigError("num_minibatches", f"{config.num_minibatches} does not divide the rollout of "
+                                             f"{config.num_envs} x {config.rollout_steps} transitions")
 
-    def inner_optimizer():
+
+def build_networks(config: ml_collections.ConfigDict,
+                   env_spec: EnvSpec) -> tuple[sparse_network.SparseNetwork, sparse_network.SparseNetwork]:
+    """The actor (categorical logits, or a `GaussianPolicy`) and the critic, each at its own sparsity, with CleanRL's
+    `layer_init`: orthogonal hidden kernels (gain sqrt 2), output gain 0.01 (actor) and 1 (critic). Each takes Adam
+    (linearly decayed with `anneal_learning_rate`) behind a clip of its own gradient norm, or none with
+    `clip_grad_norm_jointly` (the update clips both networks' gradients together)."""
+    updates = total_updates(config)
+
+    def optimizer():
         learning_rate = (
             optax.linear_schedule(config.learning_rate, 0.0, updates) if config.anneal_learning_rate else config.learning_rate
         )
         adam = optax.adam(learning_rate, eps=config.adam_eps)
         return adam if config.clip_grad_norm_jointly else optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adam)
 
-    # CleanRL's layer_init: orthogonal hidden kernels (gain sqrt 2), output gain 0.01 (actor) and 1 (critic).
-    hidden_init = networks.orthogonal(np.sqrt(2.0))
-    actor_torso = network_module(config.network, num_actions, hidden_kernel_init=hidden_init,
-                                 output_kernel_init=networks.orthogonal(0.01))
-    actor_module = actor_torso if discrete else GaussianPolicy(actor_torso, num_actions, config.log_std_init)
-    critic_module = network_module(config.network, 1, hidden_kernel_init=hidden_init,
-                                   output_kernel_init=networks.orthogonal(1.0))
-    actor = sparse_network.make_network(
-        actor_module, inner_optimizer(), sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "actor")), "actor",
-        sparse_init_rescale=config.sparse.sparse_init_rescale,
-    )
-    critic = sparse_network.make_network(
-        critic_module, inner_optimizer(), sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "critic")), "critic",
-        sparse_init_rescale=config.sparse.sparse_init_rescale,
-    )
-    sample_observation = jnp.zeros((1, *env_spec.observation_shape), env_spec.observation_dtype)
-    stats_shape = env_spec.observation_shape if config.normalize_observations else ()
-    action_low = None if discrete else jnp.asarray(env_spec.action_low)
-    action_high = None if discrete else jnp.asarray(env_spec.action_high)
-    redo_schedule = dormancy.schedule_of(config.redo)
+    hidden_init = orthogonal(np.sqrt(2.0))
+    actor_torso = network_module(config.network, env_spec.num_actions, hidden_kernel_init=hidden_init,
+                                 output_kernel_init=orthogonal(0.01))
+    actor = actor_torso if env_spec.discrete else GaussianPolicy(actor_torso, env_spec.num_actions, config.log_std_init)
+    critic = network_module(config.network, 1, hidden_kernel_init=hidden_init, output_kernel_init=orthogonal(1.0))
+    return (network_of(config, actor, optimizer(), updates, "actor"),
+            network_of(config, critic, optimizer(), updates, "critic"))
 
-    def normalize(stats: RunningStats, observations: jax.Array) -> jax.Array:
+
+def flat(batch_array: jax.Array) -> jax.Array:
+    """[T, num_envs, ...] -> [T * num_envs, ...]."""
+    return batch_array.reshape((-1, *batch_array.shape[2:]))
+
+
+def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
+    """PPO's pure functions (docs/design.md contract 1) for `config` on an env like `env_spec`."""
+    check_config(config)
+    actor, critic = build_networks(config, env_spec)
+    log_prob_and_entropy = categorical_log_prob_and_entropy if env_spec.discrete else gaussian_log_prob_and_entropy
+    sample_observation = jnp.zeros((1, *env_spec.observation_shape), env_spec.observation_dtype)
+
+    def normalized(state: PPOState, observations: jax.Array) -> jax.Array:
         if not config.normalize_observations:
             return observations
-        scaled = (observations.astype(jnp.float32) - stats.mean) / jnp.sqrt(stats.var + 1e-8)
-        return jnp.clip(scaled, -config.observation_clip, config.observation_clip)
+        return normalize(state.obs_stats, observations, config.observation_clip)
 
-    def log_prob_and_entropy(policy_output, actions):
-        if discrete:
-            log_probs = jax.nn.log_softmax(policy_output)
-            log_prob = jnp.take_along_axis(log_probs, actions[:, None].astype(jnp.int32), axis=-1)[:, 0]
-            entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
-            return log_prob, entropy
-        mean, log_std = policy_output
-        log_prob = jnp.sum(-0.5 * jnp.square((actions - mean) * jnp.exp(-log_std)) - log_std - 0.5 * _LOG_2PI, axis=-1)
-        entropy = jnp.sum(log_std + 0.5 * (1.0 + _LOG_2PI), axis=-1)
-        return log_prob, entropy
+    networks = AgentNetworks([AgentNetwork(actor, "actor"), AgentNetwork(critic, "critic")],
+                             inputs=lambda state, batch: [(flat(normalized(state, batch.observation)),)] * 2,
+                             redo=config.redo)
 
     def init(key: jax.Array) -> PPOState:
         actor_key, critic_key, rng = jax.random.split(key, 3)
-        return PPOState(
-            actor=sparse_network.init(actor, actor_key, sample_observation),
-            critic=sparse_network.init(critic, critic_key, sample_observation),
-            obs_stats=init_stats(stats_shape),
-            rng=rng,
-            step=jnp.zeros((), jnp.int32),
-            recycled=jnp.zeros((), jnp.int32),
-        )
+        return PPOState(actor=sparse_network.init(actor, actor_key, sample_observation),
+                        critic=sparse_network.init(critic, critic_key, sample_observation),
+                        obs_stats=init_stats(env_spec.observation_shape if config.normalize_observations else ()), rng=rng, step=jnp.zeros((), jnp.int32), recycled=jnp.zeros((), jnp.int32))
 
     def act(state: PPOState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
         """Sampled actions (explore) or the greedy / mean action, for a batch of observations."""
         del env_step
-        output = sparse_network.apply(actor, state.actor.params, normalize(state.obs_stats, observations))
-        if discrete:
+        output = sparse_network.apply(actor, state.actor.params, normalized(state, observations))
+        if env_spec.discrete:
             return jax.random.categorical(key, output) if explore else jnp.argmax(output, axis=-1)
         mean, log_std = output
         if explore:
             return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
-        return jnp.clip(mean, action_low, action_high)
+        return jnp.clip(mean, jnp.asarray(env_spec.action_low), jnp.asarray(env_spec.action_high))
 
     def values_of(critic_params, observations):
         return sparse_network.apply(critic, critic_params, observations)[:, 0]
 
-    def loss_fn(actor_params, critic_params, minibatch):
-        observations, actions, old_log_probs, advantages, returns, old_values = minibatch
-        log_probs, entropy = log_prob_and_entropy(sparse_network.apply(actor, actor_params, observations), actions)
-        policy_loss, value_loss, ratio, log_ratio = clipped_losses(
-            log_probs, old_log_probs, advantages, values_of(critic_params, observations), old_values, returns,
-            config.clip_coef, config.clip_value_loss, config.normalize_advantages,
-        )
-        entropy = jnp.mean(entropy)
-        loss = policy_loss - config.ent_coef * entropy + config.vf_coef * value_loss
-        metrics = {
-            "loss/policy": policy_loss,
-            "loss/value": value_loss,
-            "loss/entropy": entropy,
-            "ppo/approx_kl": jnp.mean((ratio - 1.0) - log_ratio),
-            "ppo/clip_fraction": jnp.mean((jnp.abs(ratio - 1.0) > config.clip_coef).astype(jnp.float32)),
-        }
-        return loss, metrics
-
-    def recycle_observations(state: PPOState, observations: jax.Array, key: jax.Array) -> tuple[PPOState, jax.Array]:
-        actor_key, critic_key = jax.random.split(key)
-        actor_state, actor_result = sparse_network.recycle(actor, state.actor, actor_key, config.redo.tau, observations)
-        critic_state, critic_result = sparse_network.recycle(critic, state.critic, critic_key, config.redo.tau, observations)
-        return state.replace(actor=actor_state, critic=critic_state), actor_result.num_recycled + critic_result.num_recycled
-
-    def flat(batch_array: jax.Array) -> jax.Array:
-        return batch_array.reshape((-1, *batch_array.shape[2:]))
+    def loss_fn(actor_params, critic_params, minibatch: Minibatch):
+        log_probs, entropy = log_prob_and_entropy(sparse_network.apply(actor, actor_params, minibatch.observations),
+                                                  minibatch.actions)
+        return ppo_loss(log_probs, entropy, values_of(critic_params, minibatch.observations), minibatch, config)
 
     def update(state: PPOState, batch: Rollout, key: jax.Array) -> tuple[PPOState, dict[str, jax.Array]]:
         """The PPO update of one rollout (arrays [T, num_envs, ...]): epochs x minibatches."""
         steps, envs = batch.reward.shape
-        observations = flat(normalize(state.obs_stats, batch.observation))
-        next_observations = flat(normalize(state.obs_stats, batch.next_observation))
-        actions = flat(batch.action)
+        observations, actions = flat(normalized(state, batch.observation)), flat(batch.action)
         values = values_of(state.critic.params, observations)
-        next_values = values_of(state.critic.params, next_observations)
+        next_values = values_of(state.critic.params, flat(normalized(state, batch.next_observation)))
         old_log_probs, _ = log_prob_and_entropy(sparse_network.apply(actor, state.actor.params, observations), actions)
-        advantages, returns = gae(
-            batch.reward, values.reshape(steps, envs), next_values.reshape(steps, envs),
-            batch.terminated, batch.truncated, config.gamma, config.gae_lambda,
-        )
-        data = (observations, actions, old_log_probs, advantages.reshape(-1), returns.reshape(-1), values)
+        advantages, returns = gae(batch.reward, values.reshape(steps, envs), next_values.reshape(steps, envs),
+                                  batch.terminated, batch.truncated, config.gamma, config.gae_lambda)
+        data = Minibatch(observations, actions, old_log_probs, advantages.reshape(-1), returns.reshape(-1), values)
 
         def minibatch_step(carry, indices):
             state, key = carry
             key, actor_key, critic_key, redo_key = jax.random.split(key, 4)
-            minibatch = jax.tree.map(lambda array: array[indices], data)
             (_, metrics), (actor_grads, critic_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-                state.actor.params, state.critic.params, minibatch
-            )
+                state.actor.params, state.critic.params, jax.tree.map(lambda array: array[indices], data))
             if config.clip_grad_norm_jointly:
                 actor_grads, critic_grads = sparse_network.clip_by_joint_norm(
-                    [state.actor, state.critic], [actor_grads, critic_grads], config.max_grad_norm
-                )
+                    [state.actor, state.critic], [actor_grads, critic_grads], config.max_grad_norm)
             state = state.replace(
                 actor=sparse_network.apply_gradients(actor, state.actor, actor_grads, state.step, actor_key),
                 critic=sparse_network.apply_gradients(critic, state.critic, critic_grads, state.step, critic_key),
                 step=state.step + 1,
             )
-            state = dormancy.recycle_when_due(redo_schedule, state, recycle_observations, lambda _: observations, redo_key)
-            return (state, key), metrics
+            return (networks.recycle_when_due(state, lambda _: batch, redo_key), key), metrics
 
         def epoch(carry, epoch_key):
-            order = jax.random.permutation(epoch_key, steps * envs).reshape(config.num_minibatches, minibatch_size)
+            order = jax.random.permutation(epoch_key, steps * envs).reshape(config.num_minibatches, -1)
             return jax.lax.scan(minibatch_step, carry, order)
 
         key, epochs_key = jax.random.split(key)
         (state, _), metrics = jax.lax.scan(epoch, (state, key), jax.random.split(epochs_key, config.update_epochs))
         metrics = {name: jnp.mean(value) for name, value in metrics.items()}
-        metrics["ppo/explained_variance"] = 1.0 - jnp.var(returns.reshape(-1) - values) / (jnp.var(returns) + 1e-8)
+        metrics["ppo/explained_variance"] = explained_variance(values, returns)
         if config.normalize_observations:
             state = state.replace(obs_stats=update_stats(state.obs_stats, flat(batch.observation)))
         return state, metrics
 
-    def measure(state: PPOState, batch: Rollout) -> dict[str, jax.Array]:
-        observations = flat(normalize(state.obs_stats, batch.observation))
-        return {**sparse_network.metrics(actor, state.actor, observations), **sparse_network.metrics(critic, state.critic, observations),
-                **dormancy.recycled_metrics(redo_schedule, state)}
-
-    def recycle(state: PPOState, batch: Rollout, key: jax.Array) -> tuple[PPOState, jax.Array]:
-        return recycle_observations(state, flat(normalize(state.obs_stats, batch.observation)), key)
-
-    return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle)
+    return Agent(init=init, act=act, update=update, measure=networks.measure, recycle=networks.recycle)

@@ -19,8 +19,7 @@ stored with terminated = False and s' = the final observation, so the target
 bootstraps through it.
 """
 
-import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -28,10 +27,13 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sparserl import dormancy, networks, sparse_network
+from sparserl import sparse_network
 from sparserl.agent_contract import Agent
-from sparserl.configs.base import network_module, network_sparsity, off_policy_updates, sparsity_config
+from sparserl.agent_networks import AgentNetwork, AgentNetworks, network_of
+from sparserl.configs.base import network_module, off_policy_updates
 from sparserl.envs import EnvSpec
+from sparserl.errors import ConfigError
+from sparserl.networks import TwinCritic
 from sparserl.replay import Transition
 
 
@@ -79,6 +81,11 @@ def sample_action(mean: jax.Array, log_std: jax.Array, key: jax.Array) -> tuple[
     return jnp.tanh(pre_tanh), jnp.sum(gaussian_log_prob - log_det, axis=-1)
 
 
+def critic_loss(q: jax.Array, targets: jax.Array) -> jax.Array:
+    """sum over the twin critics of mean (Q_i(s, a) - y)^2 / 2 (Haarnoja et al. 2018b, eq. 5); `q` is [2, batch]."""
+    return jnp.sum(jnp.mean(0.5 * (q - targets[None]) ** 2, axis=1))
+
+
 def actor_loss(alpha: jax.Array, log_prob: jax.Array, q: jax.Array) -> jax.Array:
     """mean alpha * log pi(a|s) - min_i Q_i(s, a), a ~ pi(.|s) (Haarnoja et al. 2018b, eq. 7); `q` is [2, batch]."""
     return jnp.mean(alpha * log_prob - jnp.min(q, axis=0))
@@ -93,43 +100,57 @@ def temperature_loss(log_alpha: jax.Array, log_prob: jax.Array, target_entropy: 
     return jnp.mean(-jnp.exp(log_alpha) * jax.lax.stop_gradient(log_prob + target_entropy))
 
 
+class ActionBounds(NamedTuple):
+    """The env's action box: the agent acts in [-1, 1]^|A| and maps to the env's bounds (and back) at its edges."""
+
+    low: jax.Array
+    high: jax.Array
+    center: jax.Array
+    half_range: jax.Array
+
+    @classmethod
+    def of(cls, env_spec: EnvSpec) -> "ActionBounds":
+        """The bounds of `env_spec`'s action box, as float32."""
+        low, high = jnp.asarray(env_spec.action_low, jnp.float32), jnp.asarray(env_spec.action_high, jnp.float32)
+        return cls(low, high, (high + low) / 2.0, (high - low) / 2.0)
+
+    def to_env(self, actions: jax.Array) -> jax.Array:
+        """Actions in [-1, 1] -> the env's bounds."""
+        return jnp.clip(self.center + self.half_range * actions, self.low, self.high)
+
+    def from_env(self, actions: jax.Array) -> jax.Array:
+        """The env's actions (as the replay holds them) -> [-1, 1], where the critics see them."""
+        return jnp.clip((actions - self.center) / self.half_range, -1.0, 1.0)
+
+
+def build_networks(config: ml_collections.ConfigDict,
+                   action_dim: int) -> tuple[sparse_network.SparseNetwork, sparse_network.SparseNetwork]:
+    """The actor (an MLP whose output is [mean | raw log-std]) and the twin critics, each at its own sparsity."""
+    if config.network.kind != "mlp":
+        raise ConfigError("network.kind", "sac builds MLPs only (its critics read observation and action); "
+                                          f"choose one of mlp, got {config.network.kind!r}")
+    updates = off_policy_updates(config)
+    critic = TwinCritic(tuple(config.network.hidden_sizes), width_multiplier=config.network.width_multiplier,
+                        activation=config.network.activation)
+    return (network_of(config, network_module(config.network, 2 * action_dim), optax.adam(config.learning_rate),
+                       updates, "actor"),
+            network_of(config, critic, optax.adam(config.learning_rate), updates, "critic"))
+
+
 def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
+    """SAC's pure functions (docs/design.md contract 1) for `config` on an env like `env_spec`."""
     if env_spec.discrete:
         raise ValueError(f"--agent=sac needs a continuous action space; {env_spec.env_id} is discrete (use --agent=dqn or ppo)")
-    if config.network.kind != "mlp":
-        raise ValueError(f"--config.network.kind: sac builds MLPs only (its critics read observation and action); "
-                         f"choose one of mlp, got {config.network.kind!r}")
     action_dim = env_spec.num_actions
-    updates = off_policy_updates(config)
-    actor_net = sparse_network.make_network(
-        network_module(config.network, 2 * action_dim),
-        optax.adam(config.learning_rate),
-        sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "actor")),
-        name="actor",
-        sparse_init_rescale=config.sparse.sparse_init_rescale,
-    )
-    critic_net = sparse_network.make_network(
-        networks.TwinCritic(tuple(config.network.hidden_sizes), width_multiplier=config.network.width_multiplier,
-                            activation=config.network.activation),
-        optax.adam(config.learning_rate),
-        sparsity_config(config.sparse, updates, network_sparsity(config.sparse, "critic")),
-        name="critic",
-        sparse_init_rescale=config.sparse.sparse_init_rescale,
-    )
-    redo_schedule = dormancy.schedule_of(config.redo)
+    actor_net, critic_net = build_networks(config, action_dim)
+    bounds = ActionBounds.of(env_spec)
+    networks = AgentNetworks(
+        [AgentNetwork(actor_net, "actor"), AgentNetwork(critic_net, "critic", target_field="target_critic_params")],
+        inputs=lambda state, batch: [(batch.observation,), (batch.observation, bounds.from_env(batch.action))],
+        redo=config.redo)
     alpha_optimizer = optax.adam(config.temperature_learning_rate)
     target_entropy = -config.target_entropy_scale * action_dim
-    action_low = jnp.asarray(env_spec.action_low, jnp.float32)
-    action_high = jnp.asarray(env_spec.action_high, jnp.float32)
-    action_center, action_half_range = (action_high + action_low) / 2.0, (action_high - action_low) / 2.0
     sample_observation = jnp.zeros((1, *env_spec.observation_shape), env_spec.observation_dtype)
-    sample_action_input = jnp.zeros((1, action_dim), jnp.float32)
-
-    def to_env(actions: jax.Array) -> jax.Array:
-        return jnp.clip(action_center + action_half_range * actions, action_low, action_high)
-
-    def from_env(actions: jax.Array) -> jax.Array:
-        return jnp.clip((actions - action_center) / action_half_range, -1.0, 1.0)
 
     def policy(actor_params, observations):
         return squashed_gaussian(sparse_network.apply(actor_net, actor_params, observations), config.log_std_min, config.log_std_max)
@@ -137,7 +158,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     def init(key: jax.Array) -> SACState:
         actor_key, critic_key, rng = jax.random.split(key, 3)
         actor = sparse_network.init(actor_net, actor_key, sample_observation)
-        critic = sparse_network.init(critic_net, critic_key, sample_observation, sample_action_input)
+        critic = sparse_network.init(critic_net, critic_key, sample_observation, jnp.zeros((1, action_dim), jnp.float32))
         log_alpha = jnp.asarray(jnp.log(config.init_temperature), jnp.float32)
         return SACState(actor, critic, critic.params, log_alpha, alpha_optimizer.init(log_alpha), rng,
                         jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
@@ -146,36 +167,34 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         """Env-bounded actions: sampled (uniform before `learning_starts`) when exploring, else tanh(mean)."""
         mean, log_std = policy(state.actor.params, observations)
         if not explore:
-            return to_env(jnp.tanh(mean))
+            return bounds.to_env(jnp.tanh(mean))
         policy_key, random_key = jax.random.split(key)
         sampled, _ = sample_action(mean, log_std, policy_key)
         uniform = jax.random.uniform(random_key, mean.shape, minval=-1.0, maxval=1.0)
-        return to_env(jnp.where(env_step < config.learning_starts, uniform, sampled))
+        return bounds.to_env(jnp.where(env_step < config.learning_starts, uniform, sampled))
 
     def update(state: SACState, batch: Transition, key: jax.Array, sample=None, plan=None) -> tuple[SACState, dict[str, jax.Array]]:
         """One gradient step on `batch`, then ReDo when due, on `sample(key, redo.batch_size)` from the replay
         (`plan`: `plan(first_update, 1)` when the caller knows the update number, see `dormancy.recycle_when_due`)."""
         next_key, actor_key, critic_sparse_key, actor_sparse_key = jax.random.split(key, 4)
         alpha = jnp.exp(state.log_alpha)
-        actions = from_env(batch.action)
+        actions = bounds.from_env(batch.action)
 
         # Critic: soft TD targets from the target critics and a fresh action at s'.
-        next_mean, next_log_std = policy(state.actor.params, batch.next_observation)
-        next_actions, next_log_prob = sample_action(next_mean, next_log_std, next_key)
+        next_actions, next_log_prob = sample_action(*policy(state.actor.params, batch.next_observation), next_key)
         next_q = sparse_network.apply(critic_net, state.target_critic_params, batch.next_observation, next_actions)
         targets = critic_targets(batch.reward, batch.terminated, next_q, next_log_prob, alpha, config.gamma)
 
         def critic_loss_fn(critic_params):
             q = sparse_network.apply(critic_net, critic_params, batch.observation, actions)  # [2, batch]
-            return jnp.sum(jnp.mean(0.5 * (q - targets[None]) ** 2, axis=1)), q
+            return critic_loss(q, targets), q
 
-        (critic_loss, q), critic_grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(state.critic.params)
+        (critic_loss_value, q), critic_grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(state.critic.params)
         critic = sparse_network.apply_gradients(critic_net, state.critic, critic_grads, state.step, critic_sparse_key)
 
         # Actor: maximise min_i Q_i(s, a) + alpha * entropy, with a reparameterised a ~ pi(.|s).
         def actor_loss_fn(actor_params):
-            mean, log_std = policy(actor_params, batch.observation)
-            new_actions, log_prob = sample_action(mean, log_std, actor_key)
+            new_actions, log_prob = sample_action(*policy(actor_params, batch.observation), actor_key)
             new_q = sparse_network.apply(critic_net, critic.params, batch.observation, new_actions)
             return actor_loss(alpha, log_prob, new_q), log_prob
 
@@ -188,39 +207,11 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         log_alpha = optax.apply_updates(state.log_alpha, alpha_updates)
 
         target_critic_params = sparse_network.soft_update_target(critic, state.target_critic_params, config.tau)
-        metrics = {
-            "loss/critic": critic_loss,
-            "loss/actor": actor_loss_value,
-            "loss/temperature": temperature_loss_value,
-            "alpha": alpha,
-            "entropy": -jnp.mean(log_prob),
-            "q/mean": jnp.mean(q),
-        }
-        new_state = SACState(actor, critic, target_critic_params, log_alpha, alpha_opt_state, state.rng, state.step + 1,
-                             state.recycled)
-        new_state = dormancy.recycle_when_due(redo_schedule, new_state, recycle,
-                                              dormancy.replay_batch(sample, config.redo.batch_size), dormancy.redo_key(key), plan)
-        return new_state, metrics
+        metrics = {"loss/critic": critic_loss_value, "loss/actor": actor_loss_value, "loss/temperature": temperature_loss_value,
+                   "alpha": alpha, "entropy": -jnp.mean(log_prob), "q/mean": jnp.mean(q)}
+        state = SACState(actor, critic, target_critic_params, log_alpha, alpha_opt_state, state.rng, state.step + 1,
+                         state.recycled)
+        return networks.recycle_from_replay(state, sample, key, plan), metrics
 
-    def measure(state: SACState, batch: Transition) -> dict[str, jax.Array]:
-        return {
-            **sparse_network.metrics(actor_net, state.actor, batch.observation),
-            **sparse_network.metrics(critic_net, state.critic, batch.observation, from_env(batch.action)),
-            **dormancy.recycled_metrics(redo_schedule, state),
-        }
-
-    def recycle(state: SACState, batch: Transition, key: jax.Array) -> tuple[SACState, jax.Array]:
-        actor_key, critic_key = jax.random.split(key)
-        actor, actor_result = sparse_network.recycle(actor_net, state.actor, actor_key, config.redo.tau, batch.observation)
-        critic, critic_result = sparse_network.recycle(
-            critic_net, state.critic, critic_key, config.redo.tau, batch.observation, from_env(batch.action)
-        )
-        state = state.replace(actor=actor, critic=critic)
-        if config.redo.reset_target:
-            state = state.replace(
-                target_critic_params=dormancy.follow_online(state.target_critic_params, critic.params, critic_result.touched)
-            )
-        return state, actor_result.num_recycled + critic_result.num_recycled
-
-    return Agent(init=init, act=act, update=update, measure=measure, recycle=recycle,
-                 plan=functools.partial(dormancy.plan_of, redo_schedule))
+    return Agent(init=init, act=act, update=update, measure=networks.measure, recycle=networks.recycle,
+                 plan=networks.plan)

@@ -5,7 +5,8 @@ metric name and which kernels run its forward pass); `NetworkState` is its
 pytree state (params, the sparse optimizer state, which holds the masks, and
 the condensed-kernel indices of the masks, `sparserl.sparse.condensed`). Agents build their TrainState from
 NetworkStates and call these functions for gradient steps, sparsity and
-dormancy metrics, and ReDo, so no agent holds sparsity logic of its own
+dormancy metrics, and ReDo (over all of an agent's networks at once:
+`sparserl.agent_networks`), so no agent holds sparsity logic of its own
 (docs/design.md contract 4).
 """
 

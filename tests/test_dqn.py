@@ -9,6 +9,7 @@ from sparserl.agents import dqn
 from sparserl.configs import dqn as dqn_config
 from sparserl import envs
 from sparserl.configs.base import network_module
+from sparserl.errors import ConfigError
 from sparserl.replay import Transition
 
 
@@ -182,3 +183,9 @@ def test_update_recycles_dead_neurons_in_the_runner():
     new_state, _, _, _ = step(state, replay, transition, jnp.zeros((1, 1, 4)), 0, 0)
     assert int(new_state.recycled[0]) >= 20
     np.testing.assert_array_equal(new_state.online.params["dense_0"]["bias"][0, :20], 0.0)
+
+
+def test_an_unknown_td_loss_is_a_config_error():
+    with pytest.raises(ConfigError, match="^td_loss: unknown loss 'l1'; choose one of huber, mse$") as raised:
+        _agent(td_loss="l1")
+    assert raised.value.field == "td_loss"

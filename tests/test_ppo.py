@@ -12,6 +12,7 @@ import pytest
 from sparserl.agents import ppo
 from sparserl.configs import ppo as ppo_config
 from sparserl import batches, dormancy, envs, loop, runner
+from sparserl.errors import ConfigError
 from sparserl.reporting import read_csv
 from tests.helpers import built_modules, eval_returns, mean_of_last_evals, run_train, run_train_side_by_side, with_fields
 
@@ -113,6 +114,16 @@ def _small_config(**fields) -> ml_collections.ConfigDict:
     config.steps, config.num_envs, config.rollout_steps = 256, 2, 32
     config.num_minibatches, config.update_epochs = 4, 2
     return with_fields(config, **fields)
+
+
+@pytest.mark.parametrize("fields, field, reason", [
+    ({"rollout_steps": 0}, "rollout_steps", "must be >= 1, got 0"),
+    ({"num_minibatches": 3}, "num_minibatches", "3 does not divide the rollout of 2 x 32 transitions"),
+])
+def test_a_rollout_ppo_cannot_split_is_a_config_error(fields, field, reason):
+    with pytest.raises(ConfigError) as raised:
+        ppo.make(_small_config(**fields), envs.env_spec("CartPole-v1"))
+    assert (raised.value.field, raised.value.reason) == (field, reason)
 
 
 def _random_rollout(spec: envs.EnvSpec, steps: int, num_envs: int, seed: int = 0) -> batches.Rollout:

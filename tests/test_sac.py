@@ -11,6 +11,7 @@ import pytest
 from sparserl.agents import sac
 from sparserl.configs import sac as sac_config
 from sparserl import envs, replay as replay_lib
+from sparserl.errors import ConfigError
 from sparserl.reporting import read_csv
 
 from tests.helpers import built_modules, hidden_outputs, run_train, with_fields
@@ -267,5 +268,6 @@ def test_sac_critic_takes_the_configured_activation_and_refuses_a_cnn(monkeypatc
     for outputs in hidden:
         assert np.all(np.abs(outputs) < 1.0) and np.any(outputs < 0.0)
     config.network.kind = "cnn"
-    with pytest.raises(ValueError, match="--config.network.kind: sac builds MLPs only"):
+    with pytest.raises(ConfigError, match="^network.kind: sac builds MLPs only") as raised:
         sac.make(config, env_spec)
+    assert raised.value.field == "network.kind"

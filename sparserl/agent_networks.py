@@ -1,0 +1,107 @@
+"""An agent's sparse networks, declared once, and what every agent does to all of them alike: `measure` and `recycle`.
+
+An agent lists its networks as (network, TrainState field) pairs, with the field of a target network that ReDo's
+`redo.reset_target` rewrites, and says what each network reads from a batch:
+
+    networks = AgentNetworks(
+        (AgentNetwork(actor, "actor"), AgentNetwork(critic, "critic", target_field="target_critic_params")),
+        inputs=lambda state, batch: ((batch.observation,), (batch.observation, batch.action)),
+        redo=config.redo,
+    )
+
+and takes the Agent contract's `measure`, `recycle` and `plan` from it (docs/design.md contract 1), and ReDo's call
+after each gradient step (`recycle_when_due`, `recycle_from_replay`). No agent writes them again (contract 4).
+`network_of` builds each network from the agent's config.
+"""
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from sparserl import dormancy, sparse_network
+from sparserl.configs.base import network_sparsity, sparsity_config
+
+
+def network_of(config: ml_collections.ConfigDict, module: nn.Module, optimizer: optax.GradientTransformation,
+               total_updates: int, name: str = "", kernels: str = "masked") -> sparse_network.SparseNetwork:
+    """`module` as the sparse network `name` of an agent with `config`: at `sparse.<name>_sparsity` when the agent
+    has several networks and it is set, else `sparse.sparsity`, with the method's schedule over `total_updates`
+    gradient steps, `optimizer` inside the sparse wrapper and `sparse.sparse_init_rescale`."""
+    sparsity = network_sparsity(config.sparse, name) if name else config.sparse.sparsity
+    return sparse_network.make_network(module, optimizer, sparsity_config(config.sparse, total_updates, sparsity), name,
+                                       sparse_init_rescale=config.sparse.sparse_init_rescale, kernels=kernels)
+
+
+class AgentNetwork(NamedTuple):
+    """One network of an agent: its definition, the TrainState field holding its `NetworkState`, and the field
+    holding its target network's params (None: it has none)."""
+
+    network: sparse_network.SparseNetwork
+    field: str
+    target_field: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AgentNetworks:
+    """An agent's networks (`members`, in metric order), what each reads from a batch, and the `redo` config block.
+
+    `inputs(state, batch)` gives one tuple of inputs per member, in order: what `measure` scores the networks
+    on, and ReDo too. Compared and hashed by identity: an agent's own.
+    """
+
+    members: Sequence[AgentNetwork]
+    inputs: Callable[[Any, Any], Sequence[tuple]]
+    redo: ml_collections.ConfigDict
+
+    @property
+    def schedule(self) -> dormancy.RecycleSchedule | None:
+        """When ReDo runs (`dormancy.schedule_of`); None when it is off."""
+        return dormancy.schedule_of(self.redo)
+
+    def measure(self, state: Any, batch: Any) -> dict[str, jax.Array]:
+        """Per-layer and total sparsity and dormant fractions of every network, then `redo/recycled` (contract 6)."""
+        metrics = {}
+        for member, inputs in zip(self.members, self.inputs(state, batch)):
+            metrics.update(sparse_network.metrics(member.network, getattr(state, member.field), *inputs))
+        return {**metrics, **dormancy.recycled_metrics(self.schedule, state)}
+
+    def recycle(self, state: Any, batch: Any, key: jax.Array) -> tuple[Any, jax.Array]:
+        """ReDo (Sokar et al. 2023, Algorithm 1) on every network -> (state, neurons recycled in all of them).
+
+        Each network is scored and recycled on its inputs, with its own key (`key` itself for an agent's only
+        network, else `split(key, len(members))` in order). With `redo.reset_target`, a network's target takes the
+        online values of every entry ReDo rewrote (`dormancy.follow_online`); without it the targets stay as
+        they are (Dopamine `labs/redo` recycles the online networks only).
+        """
+        keys = [key] if len(self.members) == 1 else jax.random.split(key, len(self.members))
+        fields, num_recycled = {}, jnp.zeros((), jnp.int32)
+        for member, inputs, member_key in zip(self.members, self.inputs(state, batch), keys):
+            online, result = sparse_network.recycle(member.network, getattr(state, member.field), member_key,
+                                                    self.redo.tau, *inputs)
+            fields[member.field] = online
+            if member.target_field and self.redo.reset_target:
+                target = getattr(state, member.target_field)
+                fields[member.target_field] = dormancy.follow_online(target, online.params, result.touched)
+            num_recycled = num_recycled + result.num_recycled
+        return state.replace(**fields), num_recycled
+
+    def recycle_when_due(self, state: Any, batch: Callable[[jax.Array], Any], key: jax.Array,
+                         plan: bool | None = None) -> Any:
+        """`dormancy.recycle_when_due` with this agent's schedule and `recycle`: what an update calls after each
+        gradient step; `batch(key)` gives the batch ReDo scores on, `plan` is `self.plan(...)`'s value if known."""
+        return dormancy.recycle_when_due(self.schedule, state, self.recycle, batch, key, plan)
+
+    def recycle_from_replay(self, state: Any, sample: Callable | None, update_key: jax.Array, plan: bool | None) -> Any:
+        """An off-policy update's ReDo: when due, on `redo.batch_size` transitions `sample(key, n)` draws from the
+        replay, with a key folded from the update's (`dormancy.replay_batch`, `dormancy.redo_key`)."""
+        return self.recycle_when_due(state, dormancy.replay_batch(sample, self.redo.batch_size),
+                                     dormancy.redo_key(update_key), plan)
+
+    def plan(self, first_update: int, count: int) -> bool | None:
+        """The Agent contract's `plan`: whether ReDo falls on these updates (`dormancy.plan_of`)."""
+        return dormancy.plan_of(self.schedule, first_update, count)
