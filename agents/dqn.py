@@ -43,7 +43,8 @@ class DQNState(flax.struct.PyTreeNode):
 
 
 def td_errors(q_values: jax.Array, next_target_q_values: jax.Array, batch: Transition, gamma: float) -> jax.Array:
-    """r + gamma * (1 - terminated) * max_a Q_target(s', a) - Q(s, a), per transition (rlax.q_learning)."""
+    """r + gamma * (1 - terminated) * max_a Q_target(s', a) - Q(s, a), per transition: the error inside Mnih et al.
+    2015's loss (eq. 2), as `rlax.q_learning` computes it."""
     discounts = gamma * (1.0 - batch.terminated.astype(jnp.float32))
     return jax.vmap(rlax.q_learning)(q_values, batch.action, batch.reward, discounts, next_target_q_values)
 

@@ -110,7 +110,8 @@ class GaussianPolicy(nn.Module):
 
 
 def gae(rewards, values, next_values, terminated, truncated, gamma: float, lambda_: float):
-    """Advantages and value targets of a rollout, arrays [T, num_envs].
+    """Advantages and value targets of a rollout, arrays [T, num_envs]: GAE (Schulman et al. 2016, eq. 16),
+    A_t = sum_l (gamma * lambda)^l delta_{t+l}, and returns A_t + V(s_t).
 
     `values[t]` = V(s_t); `next_values[t]` = V(s'_t), s'_t the true next
     observation (the final one where an episode ended). A truncated step's

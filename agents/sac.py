@@ -53,7 +53,8 @@ class SACState(flax.struct.PyTreeNode):
 
 def critic_targets(reward: jax.Array, terminated: jax.Array, next_q: jax.Array, next_log_prob: jax.Array,
                    alpha: jax.Array, gamma: float) -> jax.Array:
-    """Soft TD targets r + gamma * (1 - terminated) * (min_i Q_target_i(s', a') - alpha * log pi(a'|s')).
+    """Soft TD targets r + gamma * (1 - terminated) * (min_i Q_target_i(s', a') - alpha * log pi(a'|s'))
+    (Haarnoja et al. 2018b, eqs. 3 and 5), over the minimum of the twin target critics.
 
     `next_q` is [2, batch] (the twin target critics at (s', a')), the rest [batch].
     """
@@ -62,14 +63,16 @@ def critic_targets(reward: jax.Array, terminated: jax.Array, next_q: jax.Array, 
 
 
 def squashed_gaussian(outputs: jax.Array, log_std_min: float, log_std_max: float):
-    """Mean and log-std from the actor's output layer: [mean | raw log-std], log-std tanh-rescaled into its range."""
+    """Mean and log-std from the actor's output layer: [mean | raw log-std], log-std tanh-rescaled into its range
+    (CleanRL `sac_continuous_action.py`)."""
     mean, raw_log_std = jnp.split(outputs, 2, axis=-1)
     log_std = log_std_min + 0.5 * (log_std_max - log_std_min) * (jnp.tanh(raw_log_std) + 1.0)
     return mean, log_std
 
 
 def sample_action(mean: jax.Array, log_std: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """A reparameterised tanh-Gaussian action in [-1, 1]^|A| and its log-probability (summed over action dims).
+    """A reparameterised tanh-Gaussian action in [-1, 1]^|A| and its log-probability (summed over action dims;
+    Haarnoja et al. 2018a, appendix C).
 
     log pi(a) = log N(u; mean, std) - sum log(1 - tanh(u)^2), with
     log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)) (numerically stable).
