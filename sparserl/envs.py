@@ -41,6 +41,8 @@ from gymnasium.wrappers import (
     RecordEpisodeStatistics,
 )
 
+from sparserl.errors import ConfigError
+
 FAMILIES = ("classic", "atari", "minatar", "mujoco", "dmc", "gymnax")
 
 _DMC_PREFIX = "dmc:"
@@ -68,13 +70,16 @@ ATARI_SCREEN_SIZE = 84
 ATARI_FRAME_STACK = 4
 
 
-class UnknownEnvError(ValueError):
-    """An ``--env`` value that names no supported environment (a user mistake, docs/design.md contract 7)."""
+class UnknownEnvError(ConfigError):
+    """An `env` that names no supported environment (a user mistake, docs/design.md contract 7)."""
+
+    def __init__(self, reason: str):
+        super().__init__("env", reason)
 
 
 def _unknown_env(env_id: str) -> UnknownEnvError:
     return UnknownEnvError(
-        f"--env: unknown environment {env_id!r}; use a Gymnasium classic-control id "
+        f"unknown environment {env_id!r}; use a Gymnasium classic-control id "
         "(e.g. CartPole-v1), ALE/<Game>-v5, MinAtar/<Game>-v1, a MuJoCo v5 id "
         "(e.g. HalfCheetah-v5), dmc:<domain>-<task> or gymnax:<id> "
         f"({', '.join(GYMNAX_IDS)})"
@@ -83,7 +88,7 @@ def _unknown_env(env_id: str) -> UnknownEnvError:
 
 def _missing_extra(env_id: str, extra: str) -> UnknownEnvError:
     return UnknownEnvError(
-        f"--env: {env_id!r} needs the optional dependencies: pip install sparserl[{extra}]"
+        f"{env_id!r} needs the optional dependencies: pip install sparserl[{extra}]"
     )
 
 
