@@ -1,5 +1,6 @@
 """Nothing lost: a killed run resumes from its last checkpoint and ends as if never interrupted."""
 
+import concurrent.futures
 import os
 import shutil
 import signal
@@ -21,17 +22,20 @@ PPO = ("--agent=ppo", "--sparsity=0.9", "--redo", "--redo_period=8", "--steps=40
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """Runs each configuration once, uninterrupted: the reference of every resume test here."""
-    workdirs = {}
+    """Each configuration run once, uninterrupted: the reference of every resume test here. Both start in the
+    background when the first test asks for one (a core each on CI's 2, while that test kills and resumes its own
+    run); `uninterrupted(arguments)` waits for that configuration's run and returns its workdir."""
+    workdirs = {arguments: tmp_path_factory.mktemp("whole") for arguments in (DQN, PPO)}
+    with concurrent.futures.ThreadPoolExecutor(len(workdirs)) as pool:
+        runs = {arguments: pool.submit(run_train, *arguments, f"--workdir={workdir}", "--run_name=run")
+                for arguments, workdir in workdirs.items()}
 
-    def run(arguments):
-        if arguments not in workdirs:
-            workdirs[arguments] = tmp_path_factory.mktemp("whole")
-            whole = run_train(*arguments, f"--workdir={workdirs[arguments]}", "--run_name=run")
+        def run(arguments):
+            whole = runs[arguments].result()
             assert whole.returncode == 0, whole.stderr[-3000:]
-        return workdirs[arguments]
+            return workdirs[arguments]
 
-    return run
+        yield run
 
 
 def _assert_resumed_equals_uninterrupted(whole_workdir, resumed_workdir):

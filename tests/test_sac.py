@@ -14,7 +14,7 @@ from sparserl import envs, replay as replay_lib
 from sparserl.errors import ConfigError
 from sparserl.reporting import read_csv
 
-from tests.helpers import built_modules, hidden_outputs, run_train, with_fields
+from tests.helpers import built_modules, hidden_outputs, run_train_side_by_side, with_fields
 
 
 def _config(**fields):
@@ -200,49 +200,60 @@ def test_actor_and_temperature_losses_by_hand():
 
 # --- through the command line --------------------------------------------------------------------------------
 
-_SHORT = ("--config.batch_size=64", "--config.eval_episodes=1")
+_SHORT = ("--agent=sac", "--config.batch_size=64", "--config.eval_episodes=1")
+_SEEDS = (*_SHORT, "--sparsity=0.9", "--steps=1000", "--config.learning_starts=300", "--config.log_every=350",
+          "--config.sparse.rigl.update_period=200", "--eval_every=1000", "--config.eval_episodes=2")
+_SMOKE = (*_SHORT, "--sparsity=0.9", "--steps=300", "--config.learning_starts=100", "--config.log_every=100",
+          "--config.sparse.rigl.update_period=50")
+# This file's CLI runs, the longest first; `cli_runs` trains them two at a time (one per core on CI).
+CLI_RUNS = {
+    "both": (*_SEEDS, "--num_seeds=2"),
+    "HalfCheetah-v5": (*_SMOKE, "--env=HalfCheetah-v5"),
+    "single": (*_SEEDS, "--seed=1"),
+    "dmc:cheetah-run": (*_SMOKE, "--env=dmc:cheetah-run"),
+    "actor_and_critic": (*_SHORT, "--actor_sparsity=0.5", "--critic_sparsity=0.9", "--steps=400",
+                         "--config.learning_starts=100", "--config.log_every=200", "--config.sparse.rigl.update_period=50",
+                         "--eval_every=400"),
+}
 
 
-def _run(tmp_path, *args):
-    result = run_train("--agent=sac", "--workdir", str(tmp_path), "--run_name=run", *_SHORT, *args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    """The workdir of every run of CLI_RUNS (run directory: the run's name, ':' as '_'), each checked to have
+    ended with status 0."""
+    workdir = tmp_path_factory.mktemp("sac_cli")
+    runs = {name.replace(":", "_"): arguments for name, arguments in CLI_RUNS.items()}
+    for result in run_train_side_by_side(runs, workdir, workers=2).values():
+        assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
 
 
-def _csv(tmp_path, seed, kind="metrics"):
-    return read_csv(tmp_path / "run" / f"seed{seed}" / f"{kind}.csv")
+def _csv(cli_runs, run, seed, kind="metrics"):
+    return read_csv(cli_runs / run.replace(":", "_") / f"seed{seed}" / f"{kind}.csv")
 
 
 @pytest.mark.parametrize("env_id", ["HalfCheetah-v5", "dmc:cheetah-run"])
-def test_smoke_run(tmp_path, env_id):
-    _run(tmp_path, f"--env={env_id}", "--sparsity=0.9", "--steps=300", "--config.learning_starts=100",
-         "--config.log_every=100", "--config.sparse.rigl.update_period=50")
-    last = _csv(tmp_path, 0)[-1]
+def test_smoke_run(cli_runs, env_id):
+    last = _csv(cli_runs, env_id, 0)[-1]
     assert last["step"] == 300
     for name in ("loss/critic", "loss/actor", "loss/temperature", "sparsity/actor/total", "sparsity/critic/total"):
         assert np.isfinite(last[name]), name
     assert last["sparsity/critic/total"] == pytest.approx(0.9, abs=0.005)
-    assert np.isfinite(_csv(tmp_path, 0, "eval")[-1]["eval/episode_return"])
+    assert np.isfinite(_csv(cli_runs, env_id, 0, "eval")[-1]["eval/episode_return"])
 
 
-def test_actor_and_critic_sparsities_are_honoured_separately(tmp_path):
-    _run(tmp_path, "--actor_sparsity=0.5", "--critic_sparsity=0.9", "--steps=400", "--config.learning_starts=100",
-         "--config.log_every=200", "--config.sparse.rigl.update_period=50", "--eval_every=400")
-    last = _csv(tmp_path, 0)[-1]
+def test_actor_and_critic_sparsities_are_honoured_separately(cli_runs):
+    last = _csv(cli_runs, "actor_and_critic", 0)[-1]
     assert last["step"] == 400
     assert last["sparsity/actor/total"] == pytest.approx(0.5, abs=0.005)
     assert last["sparsity/critic/total"] == pytest.approx(0.9, abs=0.005)
 
 
-def test_two_seeds_in_one_process_equal_a_single_seed_run(tmp_path):
+def test_two_seeds_in_one_process_equal_a_single_seed_run(cli_runs):
     """Seed 1, the second of the vmapped pair, equals its own run (the DQN and PPO tests check the same way)."""
-    common = ("--sparsity=0.9", "--steps=1000", "--config.learning_starts=300", "--config.log_every=350",
-              "--config.sparse.rigl.update_period=200", "--eval_every=1000", "--config.eval_episodes=2")
-    _run(tmp_path / "both", "--num_seeds=2", *common)
-    _run(tmp_path / "single", "--seed=1", *common)
     for kind in ("metrics", "eval"):
-        both = _csv(tmp_path / "both", 1, kind)
-        single = _csv(tmp_path / "single", 1, kind)
+        both = _csv(cli_runs, "both", 1, kind)
+        single = _csv(cli_runs, "single", 1, kind)
         assert len(both) == len(single) > 0
         for row_both, row_single in zip(both, single):
             assert row_both.keys() == row_single.keys()

@@ -13,7 +13,7 @@ from sparserl.configs import dqn as dqn_config
 from sparserl import train
 from sparserl.agent_contract import config_module
 from sparserl.reporting import read_csv
-from tests.helpers import run_train
+from tests.helpers import run_train, run_train_side_by_side
 
 CONFIGS = config_module("dqn").__file__.rsplit("/", 1)[0]
 
@@ -113,10 +113,9 @@ def test_default_run_name_is_built_from_the_flags(tmp_path):
 
 
 def test_num_seeds_equals_single_seed_runs(tmp_path):
-    common = ("--agent=dqn", "--sparsity=0.9", "--redo", "--redo_period=100", *TINY_DQN, "--config.sparse.rigl.update_period=50",
-              f"--workdir={tmp_path}")
-    batched = run_train(*common, "--num_seeds=3", "--seed=4", "--run_name=batched")
-    single = run_train(*common, "--seed=5", "--run_name=single")
+    common = ("--agent=dqn", "--sparsity=0.9", "--redo", "--redo_period=100", *TINY_DQN, "--config.sparse.rigl.update_period=50")
+    batched, single = run_train_side_by_side(
+        {"batched": (*common, "--num_seeds=3", "--seed=4"), "single": (*common, "--seed=5")}, tmp_path).values()
     assert batched.returncode == 0 and single.returncode == 0, batched.stderr[-2000:] + single.stderr[-2000:]
     for filename in ("metrics.csv", "eval.csv"):
         batched_rows = read_csv(tmp_path / "batched" / "seed5" / filename)
@@ -131,12 +130,26 @@ def test_num_seeds_equals_single_seed_runs(tmp_path):
     assert sorted(os.listdir(tmp_path / "batched")) == ["seed4", "seed5", "seed6"]
 
 
-@pytest.mark.parametrize("env_id", ["ALE/Pong-v5", "MinAtar/Breakout-v1"])
-def test_image_env_smoke_run(tmp_path, env_id):
-    result = run_train("--agent=dqn", f"--env={env_id}", "--sparsity=0.9", "--steps=300", "--config.learning_starts=100",
-                       "--config.replay_capacity=1000", "--config.log_every=100", "--eval_every=300",
-                       "--config.eval_episodes=1", f"--workdir={tmp_path}", "--run_name=smoke")
+IMAGE_ENVS = ("ALE/Pong-v5", "MinAtar/Breakout-v1")
+
+
+@pytest.fixture(scope="module")
+def image_env_runs(tmp_path_factory):
+    """A short 90% DQN run on each of IMAGE_ENVS, side by side (one per core on CI); run directory: the env id
+    with '/' as '_'."""
+    workdir = tmp_path_factory.mktemp("image_envs")
+    smoke = ("--agent=dqn", "--sparsity=0.9", "--steps=300", "--config.learning_starts=100",
+             "--config.replay_capacity=1000", "--config.log_every=100", "--eval_every=300", "--config.eval_episodes=1")
+    results = run_train_side_by_side({env_id.replace("/", "_"): (*smoke, f"--env={env_id}") for env_id in IMAGE_ENVS},
+                                     workdir)
+    return workdir, results
+
+
+@pytest.mark.parametrize("env_id", IMAGE_ENVS)
+def test_image_env_smoke_run(image_env_runs, env_id):
+    workdir, results = image_env_runs
+    result = results[env_id.replace("/", "_")]
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = read_csv(tmp_path / "smoke" / "seed0" / "metrics.csv")
+    rows = read_csv(workdir / env_id.replace("/", "_") / "seed0" / "metrics.csv")
     assert rows[-1]["step"] == 300 and abs(rows[-1]["sparsity/total"] - 0.9) <= 0.005
     assert "dormant/0.1/conv_0" in rows[-1]
