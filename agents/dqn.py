@@ -49,6 +49,17 @@ def td_errors(q_values: jax.Array, next_target_q_values: jax.Array, batch: Trans
     return jax.vmap(rlax.q_learning)(q_values, batch.action, batch.reward, discounts, next_target_q_values)
 
 
+def td_loss(network: sparse_network.SparseNetwork, config: ml_collections.ConfigDict, params: Any, batch: Transition,
+            next_target_q_values: jax.Array, indices: dict | None = None) -> tuple[jax.Array, jax.Array]:
+    """(Mean `config.td_loss` of the TD errors of the online `params` on `batch`, Q(s, .)), rewards clipped to
+    [-1, 1] under `config.reward_clip` (Mnih et al. 2015, eq. 2)."""
+    if config.reward_clip:
+        batch = batch._replace(reward=jnp.clip(batch.reward, -1.0, 1.0))
+    q_values = sparse_network.apply(network, params, batch.observation, indices=indices)
+    errors = td_errors(q_values, next_target_q_values, batch, config.gamma)
+    return jnp.mean(TD_LOSSES[config.td_loss](errors)), q_values
+
+
 def hidden_kernel_l2(weight_decay: float) -> optax.GradientTransformation:
     """Adds the gradient 2 * weight_decay * w of the penalty weight_decay * sum(w^2) over the hidden kernels.
 
@@ -77,7 +88,13 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         config, network_module(config.network, env_spec.num_actions),
         optax.chain(hidden_kernel_l2(config.weight_decay), optax.adam(config.learning_rate, eps=config.adam_eps)),
         off_policy_updates(config), kernels=kernels(config.sparse))
-    networks = AgentNetworks([AgentNetwork(network, "online", target_field="target_params")],
+
+    def measured_loss(params, state: DQNState, batch: Transition) -> jax.Array:
+        """GraMa's loss: the TD loss on the measured batch, the targets from the target network (masked)."""
+        return td_loss(network, config, params, batch,
+                       sparse_network.apply(network, state.target_params, batch.next_observation))[0]
+
+    networks = AgentNetworks([AgentNetwork(network, "online", target_field="target_params", loss=measured_loss)],
                              inputs=lambda state, batch: [(batch.observation,)], redo=config.redo)
     sample_observation = jnp.zeros((1, *env_spec.observation_shape), env_spec.observation_dtype)
     epsilon = optax.linear_schedule(
@@ -120,14 +137,10 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     def update(state: DQNState, batch: Transition, key: jax.Array, sample=None, plan=None) -> tuple[DQNState, dict[str, jax.Array]]:
         """One gradient step on `batch`, then ReDo when due, on `sample(key, redo.batch_size)` from the replay
         (`plan`: `plan(first_update, 1)` when the caller knows the update number, see `dormancy.recycle_when_due`)."""
-        if config.reward_clip:
-            batch = batch._replace(reward=jnp.clip(batch.reward, -1.0, 1.0))
         next_target_q_values = target_q_values(state, batch.next_observation)
 
         def loss_fn(params, indices):
-            q_values = sparse_network.apply(network, params, batch.observation, indices=indices)
-            errors = td_errors(q_values, next_target_q_values, batch, config.gamma)
-            return jnp.mean(TD_LOSSES[config.td_loss](errors)), q_values
+            return td_loss(network, config, params, batch, next_target_q_values, indices)
 
         (loss, q_values), grads = sparse_network.value_and_grad(network, loss_fn, state.online, state.step)
         online = sparse_network.apply_gradients(network, state.online, grads, state.step, key)

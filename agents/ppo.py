@@ -31,7 +31,7 @@ log-probability is what the update uses); the runner clips it to the action
 bounds for the env. `act(explore=False)` returns the clipped mean.
 """
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import flax.struct
@@ -282,20 +282,59 @@ def flat(batch_array: jax.Array) -> jax.Array:
     return batch_array.reshape((-1, *batch_array.shape[2:]))
 
 
+class PPOLosses(NamedTuple):
+    """PPO's observation normalisation and loss over its networks: what `update` takes gradients of, and what
+    GraMa measures (`measured_actor`, `measured_critic`: the loss of the whole rollout at the state, the loss the
+    first minibatch step of an update would take, with the rollout as its minibatch)."""
+
+    actor: sparse_network.SparseNetwork
+    critic: sparse_network.SparseNetwork
+    log_prob_and_entropy: Callable
+    config: ml_collections.ConfigDict
+
+    def normalized(self, state: PPOState, observations: jax.Array) -> jax.Array:
+        if not self.config.normalize_observations:
+            return observations
+        return normalize(state.obs_stats, observations, self.config.observation_clip)
+
+    def values(self, critic_params, observations: jax.Array) -> jax.Array:
+        return sparse_network.apply(self.critic, critic_params, observations)[:, 0]
+
+    def loss(self, actor_params, critic_params, minibatch: Minibatch) -> tuple[jax.Array, dict[str, jax.Array]]:
+        log_probs, entropy = self.log_prob_and_entropy(
+            sparse_network.apply(self.actor, actor_params, minibatch.observations), minibatch.actions)
+        return ppo_loss(log_probs, entropy, self.values(critic_params, minibatch.observations), minibatch, self.config)
+
+    def rollout(self, state: PPOState, batch: Rollout) -> Minibatch:
+        """What the loss reads of every transition of a rollout (arrays [T, num_envs, ...]) under the state's
+        params: old log-probs and values, GAE advantages and returns (Schulman et al. 2016)."""
+        steps, envs = batch.reward.shape
+        observations, actions = flat(self.normalized(state, batch.observation)), flat(batch.action)
+        values = self.values(state.critic.params, observations)
+        next_values = self.values(state.critic.params, flat(self.normalized(state, batch.next_observation)))
+        old_log_probs, _ = self.log_prob_and_entropy(sparse_network.apply(self.actor, state.actor.params, observations),
+                                                     actions)
+        advantages, returns = gae(batch.reward, values.reshape(steps, envs), next_values.reshape(steps, envs),
+                                  batch.terminated, batch.truncated, self.config.gamma, self.config.gae_lambda)
+        return Minibatch(observations, actions, old_log_probs, advantages.reshape(-1), returns.reshape(-1), values)
+
+    def measured_actor(self, actor_params, state: PPOState, batch: Rollout) -> jax.Array:
+        return self.loss(actor_params, state.critic.params, self.rollout(state, batch))[0]
+
+    def measured_critic(self, critic_params, state: PPOState, batch: Rollout) -> jax.Array:
+        return self.loss(state.actor.params, critic_params, self.rollout(state, batch))[0]
+
+
 def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     """PPO's pure functions (docs/design.md contract 1) for `config` on an env like `env_spec`."""
     check_config(config)
     actor, critic = build_networks(config, env_spec)
     log_prob_and_entropy = categorical_log_prob_and_entropy if env_spec.discrete else gaussian_log_prob_and_entropy
     sample_observation = jnp.zeros((1, *env_spec.observation_shape), env_spec.observation_dtype)
-
-    def normalized(state: PPOState, observations: jax.Array) -> jax.Array:
-        if not config.normalize_observations:
-            return observations
-        return normalize(state.obs_stats, observations, config.observation_clip)
-
-    networks = AgentNetworks([AgentNetwork(actor, "actor"), AgentNetwork(critic, "critic")],
-                             inputs=lambda state, batch: [(flat(normalized(state, batch.observation)),)] * 2,
+    losses = PPOLosses(actor, critic, log_prob_and_entropy, config)
+    networks = AgentNetworks([AgentNetwork(actor, "actor", loss=losses.measured_actor),
+                              AgentNetwork(critic, "critic", loss=losses.measured_critic)],
+                             inputs=lambda state, batch: [(flat(losses.normalized(state, batch.observation)),)] * 2,
                              redo=config.redo)
 
     def init(key: jax.Array) -> PPOState:
@@ -307,7 +346,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     def act(state: PPOState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
         """Sampled actions (explore) or the greedy / mean action, for a batch of observations."""
         del env_step
-        output = sparse_network.apply(actor, state.actor.params, normalized(state, observations))
+        output = sparse_network.apply(actor, state.actor.params, losses.normalized(state, observations))
         if env_spec.discrete:
             return jax.random.categorical(key, output) if explore else jnp.argmax(output, axis=-1)
         mean, log_std = output
@@ -315,29 +354,15 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
             return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
         return jnp.clip(mean, jnp.asarray(env_spec.action_low), jnp.asarray(env_spec.action_high))
 
-    def values_of(critic_params, observations):
-        return sparse_network.apply(critic, critic_params, observations)[:, 0]
-
-    def loss_fn(actor_params, critic_params, minibatch: Minibatch):
-        log_probs, entropy = log_prob_and_entropy(sparse_network.apply(actor, actor_params, minibatch.observations),
-                                                  minibatch.actions)
-        return ppo_loss(log_probs, entropy, values_of(critic_params, minibatch.observations), minibatch, config)
-
     def update(state: PPOState, batch: Rollout, key: jax.Array) -> tuple[PPOState, dict[str, jax.Array]]:
         """The PPO update of one rollout (arrays [T, num_envs, ...]): epochs x minibatches."""
         steps, envs = batch.reward.shape
-        observations, actions = flat(normalized(state, batch.observation)), flat(batch.action)
-        values = values_of(state.critic.params, observations)
-        next_values = values_of(state.critic.params, flat(normalized(state, batch.next_observation)))
-        old_log_probs, _ = log_prob_and_entropy(sparse_network.apply(actor, state.actor.params, observations), actions)
-        advantages, returns = gae(batch.reward, values.reshape(steps, envs), next_values.reshape(steps, envs),
-                                  batch.terminated, batch.truncated, config.gamma, config.gae_lambda)
-        data = Minibatch(observations, actions, old_log_probs, advantages.reshape(-1), returns.reshape(-1), values)
+        data = losses.rollout(state, batch)
 
         def minibatch_step(carry, indices):
             state, key = carry
             key, actor_key, critic_key, redo_key = jax.random.split(key, 4)
-            (_, metrics), (actor_grads, critic_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+            (_, metrics), (actor_grads, critic_grads) = jax.value_and_grad(losses.loss, argnums=(0, 1), has_aux=True)(
                 state.actor.params, state.critic.params, jax.tree.map(lambda array: array[indices], data))
             if config.clip_grad_norm_jointly:
                 actor_grads, critic_grads = sparse_network.clip_by_joint_norm(
@@ -356,7 +381,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         key, epochs_key = jax.random.split(key)
         (state, _), metrics = jax.lax.scan(epoch, (state, key), jax.random.split(epochs_key, config.update_epochs))
         metrics = {name: jnp.mean(value) for name, value in metrics.items()}
-        metrics["ppo/explained_variance"] = explained_variance(values, returns)
+        metrics["ppo/explained_variance"] = explained_variance(data.old_values, data.returns.reshape(steps, envs))
         if config.normalize_observations:
             state = state.replace(obs_stats=update_stats(state.obs_stats, flat(batch.observation)))
         return state, metrics

@@ -126,6 +126,45 @@ class ActionBounds(NamedTuple):
         return jnp.clip((actions - self.center) / self.half_range, -1.0, 1.0)
 
 
+class SACLosses(NamedTuple):
+    """SAC's policy and losses over its networks (Haarnoja et al. 2018b, eqs. 5, 7): what `update` takes gradients
+    of, and what GraMa measures (`measured_critic`, `measured_actor`: the losses at the state, drawn with its rng)."""
+
+    actor_net: sparse_network.SparseNetwork
+    critic_net: sparse_network.SparseNetwork
+    bounds: ActionBounds
+    config: ml_collections.ConfigDict
+
+    def policy(self, actor_params: Any, observations: jax.Array) -> tuple[jax.Array, jax.Array]:
+        outputs = sparse_network.apply(self.actor_net, actor_params, observations)
+        return squashed_gaussian(outputs, self.config.log_std_min, self.config.log_std_max)
+
+    def soft_targets(self, state: "SACState", batch: Transition, key: jax.Array) -> jax.Array:
+        """`critic_targets` from the target critics and a fresh action a' ~ pi(.|s') drawn with `key`."""
+        next_actions, next_log_prob = sample_action(*self.policy(state.actor.params, batch.next_observation), key)
+        next_q = sparse_network.apply(self.critic_net, state.target_critic_params, batch.next_observation, next_actions)
+        return critic_targets(batch.reward, batch.terminated, next_q, next_log_prob, jnp.exp(state.log_alpha),
+                              self.config.gamma)
+
+    def critic(self, critic_params: Any, batch: Transition, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(`critic_loss` of the twin critics at (s, a) against `targets`, Q [2, batch])."""
+        q = sparse_network.apply(self.critic_net, critic_params, batch.observation, self.bounds.from_env(batch.action))
+        return critic_loss(q, targets), q
+
+    def actor(self, actor_params: Any, critic_params: Any, alpha: jax.Array, batch: Transition,
+              key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(`actor_loss` of a reparameterised a ~ pi(.|s) drawn with `key`, log pi(a|s))."""
+        new_actions, log_prob = sample_action(*self.policy(actor_params, batch.observation), key)
+        new_q = sparse_network.apply(self.critic_net, critic_params, batch.observation, new_actions)
+        return actor_loss(alpha, log_prob, new_q), log_prob
+
+    def measured_critic(self, critic_params: Any, state: "SACState", batch: Transition) -> jax.Array:
+        return self.critic(critic_params, batch, self.soft_targets(state, batch, state.rng))[0]
+
+    def measured_actor(self, actor_params: Any, state: "SACState", batch: Transition) -> jax.Array:
+        return self.actor(actor_params, state.critic.params, jnp.exp(state.log_alpha), batch, state.rng)[0]
+
+
 def build_networks(config: ml_collections.ConfigDict,
                    action_dim: int) -> tuple[sparse_network.SparseNetwork, sparse_network.SparseNetwork]:
     """The actor (an MLP whose output is [mean | raw log-std]) and the twin critics, each at its own sparsity."""
@@ -147,16 +186,15 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     action_dim = env_spec.num_actions
     actor_net, critic_net = build_networks(config, action_dim)
     bounds = ActionBounds.of(env_spec)
+    losses = SACLosses(actor_net, critic_net, bounds, config)
     networks = AgentNetworks(
-        [AgentNetwork(actor_net, "actor"), AgentNetwork(critic_net, "critic", target_field="target_critic_params")],
+        [AgentNetwork(actor_net, "actor", loss=losses.measured_actor),
+         AgentNetwork(critic_net, "critic", target_field="target_critic_params", loss=losses.measured_critic)],
         inputs=lambda state, batch: [(batch.observation,), (batch.observation, bounds.from_env(batch.action))],
         redo=config.redo)
     alpha_optimizer = optax.adam(config.temperature_learning_rate)
     target_entropy = -config.target_entropy_scale * action_dim
     sample_observation = jnp.zeros((1, *env_spec.observation_shape), env_spec.observation_dtype)
-
-    def policy(actor_params, observations):
-        return squashed_gaussian(sparse_network.apply(actor_net, actor_params, observations), config.log_std_min, config.log_std_max)
 
     def init(key: jax.Array) -> SACState:
         actor_key, critic_key, rng = jax.random.split(key, 3)
@@ -168,7 +206,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
 
     def act(state: SACState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
         """Env-bounded actions: sampled (uniform before `learning_starts`) when exploring, else tanh(mean)."""
-        mean, log_std = policy(state.actor.params, observations)
+        mean, log_std = losses.policy(state.actor.params, observations)
         if not explore:
             return bounds.to_env(jnp.tanh(mean))
         policy_key, random_key = jax.random.split(key)
@@ -181,27 +219,16 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         (`plan`: `plan(first_update, 1)` when the caller knows the update number, see `dormancy.recycle_when_due`)."""
         next_key, actor_key, critic_sparse_key, actor_sparse_key = jax.random.split(key, 4)
         alpha = jnp.exp(state.log_alpha)
-        actions = bounds.from_env(batch.action)
 
         # Critic: soft TD targets from the target critics and a fresh action at s'.
-        next_actions, next_log_prob = sample_action(*policy(state.actor.params, batch.next_observation), next_key)
-        next_q = sparse_network.apply(critic_net, state.target_critic_params, batch.next_observation, next_actions)
-        targets = critic_targets(batch.reward, batch.terminated, next_q, next_log_prob, alpha, config.gamma)
-
-        def critic_loss_fn(critic_params):
-            q = sparse_network.apply(critic_net, critic_params, batch.observation, actions)  # [2, batch]
-            return critic_loss(q, targets), q
-
-        (critic_loss_value, q), critic_grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(state.critic.params)
+        targets = losses.soft_targets(state, batch, next_key)
+        (critic_loss_value, q), critic_grads = jax.value_and_grad(losses.critic, has_aux=True)(
+            state.critic.params, batch, targets)
         critic = sparse_network.apply_gradients(critic_net, state.critic, critic_grads, state.step, critic_sparse_key)
 
         # Actor: maximise min_i Q_i(s, a) + alpha * entropy, with a reparameterised a ~ pi(.|s).
-        def actor_loss_fn(actor_params):
-            new_actions, log_prob = sample_action(*policy(actor_params, batch.observation), actor_key)
-            new_q = sparse_network.apply(critic_net, critic.params, batch.observation, new_actions)
-            return actor_loss(alpha, log_prob, new_q), log_prob
-
-        (actor_loss_value, log_prob), actor_grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(state.actor.params)
+        (actor_loss_value, log_prob), actor_grads = jax.value_and_grad(losses.actor, has_aux=True)(
+            state.actor.params, critic.params, alpha, batch, actor_key)
         actor = sparse_network.apply_gradients(actor_net, state.actor, actor_grads, state.step, actor_sparse_key)
 
         # Temperature: move the policy's entropy towards the target entropy.

@@ -38,12 +38,14 @@ def network_of(config: ml_collections.ConfigDict, module: nn.Module, optimizer: 
 
 
 class AgentNetwork(NamedTuple):
-    """One network of an agent: its definition, the TrainState field holding its `NetworkState`, and the field
-    holding its target network's params (None: it has none)."""
+    """One network of an agent: its definition, the TrainState field holding its `NetworkState`, the field
+    holding its target network's params (None: it has none), and `loss(params, state, batch)`, the agent's loss of
+    this network at `params` on a batch, whose gradient GraMa measures (None: no GraMa metrics)."""
 
     network: sparse_network.SparseNetwork
     field: str
     target_field: str | None = None
+    loss: Callable[[Any, Any, Any], jax.Array] | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -64,10 +66,13 @@ class AgentNetworks:
         return dormancy.schedule_of(self.redo)
 
     def measure(self, state: Any, batch: Any) -> dict[str, jax.Array]:
-        """Per-layer and total sparsity and dormant fractions of every network, then `redo/recycled` (contract 6)."""
+        """Every network's sparsity, dormant fractions, GraMa inactive fractions (the gradient of its `loss` on
+        `batch`), srank and weight magnitude (`sparse_network.metrics`), then `redo/recycled` (contract 6)."""
         metrics = {}
         for member, inputs in zip(self.members, self.inputs(state, batch)):
-            metrics.update(sparse_network.metrics(member.network, getattr(state, member.field), *inputs))
+            network_state = getattr(state, member.field)
+            grads = None if member.loss is None else jax.grad(member.loss)(network_state.params, state, batch)
+            metrics.update(sparse_network.metrics(member.network, network_state, *inputs, grads=grads))
         return {**metrics, **dormancy.recycled_metrics(self.schedule, state)}
 
     def recycle(self, state: Any, batch: Any, key: jax.Array) -> tuple[Any, jax.Array]:

@@ -47,17 +47,24 @@ def layer_scores(activations: Any) -> dict[str, jax.Array]:
         if not name.endswith(POST_ACTIVATION):
             continue
         layer = name[: -len(POST_ACTIVATION)].rstrip("/")
-        mean_magnitude = jnp.abs(outputs).mean(axis=tuple(range(outputs.ndim - 1)))
-        layer_mean = mean_magnitude.mean()
-        safe_mean = jnp.where(layer_mean > 0, layer_mean, 1.0)
-        scores[layer] = jnp.where(layer_mean > 0, mean_magnitude / safe_mean, 0.0)
+        scores[layer] = relative_to_layer_mean(jnp.abs(outputs).mean(axis=tuple(range(outputs.ndim - 1))))
     return scores
 
 
+def relative_to_layer_mean(magnitudes: jax.Array) -> jax.Array:
+    """Each neuron's magnitude divided by the mean over the layer's neurons (Sokar et al. 2023, eq. 1's
+    normalisation); 0 everywhere when the layer mean is 0."""
+    layer_mean = magnitudes.mean()
+    safe_mean = jnp.where(layer_mean > 0, layer_mean, 1.0)
+    return jnp.where(layer_mean > 0, magnitudes / safe_mean, 0.0)
+
+
 def dormant_fractions(
-    scores: dict[str, jax.Array], taus: Sequence[float] = DEFAULT_TAUS, network: str | None = None
+    scores: dict[str, jax.Array], taus: Sequence[float] = DEFAULT_TAUS, network: str | None = None,
+    kind: str = "dormant",
 ) -> dict[str, jax.Array]:
-    """`dormant/<tau>/[<network>/]<layer>` and `.../total`: fractions of neurons with score <= tau.
+    """`<kind>/<tau>/[<network>/]<layer>` and `.../total`: fractions of neurons with score <= tau (`kind`
+    'dormant' for these activation scores, 'grama' for `plasticity.gradient_scores`).
 
     The total is the dormant count over all scored neurons divided by their
     number, not the mean of the layer fractions.
@@ -65,7 +72,7 @@ def dormant_fractions(
     network_prefix = f"{network}/" if network else ""
     metrics = {}
     for tau in taus:
-        prefix = f"dormant/{tau_name(tau)}/{network_prefix}"
+        prefix = f"{kind}/{tau_name(tau)}/{network_prefix}"
         dormant_count = jnp.zeros((), jnp.int32)
         neuron_count = 0
         for layer, layer_score in scores.items():

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sparserl import dormancy, networks
+from sparserl import dormancy, networks, plasticity
 from sparserl.sparse import SparseOptimizer, SparseOptState, SparsityConfig, apply_masks, sparse_optimizer, sparsity_metrics
 from sparserl.sparse import condensed
 from sparserl.sparse.distributions import layer_sparsities
@@ -163,18 +163,36 @@ def apply_gradients(network: SparseNetwork, state: NetworkState, dense_grads: An
     return NetworkState(params, opt_state, indices)
 
 
+def activations(network: SparseNetwork, params: Any, *inputs) -> Any:
+    """The `networks.ACTIVATIONS` collection of a forward pass on a batch of inputs: every hidden layer's
+    post-activation outputs."""
+    _, captured = network.module.apply({"params": params}, *inputs, mutable=[networks.ACTIVATIONS])
+    return captured[networks.ACTIVATIONS]
+
+
 def scores(network: SparseNetwork, params: Any, *inputs) -> dict[str, jax.Array]:
     """Dormancy scores of every hidden layer on a batch of inputs (Sokar et al. 2023, eq. 1)."""
-    _, captured = network.module.apply({"params": params}, *inputs, mutable=[networks.ACTIVATIONS])
-    return dormancy.layer_scores(captured[networks.ACTIVATIONS])
+    return dormancy.layer_scores(activations(network, params, *inputs))
 
 
-def metrics(network: SparseNetwork, state: NetworkState, *inputs) -> dict[str, jax.Array]:
-    """Per-layer and total sparsity and dormant fractions, named as in docs/design.md contract 6."""
-    return {
-        **sparsity_metrics(state.opt_state.masks, network.metric_name("sparsity")),
-        **dormancy.dormant_fractions(scores(network, state.params, *inputs), network=network.name or None),
+def metrics(network: SparseNetwork, state: NetworkState, *inputs, grads: Any = None) -> dict[str, jax.Array]:
+    """Per-layer and total sparsity, dormant fractions, per-layer effective feature rank (srank) and mean kept
+    weight magnitude, all from one forward pass on `inputs`; with `grads`, the gradients of the agent's loss on
+    the same batch, GraMa's inactive fractions too (`sparserl.plasticity`). Named as in docs/design.md contract 6."""
+    captured = activations(network, state.params, *inputs)
+    masks = state.opt_state.masks
+    dormancy_scores = dormancy.layer_scores(captured)
+    network_name = network.name or None
+    metrics = {
+        **sparsity_metrics(masks, network.metric_name("sparsity")),
+        **dormancy.dormant_fractions(dormancy_scores, network=network_name),
+        **plasticity.srank_metrics(captured, network.metric_name("srank")),
+        **plasticity.weight_magnitudes(state.params, masks, network.metric_name("weight_magnitude")),
     }
+    if grads is not None:
+        grama_scores = plasticity.gradient_scores(grads, masks, dormancy_scores.keys())
+        metrics.update(dormancy.dormant_fractions(grama_scores, network=network_name, kind="grama"))
+    return metrics
 
 
 def recycle(network: SparseNetwork, state: NetworkState, key: jax.Array, tau: float, *inputs) -> tuple[NetworkState, dormancy.RecycleResult]:

@@ -70,6 +70,9 @@ def test_num_seeds_equals_single_seed_runs(tmp_path, arguments, exact):
     assert [row["step"] for row in rows] == ([250, 500, 750, 1000] if dqn else [512, 1024, 1536, 2048])
     assert abs(rows[-1]["sparsity/total" if dqn else "sparsity/actor/total"] - 0.9) <= 0.01
     assert "redo/recycled" in rows[-1] and not math.isnan(rows[-1]["train/episode_return"])
+    network = "" if dqn else "critic/"
+    for name in (f"grama/0.1/{network}total", f"srank/{network}dense_1", f"weight_magnitude/{network}dense_0"):
+        assert math.isfinite(rows[-1][name]), name
     other = read_csv(tmp_path / "batched" / "seed4" / "metrics.csv")
     assert other[-1]["train/episode_return"] != rows[-1]["train/episode_return"]  # seeds differ
 

@@ -262,7 +262,8 @@ def test_num_seeds_equals_single_seed_runs(cli_runs):
         assert _metrics(cli_runs / "both", seed, "eval") == _metrics(cli_runs / single, seed, "eval")
     row = _metrics(cli_runs / "both", 0)[-1]
     for name in ("train/episode_return", "loss/policy", "loss/value", "loss/entropy", "sps", "redo/recycled",
-                 "sparsity/actor/total", "sparsity/critic/dense_0", "dormant/0.1/actor/total", "dormant/0.025/critic/total"):
+                 "sparsity/actor/total", "sparsity/critic/dense_0", "dormant/0.1/actor/total", "dormant/0.025/critic/total",
+                 "grama/0.1/actor/total", "grama/0/critic/dense_1", "srank/actor/dense_0", "weight_magnitude/critic/output"):
         assert name in row, name
     assert row["sparsity/actor/total"] == pytest.approx(0.8, abs=0.01)
 

@@ -236,7 +236,9 @@ def _csv(cli_runs, run, seed, kind="metrics"):
 def test_smoke_run(cli_runs, env_id):
     last = _csv(cli_runs, env_id, 0)[-1]
     assert last["step"] == 300
-    for name in ("loss/critic", "loss/actor", "loss/temperature", "sparsity/actor/total", "sparsity/critic/total"):
+    for name in ("loss/critic", "loss/actor", "loss/temperature", "sparsity/actor/total", "sparsity/critic/total",
+                 "grama/0.1/actor/total", "grama/0/critic/q2/dense_1", "srank/critic/q1/dense_0",
+                 "weight_magnitude/actor/output"):
         assert np.isfinite(last[name]), name
     assert last["sparsity/critic/total"] == pytest.approx(0.9, abs=0.005)
     assert np.isfinite(_csv(cli_runs, env_id, 0, "eval")[-1]["eval/episode_return"])
