@@ -5,7 +5,8 @@ GraMa (Liu et al. 2025, "Measure gradients, not activations! Enhancing neuronal 
 2505.24061, the GraMa score): the dormancy score of Sokar et al. 2023 (eq. 1) with the gradient of the agent's loss
 in place of the activation. Neuron i of a layer scores g_i / (1/H sum_k g_k), g_i the mean |dL/dw| over its incoming
 weights, L the agent's own loss on the measured batch, and is tau-inactive iff its score <= tau. As the authors'
-code computes it (github torressliu/grad-based-plasticity-metrics, `utils/ReDo.py`, `GradientReDo._get_redo_masks`:
+code computes it (github torressliu/grad-based-plasticity-metrics, read in its copy rippl-svg/grad-based-plasticity-
+metrics at afaecd7, `utils/ReDo.py`, `GradientReDo._get_redo_masks`:
 `grad_magnitude = layer.weight.grad.abs().mean(dim=1)`, conv `.mean(dim=(1, 2, 3))`,
 `normalized_grad = grad_magnitude / (grad_magnitude.mean() + 1e-9)`, `mask[normalized_grad <= tau] = 1`, on the
 gradients the training step's backward pass left). Under a sparse mask the mean runs over the neuron's kept incoming
