@@ -41,7 +41,7 @@ def train_config(agent: str, env_id: str, overrides: dict[str, Any]) -> ml_colle
 
 def prepare(agent: str, env_id: str, overrides: dict[str, Any], workdir: str) -> train.Prepared:
     """The checked run of those arguments under `workdir` (`train.prepare_run`), nothing written yet."""
-    return train.prepare_run(train.configs_from_arguments(train_arguments(agent, env_id, overrides)), workdir, None)
+    return train.prepare_run([train_config(agent, env_id, overrides)], workdir, None)
 
 
 def quiet_run(steps: int, rows: int = 10) -> dict[str, Any]:
