@@ -19,6 +19,7 @@ import rlax
 from sparserl import sparse_network
 from sparserl.agent_contract import Agent
 from sparserl.agent_networks import AgentNetwork, AgentNetworks, network_of
+from sparserl.dormancy import RecycleCounts
 from sparserl.configs.base import kernels, network_module, off_policy_updates
 from sparserl.envs import EnvSpec
 from sparserl.errors import ConfigError
@@ -39,7 +40,7 @@ class DQNState(flax.struct.PyTreeNode):
     target_params: Any
     rng: jax.Array
     step: jax.Array  # gradient updates so far; shared by all seeds (unbatched under the runner's vmap)
-    recycled: jax.Array  # neurons ReDo recycled so far (`dormancy.recycle_when_due`)
+    recycled: RecycleCounts  # what the remedy changed so far (`dormancy.recycle_when_due`)
 
 
 def td_errors(q_values: jax.Array, next_target_q_values: jax.Array, batch: Transition, gamma: float) -> jax.Array:
@@ -104,7 +105,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     def init(key: jax.Array) -> DQNState:
         network_key, rng = jax.random.split(key)
         online = sparse_network.init(network, network_key, sample_observation)
-        return DQNState(online, online.params, rng, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+        return DQNState(online, online.params, rng, jnp.zeros((), jnp.int32), RecycleCounts.zero())
 
     def act(state: DQNState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
         """Epsilon-greedy actions for a batch of observations (Mnih et al. 2015).

@@ -45,6 +45,7 @@ import rlax
 from sparserl import sparse_network
 from sparserl.agent_contract import Agent
 from sparserl.agent_networks import AgentNetwork, AgentNetworks, network_of
+from sparserl.dormancy import RecycleCounts
 from sparserl.batches import Rollout
 from sparserl.configs.base import network_module
 from sparserl.envs import EnvSpec
@@ -71,7 +72,7 @@ class PPOState(flax.struct.PyTreeNode):
     obs_stats: RunningStats
     rng: jax.Array
     step: jax.Array  # gradient (minibatch) steps so far; shared by all seeds (unbatched under the runner's vmap)
-    recycled: jax.Array  # neurons ReDo recycled so far (`dormancy.recycle_when_due`)
+    recycled: RecycleCounts  # what the remedy changed so far (`dormancy.recycle_when_due`)
 
 
 class _Bias(nn.Module):
@@ -341,7 +342,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         actor_key, critic_key, rng = jax.random.split(key, 3)
         return PPOState(actor=sparse_network.init(actor, actor_key, sample_observation),
                         critic=sparse_network.init(critic, critic_key, sample_observation),
-                        obs_stats=init_stats(env_spec.observation_shape if config.normalize_observations else ()), rng=rng, step=jnp.zeros((), jnp.int32), recycled=jnp.zeros((), jnp.int32))
+                        obs_stats=init_stats(env_spec.observation_shape if config.normalize_observations else ()), rng=rng, step=jnp.zeros((), jnp.int32), recycled=RecycleCounts.zero())
 
     def act(state: PPOState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
         """Sampled actions (explore) or the greedy / mean action, for a batch of observations."""

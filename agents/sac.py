@@ -30,6 +30,7 @@ import optax
 from sparserl import sparse_network
 from sparserl.agent_contract import Agent
 from sparserl.agent_networks import AgentNetwork, AgentNetworks, network_of
+from sparserl.dormancy import RecycleCounts
 from sparserl.configs.base import network_module, off_policy_updates
 from sparserl.envs import EnvSpec
 from sparserl.errors import ConfigError
@@ -48,7 +49,7 @@ class SACState(flax.struct.PyTreeNode):
     alpha_opt_state: Any
     rng: jax.Array
     step: jax.Array  # gradient updates so far; shared by all seeds (unbatched under the runner's vmap)
-    recycled: jax.Array  # neurons ReDo recycled so far (`dormancy.recycle_when_due`)
+    recycled: RecycleCounts  # what the remedy changed so far (`dormancy.recycle_when_due`)
 
 
 def critic_targets(reward: jax.Array, terminated: jax.Array, next_q: jax.Array, next_log_prob: jax.Array,
@@ -202,7 +203,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         critic = sparse_network.init(critic_net, critic_key, sample_observation, jnp.zeros((1, action_dim), jnp.float32))
         log_alpha = jnp.asarray(jnp.log(config.init_temperature), jnp.float32)
         return SACState(actor, critic, critic.params, log_alpha, alpha_optimizer.init(log_alpha), rng,
-                        jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+                        jnp.zeros((), jnp.int32), RecycleCounts.zero())
 
     def act(state: SACState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
         """Env-bounded actions: sampled (uniform before `learning_starts`) when exploring, else tanh(mean)."""

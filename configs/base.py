@@ -23,6 +23,15 @@ from sparserl.sparse.structure import is_concrete
 from sparserl.sparse.topology import get_topology
 
 MEMBER_LOOPS = ("auto", "vmap", "map")  # the values of `member_loop`
+# The values of `redo.remedy` (sparserl/remedies.py) and each one's period in gradient steps when `redo.period` is
+# unset: ReDo's (Sokar et al. 2023), which ReGraMa keeps (Liu et al. 2025); Nikishin et al. 2022's resets.
+REMEDY_PERIODS = {"redo": 1_000, "regrama": 1_000, "shrink_perturb": 20_000, "reset": 20_000}
+REMEDIES = tuple(REMEDY_PERIODS)
+
+
+def remedy_period(redo: ml_collections.ConfigDict) -> int:
+    """The remedy's period in gradient steps: `redo.period`, or the remedy's `REMEDY_PERIODS` entry when unset."""
+    return redo.period if redo.period is not None else REMEDY_PERIODS[redo.remedy]
 
 
 def get_config(*, agent: str, env: str, steps: int, eval_every: int, log_every: int, checkpoint_every: int,
@@ -66,9 +75,16 @@ def get_config(*, agent: str, env: str, steps: int, eval_every: int, log_every: 
     config.sparse.sparse_init_rescale = True
 
     config.redo = ml_collections.ConfigDict()
-    config.redo.enabled = False  # recycle dormant neurons (ReDo, Sokar et al. 2023, algorithm 1)
-    config.redo.tau = 0.1  # a neuron is dormant when its normalised score is <= tau (eq. 1)
-    config.redo.period = 1_000  # gradient steps between recyclings
+    # The `redo` block: a remedy for lost plasticity on a schedule (`--recycle`, sparserl/remedies.py).
+    config.redo.enabled = False  # run the remedy (--redo, or --recycle=<remedy>; --recycle=none turns it off)
+    config.redo.remedy = "redo"  # redo (Sokar et al. 2023, algorithm 1), regrama, shrink_perturb or reset
+    config.redo.tau = 0.1  # redo, regrama: a neuron is dormant when its normalised score is <= tau (eq. 1)
+    # Gradient steps between remedies; unset: the remedy's own (remedies.DEFAULT_PERIODS: redo and regrama 1,000,
+    # shrink_perturb and reset 20,000).
+    config.redo.period = config_dict.placeholder(int)
+    config.redo.shrink = 0.8  # shrink_perturb: theta <- shrink * theta + perturb * fresh init (Ash & Adams 2020)
+    config.redo.perturb = 0.2
+    config.redo.reset_layers = 1  # reset: the last k layers of every chain (Nikishin et al. 2022)
     return config
 
 

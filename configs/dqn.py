@@ -134,6 +134,5 @@ PRESETS = {
         "sparse.prune.update_period": 5_000,
         "sparse.prune.start_fraction": 0.2,
         "sparse.prune.end_fraction": 0.8,
-        "redo.period": 1_000,
     },
 }

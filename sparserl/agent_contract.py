@@ -18,14 +18,16 @@ class Agent(NamedTuple):
       topology updates and ReDo on their schedules included. Off-policy agents take `update(state, batch, key,
       sample, plan)`: `sample(key, n)` draws n more transitions from the replay (ReDo's batch) and `plan` is
       `plan(first_update, count)` for the updates this call belongs to, or None
-    - `measure(state, batch) -> metrics`: sparsity and dormant fractions of every network (and `redo/recycled`)
-    - `recycle(state, batch, key) -> (state, num_recycled)`: ReDo on every network, as `update` runs it
+    - `measure(state, batch) -> metrics`: sparsity, dormant fractions and the plasticity measures of every network
+      (and `recycle/...` when a remedy runs)
+    - `recycle(state, batch, key) -> (state, dormancy.RecycleCounts)`: the remedy (`redo.remedy`, ReDo by default)
+      on every network, as `update` runs it
     - `plan(first_update, count) -> hashable`: what of the scheduled work falls on updates
       first_update..first_update + count - 1, as a static value that `update` specialises its program on (a
       loop that knows the update numbers on the host compiles one program per value; see
       `dormancy.recycle_when_due`)
-    Every state has `rng` (per seed), `step` (gradient updates, shared by all seeds) and `recycled` (ReDo's count)
-    fields.
+    Every state has `rng` (per seed), `step` (gradient updates, shared by all seeds) and `recycled` (the
+    remedy's `dormancy.RecycleCounts`) fields.
     """
 
     init: Callable

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sparserl import dormancy, sparse_network
+from sparserl import dormancy, remedies, sparse_network
 from sparserl.configs.base import network_sparsity, sparsity_config
 
 
@@ -60,14 +60,19 @@ class AgentNetworks:
     inputs: Callable[[Any, Any], Sequence[tuple]]
     redo: ml_collections.ConfigDict
 
+    def __post_init__(self):
+        if self.redo.enabled:
+            for member in self.members:
+                remedies.check(self.redo, member.network.module.chains(), member.loss is not None, member.network.name)
+
     @property
     def schedule(self) -> dormancy.RecycleSchedule | None:
-        """When ReDo runs (`dormancy.schedule_of`); None when it is off."""
-        return dormancy.schedule_of(self.redo)
+        """When the remedy runs (`remedies.schedule_of`); None when none does."""
+        return remedies.schedule_of(self.redo)
 
     def measure(self, state: Any, batch: Any) -> dict[str, jax.Array]:
         """Every network's sparsity, dormant fractions, GraMa inactive fractions (the gradient of its `loss` on
-        `batch`), srank and weight magnitude (`sparse_network.metrics`), then `redo/recycled` (contract 6)."""
+        `batch`), srank and weight magnitude (`sparse_network.metrics`), then `recycle/...` (contract 6)."""
         metrics = {}
         for member, inputs in zip(self.members, self.inputs(state, batch)):
             network_state = getattr(state, member.field)
@@ -75,30 +80,35 @@ class AgentNetworks:
             metrics.update(sparse_network.metrics(member.network, network_state, *inputs, grads=grads))
         return {**metrics, **dormancy.recycled_metrics(self.schedule, state)}
 
-    def recycle(self, state: Any, batch: Any, key: jax.Array) -> tuple[Any, jax.Array]:
-        """ReDo (Sokar et al. 2023, Algorithm 1) on every network -> (state, neurons recycled in all of them).
+    def recycle(self, state: Any, batch: Any, key: jax.Array) -> tuple[Any, dormancy.RecycleCounts]:
+        """The remedy `redo.remedy` (`sparserl.remedies`; ReDo, Sokar et al. 2023, Algorithm 1, by default) on every
+        network -> (state, what it changed in all of them).
 
-        Each network is scored and recycled on its inputs, with its own key (`key` itself for an agent's only
-        network, else `split(key, len(members))` in order). With `redo.reset_target`, a network's target takes the
-        online values of every entry ReDo rewrote (`dormancy.follow_online`); without it the targets stay as
-        they are (Dopamine `labs/redo` recycles the online networks only).
+        Each network is scored (ReDo, ReGraMa) on its inputs, with its own key (`key` itself for an agent's only
+        network, else `split(key, len(members))` in order); ReGraMa takes the gradient of the network's `loss` on
+        `batch`. With `redo.reset_target`, a network's target takes the online values of every entry the remedy
+        rewrote (`dormancy.follow_online`); without it the targets stay as they are (Dopamine `labs/redo` recycles
+        the online networks only).
         """
         keys = [key] if len(self.members) == 1 else jax.random.split(key, len(self.members))
-        fields, num_recycled = {}, jnp.zeros((), jnp.int32)
+        fields, before, after, results = {}, [], [], []
         for member, inputs, member_key in zip(self.members, self.inputs(state, batch), keys):
-            online, result = sparse_network.recycle(member.network, getattr(state, member.field), member_key,
-                                                    self.redo.tau, *inputs)
+            network_state = getattr(state, member.field)
+            gradients = None if member.loss is None else (lambda: jax.grad(member.loss)(network_state.params, state, batch))
+            online, result = remedies.apply(self.redo, member.network, network_state, member_key, inputs, gradients)
             fields[member.field] = online
             if member.target_field and self.redo.reset_target:
                 target = getattr(state, member.target_field)
                 fields[member.target_field] = dormancy.follow_online(target, online.params, result.touched)
-            num_recycled = num_recycled + result.num_recycled
-        return state.replace(**fields), num_recycled
+            before.append(network_state.params)
+            after.append(online.params)
+            results.append(result)
+        return state.replace(**fields), remedies.counts_of(before, after, results)
 
     def recycle_when_due(self, state: Any, batch: Callable[[jax.Array], Any], key: jax.Array,
                          plan: bool | None = None) -> Any:
         """`dormancy.recycle_when_due` with this agent's schedule and `recycle`: what an update calls after each
-        gradient step; `batch(key)` gives the batch ReDo scores on, `plan` is `self.plan(...)`'s value if known."""
+        gradient step; `batch(key)` gives the batch the remedy scores on, `plan` is `self.plan(...)`'s value if known."""
         return dormancy.recycle_when_due(self.schedule, state, self.recycle, batch, key, plan)
 
     def recycle_from_replay(self, state: Any, sample: Callable | None, update_key: jax.Array, plan: bool | None) -> Any:

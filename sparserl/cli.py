@@ -45,7 +45,10 @@ SPARSITY_FIELDS = ("sparsity", "actor_sparsity", "critic_sparsity")
 """The fields of a config's `sparse` block that hold a sparsity: every network's, and the actor's and the critic's
 (agents with both; None, or absent, where they take `sparsity`)."""
 
-_FIELD_FLAGS = {field: f"--{flag_name}" for flag_name, field in FLAG_FIELDS.items()}
+RECYCLE_FLAG_FIELD = "redo.remedy"
+"""The field `--recycle=<remedy>` sets (with `redo.enabled`; `--recycle=none` turns the remedy off)."""
+
+_FIELD_FLAGS = {**{field: f"--{flag_name}" for flag_name, field in FLAG_FIELDS.items()}, RECYCLE_FLAG_FIELD: "--recycle"}
 
 
 class UsageError(Exception):

@@ -19,7 +19,6 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from sparserl.networks import POST_ACTIVATION
 from sparserl.sparse import SparseOptState, zero_moments
@@ -99,7 +98,7 @@ def _neuron_flags(params: Any, scores: dict, chains: Sequence[Sequence[str]], ta
         for layer, next_layer in zip(chain[:-1], chain[1:]):
             dormant = scores[layer] <= tau
             incoming[layer] = dormant
-            num_inputs = _get(params, next_layer)["kernel"].shape[-2]
+            num_inputs = get_layer(params, next_layer)["kernel"].shape[-2]
             channels = dormant.shape[0]
             if num_inputs % channels:
                 raise ValueError(f"{next_layer} has {num_inputs} inputs, not a multiple of the {channels} neurons of {layer}")
@@ -111,7 +110,8 @@ def _neuron_flags(params: Any, scores: dict, chains: Sequence[Sequence[str]], ta
     return incoming, outgoing, num_recycled
 
 
-def _get(tree: Any, layer: str) -> Any:
+def get_layer(tree: Any, layer: str) -> Any:
+    """The subtree of a params-like tree at a layer path such as `q1/dense_0`."""
     for key in layer.split("/"):
         tree = tree[key]
     return tree
@@ -167,6 +167,22 @@ def follow_online(target_params: Any, online_params: Any, touched: Any) -> Any:
     return jax.tree.map(lambda target, online, reset: jnp.where(reset, online, target), target_params, online_params, touched)
 
 
+class RecycleCounts(NamedTuple):
+    """What the recycling has changed since the run started, per seed, logged as `recycle/<field>` (contract 6):
+    `neurons` re-initialised (ReDo and ReGraMa: dormant ones; a reset: every unit of the reset layers), `weights`
+    rewritten (kernel and bias entries), and `distance`, the sum over recycling steps of the L2 norm of the change
+    to all online params (||theta_after - theta_before||_2)."""
+
+    neurons: jax.Array
+    weights: jax.Array
+    distance: jax.Array
+
+    @classmethod
+    def zero(cls) -> "RecycleCounts":
+        """Nothing recycled yet: a TrainState's `recycled` at init."""
+        return cls(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+
+
 class RecycleSchedule(NamedTuple):
     """When ReDo runs: every `period` gradient steps within [start, end) (`end=None`: never stops), never at step 0."""
 
@@ -180,11 +196,6 @@ class RecycleSchedule(NamedTuple):
         if self.end is not None:
             due &= step < self.end
         return due
-
-
-def schedule_of(redo: ml_collections.ConfigDict) -> RecycleSchedule | None:
-    """The schedule of an agent's `redo` config block: every `redo.period` gradient steps; None when ReDo is off."""
-    return RecycleSchedule(period=redo.period) if redo.enabled else None
 
 
 def redo_key(update_key: jax.Array) -> jax.Array:
@@ -219,9 +230,9 @@ def recycle_when_due(schedule: RecycleSchedule | None, state: Any, recycle: Call
     """ReDo on schedule: what every agent's `update` calls right after each gradient step.
 
     `state.step` counts the gradient steps taken, this one included. When
-    `schedule.is_due(state.step)`, `recycle(state, batch(batch_key), recycle_key) -> (state, num_recycled)` runs
-    (`batch_key, recycle_key = split(key)`) and `state.recycled`, the agent's count of recycled neurons, grows by
-    `num_recycled`; otherwise the state comes back unchanged. `batch(key)` gives the inputs that scores the neurons:
+    `schedule.is_due(state.step)`, `recycle(state, batch(batch_key), recycle_key) -> (state, counts)` runs
+    (`batch_key, recycle_key = split(key)`) and `state.recycled`, the agent's `RecycleCounts`, adds `counts` leaf by
+    leaf; otherwise the state comes back unchanged. `batch(key)` gives the inputs that scores the neurons:
     off-policy agents sample `redo.batch_size` transitions from the replay inside the branch, so only a recycling
     step pays for it (Dopamine `labs/redo/recycled_dqn_agents.py` samples its `batch_size_statistics` = 256 from
     the replay when a recycle is due); PPO scores on its rollout (the current batch).
@@ -241,8 +252,8 @@ def recycle_when_due(schedule: RecycleSchedule | None, state: Any, recycle: Call
 
     def run(state, key):
         batch_key, recycle_key = jax.random.split(key)
-        state, num_recycled = recycle(state, batch(batch_key), recycle_key)
-        return state.replace(recycled=state.recycled + num_recycled)
+        state, counts = recycle(state, batch(batch_key), recycle_key)
+        return state.replace(recycled=jax.tree.map(jnp.add, state.recycled, counts))
 
     if plan:
         return run(state, key)
@@ -250,5 +261,8 @@ def recycle_when_due(schedule: RecycleSchedule | None, state: Any, recycle: Call
 
 
 def recycled_metrics(schedule: RecycleSchedule | None, state: Any) -> dict[str, jax.Array]:
-    """`redo/recycled`: the neurons ReDo has recycled since the run started (per seed); nothing when ReDo is off."""
-    return {} if schedule is None else {"redo/recycled": state.recycled}
+    """`recycle/neurons`, `recycle/weights`, `recycle/distance`: the agent's `RecycleCounts` (per seed); nothing when
+    no remedy runs."""
+    if schedule is None:
+        return {}
+    return {f"recycle/{field}": value for field, value in state.recycled._asdict().items()}

@@ -195,22 +195,10 @@ def metrics(network: SparseNetwork, state: NetworkState, *inputs, grads: Any = N
     return metrics
 
 
-def recycle(network: SparseNetwork, state: NetworkState, key: jax.Array, tau: float, *inputs) -> tuple[NetworkState, dormancy.RecycleResult]:
-    """ReDo (Sokar et al. 2023, Algorithm 1) on this network, scored on `inputs`.
-
-    Recycled incoming weights are re-drawn like `init` draws them: from the
-    module's initializers at the sparse fan-in scale of the current masks.
-    """
-    result = dormancy.recycle(
-        state.params,
-        state.opt_state,
-        scores(network, state.params, *inputs),
-        key,
-        init_params=lambda k: _at_init_scale(network, network.module.init(k, *inputs)["params"], state.opt_state.masks),
-        chains=network.module.chains(),
-        tau=tau,
-    )
-    return state.replace(params=result.params, opt_state=result.opt_state), result  # masks unchanged: same indices
+def fresh_params(network: SparseNetwork, key: jax.Array, masks: Any, *inputs) -> Any:
+    """A fresh init of the network's params, drawn as `init` draws them: from the module's initializers, at the
+    sparse fan-in scale of `masks` (what ReDo and the other remedies, `sparserl.remedies`, write on kept entries)."""
+    return _at_init_scale(network, network.module.init(key, *inputs)["params"], masks)
 
 
 def soft_update_target(state: NetworkState, target_params: Any, tau: float) -> Any:

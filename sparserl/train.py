@@ -32,12 +32,13 @@ from absl import logging as absl_logging
 import ml_collections
 
 from sparserl.agent_contract import AGENTS, Agent, agent_module
+from sparserl.configs.base import REMEDIES, remedy_period
 from sparserl.cli import FLAG_FIELDS, UsageError, largest_sparsity, report_usage, usage_error
 from sparserl.sparse import structure as structure_lib
 from sparserl.sparse.distributions import DISTRIBUTIONS
 from sparserl.sparse.topology import TOPOLOGIES
-from sparserl.train_config import (apply_overrides, check_sweep, flag_error_message, preset_config,
-                                   resolve_structure_sparsity, set_field, validate)
+from sparserl.train_config import (apply_overrides, apply_recycle, check_sweep, flag_error_message, preset_config,
+                                   remedy_text, resolve_structure_sparsity, set_field, validate)
 
 
 class SparsityLevels(flags.ArgumentParser):
@@ -63,9 +64,12 @@ flags.DEFINE_string("method", None, f"Sparse training method: {', '.join(TOPOLOG
 flags.DEFINE_string("structure", None, f"Mask structure: {structure_lib.ALLOWED} (fan_in: every neuron keeps the same "
                     "number of inputs; nm: N of every M inputs, the sparsity fixed at 1 - N/M). Kept by every method.")
 flags.DEFINE_string("distribution", None, f"Per-layer sparsity distribution: {', '.join(DISTRIBUTIONS)}.")
-flags.DEFINE_bool("redo", None, "Recycle dormant neurons with ReDo (Sokar et al. 2023).")
+flags.DEFINE_bool("redo", None, "Recycle dormant neurons with ReDo (Sokar et al. 2023); --recycle=redo.")
+flags.DEFINE_string("recycle", None, f"A remedy for lost plasticity, run every --redo_period gradient steps: none, "
+                    f"{', '.join(REMEDIES)} (sparserl/remedies.py).")
 flags.DEFINE_float("redo_tau", None, "ReDo dormancy threshold tau (>= 0).")
-flags.DEFINE_integer("redo_period", None, "Gradient steps between ReDo recycling (>= 1).")
+flags.DEFINE_integer("redo_period", None, "Gradient steps between remedies (>= 1; default: the remedy's, "
+                     "redo and regrama 1000, shrink_perturb and reset 20000).")
 flags.DEFINE_integer("seed", None, "First seed; seeds are seed, seed + 1, ...")
 flags.DEFINE_integer("num_seeds", None, "Seeds trained side by side in one process (vmapped).")
 flags.DEFINE_integer("steps", None, "Environment steps per seed.")
@@ -100,6 +104,8 @@ def configs_from_arguments(argv: list[str]) -> list[ml_collections.ConfigDict]:
         if FLAGS[flag_name].present:
             value = levels[0] if flag_name == "sparsity" else FLAGS[flag_name].value  # a sweep's levels: set below
             set_field(config, field, value, f"--{flag_name}")
+    if FLAGS["recycle"].present:
+        apply_recycle(config, FLAGS.recycle, FLAGS["redo"].present)
     overridden = apply_overrides(config, unparsed)
     if len(levels) == 1:
         configs = [config]
@@ -114,6 +120,7 @@ def configs_from_arguments(argv: list[str]) -> list[ml_collections.ConfigDict]:
         if not FLAGS["method"].present and "sparse.method" not in overridden and largest_sparsity(sparse) == 0.0:
             sparse.method = "dense"
         validate(level_config)
+        level_config.redo.period = remedy_period(level_config.redo)
     return configs
 
 
@@ -180,7 +187,7 @@ def default_run_name(config: ml_collections.ConfigDict, levels: Sequence[float] 
     sparse = config.sparse
     sparsity_text = "-".join(f"{level:g}" for level in levels) if levels else f"{largest_sparsity(sparse):g}"
     structure = "" if sparse.structure == "unstructured" else f"_{sparse.structure}"
-    name = f"{config.agent}_{config.env}_{sparse.method}{structure}_{sparsity_text}" + ("_redo" if config.redo.enabled else "")
+    name = f"{config.agent}_{config.env}_{sparse.method}{structure}_{sparsity_text}" + (f"_{config.redo.remedy}" if config.redo.enabled else "")
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
 
 
@@ -367,7 +374,7 @@ def describe(configs: Sequence[ml_collections.ConfigDict], run_dirs: Sequence[st
     for network in ("actor", "critic"):
         if sparse.get(f"{network}_sparsity") is not None:
             sparsity += f" {network}={sparse[f'{network}_sparsity']:g}"
-    redo = f"redo tau={config.redo.tau:g} every {config.redo.period}" if config.redo.enabled else "no redo"
+    redo = f"{remedy_text(config.redo)} every {config.redo.period}" if config.redo.enabled else "no remedy"
     places = f"run dir {run_dirs[0]}" if len(run_dirs) == 1 else f"{len(run_dirs)} run dirs {', '.join(run_dirs)}"
     return (
         f"{config.agent} on {config.env} | {sparse.method} {sparse.structure} {sparse.distribution} {sparsity} | {redo} | "

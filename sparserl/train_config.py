@@ -20,7 +20,7 @@ from ml_collections import config_flags
 
 from sparserl.agent_contract import AGENTS, config_module
 from sparserl.cli import FLAG_ONLY_FIELDS, SPARSITY_FIELDS, UsageError, flag_of, largest_sparsity, one_line, usage_error
-from sparserl.configs.base import MEMBER_LOOPS
+from sparserl.configs.base import MEMBER_LOOPS, REMEDIES
 from sparserl.sparse import structure as structure_lib
 from sparserl.sparse.distributions import DISTRIBUTIONS
 from sparserl.sparse.topology import TOPOLOGIES
@@ -230,15 +230,41 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise UsageError(f"--config.member_loop: unknown member loop {config.member_loop!r}; "
                          f"choose one of {', '.join(MEMBER_LOOPS)}")
     for field, minimum in (("num_seeds", 1), ("steps", 1), ("eval_every", 1), ("log_every", 1), ("checkpoint_every", 1),
-                           ("seed", 0), ("redo.tau", 0.0), ("redo.period", 1)):
+                           ("seed", 0), ("redo.tau", 0.0), ("redo.period", 1), ("redo.perturb", 0.0),
+                           ("redo.reset_layers", 1)):
         value = _field_value(config, field)
-        if value < minimum:
+        if value is not None and value < minimum:
             raise UsageError(f"{flag_of(field)}: must be >= {minimum:g}, got {value:g}")
+    if config.redo.remedy not in REMEDIES:
+        raise UsageError(f"{flag_of('redo.remedy')}: unknown remedy {config.redo.remedy!r}; "
+                         f"choose one of none, {', '.join(REMEDIES)}")
+    if not 0.0 <= config.redo.shrink <= 1.0:
+        raise UsageError(f"--config.redo.shrink: {config.redo.shrink:g} is outside [0, 1]")
     for name in ("hidden_sizes", "conv_features", "kernel_sizes", "strides", "dense_sizes"):
         sizes = config.network.get(name)
         if sizes is not None and not (isinstance(sizes, (tuple, list)) and sizes and all(
                 isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in sizes)):
             raise UsageError(f"--config.network.{name}: {sizes!r} is not a list of positive integers such as 64,64")
+
+
+def apply_recycle(config: ml_collections.ConfigDict, remedy: str, redo_given: bool) -> None:
+    """`--recycle=<remedy>`: the remedy on (`redo.enabled`, `redo.remedy`), or off with `none`; not with `--redo`."""
+    if redo_given:
+        raise UsageError("--recycle: give --recycle or --redo, not both (--redo is --recycle=redo)")
+    if remedy != "none" and remedy not in REMEDIES:
+        raise UsageError(f"--recycle: unknown remedy {remedy!r}; choose one of none, {', '.join(REMEDIES)}")
+    config.redo.enabled = remedy != "none"
+    if config.redo.enabled:
+        config.redo.remedy = remedy
+
+
+def remedy_text(redo: ml_collections.ConfigDict) -> str:
+    """The remedy of a `redo` block with its settings, for the console: `redo tau=0.1`, `shrink_perturb 0.8/0.2`."""
+    if redo.remedy in ("redo", "regrama"):
+        return f"{redo.remedy} tau={redo.tau:g}"
+    if redo.remedy == "shrink_perturb":
+        return f"shrink_perturb {redo.shrink:g}/{redo.perturb:g}"
+    return f"reset last {redo.reset_layers}"
 
 
 def _sparse_methods() -> list[str]:

@@ -36,12 +36,18 @@ def _assert_close_rows(left, right):
 TINY_DQN_5_ENVS = (*TINY_DQN, "--config.num_envs=5", "--config.train_every=5")
 
 
-@pytest.mark.parametrize("arguments, exact", [(TINY_DQN, True), (TINY_DQN_5_ENVS, True),
-                                               ((*TINY_DQN, "--config.member_loop=vmap"), False), (TINY_PPO, False)],
-                         ids=["dqn", "dqn_5_envs", "dqn_vmap", "ppo"])
+def _with_remedy(arguments, remedy):
+    """The arguments with `--recycle=<remedy>` in place of `--redo` (same period)."""
+    return tuple(f"--recycle={remedy}" if argument == "--redo" else argument for argument in arguments)
+
+
+@pytest.mark.parametrize("arguments, exact", [(TINY_DQN, True), (_with_remedy(TINY_DQN_5_ENVS, "regrama"), True),
+                                               (_with_remedy((*TINY_DQN, "--config.member_loop=vmap"), "shrink_perturb"), False),
+                                               (_with_remedy(TINY_PPO, "reset"), False)],
+                         ids=["dqn", "dqn_5_envs_regrama", "dqn_vmap_shrink_perturb", "ppo_reset"])
 def test_num_seeds_equals_single_seed_runs(tmp_path, arguments, exact):
     """Seed 5 of a 3-seed run (seeds 4, 5, 6 in one program: one after another for DQN, vmapped for PPO and with
-    `member_loop=vmap`) equals a run of seed 5 alone.
+    `member_loop=vmap`) equals a run of seed 5 alone, with each remedy (ReDo, ReGraMa, Shrink & Perturb, reset).
 
     DQN one after another (one env per seed, and five): bit for bit, every metric and the whole final checkpoint
     (TrainState, env states, keys, replay). Vmapped (DQN, PPO): evaluations bit for bit, metrics and state to
@@ -69,7 +75,8 @@ def test_num_seeds_equals_single_seed_runs(tmp_path, arguments, exact):
     dqn = arguments[0] == "--agent=dqn"
     assert [row["step"] for row in rows] == ([250, 500, 750, 1000] if dqn else [512, 1024, 1536, 2048])
     assert abs(rows[-1]["sparsity/total" if dqn else "sparsity/actor/total"] - 0.9) <= 0.01
-    assert "redo/recycled" in rows[-1] and not math.isnan(rows[-1]["train/episode_return"])
+    assert rows[-1]["recycle/weights"] > 0 and rows[-1]["recycle/distance"] > 0
+    assert not math.isnan(rows[-1]["train/episode_return"])
     network = "" if dqn else "critic/"
     for name in (f"grama/0.1/{network}total", f"srank/{network}dense_1", f"weight_magnitude/{network}dense_0"):
         assert math.isfinite(rows[-1][name]), name

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sparserl.configs import base, dqn as dqn_config, ppo as ppo_config, sac as sac_config
-from sparserl.configs.base import kernels, network_module, off_policy_updates, sparsity_config
+from sparserl.configs.base import kernels, network_module, off_policy_updates, remedy_period, sparsity_config
 from sparserl.errors import ConfigError
 from sparserl.sparse.config import Settings, Window
 from tests.helpers import hidden_outputs
@@ -94,7 +94,9 @@ def test_every_agent_config_extends_the_base_blocks(agent):
     assert config.agent == agent
     assert (config.seed, config.num_seeds, config.eval_episodes, config.checkpoints_to_keep) == (0, 1, 10, 2)
     assert (config.sparse.method, config.sparse.sparsity, config.sparse.distribution) == ("rigl", 0.0, "erk")
-    assert (config.redo.enabled, config.redo.tau, config.redo.period) == (False, 0.1, 1_000)
+    assert (config.redo.enabled, config.redo.remedy, config.redo.tau, config.redo.period) == (False, "redo", 0.1, None)
+    assert (config.redo.shrink, config.redo.perturb, config.redo.reset_layers) == (0.8, 0.2, 1)
+    assert remedy_period(config.redo) == 1_000
     assert set(config.sparse.set) == set(config.sparse.rigl) == {"update_period", "drop_fraction", "start_fraction",
                                                                   "end_fraction"}
     assert ("actor_sparsity" in config.sparse) == (agent != "dqn")

@@ -6,7 +6,6 @@ import math
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -20,7 +19,6 @@ from sparserl.dormancy import (
     plan_of,
     recycle,
     recycle_when_due,
-    schedule_of,
     tau_name,
 )
 from sparserl.networks import ACTIVATIONS, MLP, NatureCNN, TwinCritic
@@ -435,13 +433,6 @@ def test_recycle_when_due_without_a_schedule_adds_no_branch():
     state, jaxpr = _updates_with_redo(None, num_updates=4, seeds=1)
     assert state.recycled.tolist() == [0] and not state.recycled_on.any()
     assert "cond[" not in str(jaxpr)
-
-
-def test_schedule_of_reads_the_redo_block():
-    redo = ml_collections.ConfigDict(dict(enabled=True, period=250))
-    assert schedule_of(redo) == RecycleSchedule(period=250)
-    redo.enabled = False
-    assert schedule_of(redo) is None
 
 
 def test_plan_of_tells_which_updates_need_redo_in_their_program():

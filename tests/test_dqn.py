@@ -152,7 +152,7 @@ def test_redo_rewrites_the_target_only_when_asked(reset_target):
     state = agent.init(jax.random.key(0))
     state = state.replace(target_params=jax.tree.map(lambda p: p + 1.0, state.online.params))
     new_state, recycled = agent.recycle(state, _hand_batch(), jax.random.key(2))
-    assert int(recycled) > 0
+    assert int(recycled.neurons) > 0
     changed = jax.tree.map(lambda old, new: np.asarray(old != new), state.online.params, new_state.online.params)
     assert any(leaf.any() for leaf in jax.tree.leaves(changed))
     for target, old_target, online, online_changed in zip(*map(jax.tree.leaves, (
@@ -181,7 +181,7 @@ def test_update_recycles_dead_neurons_in_the_runner():
     transition = jax.tree.map(lambda x: x[None], _hand_batch())
     transition = replay_lib.Transition(*(leaf[:, :1] for leaf in transition))  # [seed, one env, ...]
     new_state, _, _, _ = step(state, replay, transition, jnp.zeros((1, 1, 4)), 0, 0)
-    assert int(new_state.recycled[0]) >= 20
+    assert int(new_state.recycled.neurons[0]) >= 20
     np.testing.assert_array_equal(new_state.online.params["dense_0"]["bias"][0, :20], 0.0)
 
 

@@ -254,7 +254,7 @@ _VMAPPED_ORTHOGONAL_SCRIPT = textwrap.dedent("""
     for i in range(300):
         states = init(loop.seed_keys([4 * i + s for s in seeds]))
         states, recycled = recycle(states, observations[:, :, None], jax.random.split(jax.random.key(i), len(seeds)))
-        assert int(recycled.min()) == 256, recycled  # 2x64 actor + 2x64 critic
+        assert int(recycled.neurons.min()) == 256, recycled  # 2x64 actor + 2x64 critic
     jax.block_until_ready(states)
     print("finished")
 """)

@@ -192,7 +192,7 @@ def test_redo_runs_through_the_shared_helper_after_every_due_minibatch_step(monk
                                                                                         config.num_envs), jax.random.key(1))
     assert calls == [dormancy.RecycleSchedule(period=3)]  # traced once, inside the minibatch scan
     assert int(new_state.step) == 8 and int(new_state.recycled) == 2 * 32
-    assert "redo/recycled" in agent.measure(new_state, _random_rollout(spec, config.rollout_steps, config.num_envs))
+    assert "recycle/neurons" in agent.measure(new_state, _random_rollout(spec, config.rollout_steps, config.num_envs))
 
 
 def test_categorical_agent_greedy_action_and_vmapped_update():
@@ -261,7 +261,7 @@ def test_num_seeds_equals_single_seed_runs(cli_runs):
                 assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-5, abs=1e-6), (seed, name, a, b)
         assert _metrics(cli_runs / "both", seed, "eval") == _metrics(cli_runs / single, seed, "eval")
     row = _metrics(cli_runs / "both", 0)[-1]
-    for name in ("train/episode_return", "loss/policy", "loss/value", "loss/entropy", "sps", "redo/recycled",
+    for name in ("train/episode_return", "loss/policy", "loss/value", "loss/entropy", "sps", "recycle/neurons",
                  "sparsity/actor/total", "sparsity/critic/dense_0", "dormant/0.1/actor/total", "dormant/0.025/critic/total",
                  "grama/0.1/actor/total", "grama/0/critic/dense_1", "srank/actor/dense_0", "weight_magnitude/critic/output"):
         assert name in row, name

@@ -7,6 +7,7 @@ import io
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from sparserl.agents import dqn
 from sparserl.configs import dqn as dqn_config
@@ -102,8 +103,35 @@ def test_redo_runs_after_the_update_that_reaches_its_period_inside_a_learning_st
     counts = []
     for env_step in range(3):
         state, replay, _, _ = step(state, replay, transition, observations, env_step, 0)
-        counts.append((int(state.step), state.recycled.tolist()))
+        counts.append((int(state.step), state.recycled.neurons.tolist()))
     assert counts == [(2, [0]), (4, [8]), (6, [16])]
+
+
+@pytest.mark.parametrize("remedy", ["regrama", "shrink_perturb", "reset"])
+def test_the_host_loop_runs_every_remedy_on_its_schedule(tmp_path, remedy):
+    """Each remedy in the host off-policy loop, every 10 updates from update 50 on (15 by the end of 200 steps): the
+    rows count what it rewrote. A reset of the output layer re-initialises its 2 units each time; Shrink & Perturb
+    rewrites every kept entry (no neuron); ReGraMa at tau 100 recycles all 8 hidden neurons each time."""
+    config = dqn_config.get_config()
+    config.network.hidden_sizes = (8,)
+    config.update(steps=200, learning_starts=50, log_every=200, eval_every=200, eval_episodes=1, checkpoint_every=200,
+                  batch_size=4, checkpoint_replay=False)
+    config.redo.update(enabled=True, remedy=remedy, period=10, tau=100.0, batch_size=4)
+    spec = envs.env_spec("CartPole-v1")
+    seed_dir = str(tmp_path / "seed0")
+    writer = MetricsWriter(seed_dir, 0)
+    run = loop.Run(seeds=[0], writers=[writer], progress=ProgressPrinter("test", config.steps, stream=io.StringIO()),
+                   checkpointer=checkpoint.Checkpointer([seed_dir], 1))
+    runner.run_off_policy(dqn.make(config, spec), config, spec, run)
+    writer.close()
+
+    [row] = read_csv(tmp_path / "seed0" / "metrics.csv")
+    entries = 4 * 8 + 8 + 8 * 2 + 2  # dense_0 and output kernels and biases: all kept (dense)
+    expected = {"regrama": (8 * 15, None), "shrink_perturb": (0, 15 * entries), "reset": (2 * 15, 15 * (8 * 2 + 2))}
+    neurons, weights = expected[remedy]
+    assert row["recycle/neurons"] == neurons and row["recycle/distance"] > 0
+    if weights is not None:
+        assert row["recycle/weights"] == weights
 
 
 def test_an_in_process_run_logs_checkpoints_and_counts_redo(tmp_path):
@@ -125,12 +153,12 @@ def test_an_in_process_run_logs_checkpoints_and_counts_redo(tmp_path):
 
     rows = read_csv(tmp_path / "seed3" / "metrics.csv")
     assert [row["step"] for row in rows] == [100, 200]
-    assert [row["redo/recycled"] for row in rows] == [8 * (50 // 10), 8 * (150 // 10)]  # updates 50 and 150 so far
+    assert [row["recycle/neurons"] for row in rows] == [8 * (50 // 10), 8 * (150 // 10)]  # updates 50 and 150 so far
     assert [row["step"] for row in read_csv(tmp_path / "seed3" / "eval.csv")] == [200]
     assert checkpoint.checkpoint_steps(seed_dir) == [200]
     reader = checkpoint.Checkpointer([seed_dir], 1)
     assert reader.load_latest(warn=print) == 200
     template = loop.init_states(dqn.make(config, spec), [3])
     [arrays], [loop_state] = reader.restore(200, [checkpoint.seed_slice({"state": template}, 0, {"state": loop.seed_axes(template)})])
-    assert int(arrays["state"].step) == 150 and int(arrays["state"].recycled) == 8 * 15
+    assert int(arrays["state"].step) == 150 and int(arrays["state"].recycled.neurons) == 8 * 15
     assert loop_state["window_returns"] == [] and loop_state["pending_action"].shape == (1,)

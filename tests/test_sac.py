@@ -157,7 +157,7 @@ def test_redo_rewrites_the_target_critic_only_when_asked(reset_target):
     state = agent.init(jax.random.key(0))
     state = state.replace(target_critic_params=jax.tree.map(lambda p: p + 1.0, state.critic.params))
     new_state, recycled = agent.recycle(state, _batch(spec, 64, jax.random.key(1)), jax.random.key(2))
-    assert int(recycled) > 0
+    assert int(recycled.neurons) > 0
     changed = jax.tree.map(lambda old, new: np.asarray(old != new), state.critic.params, new_state.critic.params)
     assert any(leaf.any() for leaf in jax.tree.leaves(changed))
     for target, old_target, online, online_changed in zip(*map(jax.tree.leaves, (

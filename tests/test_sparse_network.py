@@ -3,11 +3,12 @@ kept on the online mask, and one gradient-norm clip over several networks."""
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from sparserl import networks, sparse_network
+from sparserl import networks, remedies, sparse_network
 from sparserl.sparse import SparsityConfig, apply_masks
 
 
@@ -66,7 +67,8 @@ def test_redo_redraws_at_the_sparse_fan_in_scale():
     network = _network()
     inputs = jax.random.normal(jax.random.key(1), (64, 17))
     state = sparse_network.init(network, jax.random.key(0), inputs[:1])
-    recycled, result = sparse_network.recycle(network, state, jax.random.key(5), 1e9, inputs)  # every neuron recycled
+    redo = ml_collections.ConfigDict(dict(remedy="redo", tau=1e9))  # every neuron recycled
+    recycled, result = remedies.apply(redo, network, state, jax.random.key(5), (inputs,), None)
     assert int(result.num_recycled) == 512
     masks = state.opt_state.masks
     fresh = sparse_network.rescale_to_sparse_fan_in(network.module.init(jax.random.key(5), inputs)["params"], masks)

@@ -96,7 +96,7 @@ def test_tiny_run_writes_the_run_directory_contract(tmp_path):
     rows = read_csv(seed_dir / "metrics.csv")
     assert [row["step"] for row in rows] == [100, 200, 300, 400]
     expected_columns = {"step", "seed", "train/episode_return", "loss/td", "sps", "sparsity/total", "sparsity/dense_0",
-                        "sparsity/dense_1", "sparsity/output", "redo/recycled"}
+                        "sparsity/dense_1", "sparsity/output", "recycle/neurons", "recycle/weights", "recycle/distance"}
     expected_columns |= {f"dormant/{tau}/{layer}" for tau in ("0", "0.025", "0.1") for layer in ("total", "dense_0", "dense_1")}
     expected_columns |= {f"grama/{tau}/{layer}" for tau in ("0", "0.025", "0.1") for layer in ("total", "dense_0", "dense_1")}
     expected_columns |= {"srank/dense_0", "srank/dense_1", "weight_magnitude/dense_0", "weight_magnitude/output"}
