@@ -8,11 +8,13 @@ the mean of the last 10% of its evaluations (at least one; the score issue 12
 sets for reproducing Graesser et al. 2022). Writes into --out:
 
 - `results.csv`: one row per run directory and seed: what the run was (agent,
-  env, method, sparsity, ReDo, replay ratio, width multiplier, ...), its score,
-  its dense-normalised score and its final dormant fractions;
+  env, method, sparsity, remedy, replay ratio, width multiplier, ...), its score,
+  its dense-normalised score and its final plasticity measures (the mean of the
+  last 10% of log rows: dormant and GraMa totals, srank, weight magnitude);
 - `iqm.csv`: per run directory, the interquartile mean and the mean of the
   seeds' scores with 95% stratified-bootstrap confidence intervals (Agarwal et
-  al. 2021, "Deep RL at the edge of the statistical precipice", via `rliable`);
+  al. 2021, "Deep RL at the edge of the statistical precipice", via `rliable`),
+  and the seed mean of every measure (with its 95% CI for `CI_MEASURES`);
 - PNG plots: `return_vs_sparsity.png`, `dormant_vs_step.png`,
   `return_vs_step.png`, `performance_profiles.png` (each when the runs hold
   what it shows; otherwise the console says why not).
@@ -76,7 +78,8 @@ class SeedRun:
 
 
 def run_fields(config: dict) -> dict:
-    """What a run was, from its config.json: agent, env, method, sparsity, ReDo, replay ratio, width."""
+    """What a run was, from its config.json: agent, env, method, sparsity, remedy (`none` when none ran; `redo`
+    is whether one did), replay ratio, width."""
     sparse = config["sparse"]
     train_every = config.get("train_every")
     gradient_steps = config.get("gradient_steps", 1) if train_every is not None else None
@@ -87,6 +90,7 @@ def run_fields(config: dict) -> dict:
         "sparsity": largest_sparsity(sparse),
         "distribution": sparse.get("distribution", ""),
         "redo": bool(config["redo"]["enabled"]),
+        "remedy": config["redo"].get("remedy", "redo") if config["redo"]["enabled"] else "none",
         "train_every": train_every,
         "gradient_steps": gradient_steps,
         # Gradient updates per env step (Sokar et al. 2023's replay ratio); on-policy agents have none.
@@ -121,6 +125,20 @@ def dormant_totals(rows: list[dict], tau: str) -> list[str]:
     names = sorted({name for row in rows for name in row
                     if name.startswith(f"dormant/{tau}/") and name.endswith("/total")})
     return names
+
+
+def measure_names(rows: list[dict]) -> list[str]:
+    """The plasticity measures a run logged, as results.csv keeps them: the dormant and GraMa totals at every tau
+    (`dormant/<tau>/[<network>/]total`, `grama/...`), every `srank/...` and every `weight_magnitude/...`."""
+    names = {name for row in rows for name in row}
+    totals = [name for tau in TAUS for kind in ("dormant", "grama") for name in sorted(names)
+              if name.startswith(f"{kind}/{tau}/") and name.endswith("/total")]
+    return totals + sorted(name for name in names if name.startswith(("srank/", "weight_magnitude/")))
+
+
+MEASURE_PREFIXES = ("dormant/", "grama/", "srank/", "weight_magnitude/")
+# Measures whose seed mean iqm.csv gives with a 95% CI (`<name>_low`, `<name>_high`): the tau = 0.1 totals and srank.
+CI_MEASURES = ("dormant/0.1/", "grama/0.1/", "srank/")
 
 
 def load_runs(run_dirs: list[str]) -> list[SeedRun]:
@@ -160,9 +178,8 @@ def results_rows(seed_runs: list[SeedRun]) -> list[dict]:
         fields = seed_run.fields
         row = {"run": seed_run.run, "seed": seed_run.seed, **fields,
                "last_eval_step": seed_run.evals[-1]["step"], "score": score(seed_run.evals)}
-        for tau in TAUS:
-            for name in dormant_totals(seed_run.metrics, tau):
-                row[name] = tail_mean(seed_run.metrics, name)
+        for name in measure_names(seed_run.metrics):
+            row[name] = tail_mean(seed_run.metrics, name)
         rows.append(row)
     _normalise(rows)
     return rows
@@ -219,7 +236,7 @@ def interval_estimates(scores: np.ndarray, reps: int, seed: int) -> dict[str, fl
     return dict(iqm=iqm, iqm_low=iqm_low, iqm_high=iqm_high, mean=mean, mean_low=mean_low, mean_high=mean_high)
 
 
-GROUP_FIELDS = ("agent", "env", "method", "sparsity", "distribution", "redo", "train_every", "gradient_steps",
+GROUP_FIELDS = ("agent", "env", "method", "sparsity", "distribution", "redo", "remedy", "train_every", "gradient_steps",
                 "replay_ratio", "width_multiplier", "steps")
 
 
@@ -232,8 +249,12 @@ def iqm_rows(rows: list[dict], reps: int, seed: int = 0) -> list[dict]:
         normalised = np.array([[row["normalised_score"] for row in group]]).T
         if not np.isnan(normalised).any():
             entry.update({f"normalised_{key}": value for key, value in interval_estimates(normalised, reps, seed).items()})
-        for name in sorted({name for row in group for name in row if name.startswith("dormant/")}):
-            entry[name] = float(np.mean([row.get(name, math.nan) for row in group]))
+        for name in dict.fromkeys(name for row in group for name in row if name.startswith(MEASURE_PREFIXES)):
+            values = np.array([row.get(name, math.nan) for row in group])
+            entry[name] = float(np.mean(values))
+            if name.startswith(CI_MEASURES) and not np.isnan(values).any():
+                estimates = interval_estimates(values[:, None], reps, seed)
+                entry[f"{name}_low"], entry[f"{name}_high"] = estimates["mean_low"], estimates["mean_high"]
         table.append(entry)
     return table
 
@@ -274,8 +295,12 @@ def variant(entry: dict) -> str:
     if entry["replay_ratio"] is not None:
         parts.append(f"RR {entry['replay_ratio']:g}")
     if entry["redo"]:
-        parts.append("ReDo")
+        parts.append(REMEDY_LABELS[entry.get("remedy", "redo")])
     return " ".join(parts)
+
+
+REMEDY_LABELS = {"none": "", "redo": "ReDo", "regrama": "ReGraMa", "shrink_perturb": "S&P", "reset": "reset"}
+REMEDY_LINES = {"none": "-", "redo": "--", "regrama": ":", "shrink_perturb": "-.", "reset": (0, (5, 1, 1, 1, 1, 1))}
 
 
 # ------------------------------------------------------------------------------------------------------------- plots
@@ -351,8 +376,8 @@ def _mean_curve(seed_runs: list[SeedRun], filename_rows: str, name: str):
 
 
 def plot_dormant_vs_step(seed_runs: list[SeedRun], path: str) -> str | None:
-    """Dormant fraction (%) against env steps: one row per tau, one column per replay ratio; solid lines without
-    ReDo, dashed with it (mean over seeds, band +- one standard deviation)."""
+    """Dormant fraction (%) against env steps: one row per tau, one column per replay ratio; a solid line without a
+    remedy, another line style per remedy (`REMEDY_LINES`; mean over seeds, band +- one standard deviation)."""
     by_run = _groups_of_seed_runs(seed_runs)
     if not any(dormant_totals(seed_run.metrics, "0.1") for seed_run in seed_runs):
         return "dormant_vs_step.png: no run logged dormant fractions"
@@ -372,8 +397,9 @@ def plot_dormant_vs_step(seed_runs: list[SeedRun], path: str) -> str | None:
                     steps, mean, std = curve
                     network = name.split("/")[2] if name.count("/") == 3 else ""
                     label = f"{fields['method']} {fields['sparsity']:g}{' ' + network if network else ''}"
-                    line, = axis.plot(steps, 100 * mean, "--" if fields["redo"] else "-", marker="o" if len(steps) == 1 else None,
-                                      label=label + (" ReDo" if fields["redo"] else ""))
+                    remedy = fields["remedy"]
+                    line, = axis.plot(steps, 100 * mean, REMEDY_LINES[remedy], marker="o" if len(steps) == 1 else None,
+                                      label=f"{label} {REMEDY_LABELS[remedy]}".rstrip())
                     axis.fill_between(steps, 100 * (mean - std), 100 * (mean + std), color=line.get_color(), alpha=0.15)
             axis.set_title(f"tau = {tau}, replay ratio {ratio:g}", fontsize=9)
             axis.set_xlabel("environment steps")
@@ -466,8 +492,8 @@ def matched_sparsities(seed_runs: list[SeedRun]) -> dict[str, float]:
 
 
 def aggregate(run_dirs: list[str], out: str, reps: int = 10_000, seed: int = 0) -> dict:
-    """Reads the runs and writes every output into `out`; returns {'rows', 'table', 'skipped'}. Bad input raises
-    UsageError before anything is written."""
+    """Reads the runs and writes every output into `out`; returns {'rows', 'table', 'skipped', 'courses'}. Bad input
+    raises UsageError before anything is written."""
     import_rliable()
     seed_runs = load_runs(run_dirs)
     rows = results_rows(seed_runs)
@@ -486,7 +512,18 @@ def aggregate(run_dirs: list[str], out: str, reps: int = 10_000, seed: int = 0) 
         plot_return_vs_step(seed_runs, os.path.join(out, "return_vs_step.png")),
         plot_performance_profiles(rows, min(reps, 2_000), seed, os.path.join(out, "performance_profiles.png")),
     ) if reason]
-    return {"rows": rows, "table": table, "skipped": skipped}
+    return {"rows": rows, "table": table, "skipped": skipped, "courses": dormant_courses(seed_runs)}
+
+
+def dormant_courses(seed_runs: list[SeedRun], tau: str = "0.1") -> dict[str, dict[str, tuple]]:
+    """Run -> dormant total at `tau` -> (steps, mean over seeds): how each run's dormant fraction moved in training."""
+    courses = collections.defaultdict(dict)
+    for run, runs in _groups_of_seed_runs(seed_runs).items():
+        for name in dormant_totals(runs[0].metrics, tau):
+            curve = _mean_curve(runs, "metrics", name)
+            if curve is not None:
+                courses[run][name] = curve[:2]
+    return dict(courses)
 
 
 def main(argv=None) -> int:

@@ -20,7 +20,7 @@ from sparserl.cli import OneLineParser, UsageError, report_usage
 from sparserl.experiments import aggregate, launch
 from sparserl.reporting import atomic_write_text
 
-SCALES = ("smoke", "small", "paper")
+SCALES = ("smoke", "small", "paper")  # what every study offers; a study may add its own (`parser(scales=)`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,12 +44,12 @@ SMOKE = {
 }
 
 
-def parser(description: str, agents: tuple[str, ...]) -> OneLineParser:
+def parser(description: str, agents: tuple[str, ...], scales: tuple[str, ...] = SCALES) -> OneLineParser:
     """The command line both studies share; `--config.<field>=value` arguments pass through to every run."""
     result = OneLineParser(description=description)
     result.add_argument("--agent", default=agents[0], choices=agents)
     result.add_argument("--env", default=None, help="environment id (default: the scale's)")
-    result.add_argument("--scale", default="small", choices=SCALES)
+    result.add_argument("--scale", default="small", choices=scales)
     result.add_argument("--seeds", type=int, default=None, help="seeds per run (default: the scale's)")
     result.add_argument("--steps", type=int, default=None, help="environment steps per run (default: the scale's)")
     result.add_argument("--out", required=True, help="the study directory")
@@ -134,6 +134,8 @@ def run_study(arguments, plan: dict, specs: list[launch.RunSpec], summarize: Cal
     if arguments.dry_run:
         for spec in specs:
             print(shlex.join(launch.train_command(spec, runs_dir, python="python")))
+        if plan.get("estimate"):
+            print(plan["estimate"])
         return 0
     outcomes = launch.launch(specs, runs_dir, logs_dir, arguments.launcher, arguments.max_parallel,
                              arguments.ray_address, arguments.gpus_per_run)

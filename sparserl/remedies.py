@@ -18,8 +18,9 @@ The remedies:
   <= tau.
 - `shrink_perturb`: Shrink & Perturb (Ash & Adams 2020, "On warm-starting neural network training", section 4):
   theta <- lambda * theta + sigma * epsilon on every kept weight and bias, epsilon a fresh initialisation;
-  `redo.shrink` = lambda = 0.8 and `redo.perturb` = sigma = 0.2, the interpolation towards a fresh init that
-  D'Oro et al. 2023 ("Sample-efficient RL by breaking the replay ratio barrier") apply with alpha = 0.8.
+  `redo.shrink` = lambda = 0.8 and `redo.perturb` = sigma = 0.2: theta <- 0.8 theta + 0.2 phi, the interpolation
+  towards a fresh init phi that D'Oro et al. 2023 ("Sample-efficient RL by breaking the replay ratio barrier",
+  SR-SPR) apply to the encoder at each reset, as we read the paper (not checked against their code).
 - `reset`: reset the last `redo.reset_layers` layers of every chain of the network (Nikishin et al. 2022, "The
   primacy bias in deep RL", section 4) to a fresh initialisation; k = 1, the output layer, by default (their
   SAC resets every layer: set k to the depth).

@@ -14,11 +14,11 @@ from tests.helpers import cli_environment
 
 
 def write_run(run_dir, seed, evals, *, method="dense", sparsity=0.0, env="Acrobot-v1", redo=False, width=1.0,
-              train_every=1, gradient_steps=1, dormant=(), hidden_sizes=(16, 16)):
+              train_every=1, gradient_steps=1, dormant=(), hidden_sizes=(16, 16), remedy="redo"):
     """A hand-made seed directory: config.json as sparserl.train writes it, eval.csv and metrics.csv."""
     config = dqn_config.get_config()
     config.env, config.seed, config.steps = env, seed, 100 * len(evals)
-    config.sparse.method, config.sparse.sparsity, config.redo.enabled = method, sparsity, redo
+    config.sparse.method, config.sparse.sparsity, config.redo.enabled, config.redo.remedy = method, sparsity, redo, remedy
     config.network.width_multiplier, config.network.hidden_sizes = width, hidden_sizes
     config.train_every = train_every
     config.gradient_steps = gradient_steps

@@ -74,16 +74,34 @@ def test_the_dormant_study_plans_every_replay_ratio_with_and_without_redo(tmp_pa
     plan = json.loads((out / "plan.json").read_text())
     runs = {run["name"]: run["args"] for run in plan["runs"]}
     assert len(runs) == 10 and not (out / "runs").exists()
-    # A process per (ratio, ReDo), its seeds vmapped: no sweeps, the ratios and ReDo change the program.
+    # A process per (ratio, remedy), its seeds vmapped: no sweeps, the ratios and the remedy change the program.
     assert all(run["sweep"] == [] and "--num_seeds=2" in run["args"] for run in plan["runs"])
     expected = {0.25: (4, 1), 0.5: (2, 1), 1: (1, 1), 2: (1, 2), 4: (1, 4)}
     for ratio, (train_every, gradient_steps) in expected.items():
-        for redo, suffix in ((False, ""), (True, "_redo")):
+        for remedy, suffix in (("none", ""), ("redo", "_redo")):
             args = runs[f"dqn_gymnax-CartPole-v1_dense_0{suffix}_rr{ratio:g}"]
             assert f"--config.train_every={train_every}" in args and f"--config.gradient_steps={gradient_steps}" in args
-            assert f"--redo={str(redo).lower()}" in args
+            assert f"--recycle={remedy}" in args
     commands = capsys.readouterr().out.strip().splitlines()
     assert len(commands) == 10 and all(command.startswith("python -m sparserl.train ") for command in commands)
+
+
+def test_the_medium_dry_run_shows_the_grid_of_every_remedy_and_its_cost(tmp_path, capsys, monkeypatch):
+    """--scale=medium: DQN on MinAtar Breakout, 1M steps, 3 seeds; each remedy beside none at each ratio, at the
+    remedy's own period; the cost in CPU-hours from the measured per-ratio cost, linear in the ratio."""
+    monkeypatch.setattr(dormant_neuron_study, "MINATAR_DQN_CPU_SECONDS", {0.25: 100.0, 4.0: 400.0})
+    out = tmp_path / "study"
+    assert dormant_neuron_study.main(["--scale=medium", "--replay_ratios=0.25,1,4", "--remedies=redo,shrink_perturb,reset",
+                                      "--dry_run", f"--out={out}"]) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    assert (plan["env"], plan["steps"], plan["seeds"]) == ("gymnax:Breakout-MinAtar", 1_000_000, 3)
+    assert plan["remedies"] == ["none", "redo", "shrink_perturb", "reset"]
+    names = [run["name"] for run in plan["runs"]]
+    assert len(names) == 12 and "dqn_gymnax-Breakout-MinAtar_dense_0_shrink_perturb_rr4" in names
+    assert not any("--redo_period" in argument for run in plan["runs"] for argument in run["args"])
+    # 100 + (1 - 0.25) * 300 / 3.75 = 160 CPU-s per 100k steps at ratio 1: (100 + 160 + 400) x 10 x 3 seeds x 4 / 3600.
+    assert plan["estimate"].startswith("estimated cost: 22.0 CPU-hours (3 replay ratios x 4 remedy settings x 3 seeds")
+    assert capsys.readouterr().out.strip().splitlines()[-1] == plan["estimate"]
 
 
 def test_the_sparse_study_plans_a_parameter_matched_dense_run_per_sparsity(tmp_path):
@@ -147,6 +165,8 @@ def test_the_sparse_study_runs_a_method_s_levels_as_one_process_on_gymnax_and_on
     (dormant_neuron_study, ["--config.gradient_steps=2"], "--config.gradient_steps: the study sets it"),
     (dormant_neuron_study, ["--replay_ratios=0.25,3"], "--replay_ratios"),
     (dormant_neuron_study, ["--agent=ppo"], "--agent"),
+    (dormant_neuron_study, ["--remedies=redo,nope"], "--remedies: choose from redo, regrama, shrink_perturb, reset, not 'nope'"),
+    (dormant_neuron_study, ["--config.redo.remedy=reset"], "--config.redo.remedy: the study sets it"),
 ], ids=lambda value: value if isinstance(value, str) else None)
 def test_bad_study_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, module, arguments, flag):
     out = tmp_path / "study"
@@ -160,29 +180,43 @@ def test_bad_study_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys,
 
 
 @pytest.mark.parametrize("higher_ratio_final, trend", [(0.07, "grows"), (0.03, "falls")])
-def test_the_dormant_summary_states_the_trend_and_the_redo_effect(tmp_path, higher_ratio_final, trend):
+def test_the_dormant_summary_states_sokar_et_als_findings_point_by_point(tmp_path, higher_ratio_final, trend):
     from tests.test_aggregate import write_run
 
     runs = tmp_path / "runs"
     run_dirs = []
-    # Replay ratio 0.25 (train_every 4) and 2 (gradient_steps 2), without and with ReDo; dormant % at tau 0.1 over
-    # the last 10% of rows (the last row of these 4): 5% and 7% (or 3%) without ReDo, 1% and 2% with it.
-    for name, train_every, gradient_steps, redo, final in (("a", 4, 1, False, 0.05), ("b", 4, 1, True, 0.01),
-                                                            ("c", 1, 2, False, higher_ratio_final),
-                                                            ("d", 1, 2, True, 0.02)):
+    # Replay ratio 0.25 (train_every 4) and 2 (gradient_steps 2), without a remedy, with ReDo and (at 2) with Shrink &
+    # Perturb; dormant % at tau 0.1 over the last 10% of rows (the last row of these 4): 5% and 7% (or 3%) without a
+    # remedy, 1% and 2% with ReDo, 6% with S&P. Without a remedy at 0.25 it dips to 2% at step 200, then grows.
+    for name, train_every, gradient_steps, remedy, course, scores in (
+            ("a", 4, 1, None, [0.5, 0.02, 0.03, 0.05], [-100.0, -99.0]), ("b", 4, 1, "redo", [0.5, 0.5, 0.5, 0.01], [-100.0, -99.0]),
+            ("c", 1, 2, None, [0.5, 0.5, 0.5, higher_ratio_final], [-100.0, -99.0]),
+            ("d", 1, 2, "redo", [0.5, 0.5, 0.5, 0.02], [-60.0, -50.0]),
+            ("e", 1, 2, "shrink_perturb", [0.5, 0.5, 0.5, 0.06], [-100.0, -98.0])):
         for seed in (0, 1):
-            write_run(runs / name, seed, [-100.0 + seed], env="CartPole-v1", redo=redo, train_every=train_every,
-                      gradient_steps=gradient_steps, dormant=[0.5, 0.5, 0.5, final])
+            write_run(runs / name, seed, [scores[seed]], env="CartPole-v1", redo=remedy is not None, remedy=remedy or "redo",
+                      train_every=train_every, gradient_steps=gradient_steps, dormant=course)
         run_dirs.append(str(runs / name))
     result = aggregate.aggregate(run_dirs, str(tmp_path / "out"), reps=100)
     plan = dict(command="python -m sparserl.experiments.dormant_neuron_study ...", agent="dqn", env="CartPole-v1", scale="smoke",
                 steps=100)
     text = dormant_neuron_study.summarize(plan, result)
-    assert "| 0.25 | no | 1.25 | 2.50 | 5.00 |" in text and "| 2 | yes | 0.50 | 1.00 | 2.00 |" in text
-    assert (f"dormant/0.1/total without ReDo, by replay ratio (0.25, 2): 5.00%, {100 * higher_ratio_final:.2f}%; "
-            f"it {trend} with every step up in replay ratio.") in text
-    assert ("dormant/0.1/total without -> with ReDo, per replay ratio: 0.25: 5.00% -> 1.00%; "
+    assert "| 0.25 | none | 1.25 | 2.50 | 5.00 [5.00, 5.00] |" in text and "| 2 | ReDo | 0.50 | 1.00 | 2.00 [2.00, 2.00] |" in text
+    assert text.index("| 2 | none |") < text.index("| 2 | ReDo |") < text.index("| 2 | S&P |")
+    assert ("1. Dormancy grows over training? dormant/0.1/total without a remedy, per replay ratio: 0.25: 50.00% at "
+            "step 100, lowest 2.00% at step 200, 5.00% at the end (+3.00 points over the lowest); 2: 50.00% at step 100, "
+            f"lowest {100 * higher_ratio_final:.2f}% at step 400") in text
+    assert (f"2. Dormancy grows with the replay ratio? dormant/0.1/total without a remedy, by replay ratio (0.25, 2): "
+            f"5.00%, {100 * higher_ratio_final:.2f}%; it {trend} with every step up in replay ratio.") in text
+    assert ("3. ReDo keeps dormancy low? dormant/0.1/total without -> with ReDo, per replay ratio: 0.25: 5.00% -> 1.00%; "
             f"2: {100 * higher_ratio_final:.2f}% -> 2.00% (lower with ReDo at 2 of 2 ratios).") in text
+    assert (f"3. S&P keeps dormancy low? dormant/0.1/total without -> with S&P, per replay ratio: "
+            f"2: {100 * higher_ratio_final:.2f}% -> 6.00% (lower with S&P at {int(higher_ratio_final > 0.06)} of 1 ratios).") in text
+    # Two seeds: the bootstrap CI of the IQM spans them.
+    assert ("4. ReDo helps returns at high replay ratios? At replay ratio 2: IQM return -55 [-60, -50] with ReDo vs "
+            "-99.5 [-100, -99] without (higher, CIs apart).") in text
+    assert "4. S&P helps returns at high replay ratios? At replay ratio 2: IQM return -99 [-100, -98] with S&P" in text
+    assert "(the CIs overlap)" in text
     # Only the small DQN study's summary says how its defaults were chosen.
     assert dormant_neuron_study.SMALL_DQN_CHOICE not in text
     small = dict(plan, scale="small", env=dormant_neuron_study.SCALES["small"]["dqn"].env)
