@@ -17,7 +17,8 @@ The remedies:
   neurons whose GraMa score (`plasticity.gradient_scores`, the gradient of the agent's own loss on the batch) is
   <= tau.
 - `shrink_perturb`: Shrink & Perturb (Ash & Adams 2020, "On warm-starting neural network training", section 4):
-  theta <- lambda * theta + sigma * epsilon on every kept weight and bias, epsilon a fresh initialisation;
+  theta <- lambda * theta + sigma * epsilon on every kept weight and bias of the network's layers, epsilon a fresh
+  initialisation;
   `redo.shrink` = lambda = 0.8 and `redo.perturb` = sigma = 0.2: theta <- 0.8 theta + 0.2 phi, the interpolation
   towards a fresh init phi that D'Oro et al. 2023 ("Sample-efficient RL by breaking the replay ratio barrier",
   SR-SPR) apply to the encoder at each reset, as we read the paper (not checked against their code).
@@ -59,14 +60,22 @@ def check(redo: ml_collections.ConfigDict, chains: Sequence[Sequence[str]], has_
                                                f"got {redo.reset_layers}")
 
 
-def shrink_and_perturb(params: Any, opt_state: Any, fresh: Any, shrink: float, perturb: float) -> dormancy.RecycleResult:
-    """theta <- shrink * theta + perturb * fresh on every kept entry (Ash & Adams 2020); the moments of those
-    entries are zeroed. No neuron is re-initialised: `num_recycled` is 0."""
-    masks = opt_state.masks
-    new_params = jax.tree.map(lambda weights, new, mask: jnp.where(mask, shrink * weights + perturb * new, weights),
-                              params, fresh, masks)
-    inner = zero_moments(opt_state.inner, params, masks)
-    return dormancy.RecycleResult(new_params, opt_state._replace(inner=inner), masks, jnp.zeros((), jnp.int32))
+def shrink_and_perturb(params: Any, opt_state: Any, fresh: Any, shrink: float, perturb: float,
+                       layers: Sequence[str]) -> dormancy.RecycleResult:
+    """theta <- shrink * theta + perturb * fresh on every kept kernel entry and bias of `layers` (Ash & Adams 2020);
+    the moments of those entries are zeroed. No neuron is re-initialised: `num_recycled` is 0."""
+    touched = _kept_in(layers, opt_state.masks)
+    new_params = jax.tree.map(lambda weights, new, rewrite: jnp.where(rewrite, shrink * weights + perturb * new, weights),
+                              params, fresh, touched)
+    inner = zero_moments(opt_state.inner, params, touched)
+    return dormancy.RecycleResult(new_params, opt_state._replace(inner=inner), touched, jnp.zeros((), jnp.int32))
+
+
+def _kept_in(layers: Sequence[str], masks: Any) -> Any:
+    """A bool tree like the masks: kept entries of the kernels and biases of `layers`, False elsewhere (leaves of
+    no layer, such as PPO's `log_std`, are never rewritten)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, mask: mask & (leaf_name(path).rsplit("/", 1)[0] in layers), masks)
 
 
 def last_layers(chains: Sequence[Sequence[str]], count: int) -> list[str]:
@@ -78,12 +87,8 @@ def reset_layers(params: Any, opt_state: Any, fresh: Any, layers: Sequence[str])
     """Every kept kernel entry and bias of `layers` takes its fresh value (Nikishin et al. 2022); the moments of
     those entries are zeroed; `num_recycled` counts the output units of the reset layers."""
 
-    def reset(path, weights, new, mask):
-        touched = mask & (leaf_name(path).rsplit("/", 1)[0] in layers)
-        return jnp.where(touched, new, weights), touched
-
-    rewritten = jax.tree_util.tree_map_with_path(reset, params, fresh, opt_state.masks)
-    new_params, touched = jax.tree.transpose(jax.tree.structure(params), jax.tree.structure((0, 0)), rewritten)
+    touched = _kept_in(layers, opt_state.masks)
+    new_params = jax.tree.map(lambda weights, new, rewrite: jnp.where(rewrite, new, weights), params, fresh, touched)
     units = sum(dormancy.get_layer(params, layer)["kernel"].shape[-1] for layer in layers)
     inner = zero_moments(opt_state.inner, params, touched)
     return dormancy.RecycleResult(new_params, opt_state._replace(inner=inner), touched, jnp.asarray(units, jnp.int32))
@@ -105,7 +110,8 @@ def apply(redo: ml_collections.ConfigDict, network: sparse_network.SparseNetwork
         result = dormancy.recycle(state.params, state.opt_state, scores, key,
                                   init_params=lambda _: fresh, chains=chains, tau=redo.tau)
     elif redo.remedy == "shrink_perturb":
-        result = shrink_and_perturb(state.params, state.opt_state, fresh, redo.shrink, redo.perturb)
+        every_layer = last_layers(chains, max(len(chain) for chain in chains))
+        result = shrink_and_perturb(state.params, state.opt_state, fresh, redo.shrink, redo.perturb, every_layer)
     else:
         result = reset_layers(state.params, state.opt_state, fresh, last_layers(chains, redo.reset_layers))
     return state.replace(params=result.params, opt_state=result.opt_state), result  # masks unchanged: same indices

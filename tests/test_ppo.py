@@ -158,7 +158,7 @@ def test_gaussian_agent_sparsity_log_std_redo_and_obs_normalisation():
     batch = _random_rollout(spec, config.rollout_steps, config.num_envs)
     new_state, metrics = jax.jit(agent.update)(state, batch, jax.random.key(1))
     assert int(new_state.step) == config.update_epochs * config.num_minibatches
-    assert int(new_state.recycled) > 0
+    assert int(new_state.recycled.neurons) > 0
     for name in ("loss/policy", "loss/value", "loss/entropy"):
         assert np.isfinite(float(metrics[name])), name
     assert not np.allclose(new_state.actor.params["log_std"]["bias"], 0.0)  # the log std learns
@@ -191,7 +191,7 @@ def test_redo_runs_through_the_shared_helper_after_every_due_minibatch_step(monk
     new_state, _ = jax.jit(agent.update)(agent.init(jax.random.key(0)), _random_rollout(spec, config.rollout_steps,
                                                                                         config.num_envs), jax.random.key(1))
     assert calls == [dormancy.RecycleSchedule(period=3)]  # traced once, inside the minibatch scan
-    assert int(new_state.step) == 8 and int(new_state.recycled) == 2 * 32
+    assert int(new_state.step) == 8 and int(new_state.recycled.neurons) == 2 * 32
     assert "recycle/neurons" in agent.measure(new_state, _random_rollout(spec, config.rollout_steps, config.num_envs))
 
 

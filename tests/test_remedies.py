@@ -14,7 +14,7 @@ import pytest
 from sparserl import dormancy, networks, plasticity, remedies, sparse_network
 from sparserl.configs.base import REMEDIES
 from sparserl.errors import ConfigError
-from sparserl.sparse import SparsityConfig
+from sparserl.sparse import SparsityConfig, sparse_optimizer
 
 INPUTS = 6
 STRUCTURES = {
@@ -206,3 +206,18 @@ def test_counts_add_the_neurons_weights_and_distance_of_a_step():
     results = [dormancy.RecycleResult(a, None, t, jnp.asarray(n, jnp.int32)) for a, t, n in zip(after, touched, (1, 2))]
     counts = remedies.counts_of(before, after, results)
     assert (int(counts.neurons), float(counts.weights), float(counts.distance)) == (3, 2.0, 5.0)  # sqrt(3^2 + 4^2)
+
+
+def test_a_leaf_of_no_layer_is_never_rewritten():
+    """PPO's Gaussian `log_std/bias` sits in the actor's params but in no chain: Shrink & Perturb and resets leave it
+    (and its moments) as they are."""
+    params = {"dense_0": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)}, "log_std": {"bias": jnp.full(2, -0.5)}}
+    fresh = jax.tree.map(lambda leaf: 2 * jnp.ones_like(leaf), params)
+    optimizer = sparse_optimizer(optax.adam(1e-2), SparsityConfig())
+    _, opt_state = optimizer.init(jax.random.key(0), params)
+    for result in (remedies.shrink_and_perturb(params, opt_state, fresh, 0.8, 0.2, ["dense_0"]),
+                   remedies.reset_layers(params, opt_state, fresh, ["dense_0"])):
+        np.testing.assert_array_equal(result.params["log_std"]["bias"], params["log_std"]["bias"])
+        assert not bool(result.touched["log_std"]["bias"].any()) and bool(result.touched["dense_0"]["kernel"].all())
+    np.testing.assert_allclose(remedies.shrink_and_perturb(params, opt_state, fresh, 0.8, 0.2, ["dense_0"]).params[
+        "dense_0"]["kernel"], 0.8 + 0.4)

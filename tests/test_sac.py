@@ -284,3 +284,23 @@ def test_sac_critic_takes_the_configured_activation_and_refuses_a_cnn(monkeypatc
     with pytest.raises(ConfigError, match="^network.kind: sac builds MLPs only") as raised:
         sac.make(config, env_spec)
     assert raised.value.field == "network.kind"
+
+
+@pytest.mark.parametrize("remedy", ["regrama", "shrink_perturb", "reset"])
+def test_every_remedy_rewrites_actor_and_critic_on_their_masks(remedy):
+    """A 90%-sparse SAC: each remedy changes both networks (ReGraMa through the gradients of their own losses,
+    tau 1.5), only on kept weights, and leaves masks and targets alone."""
+    spec = envs.env_spec("Pendulum-v1")
+    config = _config(**{"redo.enabled": True, "redo.remedy": remedy, "redo.tau": 1.5, "sparse.method": "static",
+                        "sparse.sparsity": 0.9})
+    agent = sac.make(config, spec)
+    state = agent.init(jax.random.key(0))
+    new_state, counts = agent.recycle(state, _batch(spec, 64, jax.random.key(1)), jax.random.key(2))
+    assert float(counts.weights) > 0 and float(counts.distance) > 0
+    for network in ("actor", "critic"):
+        old, new = getattr(state, network), getattr(new_state, network)
+        assert any(bool(np.any(a != b)) for a, b in zip(jax.tree.leaves(old.params), jax.tree.leaves(new.params))), network
+        jax.tree.map(np.testing.assert_array_equal, new.opt_state.masks, old.opt_state.masks)
+        jax.tree.map(lambda leaf, mask: np.testing.assert_array_equal(np.where(mask, 0.0, leaf), 0.0),
+                     new.params, old.opt_state.masks)
+    jax.tree.map(np.testing.assert_array_equal, new_state.target_critic_params, state.target_critic_params)

@@ -108,7 +108,7 @@ def test_redo_resets_dormant_neurons_but_not_the_structure(method):
     state = instance.init(jax.random.key(0))
     batch = jax.tree.map(lambda x: jnp.asarray(x[0]), agent_programs.random_transitions(spec, 16, 0))
     recycled, count = jax.jit(instance.recycle)(state, batch, jax.random.key(1))
-    assert int(count) == 32  # both hidden layers of 16
+    assert int(count.neurons) == 32  # both hidden layers of 16
     jax.tree.map(np.testing.assert_array_equal, recycled.online.opt_state.masks, state.online.opt_state.masks)
     # The method's own state survives (SR-STE's dense weights: their pruned entries are untouched).
     assert jax.tree.structure(recycled.online.opt_state) == jax.tree.structure(state.online.opt_state)

@@ -25,6 +25,7 @@ def resolve(*arguments: str):
 def test_the_env_family_chooses_the_preset_unless_one_is_named():
     minatar = dqn_config.get_config("minatar")
     minatar.sparse.method = "dense"  # no sparsity given
+    minatar.redo.period = 1_000  # resolved: the remedy's own period (ReDo's), as config.json records it
     assert resolve("--env=MinAtar/Breakout-v1").to_dict() == minatar.to_dict()
     assert resolve(f"--config={CONFIGS}/dqn.py:minatar").to_dict() == minatar.to_dict()  # the preset's env
     assert resolve("--agent=dqn").to_dict() == resolve(f"--config={CONFIGS}/dqn.py").to_dict()
