@@ -1,6 +1,10 @@
 """Plot run directories side by side: evaluation return, sparsity and dormant fraction against steps.
 
     python -m sparserl.experiments.plot_runs runs/dqn_CartPole-v1_rigl_0.9 runs/dqn_CartPole-v1_dense_0 --out cartpole.png
+    python -m sparserl.experiments.plot_runs RUN_DIRS --metrics=eval/episode_return,dormant/0.1/total,srank/dense_0
+
+`--metrics` picks the panels, one per metric name of docs/design.md contract 6 (`eval/...` from eval.csv, the
+rest from metrics.csv; a multi-network name such as `dormant/0.1/total` averages the networks' totals).
 
 Each run is drawn as the mean over its seeds with a band of +- one standard
 deviation (seeds are the `seed*/` directories of the run).
@@ -45,10 +49,16 @@ def seed_curves(run_dir: str, filename: str, metric: str) -> list[tuple[np.ndarr
     return curves
 
 
-def plot(run_dirs: list[str], out: str) -> None:
-    """Writes the figure to `out`: a panel per entry of `PANELS`, a line per run directory."""
-    figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
-    for axis, (filename, metric, title) in zip(axes, PANELS):
+def panels_of(metrics: list[str]) -> tuple[tuple[str, str, str], ...]:
+    """(file, metric, title) per metric name: `eval/...` from eval.csv, the rest from metrics.csv."""
+    return tuple(("eval.csv" if metric.startswith("eval/") else "metrics.csv", metric, metric) for metric in metrics)
+
+
+def plot(run_dirs: list[str], out: str, panels: tuple[tuple[str, str, str], ...] = PANELS) -> None:
+    """Writes the figure to `out`: a panel per entry of `panels`, a line per run directory."""
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    axes = axes[0]
+    for axis, (filename, metric, title) in zip(axes, panels):
         for run_dir in run_dirs:
             curves = seed_curves(run_dir, filename, metric)
             if not curves:
@@ -74,11 +84,20 @@ def main(argv=None) -> int:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+", help="run directories ({workdir}/{run_name})")
     parser.add_argument("--out", default="runs.png", help="output image (PNG, PDF or SVG)")
+    parser.add_argument("--metrics", default=None, help="comma-separated metric names, a panel each (default: eval "
+                        "return, sparsity/total, dormant/0.1/total)")
     arguments = parser.parse_args(argv)
     missing = [run_dir for run_dir in arguments.run_dirs if not glob.glob(os.path.join(run_dir, "seed*"))]
     if missing:
         return report_usage(f"run_dirs: no seed directories in {', '.join(missing)}")
-    plot(arguments.run_dirs, arguments.out)
+    panels = PANELS
+    if arguments.metrics is not None:
+        panels = panels_of([metric.strip() for metric in arguments.metrics.split(",") if metric.strip()])
+        unlogged = [metric for filename, metric, _ in panels
+                    if not any(seed_curves(run_dir, filename, metric) for run_dir in arguments.run_dirs)]
+        if unlogged or not panels:
+            return report_usage(f"--metrics: no run logged {unlogged[0]!r}" if unlogged else "--metrics: name a metric")
+    plot(arguments.run_dirs, arguments.out, panels)
     print(f"wrote {arguments.out}")
     return 0
 

@@ -30,3 +30,15 @@ def test_plot_writes_an_image_and_rejects_empty_dirs(tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert plot_runs.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x.png")]) == 2
     assert not (tmp_path / "x.png").exists()
+
+
+def test_metrics_pick_the_panels_and_an_unlogged_one_is_bad_input(tmp_path, capsys):
+    _fake_run(tmp_path / "a", [0, 1], 100.0)
+    assert plot_runs.panels_of(["eval/episode_return", "dormant/0.1/total"]) == (
+        ("eval.csv", "eval/episode_return", "eval/episode_return"), ("metrics.csv", "dormant/0.1/total", "dormant/0.1/total"))
+    out = tmp_path / "two.png"
+    assert plot_runs.main([str(tmp_path / "a"), "--out", str(out), "--metrics=eval/episode_return,dormant/0.1/total"]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert plot_runs.main([str(tmp_path / "a"), "--out", str(tmp_path / "x.png"), "--metrics=srank/dense_0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: --metrics: no run logged 'srank/dense_0'"
+    assert not (tmp_path / "x.png").exists()
