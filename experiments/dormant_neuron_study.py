@@ -70,9 +70,10 @@ SCALE_PERIODS = {
 }
 
 # CPU-seconds per 100k env steps per seed of DQN on Breakout-MinAtar, by replay ratio, measured by the 1M-step pilot
-# (docs/studies.md: one core of the 2-core CPU machine each run had, 2 seeds per process); between and beyond them,
-# linear in the ratio. What `--dry_run` estimates a grid's cost from.
-MINATAR_DQN_CPU_SECONDS = {0.25: None, 4.0: None}
+# (docs/studies.md; the process's CPU time over its steps on the 2-core CPU machine: ratio 0.25 with 2 seeds in one
+# process, ratio 4 with one seed per process); between and beyond them, linear in the ratio. What `--dry_run`
+# estimates a grid's cost from.
+MINATAR_DQN_CPU_SECONDS = {0.25: 47.0, 4.0: 541.0}
 
 
 # summary.md of a small DQN study says how its defaults were chosen (issue 12: pilot first, say so).
@@ -127,12 +128,10 @@ def build(argv):
     return arguments, plan, specs, summarize
 
 
-def cpu_seconds_per_100k(ratio: float) -> float | None:
+def cpu_seconds_per_100k(ratio: float) -> float:
     """Measured CPU-seconds per 100k env steps per seed of MinAtar DQN at a replay ratio (`MINATAR_DQN_CPU_SECONDS`,
-    linear in the ratio through the two measured points); None before they were measured."""
+    linear in the ratio through the two measured points)."""
     (low, low_cost), (high, high_cost) = sorted(MINATAR_DQN_CPU_SECONDS.items())
-    if low_cost is None or high_cost is None:
-        return None
     return low_cost + (ratio - low) * (high_cost - low_cost) / (high - low)
 
 
@@ -140,12 +139,9 @@ def cost_estimate(agent: str, env: str, steps: int, seeds: int, ratios, variants
     """The grid's cost in CPU-hours, for DQN on MinAtar Breakout, where it was measured (None elsewhere)."""
     if agent != "dqn" or env != SCALES["medium"]["dqn"].env:
         return None
-    costs = [cpu_seconds_per_100k(ratio) for ratio in ratios]
-    if None in costs:
-        return None
-    hours = sum(costs) * steps / 100_000 * seeds * variants / 3600
+    hours = sum(cpu_seconds_per_100k(ratio) for ratio in ratios) * steps / 100_000 * seeds * variants / 3600
     return (f"estimated cost: {hours:,.1f} CPU-hours ({len(ratios)} replay ratios x {variants} remedy settings x "
-            f"{seeds} seeds x {steps:,} steps; measured on one core of a 2-core CPU machine, docs/studies.md)")
+            f"{seeds} seeds x {steps:,} steps; the pilot's CPU time on a 2-core CPU machine, docs/studies.md)")
 
 
 REMEDY_ORDER = ("none", *REMEDIES)
