@@ -84,7 +84,8 @@ SMALL_DQN_CHOICE = (
     "without ReDo the fraction fell with the replay ratio (28.5%, 12.7%, 5.6%), and so it did at 40k steps "
     "(1 seed, ratios 0.25 and 4: 13.9% and 6.2%). At these lengths training has not left its start, where 19-35% "
     "of the dense layer is dormant at initialisation on MinAtar's sparse binary frames and more updates wake "
-    "neurons up; Sokar et al. see the growth over 10M Atari frames. The defaults are the smallest setting that "
+    "neurons up; Sokar et al. see the growth over 10M Atari frames, and a 1M-step pilot (docs/studies.md) sees it "
+    "here after 100-200k steps. The defaults are the smallest setting that "
     "shows ReDo's effect (20k steps, 2 seeds, all five ratios), not tuned to make the plots look like the paper.")
 
 
