@@ -107,24 +107,30 @@ def test_redo_runs_after_the_update_that_reaches_its_period_inside_a_learning_st
     assert counts == [(2, [0]), (4, [8]), (6, [16])]
 
 
+def _tiny_host_run(tmp_path, seed: int, log_every: int, remedy: str):
+    """A 200-step DQN CartPole run (8 hidden units) of the host off-policy loop, in process, with `remedy` every 10
+    updates from step 50 on at tau 100 (every hidden neuron dormant) -> (config, spec, seed directory)."""
+    config = dqn_config.get_config()
+    config.network.hidden_sizes = (8,)
+    config.update(steps=200, learning_starts=50, log_every=log_every, eval_every=200, eval_episodes=1,
+                  checkpoint_every=200, batch_size=4, checkpoint_replay=False)
+    config.redo.update(enabled=True, remedy=remedy, period=10, tau=100.0, batch_size=4)
+    spec = envs.env_spec("CartPole-v1")
+    seed_dir = str(tmp_path / f"seed{seed}")
+    writer = MetricsWriter(seed_dir, seed)
+    run = loop.Run(seeds=[seed], writers=[writer], progress=ProgressPrinter("test", config.steps, stream=io.StringIO()),
+                   checkpointer=checkpoint.Checkpointer([seed_dir], 1))
+    runner.run_off_policy(dqn.make(config, spec), config, spec, run)
+    writer.close()
+    return config, spec, seed_dir
+
+
 @pytest.mark.parametrize("remedy", ["regrama", "shrink_perturb", "reset"])
 def test_the_host_loop_runs_every_remedy_on_its_schedule(tmp_path, remedy):
     """Each remedy in the host off-policy loop, every 10 updates from update 50 on (15 by the end of 200 steps): the
     rows count what it rewrote. A reset of the output layer re-initialises its 2 units each time; Shrink & Perturb
     rewrites every kept entry (no neuron); ReGraMa at tau 100 recycles all 8 hidden neurons each time."""
-    config = dqn_config.get_config()
-    config.network.hidden_sizes = (8,)
-    config.update(steps=200, learning_starts=50, log_every=200, eval_every=200, eval_episodes=1, checkpoint_every=200,
-                  batch_size=4, checkpoint_replay=False)
-    config.redo.update(enabled=True, remedy=remedy, period=10, tau=100.0, batch_size=4)
-    spec = envs.env_spec("CartPole-v1")
-    seed_dir = str(tmp_path / "seed0")
-    writer = MetricsWriter(seed_dir, 0)
-    run = loop.Run(seeds=[0], writers=[writer], progress=ProgressPrinter("test", config.steps, stream=io.StringIO()),
-                   checkpointer=checkpoint.Checkpointer([seed_dir], 1))
-    runner.run_off_policy(dqn.make(config, spec), config, spec, run)
-    writer.close()
-
+    _tiny_host_run(tmp_path, 0, log_every=200, remedy=remedy)
     [row] = read_csv(tmp_path / "seed0" / "metrics.csv")
     entries = 4 * 8 + 8 + 8 * 2 + 2  # dense_0 and output kernels and biases: all kept (dense)
     expected = {"regrama": (8 * 15, None), "shrink_perturb": (0, 15 * entries), "reset": (2 * 15, 15 * (8 * 2 + 2))}
@@ -138,18 +144,7 @@ def test_an_in_process_run_logs_checkpoints_and_counts_redo(tmp_path):
     """The host off-policy loop on CartPole, in process: a metrics row per log with ReDo's running count (every 10
     updates from step 50 on, each hidden neuron dormant at tau 100: 8 per recycle), an eval row, and the final
     checkpoint, whose state restores as it was."""
-    config = dqn_config.get_config()
-    config.network.hidden_sizes = (8,)
-    config.update(steps=200, learning_starts=50, log_every=100, eval_every=200, eval_episodes=1, checkpoint_every=200,
-                  batch_size=4, checkpoint_replay=False)
-    config.redo.update(enabled=True, period=10, tau=100.0, batch_size=4)
-    spec = envs.env_spec("CartPole-v1")
-    seed_dir = str(tmp_path / "seed3")
-    writer = MetricsWriter(seed_dir, 3)
-    run = loop.Run(seeds=[3], writers=[writer], progress=ProgressPrinter("test", config.steps, stream=io.StringIO()),
-                     checkpointer=checkpoint.Checkpointer([seed_dir], 1))
-    runner.run_off_policy(dqn.make(config, spec), config, spec, run)
-    writer.close()
+    config, spec, seed_dir = _tiny_host_run(tmp_path, 3, log_every=100, remedy="redo")
 
     rows = read_csv(tmp_path / "seed3" / "metrics.csv")
     assert [row["step"] for row in rows] == [100, 200]
