@@ -73,6 +73,11 @@ def get_config(*, agent: str, env: str, steps: int, eval_every: int, log_every: 
     # Init at each unit's sparse fan-in (rigl's gins: init_masks.fixed_sparse_init = True); False keeps the
     # masked dense init.
     config.sparse.sparse_init_rescale = True
+    # Kernels: "masked" (dense matmuls on the masked weights), "condensed" or "auto" (XLA gather kernels for
+    # constant fan-in masks, sparserl/sparse/condensed.py) or "native" (C++ forward and backward passes on the
+    # CPU, built with g++ on first use, sparserl/sparse/condensed_native.py). Masked by default: it runs
+    # everywhere and keeps every structure and method (docs/performance.md, "Condensed kernels").
+    config.sparse.kernels = "masked"
 
     config.redo = ml_collections.ConfigDict()
     # The `redo` block: a remedy for lost plasticity on a schedule (`--recycle`, sparserl/remedies.py).

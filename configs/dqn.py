@@ -56,11 +56,6 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # mask_updater: update_freq 1000, init_drop_fraction 0.5, cosine, last_update_step 75,000 of 100,000)
     # and dqn_gym_pruning_config.gin (begin_step 20,000, end_step 75,000, frequency 1000).
     base.add_schedules(config, update_period=1_000, drop_fraction=0.5, end_fraction=0.75, prune_update_period=1_000)
-    # Kernels: "masked" (dense matmuls on the masked weights), "condensed" or "auto" (XLA gather kernels for
-    # constant fan-in masks, sparserl/sparse/condensed.py) or "native" (C++ forward and backward passes on the
-    # CPU, built with g++ on first use, sparserl/sparse/condensed_native.py). Masked by default: it runs
-    # everywhere and keeps every structure and method (docs/performance.md, "Condensed kernels").
-    config.sparse.kernels = "masked"
     # ReDo recycles the online network only (Dopamine labs/redo/recycled_dqn_agents.py); the studies use the
     # default redo.reset_target = False.
     return base.with_preset(config, PRESETS, preset)
