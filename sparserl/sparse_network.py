@@ -146,11 +146,27 @@ def value_and_grad(network: SparseNetwork, loss_fn: Callable, state: NetworkStat
     and the gradients are dense, as the topology update expects. Every other
     kernel choice has the masked network's gradients at every step.
     """
+    value, (grads,) = joint_value_and_grad((network,), lambda params, indices: loss_fn(params[0], indices[0]),
+                                           (state,), step)
+    return value, grads
+
+
+def joint_value_and_grad(networks: Sequence[SparseNetwork], loss_fn: Callable, states: Sequence[NetworkState],
+                         step: jax.Array):
+    """`value_and_grad` of one loss over several networks (PPO's actor and critic): `loss_fn(params, indices)`
+    takes a tuple of params and a tuple of indices, one per network, and the gradients are a tuple.
+
+    On a step where any native network updates its topology, every network runs masked (one `lax.cond`).
+    """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    if network.kernels != "native" or not state.indices:
-        return grad_fn(state.params, state.indices)
-    return jax.lax.cond(_is_topology_step(network, step), lambda: grad_fn(state.params, {}),
-                        lambda: grad_fn(state.params, state.indices))
+    params = tuple(state.params for state in states)
+    indices = tuple(state.indices for state in states)
+    native = [network for network, state in zip(networks, states) if network.kernels == "native" and state.indices]
+    if not native:
+        return grad_fn(params, indices)
+    topology_step = jnp.any(jnp.stack([_is_topology_step(network, step) for network in native]))
+    return jax.lax.cond(topology_step, lambda: grad_fn(params, tuple({} for _ in states)),
+                        lambda: grad_fn(params, indices))
 
 
 def apply_gradients(network: SparseNetwork, state: NetworkState, dense_grads: Any, step: jax.Array, key: jax.Array) -> NetworkState:
