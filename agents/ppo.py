@@ -19,6 +19,10 @@ rollout, in one `lax.scan` over epochs x minibatches (as in CleanRL's
   and SB3's one `clip_grad_norm_` over all parameters, rigl's TF-Agents PPO),
   then Adam with a linearly decaying learning rate; ReDo on schedule (gradient steps,
   `dormancy.recycle_when_due`), scored on the whole rollout.
+- condensed or native kernels (`sparse.kernels`, `sparserl.sparse.condensed`):
+  both networks run on their own indices, in the rollout's values and
+  log-probabilities, in every minibatch loss and when acting; the gradients are
+  dense on topology-update steps only (`sparse_network.joint_value_and_grad`).
 - observation normalisation (continuous control): running mean/variance in
   the state; the rollout is normalised with the statistics the actions were
   chosen with, then the statistics absorb the rollout.
@@ -47,7 +51,7 @@ from sparserl.agent_contract import Agent
 from sparserl.agent_networks import AgentNetwork, AgentNetworks, network_of
 from sparserl.dormancy import RecycleCounts
 from sparserl.batches import Rollout
-from sparserl.configs.base import network_module
+from sparserl.configs.base import kernels, network_module
 from sparserl.envs import EnvSpec
 from sparserl.errors import ConfigError
 from sparserl.networks import orthogonal
@@ -274,8 +278,9 @@ def build_networks(config: ml_collections.ConfigDict,
                                  output_kernel_init=orthogonal(0.01))
     actor = actor_torso if env_spec.discrete else GaussianPolicy(actor_torso, env_spec.num_actions, config.log_std_init)
     critic = network_module(config.network, 1, hidden_kernel_init=hidden_init, output_kernel_init=orthogonal(1.0))
-    return (network_of(config, actor, optimizer(), updates, "actor"),
-            network_of(config, critic, optimizer(), updates, "critic"))
+    chosen_kernels = kernels(config.sparse)
+    return (network_of(config, actor, optimizer(), updates, "actor", kernels=chosen_kernels),
+            network_of(config, critic, optimizer(), updates, "critic", kernels=chosen_kernels))
 
 
 def flat(batch_array: jax.Array) -> jax.Array:
@@ -298,23 +303,28 @@ class PPOLosses(NamedTuple):
             return observations
         return normalize(state.obs_stats, observations, self.config.observation_clip)
 
-    def values(self, critic_params, observations: jax.Array) -> jax.Array:
-        return sparse_network.apply(self.critic, critic_params, observations)[:, 0]
+    def values(self, critic_params, observations: jax.Array, indices: dict | None = None) -> jax.Array:
+        return sparse_network.apply(self.critic, critic_params, observations, indices=indices)[:, 0]
 
-    def loss(self, actor_params, critic_params, minibatch: Minibatch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def loss(self, actor_params, critic_params, minibatch: Minibatch, actor_indices: dict | None = None,
+             critic_indices: dict | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """`ppo_loss` of the networks at these params; with their indices, on condensed kernels."""
         log_probs, entropy = self.log_prob_and_entropy(
-            sparse_network.apply(self.actor, actor_params, minibatch.observations), minibatch.actions)
-        return ppo_loss(log_probs, entropy, self.values(critic_params, minibatch.observations), minibatch, self.config)
+            sparse_network.apply(self.actor, actor_params, minibatch.observations, indices=actor_indices),
+            minibatch.actions)
+        values = self.values(critic_params, minibatch.observations, critic_indices)
+        return ppo_loss(log_probs, entropy, values, minibatch, self.config)
 
     def rollout(self, state: PPOState, batch: Rollout) -> Minibatch:
         """What the loss reads of every transition of a rollout (arrays [T, num_envs, ...]) under the state's
         params: old log-probs and values, GAE advantages and returns (Schulman et al. 2016)."""
         steps, envs = batch.reward.shape
         observations, actions = flat(self.normalized(state, batch.observation)), flat(batch.action)
-        values = self.values(state.critic.params, observations)
-        next_values = self.values(state.critic.params, flat(self.normalized(state, batch.next_observation)))
-        old_log_probs, _ = self.log_prob_and_entropy(sparse_network.apply(self.actor, state.actor.params, observations),
-                                                     actions)
+        values = self.values(state.critic.params, observations, state.critic.indices)
+        next_values = self.values(state.critic.params, flat(self.normalized(state, batch.next_observation)),
+                                  state.critic.indices)
+        old_log_probs, _ = self.log_prob_and_entropy(
+            sparse_network.apply(self.actor, state.actor.params, observations, indices=state.actor.indices), actions)
         advantages, returns = gae(batch.reward, values.reshape(steps, envs), next_values.reshape(steps, envs),
                                   batch.terminated, batch.truncated, self.config.gamma, self.config.gae_lambda)
         return Minibatch(observations, actions, old_log_probs, advantages.reshape(-1), returns.reshape(-1), values)
@@ -347,7 +357,8 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     def act(state: PPOState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
         """Sampled actions (explore) or the greedy / mean action, for a batch of observations."""
         del env_step
-        output = sparse_network.apply(actor, state.actor.params, losses.normalized(state, observations))
+        output = sparse_network.apply(actor, state.actor.params, losses.normalized(state, observations),
+                                      indices=state.actor.indices)
         if env_spec.discrete:
             return jax.random.categorical(key, output) if explore else jnp.argmax(output, axis=-1)
         mean, log_std = output
@@ -363,8 +374,10 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         def minibatch_step(carry, indices):
             state, key = carry
             key, actor_key, critic_key, redo_key = jax.random.split(key, 4)
-            (_, metrics), (actor_grads, critic_grads) = jax.value_and_grad(losses.loss, argnums=(0, 1), has_aux=True)(
-                state.actor.params, state.critic.params, jax.tree.map(lambda array: array[indices], data))
+            minibatch = jax.tree.map(lambda array: array[indices], data)
+            (_, metrics), (actor_grads, critic_grads) = sparse_network.joint_value_and_grad(
+                (actor, critic), lambda params, kept: losses.loss(*params, minibatch, *kept), (state.actor, state.critic),
+                state.step)
             if config.clip_grad_norm_jointly:
                 actor_grads, critic_grads = sparse_network.clip_by_joint_norm(
                     [state.actor, state.critic], [actor_grads, critic_grads], config.max_grad_norm)

@@ -11,6 +11,12 @@ Algorithms and Applications", eqs. 5, 7, 18):
 - target critic: Polyak averaging with tau, kept on the online critic's masks
   (`sparse_network.soft_update_target`).
 
+With condensed or native kernels (`sparse.kernels`, `sparserl.sparse.condensed`)
+every network runs on its own indices: the actor, the critics (also inside the
+actor's loss, where only the gradient in the action flows through them) and
+the target critics, which always hold the online critic's masks. The
+gradients are dense on topology-update steps only (`sparse_network.value_and_grad`).
+
 The policy is a tanh-squashed Gaussian over [-1, 1]^|A| (the log-probability
 includes the tanh change of variables); actions are rescaled to the env's
 bounds only when they leave the agent, and the critics see actions in [-1, 1]
@@ -31,7 +37,7 @@ from sparserl import sparse_network
 from sparserl.agent_contract import Agent
 from sparserl.agent_networks import AgentNetwork, AgentNetworks, network_of
 from sparserl.dormancy import RecycleCounts
-from sparserl.configs.base import network_module, off_policy_updates
+from sparserl.configs.base import kernels, network_module, off_policy_updates
 from sparserl.envs import EnvSpec
 from sparserl.errors import ConfigError
 from sparserl.networks import TwinCritic
@@ -136,34 +142,45 @@ class SACLosses(NamedTuple):
     bounds: ActionBounds
     config: ml_collections.ConfigDict
 
-    def policy(self, actor_params: Any, observations: jax.Array) -> tuple[jax.Array, jax.Array]:
-        outputs = sparse_network.apply(self.actor_net, actor_params, observations)
+    def policy(self, actor_params: Any, observations: jax.Array, indices: dict | None = None) -> tuple[jax.Array, jax.Array]:
+        outputs = sparse_network.apply(self.actor_net, actor_params, observations, indices=indices)
         return squashed_gaussian(outputs, self.config.log_std_min, self.config.log_std_max)
 
-    def soft_targets(self, state: "SACState", batch: Transition, key: jax.Array) -> jax.Array:
-        """`critic_targets` from the target critics and a fresh action a' ~ pi(.|s') drawn with `key`."""
-        next_actions, next_log_prob = sample_action(*self.policy(state.actor.params, batch.next_observation), key)
-        next_q = sparse_network.apply(self.critic_net, state.target_critic_params, batch.next_observation, next_actions)
+    def soft_targets(self, state: "SACState", batch: Transition, key: jax.Array, condensed: bool = True) -> jax.Array:
+        """`critic_targets` from the target critics and a fresh action a' ~ pi(.|s') drawn with `key`; the target
+        critics run on the online critic's indices (their masks are the online ones), unless `condensed` is False."""
+        actor_indices, critic_indices = (state.actor.indices, state.critic.indices) if condensed else (None, None)
+        next_actions, next_log_prob = sample_action(*self.policy(state.actor.params, batch.next_observation,
+                                                                 actor_indices), key)
+        next_q = sparse_network.apply(self.critic_net, state.target_critic_params, batch.next_observation, next_actions,
+                                      indices=critic_indices)
         return critic_targets(batch.reward, batch.terminated, next_q, next_log_prob, jnp.exp(state.log_alpha),
                               self.config.gamma)
 
-    def critic(self, critic_params: Any, batch: Transition, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def critic(self, critic_params: Any, batch: Transition, targets: jax.Array,
+               indices: dict | None = None) -> tuple[jax.Array, jax.Array]:
         """(`critic_loss` of the twin critics at (s, a) against `targets`, Q [2, batch])."""
-        q = sparse_network.apply(self.critic_net, critic_params, batch.observation, self.bounds.from_env(batch.action))
+        q = sparse_network.apply(self.critic_net, critic_params, batch.observation, self.bounds.from_env(batch.action),
+                                 indices=indices)
         return critic_loss(q, targets), q
 
-    def actor(self, actor_params: Any, critic_params: Any, alpha: jax.Array, batch: Transition,
-              key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(`actor_loss` of a reparameterised a ~ pi(.|s) drawn with `key`, log pi(a|s))."""
-        new_actions, log_prob = sample_action(*self.policy(actor_params, batch.observation), key)
-        new_q = sparse_network.apply(self.critic_net, critic_params, batch.observation, new_actions)
+    def actor(self, actor_params: Any, critic: sparse_network.NetworkState, alpha: jax.Array, batch: Transition,
+              key: jax.Array, indices: dict | None = None) -> tuple[jax.Array, jax.Array]:
+        """(`actor_loss` of a reparameterised a ~ pi(.|s) drawn with `key`, log pi(a|s)); the critics run on their
+        own indices (only the gradient in the action flows through them)."""
+        new_actions, log_prob = sample_action(*self.policy(actor_params, batch.observation, indices), key)
+        new_q = sparse_network.apply(self.critic_net, critic.params, batch.observation, new_actions,
+                                     indices=critic.indices)
         return actor_loss(alpha, log_prob, new_q), log_prob
 
     def measured_critic(self, critic_params: Any, state: "SACState", batch: Transition) -> jax.Array:
-        return self.critic(critic_params, batch, self.soft_targets(state, batch, state.rng))[0]
+        """The critic loss with every network masked: GraMa reads its dense gradient."""
+        return self.critic(critic_params, batch, self.soft_targets(state, batch, state.rng, condensed=False))[0]
 
     def measured_actor(self, actor_params: Any, state: "SACState", batch: Transition) -> jax.Array:
-        return self.actor(actor_params, state.critic.params, jnp.exp(state.log_alpha), batch, state.rng)[0]
+        """The actor loss with every network masked: GraMa reads its dense gradient."""
+        return self.actor(actor_params, state.critic.replace(indices={}), jnp.exp(state.log_alpha), batch,
+                          state.rng)[0]
 
 
 def build_networks(config: ml_collections.ConfigDict,
@@ -173,11 +190,12 @@ def build_networks(config: ml_collections.ConfigDict,
         raise ConfigError("network.kind", "sac builds MLPs only (its critics read observation and action); "
                                           f"choose one of mlp, got {config.network.kind!r}")
     updates = off_policy_updates(config)
+    chosen_kernels = kernels(config.sparse)
     critic = TwinCritic(tuple(config.network.hidden_sizes), width_multiplier=config.network.width_multiplier,
                         activation=config.network.activation)
     return (network_of(config, network_module(config.network, 2 * action_dim), optax.adam(config.learning_rate),
-                       updates, "actor"),
-            network_of(config, critic, optax.adam(config.learning_rate), updates, "critic"))
+                       updates, "actor", kernels=chosen_kernels),
+            network_of(config, critic, optax.adam(config.learning_rate), updates, "critic", kernels=chosen_kernels))
 
 
 def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
@@ -207,7 +225,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
 
     def act(state: SACState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
         """Env-bounded actions: sampled (uniform before `learning_starts`) when exploring, else tanh(mean)."""
-        mean, log_std = losses.policy(state.actor.params, observations)
+        mean, log_std = losses.policy(state.actor.params, observations, state.actor.indices)
         if not explore:
             return bounds.to_env(jnp.tanh(mean))
         policy_key, random_key = jax.random.split(key)
@@ -223,13 +241,14 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
 
         # Critic: soft TD targets from the target critics and a fresh action at s'.
         targets = losses.soft_targets(state, batch, next_key)
-        (critic_loss_value, q), critic_grads = jax.value_and_grad(losses.critic, has_aux=True)(
-            state.critic.params, batch, targets)
+        (critic_loss_value, q), critic_grads = sparse_network.value_and_grad(
+            critic_net, lambda params, indices: losses.critic(params, batch, targets, indices), state.critic, state.step)
         critic = sparse_network.apply_gradients(critic_net, state.critic, critic_grads, state.step, critic_sparse_key)
 
         # Actor: maximise min_i Q_i(s, a) + alpha * entropy, with a reparameterised a ~ pi(.|s).
-        (actor_loss_value, log_prob), actor_grads = jax.value_and_grad(losses.actor, has_aux=True)(
-            state.actor.params, critic.params, alpha, batch, actor_key)
+        (actor_loss_value, log_prob), actor_grads = sparse_network.value_and_grad(
+            actor_net, lambda params, indices: losses.actor(params, critic, alpha, batch, actor_key, indices),
+            state.actor, state.step)
         actor = sparse_network.apply_gradients(actor_net, state.actor, actor_grads, state.step, actor_sparse_key)
 
         # Temperature: move the policy's entropy towards the target entropy.

@@ -2,6 +2,7 @@
 
 import math
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -319,3 +320,38 @@ def test_ppo_cnn_takes_cleanrl_orthogonal_init(monkeypatch):
         assert _orthogonal_gain(params["dense_0"]["kernel"]) == pytest.approx(np.sqrt(2.0), rel=1e-4)
     assert _orthogonal_gain(actor["output"]["kernel"]) == pytest.approx(0.01, rel=1e-4)
     assert _orthogonal_gain(critic["output"]["kernel"]) == pytest.approx(1.0, rel=1e-4)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="native kernels are built with g++, not on PATH")
+def test_native_kernels_equal_masked_over_320_minibatch_steps_with_topology_updates():
+    """40 rollouts x 2 epochs x 4 minibatches of 16 of 75% RigL (fan_in) Gaussian PPO, 2 seeds vmapped: topology
+    updates every 64 minibatch steps (dense gradients there, new indices after), observation normalisation."""
+    spec = envs.env_spec("Pendulum-v1")
+    rollouts, seeds = 40, [3, 4]
+    rollout_batches = jax.tree.map(lambda *arrays: np.stack(arrays),
+                                   *[_random_rollout(spec, 32, 2, seed=index) for index in range(rollouts)])
+
+    def trained(kernels):
+        config = _small_config(**{"steps": rollouts * 64, "sparse.sparsity": 0.75, "sparse.distribution": "uniform",
+                                  "sparse.structure": "fan_in", "sparse.rigl.update_period": 64,
+                                  "network.hidden_sizes": (32, 32), "normalize_observations": True,
+                                  "sparse.kernels": kernels})
+        agent = ppo.make(config, spec)
+        states = loop.init_states(agent, seeds)
+        axes = loop.seed_axes(states)
+
+        def train(state, keys):
+            return jax.lax.scan(lambda state, inputs: agent.update(state, *inputs), state, (rollout_batches, keys))
+
+        keys = jax.random.split(jax.random.key(0), (len(seeds), rollouts))
+        return states, *jax.jit(jax.vmap(train, in_axes=(axes, 0), out_axes=(axes, 0)))(states, keys)
+
+    (_, masked, masked_metrics), (initial, native, native_metrics) = trained("masked"), trained("native")
+    assert int(native.step) == 320 and native.actor.indices and native.critic.indices and not masked.actor.indices
+    moved = jax.tree.map(lambda first, last: bool(np.any(first != last)), initial.actor.indices, native.actor.indices)
+    assert any(jax.tree.leaves(moved))  # the topology updates moved the indices
+    for name in masked_metrics:
+        np.testing.assert_allclose(native_metrics[name], masked_metrics[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    for masked_leaf, native_leaf in zip(jax.tree.leaves((masked.actor.params, masked.critic.params)),
+                                        jax.tree.leaves((native.actor.params, native.critic.params))):
+        np.testing.assert_allclose(native_leaf, masked_leaf, rtol=1e-4, atol=1e-5)

@@ -2,6 +2,7 @@
 smoke runs on MuJoCo and dm_control, and learning Pendulum-v1 dense and 90% sparse."""
 
 import math
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -304,3 +305,43 @@ def test_every_remedy_rewrites_actor_and_critic_on_their_masks(remedy):
         jax.tree.map(lambda leaf, mask: np.testing.assert_array_equal(np.where(mask, 0.0, leaf), 0.0),
                      new.params, old.opt_state.masks)
     jax.tree.map(np.testing.assert_array_equal, new_state.target_critic_params, state.target_critic_params)
+
+
+# --- native condensed kernels ----------------------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="native kernels are built with g++, not on PATH")
+def test_native_kernels_equal_masked_over_300_updates_with_topology_updates():
+    """300 updates of 75% RigL (fan_in) SAC, 2 seeds vmapped: topology updates every 100 (dense gradients there,
+    new indices after), the target critics Polyak-averaged on the online masks and run on the online indices."""
+    spec = envs.env_spec("gymnax:Pendulum-v1")
+    updates, seeds = 300, 2
+    batches = jax.vmap(lambda key: jax.vmap(lambda step_key: _batch(spec, 16, step_key))(jax.random.split(key, updates)))(
+        jax.random.split(jax.random.key(1), seeds))
+    update_keys = jax.random.split(jax.random.key(2), (seeds, updates))
+
+    def final_state(kernels):
+        config = _config(**{"sparse.sparsity": 0.75, "sparse.distribution": "uniform", "sparse.structure": "fan_in",
+                            "sparse.rigl.update_period": 100, "network.hidden_sizes": (32, 32),
+                            "sparse.kernels": kernels})
+        agent = sac.make(config, spec)
+
+        def train(key, seed_batches, seed_keys):
+            def step(state, inputs):
+                return agent.update(state, *inputs)
+
+            return jax.lax.scan(step, agent.init(key), (seed_batches, seed_keys))
+
+        init_keys = jax.random.split(jax.random.key(0), seeds)
+        return jax.vmap(agent.init)(init_keys), *jax.jit(jax.vmap(train))(init_keys, batches, update_keys)
+
+    (_, masked, masked_metrics), (initial, native, native_metrics) = final_state("masked"), final_state("native")
+    assert native.actor.indices and native.critic.indices and not masked.critic.indices
+    moved = jax.tree.map(lambda first, last: bool(np.any(first != last)), initial.critic.indices, native.critic.indices)
+    assert any(jax.tree.leaves(moved))  # the topology updates moved the indices
+    for name in masked_metrics:
+        np.testing.assert_allclose(native_metrics[name], masked_metrics[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    for masked_leaf, native_leaf in zip(jax.tree.leaves((masked.actor.params, masked.critic.params,
+                                                         masked.target_critic_params, masked.log_alpha)),
+                                        jax.tree.leaves((native.actor.params, native.critic.params,
+                                                         native.target_critic_params, native.log_alpha))):
+        np.testing.assert_allclose(native_leaf, masked_leaf, rtol=1e-4, atol=1e-5)
