@@ -244,15 +244,16 @@ def sparsity_config(sparse: ml_collections.ConfigDict, total_updates: int, spars
     )
 
 
-# Methods under which every neuron of a fan_in layer keeps exactly k inputs for the whole run.
-CONSTANT_FAN_IN_METHODS = ("static", "set", "rigl")
+# Methods whose fan_in layers run condensed (`kernels`): static, SET and RigL keep every neuron at k inputs; prune
+# shrinks k from the dense fan-in, run at a ladder of capacities (`sparserl.sparse.condensed.ladder`).
+CONSTANT_FAN_IN_METHODS = ("static", "set", "rigl", "prune")
 
 
 def kernels(sparse: ml_collections.ConfigDict) -> str:
     """The kernels of a network under `sparse`: `sparse.kernels` ("masked", "condensed", "auto", "native"), which
-    only runs condensed where every neuron keeps the same fan-in all along: `sparse.structure` "fan_in", a
-    concrete sparsity level, and static, SET or RigL (prune shrinks the fan-in over training; SRigL's neuron
-    ablation gives the surviving neurons more inputs than k).
+    only runs condensed on fan_in layers: `sparse.structure` "fan_in", a concrete sparsity level, and a method of
+    `CONSTANT_FAN_IN_METHODS` (static, SET, RigL; prune, whose shrinking fan-in runs at the smallest capacity of
+    its ladder that holds it, masked above `condensed.MAX_CONDENSED_DENSITY`).
 
     "auto" falls back to "masked" elsewhere; "condensed" and "native" there raise ConfigError (field
     `sparse.kernels`), and so does "native" where it cannot run (`condensed_native.unavailable_reason`: no g++, or
@@ -262,7 +263,7 @@ def kernels(sparse: ml_collections.ConfigDict) -> str:
     constant_fan_in = (sparse.get("structure", "unstructured") == "fan_in" and sparse.method in CONSTANT_FAN_IN_METHODS
                        and is_concrete(sparse.sparsity))
     if chosen in ("condensed", "native") and not constant_fan_in:
-        raise ConfigError("sparse.kernels", f"{chosen} needs constant fan-in masks "
+        raise ConfigError("sparse.kernels", f"{chosen} needs fan_in masks and one sparsity level "
                           f"(--config.sparse.structure=fan_in, --method one of {', '.join(CONSTANT_FAN_IN_METHODS)})")
     if chosen == "native" and (reason := condensed_native.unavailable_reason()):
         raise ConfigError("sparse.kernels", f"{reason}; choose masked, condensed or auto")

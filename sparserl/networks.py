@@ -60,17 +60,24 @@ class Dense(nn.Dense):
     (`sparse_network.apply` passes them; see `sparserl.sparse.condensed`), the output
     is `condensed.dense(x, kernel, indices) + bias`, equal to the dense matmul
     when the kernel is zero off the indices (with the `condensed_native` collection instead,
-    `condensed_native.dense`: C++ forward and backward passes); otherwise it is `linear.matmul(x, kernel) + bias`,
+    `condensed_native.dense`: C++ forward and backward passes). With a `bucket` beside them (a layer whose fan-in
+    shrinks: prune), `indices` is a ladder of capacities and the bucket picks one, or the matmul
+    (`condensed.run_bucket`). Otherwise it is `linear.matmul(x, kernel) + bias`,
     nn.Dense's function with the kernel gradient written in the kernel's layout (see `sparserl.linear`).
     """
 
     @nn.compact
     def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
         kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features), self.param_dtype)
-        if self.has_variable(condensed.NATIVE_COLLECTION, "indices"):
-            outputs = condensed_native.dense(inputs, kernel, self.get_variable(condensed.NATIVE_COLLECTION, "indices"))
-        elif self.has_variable(condensed.COLLECTION, "indices"):
-            outputs = condensed.dense(inputs, kernel, self.get_variable(condensed.COLLECTION, "indices"))
+        for collection, product in ((condensed.NATIVE_COLLECTION, condensed_native.dense),
+                                    (condensed.COLLECTION, condensed.dense)):
+            if self.has_variable(collection, "indices"):
+                indices = self.get_variable(collection, "indices")
+                if self.has_variable(collection, "bucket"):
+                    outputs = condensed.run_bucket(product, inputs, kernel, indices, self.get_variable(collection, "bucket"))
+                else:
+                    outputs = product(inputs, kernel, indices)
+                break
         else:
             outputs = linear.matmul(inputs, kernel)
         if self.use_bias:

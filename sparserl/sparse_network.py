@@ -98,24 +98,58 @@ def init(network: SparseNetwork, key: jax.Array, *sample_inputs) -> NetworkState
     rescaled to each unit's sparse fan-in (unless `sparse_init_rescale` is off).
 
     The inner optimizer state does not depend on the param values (Adam's moments start at 0). With
-    condensed, auto or native kernels, the indices of every masked kernel are computed from the initial masks.
+    condensed, auto or native kernels, the indices of every masked kernel are computed from the initial masks
+    (prune: at the largest capacity of each layer's ladder, `condensed.layer_indices`).
     """
     init_key, mask_key = jax.random.split(key)
     params = network.module.init(init_key, *sample_inputs)["params"]
     params, opt_state = network.optimizer.init(mask_key, params)
     indices = {}
     if network.kernels != "masked":
-        indices = condensed.layer_indices(opt_state.masks, layer_sparsities(params, network.optimizer.config))
+        indices = condensed.layer_indices(opt_state.masks, layer_sparsities(params, network.optimizer.config),
+                                          gradual=_topology(network).sparsity_changes)
     return NetworkState(_at_init_scale(network, params, opt_state.masks), opt_state, indices)
 
 
-def apply(network: SparseNetwork, params: Any, *inputs, indices: dict | None = None):
+def _topology(network: SparseNetwork):
+    return get_topology(network.optimizer.config.method)
+
+
+def _indices_at(network: SparseNetwork, params: Any, indices: dict, step: jax.Array) -> dict:
+    """`indices` as the forward pass of gradient step `step` runs them. Under a method whose kept counts change
+    (prune), each layer gets its ladder of capacities (`condensed.ladder`, slices of its stored indices) and the
+    bucket that holds its kept count at `step` (`Topology.sparsity_at`; unbatched, a function of the shared step),
+    so it runs at that capacity or, above the ladder, masked (`condensed.run_bucket`)."""
+    topology = _topology(network)
+    if not indices or not topology.sparsity_changes:
+        return indices
+    config = network.optimizer.config
+    sparsities = layer_sparsities(params, config)
+
+    def at_step(index_node, param_node, path):
+        if "indices" not in index_node:
+            return {name: at_step(child, param_node[name], f"{path}{name}/") for name, child in index_node.items()}
+        in_features = param_node["kernel"].shape[0]
+        final_sparsity = sparsities[path[:-1]]
+        capacities = condensed.ladder(in_features, condensed.fan_in(in_features, final_sparsity))
+        kept = condensed.fan_in(in_features, topology.sparsity_at(step, final_sparsity, config))
+        return {"indices": tuple(index_node["indices"][..., :capacity] for capacity in capacities),
+                "bucket": condensed.bucket(jnp.reshape(kept, ()), capacities)}
+
+    return at_step(indices, params, "")
+
+
+def apply(network: SparseNetwork, params: Any, *inputs, indices: dict | None = None, step: jax.Array | None = None):
     """The network's outputs; with `indices` (a `NetworkState.indices` of these params' masks), the layers that
     `network.kernels` picks at this batch size run as condensed kernels (`condensed.select`).
 
-    Only pass `indices` whose masks the params are zero off (the online params with their own indices).
+    Only pass `indices` whose masks the params are zero off (the online params with their own indices). Under a
+    method whose kept counts change (prune), stored indices hold no kept count: the layers run condensed only
+    given the gradient step `step` whose masks they are (`_indices_at`), masked without it.
     """
     variables = {"params": params}
+    if indices and _topology(network).sparsity_changes:
+        indices = {} if step is None else _indices_at(network, params, indices, step)
     if indices:
         chosen = condensed.select(indices, params, inputs[0].shape[0], network.kernels)
         if chosen:
@@ -124,7 +158,7 @@ def apply(network: SparseNetwork, params: Any, *inputs, indices: dict | None = N
 
 
 def _is_topology_step(network: SparseNetwork, step: jax.Array) -> jax.Array:
-    return get_topology(network.optimizer.config.method).is_update_step(step, network.optimizer.config)
+    return _topology(network).is_update_step(step, network.optimizer.config)
 
 
 def masks_unchanged(network: SparseNetwork, first_step: jax.Array, step: jax.Array, max_steps: int) -> jax.Array:
@@ -140,11 +174,14 @@ def value_and_grad(network: SparseNetwork, loss_fn: Callable, state: NetworkStat
     network through `apply(..., indices=indices)`.
 
     Native kernels (`sparserl.sparse.condensed_native`) compute the kernel gradient
-    at the kept connections only, but RigL grows where the dense gradient is large:
-    on the topology-update steps of `step` alone (`lax.cond` on the unbatched step,
-    so the other branch is not run), the loss runs the masked network (no indices)
-    and the gradients are dense, as the topology update expects. Every other
-    kernel choice has the masked network's gradients at every step.
+    at the kept connections only, but RigL and SRigL grow where the dense gradient is
+    large (`Topology.grows_from_gradients`): on their topology-update steps alone
+    (`lax.cond` on the unbatched step, so the other branch is not run), the loss runs
+    the masked network (no indices) and the gradients are dense, as the topology
+    update expects. SET grows at random and prune reads magnitudes only: they keep
+    the native kernels on every step. Every other kernel choice has the masked
+    network's gradients at every step. Prune's layers run at the capacity of their
+    kept count at `step` (`_indices_at`).
     """
     value, (grads,) = joint_value_and_grad((network,), lambda params, indices: loss_fn(params[0], indices[0]),
                                            (state,), step)
@@ -156,12 +193,14 @@ def joint_value_and_grad(networks: Sequence[SparseNetwork], loss_fn: Callable, s
     """`value_and_grad` of one loss over several networks (PPO's actor and critic): `loss_fn(params, indices)`
     takes a tuple of params and a tuple of indices, one per network, and the gradients are a tuple.
 
-    On a step where any native network updates its topology, every network runs masked (one `lax.cond`).
+    On a step where any native network whose method grows from gradients updates its topology, every network
+    runs masked (one `lax.cond`).
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     params = tuple(state.params for state in states)
-    indices = tuple(state.indices for state in states)
-    native = [network for network, state in zip(networks, states) if network.kernels == "native" and state.indices]
+    indices = tuple(_indices_at(network, state.params, state.indices, step) for network, state in zip(networks, states))
+    native = [network for network, state in zip(networks, states)
+              if network.kernels == "native" and state.indices and _topology(network).grows_from_gradients]
     if not native:
         return grad_fn(params, indices)
     topology_step = jnp.any(jnp.stack([_is_topology_step(network, step) for network in native]))

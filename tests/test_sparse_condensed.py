@@ -16,7 +16,8 @@ from sparserl import checkpoint, envs, loop, networks, runner, sparse_network
 from sparserl.reporting import MetricsWriter, ProgressPrinter, read_csv
 from sparserl.errors import ConfigError
 from sparserl.sparse import SparsityConfig, condensed, structure
-from sparserl.sparse.topology import DropAndGrowSettings
+from sparserl.sparse.config import Window
+from sparserl.sparse.topology import DropAndGrowSettings, get_topology
 
 
 def fan_in_mask(key: jax.Array, shape: tuple[int, int], sparsity: float) -> jax.Array:
@@ -121,15 +122,23 @@ def test_indices_follow_the_masks_at_init_and_after_a_topology_update():
     assert_consistent(changed)
 
 
-def _dqn_run(kernels_name: str, workdir) -> list[dict]:
+# Per method, a DQN run whose masks change during the run (the indices must follow): RigL's topology updates
+# every 100 updates; prune from dense to 90% (k: 32 -> 4 on 32 inputs, ladder (4, 8)) every 20 updates in the
+# first half of the 300; SRigL's updates every 50 with ablation.
+_DQN_METHODS = {
+    "rigl": {"sparse.sparsity": 0.75, "sparse.rigl.update_period": 100},
+    "prune": {"sparse.sparsity": 0.9, "sparse.prune.update_period": 20, "sparse.prune.start_fraction": 0.0,
+              "sparse.prune.end_fraction": 0.5},
+}
+
+
+def _dqn_run(kernels_name: str, workdir, method: str = "rigl") -> list[dict]:
     config = dqn_config.get_config()
     config.update_from_flattened_dict({
         "steps": 400, "learning_starts": 100, "log_every": 100, "eval_every": 400, "eval_episodes": 2,
         "checkpoint_every": 10**9, "batch_size": 16, "network.hidden_sizes": (32, 32), "target_update_period": 50,
-        "sparse.method": "rigl", "sparse.sparsity": 0.75, "sparse.distribution": "uniform",
-        "sparse.kernels": kernels_name})
-    config.sparse.structure = "fan_in"
-    config.sparse.rigl.update_period = 100  # masks change during the run: the indices must follow
+        "sparse.method": method, "sparse.distribution": "uniform", "sparse.kernels": kernels_name,
+        "sparse.structure": "fan_in", **_DQN_METHODS[method]})
     env_spec = envs.env_spec(config.env)
     agent = dqn.make(config, env_spec)
     writer = MetricsWriter(str(workdir), 0)
@@ -147,14 +156,11 @@ def masked_dqn_run(tmp_path_factory):
     return _dqn_run("masked", tmp_path_factory.mktemp("masked"))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kernels_name", ["condensed", pytest.param("native", marks=pytest.mark.skipif(
-    shutil.which("g++") is None, reason="native kernels are built with g++, not on PATH"))])
-def test_a_dqn_run_with_condensed_kernels_matches_masked(masked_dqn_run, kernels_name, tmp_path):
-    """400 steps of 75% RigL (fan_in) DQN: topology updates every 100 updates, a target copy every 50, so the
-    target runs both with the online indices and masked (native: `dqn.target_q_values`)."""
-    masked = masked_dqn_run
-    condensed_rows = _dqn_run(kernels_name, tmp_path)
+NEEDS_GXX = pytest.mark.skipif(shutil.which("g++") is None, reason="native kernels are built with g++, not on PATH")
+NATIVE = pytest.param("native", marks=NEEDS_GXX)
+
+
+def _assert_same_rows(masked, condensed_rows):
     assert len(masked) == len(condensed_rows) >= 4
     for masked_row, condensed_row in zip(masked, condensed_rows):
         for name, value in masked_row.items():
@@ -163,7 +169,76 @@ def test_a_dqn_run_with_condensed_kernels_matches_masked(masked_dqn_run, kernels
             assert float(condensed_row[name]) == pytest.approx(float(value), rel=1e-4, abs=1e-5), name
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kernels_name", ["condensed", NATIVE])
+def test_a_dqn_run_with_condensed_kernels_matches_masked(masked_dqn_run, kernels_name, tmp_path):
+    """400 steps of 75% RigL (fan_in) DQN: topology updates every 100 updates, a target copy every 50, so the
+    target runs both with the online indices and masked (native: `dqn.target_q_values`)."""
+    _assert_same_rows(masked_dqn_run, _dqn_run(kernels_name, tmp_path))
+
+
+@pytest.mark.slow
+@NEEDS_GXX
+@pytest.mark.parametrize("method", ["prune"])
+def test_a_dqn_run_of_a_changing_fan_in_with_native_kernels_matches_masked(method, tmp_path):
+    """400 steps (300 updates) with native kernels equal the masked run: prune's layers run masked, then at
+    capacities 8 and 4 as the fan-in shrinks (steps 20-150), target copies every 50."""
+    _assert_same_rows(_dqn_run("masked", tmp_path / "masked", method), _dqn_run("native", tmp_path / "native", method))
+
+
 def test_a_network_with_unknown_kernels_is_refused():
     with pytest.raises(ConfigError, match="unknown kernels 'fast'") as error:
         sparse_network.make_network(networks.MLP((4,), 2), optax.adam(1e-3), SparsityConfig(), kernels="fast")
     assert error.value.field == "sparse.kernels"
+
+
+def test_a_pruned_layers_ladder_doubles_from_the_final_fan_in_up_to_a_quarter_of_the_dense_one():
+    assert condensed.MAX_CONDENSED_DENSITY == 0.25
+    assert condensed.ladder(512, 52) == (52, 104, 128)  # 90%: 52 * 2 = 104, then floor(0.25 * 512) = 128
+    assert condensed.ladder(16, 2) == (2, 4)
+    assert condensed.ladder(10, 5) == (5,)  # the final fan-in always has its capacity, even above a quarter
+    assert [int(condensed.bucket(jnp.int32(kept), (2, 4))) for kept in (16, 8, 5, 4, 3, 2, 1)] == [2, 2, 2, 1, 1, 0, 0]
+
+
+def _prune_network(kernels_name: str):
+    """One fan_in layer [16, 2] pruned to 87.5% (k = 2) over steps 0-4, every step."""
+    config = SparsityConfig(method="prune", sparsity=0.875, distribution="uniform", structure="fan_in",
+                            settings=Window(update_period=1, update_start=0, update_end=4))
+    return sparse_network.make_network(networks.MLP((), 2), optax.adam(1e-2), config, kernels=kernels_name)
+
+
+def test_prune_indices_and_buckets_follow_the_cubic_schedule_by_hand():
+    """s_t = 0.875 (1 - (1 - t/4)^3): 0, 0.5059, 0.7656, 0.8613, 0.875 at t = 0..4, so k_t = 16 - floor(16 s_t) =
+    16, 8, 4, 3, 2; step t runs on the masks of step t - 1, at ladder (2, 4): masked (bucket 2) through step 2,
+    capacity 4 at steps 3 and 4 (step 4 with one padding position), capacity 2 from step 5 on."""
+    network = _prune_network("condensed")
+    prune = get_topology("prune")
+    sparsity_at = jax.jit(lambda step: prune.sparsity_at(step, 0.875, network.optimizer.config))
+    kept = [int(condensed.fan_in(16, sparsity_at(jnp.int32(step)))[0]) for step in range(7)]
+    assert kept == [16, 16, 8, 4, 3, 2, 2]
+    assert [int(condensed.bucket(jnp.int32(k), (2, 4))) for k in kept] == [2, 2, 2, 1, 1, 0, 0]
+
+    x = jax.random.normal(jax.random.key(0), (16, 16))
+    state = sparse_network.init(network, jax.random.key(1), x)
+    assert state.indices["output"]["indices"].shape == (2, 4)  # the ladder's largest capacity
+    magnitudes = jnp.stack([jnp.arange(1.0, 17.0), jnp.arange(16.0, 0.0, -1.0)], axis=1)  # column 0 rises, 1 falls
+    state = state.replace(params={"output": {"kernel": magnitudes, "bias": jnp.zeros(2)}})
+    zero_grads = jax.tree.map(jnp.zeros_like, state.params)  # Adam moves nothing: only the masks change
+    apply_gradients = jax.jit(lambda state, step: sparse_network.apply_gradients(network, state, zero_grads, step,
+                                                                                 jax.random.key(2)))
+    apply = jax.jit(lambda state, step: sparse_network.apply(network, state.params, x, indices=state.indices, step=step))
+    expected_indices = {1: [[8, 9, 10, 11], [0, 1, 2, 3]],  # k = 8 > 4: the first 4 kept (unused: masked)
+                        2: [[12, 13, 14, 15], [0, 1, 2, 3]],  # k = 4: exactly the kept inputs
+                        3: [[13, 14, 15, 0], [0, 1, 2, 3]],  # k = 3: one padding position each
+                        4: [[14, 15, 0, 1], [0, 1, 2, 3]]}  # k = 2 (capacity 2 reads the first two)
+    for step in range(5):
+        state = apply_gradients(state, jnp.int32(step))
+        np.testing.assert_array_equal(np.sum(state.opt_state.masks["output"]["kernel"], axis=0), [kept[step + 1]] * 2)
+        if step in expected_indices:
+            indices = np.asarray(state.indices["output"]["indices"])
+            np.testing.assert_array_equal(indices, expected_indices[step])
+            kernel = np.asarray(state.params["output"]["kernel"])
+            padding = [kernel[i, o] for o in range(2) for i in indices[o, kept[step + 1]:]]
+            assert padding == [0.0] * len(padding)  # padding positions point at pruned (zero) weights
+        np.testing.assert_allclose(apply(state, jnp.int32(step + 1)), x @ state.params["output"]["kernel"],
+                                   rtol=1e-5, atol=1e-5)

@@ -37,7 +37,8 @@ Backward: a custom VJP (`dense`) that is the masked-dense backward pass
 from, are those of the masked network at every step.
 """
 
-from typing import Any, Mapping
+import math
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +60,12 @@ NATIVE_MIN_BATCH = 16
 ROW_MIN_BATCH = 16
 # `is_faster`'s bound on the gathered elements batch * out * k of one layer (see its docstring).
 AUTO_MAX_GATHERED = 2048
+# While a layer's fan-in shrinks (prune), it runs condensed only at capacities up to this fraction of its dense
+# fan-in, masked above. Native forward + backward costs batch * out * k multiply-adds at c_n each, masked
+# batch * out * f at c_m, so native wins while k / f < c_m / c_n. Measured (`native_is_faster`, 512x512 at 10%
+# density, batch 128): 2.41-2.99x as fast as masked, so c_m / c_n = 0.1 * (2.41..2.99) = 0.24..0.30 is the
+# break-even density; 0.25, its lower end, keeps condensed where it does not lose.
+MAX_CONDENSED_DENSITY = 0.25
 
 
 def check_kernels(kernels: str) -> str:
@@ -76,6 +83,36 @@ def fan_in(in_features: int, sparsity: float) -> int:
     point at zero weights); one with more would not be.
     """
     return structure_lib.kept_per_group(CONSTANT_FAN_IN, (in_features, 1), sparsity)
+
+
+def ladder(in_features: int, final_k: int) -> tuple[int, ...]:
+    """The capacities, ascending, that a layer whose kept count falls from `in_features` to `final_k` (prune)
+    runs its condensed kernels at: `final_k`, then doubling up to floor(MAX_CONDENSED_DENSITY * in_features).
+
+    A kept count k runs at the smallest capacity c >= k (padding positions point at zero weights), so padding
+    costs at most c / k < 2 times the multiply-adds of k; a count above the last capacity runs masked. The final
+    count always has its capacity, whatever its density (as a static layer at that sparsity runs condensed).
+    """
+    largest = math.floor(MAX_CONDENSED_DENSITY * in_features)
+    capacities = [final_k]
+    while capacities[-1] < largest:
+        capacities.append(min(2 * capacities[-1], largest))
+    return tuple(capacities)
+
+
+def bucket(kept, capacities: tuple[int, ...]) -> jax.Array:
+    """Index of the smallest capacity that holds `kept` inputs (traced int32); len(capacities) runs masked."""
+    return sum((kept > capacity).astype(jnp.int32) for capacity in capacities)
+
+
+def run_bucket(product: Callable, x: jax.Array, kernel: jax.Array, ladder_indices: tuple, index) -> jax.Array:
+    """`product(x, kernel, ladder_indices[index])`, or the masked matmul at index len(ladder_indices).
+
+    A `lax.switch`: with an unbatched index (a function of the shared gradient step, also under the seeds'
+    vmap) only the chosen branch runs.
+    """
+    branches = [lambda x, kernel, indices=indices: product(x, kernel, indices) for indices in ladder_indices]
+    return jax.lax.switch(index, [*branches, linear.matmul], x, kernel)
 
 
 def _flat_indices(kernel: jax.Array, indices: jax.Array) -> jax.Array:
@@ -159,13 +196,15 @@ def _dense_backward(residuals, output_grad):
 dense.defvjp(_dense_forward, _dense_backward)
 
 
-def layer_indices(masks: Any, sparsities: Mapping[str, float]) -> dict:
+def layer_indices(masks: Any, sparsities: Mapping[str, float], gradual: bool = False) -> dict:
     """Indices of every masked 2-D kernel in `sparsities`, nested like the params tree.
 
     `{"q1": {"dense_0": {"indices": [out, k]}}}` for the mask of
     `q1/dense_0/kernel`; k = `fan_in(in, layer sparsity)` (static). Layers kept
     dense (not in `sparsities`, or every input kept) have no entry and run as
-    plain matmuls.
+    plain matmuls. `gradual` (a fan-in that falls to k over training: prune):
+    [out, c] with c the largest capacity of `ladder(in, k)`, each neuron's kept
+    inputs first, so their first c' columns are the indices at capacity c'.
     """
     tree: dict = {}
     for path, mask in jax.tree_util.tree_flatten_with_path(masks)[0]:
@@ -175,7 +214,8 @@ def layer_indices(masks: Any, sparsities: Mapping[str, float]) -> dict:
         node = tree
         for part in layer.split("/"):
             node = node.setdefault(part, {})
-        node["indices"] = structure_lib.fan_in_indices(mask, fan_in(mask.shape[0], sparsities[layer]))
+        k = fan_in(mask.shape[0], sparsities[layer])
+        node["indices"] = structure_lib.fan_in_indices(mask, ladder(mask.shape[0], k)[-1] if gradual else k)
     return tree
 
 
@@ -233,7 +273,8 @@ def select(indices: dict, params: Any, batch: int, kernels: str) -> dict:
     def chosen(index_node, param_node):
         if "indices" in index_node:
             in_features, out_features = param_node["kernel"].shape
-            keep = is_faster(batch, in_features, out_features, index_node["indices"].shape[-1])
+            largest = max(indices.shape[-1] for indices in jax.tree.leaves(index_node["indices"]))
+            keep = is_faster(batch, in_features, out_features, largest)
             return index_node if keep else {}
         children = {name: chosen(child, param_node[name]) for name, child in index_node.items()}
         return {name: child for name, child in children.items() if child}

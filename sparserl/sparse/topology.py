@@ -114,12 +114,18 @@ class Topology:
     - `settings_type`: the dataclass of its own settings (`SparsityConfig.settings`),
       read from its config block `sparse.<name>` (`sparserl.sparse.config.read_settings`);
     - `dense_init`: start from all-True masks (prune);
-    - `reset_moments`: zero the optimizer moments of changed connections.
+    - `reset_moments`: zero the optimizer moments of changed connections;
+    - `grows_from_gradients`: its update reads the dense gradient (RigL, SRigL), so native condensed kernels,
+      whose kernel gradient lives on the mask only, run the masked network on its update steps;
+    - `sparsity_changes`: each layer's kept count changes over training (prune); such a method gives
+      `sparsity_at`, the count the condensed kernels run at (`sparserl.sparse_network`).
     """
 
     name = "static"
     settings_type: type[Settings] = Settings
     dense_init = False
+    grows_from_gradients = False
+    sparsity_changes = False
     reset_moments = True
     masked_updates = True  # updates are masked before they are applied
 
@@ -237,6 +243,7 @@ class SET(DropAndGrow):
 @register
 class RigL(DropAndGrow):
     name = "rigl"
+    grows_from_gradients = True
 
     def grow_scores(self, key, weights, grads):
         del key, weights
@@ -256,6 +263,7 @@ class Prune(Topology):
     name = "prune"
     settings_type = Window
     dense_init = True
+    sparsity_changes = True
 
     def is_update_step(self, step, config):
         window = config.settings
@@ -271,6 +279,17 @@ class Prune(Topology):
             return magnitude_mask(weights, mask, target, structure)
 
         return map_masked_layers(update, sparsities, masks, params)
+
+    def sparsity_at(self, step, final_sparsity, config):
+        """A layer's sparsity while gradient step `step` runs its forward pass: the target of the last pruning
+        step before it (masks change at the end of a step), 0 before t0, s_f from t1 on. The same float32 ops as
+        `update_masks`, so fan_in's kept count floor-rounds to the masks' exactly."""
+        window = config.settings
+        previous = step - 1
+        periodic = window.update_start + (previous - window.update_start) // window.update_period * window.update_period
+        last_pruning_step = jnp.where(previous >= window.update_end, window.update_end, periodic)
+        target = schedules.cubic_sparsity(last_pruning_step, final_sparsity, window.update_start, window.update_end)
+        return jnp.where(previous >= window.update_start, target, 0.0)
 
 
 class DenseWeightsBehindNM(Topology):
