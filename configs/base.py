@@ -245,19 +245,22 @@ def sparsity_config(sparse: ml_collections.ConfigDict, total_updates: int, spars
 
 
 # Methods whose fan_in layers run condensed (`kernels`): static, SET and RigL keep every neuron at k inputs; prune
-# shrinks k from the dense fan-in, run at a ladder of capacities (`sparserl.sparse.condensed.ladder`).
-CONSTANT_FAN_IN_METHODS = ("static", "set", "rigl", "prune")
+# shrinks k from the dense fan-in, run at a ladder of capacities (`sparserl.sparse.condensed.ladder`); SRigL's
+# ablation moves k to k' (survivors) or 0, run as rows of neurons (`condensed.neuron_rows`), native only.
+CONSTANT_FAN_IN_METHODS = ("static", "set", "rigl", "prune", "srigl")
+# Methods whose layers run as rows of neurons, whose kernel gradient only the native kernels compute exactly.
+NATIVE_ONLY_METHODS = ("srigl",)
 
 
 def kernels(sparse: ml_collections.ConfigDict) -> str:
     """The kernels of a network under `sparse`: `sparse.kernels` ("masked", "condensed", "auto", "native"), which
     only runs condensed on fan_in layers: `sparse.structure` "fan_in", a concrete sparsity level, and a method of
     `CONSTANT_FAN_IN_METHODS` (static, SET, RigL; prune, whose shrinking fan-in runs at the smallest capacity of
-    its ladder that holds it, masked above `condensed.MAX_CONDENSED_DENSITY`).
+    its ladder that holds it, masked above `condensed.MAX_CONDENSED_DENSITY`; SRigL with native kernels only).
 
-    "auto" falls back to "masked" elsewhere; "condensed" and "native" there raise ConfigError (field
-    `sparse.kernels`), and so does "native" where it cannot run (`condensed_native.unavailable_reason`: no g++, or
-    not a CPU).
+    "auto" falls back to "masked" elsewhere (and for SRigL); "condensed" and "native" there raise ConfigError
+    (field `sparse.kernels`), and so does "native" where it cannot run (`condensed_native.unavailable_reason`: no
+    g++, or not a CPU).
     """
     chosen = condensed.check_kernels(sparse.get("kernels", "masked"))
     constant_fan_in = (sparse.get("structure", "unstructured") == "fan_in" and sparse.method in CONSTANT_FAN_IN_METHODS
@@ -265,9 +268,13 @@ def kernels(sparse: ml_collections.ConfigDict) -> str:
     if chosen in ("condensed", "native") and not constant_fan_in:
         raise ConfigError("sparse.kernels", f"{chosen} needs fan_in masks and one sparsity level "
                           f"(--config.sparse.structure=fan_in, --method one of {', '.join(CONSTANT_FAN_IN_METHODS)})")
+    if chosen == "condensed" and sparse.method in NATIVE_ONLY_METHODS:
+        raise ConfigError("sparse.kernels", f"condensed cannot run --method={sparse.method}, whose layers run as rows "
+                          "of neurons with the native kernel gradient; choose native, masked or auto")
     if chosen == "native" and (reason := condensed_native.unavailable_reason()):
         raise ConfigError("sparse.kernels", f"{reason}; choose masked, condensed or auto")
-    return chosen if constant_fan_in else "masked"
+    runs_condensed = constant_fan_in and (chosen == "native" or sparse.method not in NATIVE_ONLY_METHODS)
+    return chosen if runs_condensed else "masked"
 
 
 def network_sparsity(sparse: ml_collections.ConfigDict, network: str) -> float:

@@ -62,7 +62,8 @@ class Dense(nn.Dense):
     when the kernel is zero off the indices (with the `condensed_native` collection instead,
     `condensed_native.dense`: C++ forward and backward passes). With a `bucket` beside them (a layer whose fan-in
     shrinks: prune), `indices` is a ladder of capacities and the bucket picks one, or the matmul
-    (`condensed.run_bucket`). Otherwise it is `linear.matmul(x, kernel) + bias`,
+    (`condensed.run_bucket`); with `targets` (SRigL's ablated layers), rows of neurons (`condensed.dense_by_rows`).
+    Otherwise it is `linear.matmul(x, kernel) + bias`,
     nn.Dense's function with the kernel gradient written in the kernel's layout (see `sparserl.linear`).
     """
 
@@ -73,7 +74,10 @@ class Dense(nn.Dense):
                                     (condensed.COLLECTION, condensed.dense)):
             if self.has_variable(collection, "indices"):
                 indices = self.get_variable(collection, "indices")
-                if self.has_variable(collection, "bucket"):
+                if self.has_variable(collection, "targets"):
+                    outputs = condensed.dense_by_rows(product, inputs, kernel, indices,
+                                                      self.get_variable(collection, "targets"))
+                elif self.has_variable(collection, "bucket"):
                     outputs = condensed.run_bucket(product, inputs, kernel, indices, self.get_variable(collection, "bucket"))
                 else:
                     outputs = product(inputs, kernel, indices)

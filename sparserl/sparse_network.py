@@ -99,15 +99,18 @@ def init(network: SparseNetwork, key: jax.Array, *sample_inputs) -> NetworkState
 
     The inner optimizer state does not depend on the param values (Adam's moments start at 0). With
     condensed, auto or native kernels, the indices of every masked kernel are computed from the initial masks
-    (prune: at the largest capacity of each layer's ladder, `condensed.layer_indices`).
+    (prune: at the largest capacity of each layer's ladder; SRigL's ablating layers as rows of neurons:
+    `condensed.layer_indices`).
     """
     init_key, mask_key = jax.random.split(key)
     params = network.module.init(init_key, *sample_inputs)["params"]
     params, opt_state = network.optimizer.init(mask_key, params)
     indices = {}
     if network.kernels != "masked":
-        indices = condensed.layer_indices(opt_state.masks, layer_sparsities(params, network.optimizer.config),
-                                          gradual=_topology(network).sparsity_changes)
+        topology, config = _topology(network), network.optimizer.config
+        indices = condensed.layer_indices(opt_state.masks, layer_sparsities(params, config),
+                                          gradual=topology.sparsity_changes,
+                                          by_rows=topology.ablating_layers(params, config))
     return NetworkState(_at_init_scale(network, params, opt_state.masks), opt_state, indices)
 
 

@@ -217,14 +217,20 @@ def test_kernels_run_condensed_only_with_constant_fan_in():
     assert kernels(config.sparse) == "auto"
     config.sparse.method = "prune"  # a shrinking fan-in runs at a ladder of capacities
     assert kernels(config.sparse) == "auto"
-    config.sparse.method = "srigl"  # SRigL's ablation gives survivors more than k
+    config.sparse.method = "srigl"  # rows of neurons: native only
     assert kernels(config.sparse) == "masked"
     config.sparse.kernels = "condensed"
     with pytest.raises(ConfigError) as error:
         kernels(config.sparse)
     assert error.value.field == "sparse.kernels" and error.value.reason == (
+        "condensed cannot run --method=srigl, whose layers run as rows of neurons with the native kernel gradient; "
+        "choose native, masked or auto")
+    config.sparse.method = "srste"
+    with pytest.raises(ConfigError) as error:
+        kernels(config.sparse)
+    assert error.value.field == "sparse.kernels" and error.value.reason == (
         "condensed needs fan_in masks and one sparsity level (--config.sparse.structure=fan_in, --method one of "
-        "static, set, rigl, prune)")
+        "static, set, rigl, prune, srigl)")
     config.sparse.kernels = "fast"
     with pytest.raises(ConfigError) as error:
         kernels(config.sparse)  # even where the masks would make it masked

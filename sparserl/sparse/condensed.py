@@ -115,6 +115,43 @@ def run_bucket(product: Callable, x: jax.Array, kernel: jax.Array, ladder_indice
     return jax.lax.switch(index, [*branches, linear.matmul], x, kernel)
 
 
+def neuron_rows(mask: jax.Array, k: int) -> dict:
+    """A fan_in layer whose neurons keep any number k'_o <= f of inputs (SRigL's ablation: survivors k' >= k,
+    ablated 0) as 2 out rows of k slots: `indices` [2 out, k] and the neuron each row adds into, `targets` [2 out].
+
+    Neuron o fills ceil(k'_o / k) consecutive rows with its kept inputs (ascending); a slot left over, and every
+    slot of a row left over (which targets the last neuron), points at input position `in`, where
+    `dense_by_rows` appends a zero input and a zero weight.
+    Any ablation fits: sum_o ceil(k'_o / k) < A (k' / k + 1) <= out + A <= 2 out for A active neurons of k' <=
+    out k / A inputs (the layer's budget out * k). So the layer costs 2 * batch * out * k multiply-adds, twice
+    the static layer's, whatever the ablation.
+    """
+    in_features, out = mask.shape
+    counts = jnp.sum(mask, axis=0)
+    kept_first = jnp.argsort(~mask.T, axis=1, stable=True).astype(jnp.int32)  # [out, f]
+    rows_of = -(-counts // k)
+    ends = jnp.cumsum(rows_of)
+    rows = jnp.arange(2 * out)
+    targets = jnp.minimum(jnp.searchsorted(ends, rows, side="right"), out - 1).astype(jnp.int32)
+    positions = (rows - (ends - rows_of)[targets])[:, None] * k + jnp.arange(k)  # [2 out, k]
+    used = (rows < ends[-1])[:, None] & (positions < counts[targets][:, None])
+    indices = jnp.where(used, jnp.take_along_axis(kept_first[targets], jnp.minimum(positions, in_features - 1), axis=1),
+                        in_features)
+    return {"indices": indices.astype(jnp.int32), "targets": targets}
+
+
+def dense_by_rows(product: Callable, x: jax.Array, kernel: jax.Array, indices: jax.Array, targets: jax.Array):
+    """x @ kernel for `neuron_rows`: `product` (`condensed_native.dense`) on each row's kernel column
+    kernel[:, target], with a zero input and a zero kernel row appended for the leftover slots, then each row's
+    output added into its neuron's. Its gradients are `product`'s: the native kernel gradient is exact at every
+    kept connection (each in exactly one row) and 0 off them."""
+    out = kernel.shape[1]
+    padded_x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, 1)])
+    row_kernels = jnp.pad(jnp.take(kernel, targets, axis=1), ((0, 1), (0, 0)))
+    row_outputs = product(padded_x, row_kernels, indices)  # [..., 2 out]
+    return jnp.zeros((*x.shape[:-1], out), row_outputs.dtype).at[..., targets].add(row_outputs)
+
+
 def _flat_indices(kernel: jax.Array, indices: jax.Array) -> jax.Array:
     """Positions of W[idx[o, j], o] in the flattened kernel, [out, k]."""
     out = kernel.shape[1]
@@ -196,7 +233,8 @@ def _dense_backward(residuals, output_grad):
 dense.defvjp(_dense_forward, _dense_backward)
 
 
-def layer_indices(masks: Any, sparsities: Mapping[str, float], gradual: bool = False) -> dict:
+def layer_indices(masks: Any, sparsities: Mapping[str, float], gradual: bool = False,
+                  by_rows: frozenset = frozenset()) -> dict:
     """Indices of every masked 2-D kernel in `sparsities`, nested like the params tree.
 
     `{"q1": {"dense_0": {"indices": [out, k]}}}` for the mask of
@@ -205,6 +243,7 @@ def layer_indices(masks: Any, sparsities: Mapping[str, float], gradual: bool = F
     plain matmuls. `gradual` (a fan-in that falls to k over training: prune):
     [out, c] with c the largest capacity of `ladder(in, k)`, each neuron's kept
     inputs first, so their first c' columns are the indices at capacity c'.
+    Layers in `by_rows` (SRigL's ablated ones) get `neuron_rows`.
     """
     tree: dict = {}
     for path, mask in jax.tree_util.tree_flatten_with_path(masks)[0]:
@@ -215,7 +254,10 @@ def layer_indices(masks: Any, sparsities: Mapping[str, float], gradual: bool = F
         for part in layer.split("/"):
             node = node.setdefault(part, {})
         k = fan_in(mask.shape[0], sparsities[layer])
-        node["indices"] = structure_lib.fan_in_indices(mask, ladder(mask.shape[0], k)[-1] if gradual else k)
+        if layer in by_rows:
+            node.update(neuron_rows(mask, k))
+        else:
+            node["indices"] = structure_lib.fan_in_indices(mask, ladder(mask.shape[0], k)[-1] if gradual else k)
     return tree
 
 
@@ -223,6 +265,8 @@ def refresh(indices: dict, masks: Any) -> dict:
     """`indices` recomputed from new `masks` (same layers, same k): call it whenever the masks change."""
 
     def recompute(index_node, mask_node):
+        if "targets" in index_node:
+            return neuron_rows(mask_node["kernel"], index_node["indices"].shape[-1])
         if "indices" in index_node:
             return {"indices": structure_lib.fan_in_indices(mask_node["kernel"], index_node["indices"].shape[-1])}
         return {name: recompute(child, mask_node[name]) for name, child in index_node.items()}

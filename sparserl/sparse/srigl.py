@@ -107,20 +107,28 @@ class SRigL(RigL):
                               f"--method=srigl keeps a constant fan-in; use fan_in (the default for srigl), not {structure}")
         return FAN_IN
 
+    def ablating_layers(self, params, config):
+        """Every layer but each sub-network's output layer; none when gamma_sal = 0."""
+        if config.settings.ablation_threshold == 0:
+            return frozenset()
+        layers = list(kernel_shapes(params))
+        _, output_layers = first_and_last_layers(layers)
+        return frozenset(layers) - set(output_layers)
+
     def update_masks(self, key, step, params, dense_grads, masks, sparsities, config):
         del key
         fraction = self.drop_fraction(step, config)
         threshold = config.settings.ablation_threshold
-        _, output_layers = first_and_last_layers(list(kernel_shapes(params)))
+        ablating = self.ablating_layers(params, config)
 
         def update(index, layer, sparsity, mask, weights, grads):
             del index
             fan_in = structure_lib.fan_in(mask.shape)
             kept_per_neuron = fan_in - structure_lib.zero_count(sparsity, fan_in)
-            if layer in output_layers or threshold == 0:
-                ablated = jnp.zeros(mask.shape[-1], bool)
-            else:
+            if layer in ablating:
                 ablated = ablated_neurons(weights, mask, grads, fraction, kept_per_neuron, threshold)
+            else:
+                ablated = jnp.zeros(mask.shape[-1], bool)
             return srigl_mask(weights, mask, grads, fraction, kept_per_neuron, ablated)
 
         return map_masked_layers(update, sparsities, masks, params, dense_grads)

@@ -139,6 +139,12 @@ class Topology:
             return mask_lib.dense_masks(params)
         return mask_lib.random_masks(key, params, sparsities, structure)
 
+    def ablating_layers(self, params: Any, config: SparsityConfig) -> frozenset:
+        """Layers whose neurons may keep other than k inputs (SRigL's ablation): condensed kernels run them as
+        rows of neurons (`sparserl.sparse.condensed.neuron_rows`). None by default."""
+        del params, config
+        return frozenset()
+
     def init_state(self, params: Any, masks: Any) -> Any:
         """State of the method's own, carried in `SparseOptState.topology` (none by default)."""
         del params, masks
