@@ -32,6 +32,11 @@ see the same pytrees as before):
   backward passes, `sparserl.sparse.condensed_native`, under the collection
   `condensed_native`).
 
+Methods whose fan-in changes: prune's layers store indices at the largest
+capacity of a `ladder` and run at the `bucket` that holds the step's kept
+count (`run_bucket`, masked above `MAX_CONDENSED_DENSITY`); SRigL's ablating
+layers run as rows of neurons (`neuron_rows`, `dense_by_rows`, native only).
+
 Backward: a custom VJP (`dense`) that is the masked-dense backward pass
 (two dense matmuls), so the gradients, also the dense gradient RigL grows
 from, are those of the masked network at every step.
