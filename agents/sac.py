@@ -142,8 +142,9 @@ class SACLosses(NamedTuple):
     bounds: ActionBounds
     config: ml_collections.ConfigDict
 
-    def policy(self, actor_params: Any, observations: jax.Array, indices: dict | None = None) -> tuple[jax.Array, jax.Array]:
-        outputs = sparse_network.apply(self.actor_net, actor_params, observations, indices=indices)
+    def policy(self, actor_params: Any, observations: jax.Array, indices: dict | None = None,
+               step: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        outputs = sparse_network.apply(self.actor_net, actor_params, observations, indices=indices, step=step)
         return squashed_gaussian(outputs, self.config.log_std_min, self.config.log_std_max)
 
     def soft_targets(self, state: "SACState", batch: Transition, key: jax.Array, condensed: bool = True) -> jax.Array:
@@ -151,9 +152,9 @@ class SACLosses(NamedTuple):
         critics run on the online critic's indices (their masks are the online ones), unless `condensed` is False."""
         actor_indices, critic_indices = (state.actor.indices, state.critic.indices) if condensed else (None, None)
         next_actions, next_log_prob = sample_action(*self.policy(state.actor.params, batch.next_observation,
-                                                                 actor_indices), key)
+                                                                 actor_indices, state.step), key)
         next_q = sparse_network.apply(self.critic_net, state.target_critic_params, batch.next_observation, next_actions,
-                                      indices=critic_indices)
+                                      indices=critic_indices, step=state.step)
         return critic_targets(batch.reward, batch.terminated, next_q, next_log_prob, jnp.exp(state.log_alpha),
                               self.config.gamma)
 
@@ -164,13 +165,13 @@ class SACLosses(NamedTuple):
                                  indices=indices)
         return critic_loss(q, targets), q
 
-    def actor(self, actor_params: Any, critic: sparse_network.NetworkState, alpha: jax.Array, batch: Transition,
-              key: jax.Array, indices: dict | None = None) -> tuple[jax.Array, jax.Array]:
+    def actor(self, actor_params: Any, critic: sparse_network.NetworkState, critic_step: jax.Array, alpha: jax.Array,
+              batch: Transition, key: jax.Array, indices: dict | None = None) -> tuple[jax.Array, jax.Array]:
         """(`actor_loss` of a reparameterised a ~ pi(.|s) drawn with `key`, log pi(a|s)); the critics run on their
-        own indices (only the gradient in the action flows through them)."""
+        own indices, those of gradient step `critic_step` (only the gradient in the action flows through them)."""
         new_actions, log_prob = sample_action(*self.policy(actor_params, batch.observation, indices), key)
         new_q = sparse_network.apply(self.critic_net, critic.params, batch.observation, new_actions,
-                                     indices=critic.indices)
+                                     indices=critic.indices, step=critic_step)
         return actor_loss(alpha, log_prob, new_q), log_prob
 
     def measured_critic(self, critic_params: Any, state: "SACState", batch: Transition) -> jax.Array:
@@ -179,7 +180,7 @@ class SACLosses(NamedTuple):
 
     def measured_actor(self, actor_params: Any, state: "SACState", batch: Transition) -> jax.Array:
         """The actor loss with every network masked: GraMa reads its dense gradient."""
-        return self.actor(actor_params, state.critic.replace(indices={}), jnp.exp(state.log_alpha), batch,
+        return self.actor(actor_params, state.critic.replace(indices={}), state.step, jnp.exp(state.log_alpha), batch,
                           state.rng)[0]
 
 
@@ -225,7 +226,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
 
     def act(state: SACState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
         """Env-bounded actions: sampled (uniform before `learning_starts`) when exploring, else tanh(mean)."""
-        mean, log_std = losses.policy(state.actor.params, observations, state.actor.indices)
+        mean, log_std = losses.policy(state.actor.params, observations, state.actor.indices, state.step)
         if not explore:
             return bounds.to_env(jnp.tanh(mean))
         policy_key, random_key = jax.random.split(key)
@@ -247,7 +248,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
 
         # Actor: maximise min_i Q_i(s, a) + alpha * entropy, with a reparameterised a ~ pi(.|s).
         (actor_loss_value, log_prob), actor_grads = sparse_network.value_and_grad(
-            actor_net, lambda params, indices: losses.actor(params, critic, alpha, batch, actor_key, indices),
+            actor_net, lambda params, indices: losses.actor(params, critic, state.step + 1, alpha, batch, actor_key, indices),
             state.actor, state.step)
         actor = sparse_network.apply_gradients(actor_net, state.actor, actor_grads, state.step, actor_sparse_key)
 

@@ -130,9 +130,13 @@ def _indices_at(network: SparseNetwork, params: Any, indices: dict, step: jax.Ar
     sparsities = layer_sparsities(params, config)
 
     def at_step(index_node, param_node, path):
+        if "bucket" in index_node:  # already at a step
+            return index_node
         if "indices" not in index_node:
             return {name: at_step(child, param_node[name], f"{path}{name}/") for name, child in index_node.items()}
-        in_features = param_node["kernel"].shape[0]
+        if step is None:
+            raise ValueError(f"{config.method}'s condensed indices run at the kept count of a gradient step: pass step")
+        in_features = condensed.fan_in_view(param_node["kernel"]).shape[0]
         final_sparsity = sparsities[path[:-1]]
         capacities = condensed.ladder(in_features, condensed.fan_in(in_features, final_sparsity))
         kept = condensed.fan_in(in_features, topology.sparsity_at(step, final_sparsity, config))
@@ -147,12 +151,13 @@ def apply(network: SparseNetwork, params: Any, *inputs, indices: dict | None = N
     `network.kernels` picks at this batch size run as condensed kernels (`condensed.select`).
 
     Only pass `indices` whose masks the params are zero off (the online params with their own indices). Under a
-    method whose kept counts change (prune), stored indices hold no kept count: the layers run condensed only
-    given the gradient step `step` whose masks they are (`_indices_at`), masked without it.
+    method whose kept counts change (prune), stored indices hold no kept count: pass the gradient step `step` whose
+    masks they are (`_indices_at`; ValueError without it), unless they are already at a step (`value_and_grad`
+    hands its loss such indices).
     """
     variables = {"params": params}
     if indices and _topology(network).sparsity_changes:
-        indices = {} if step is None else _indices_at(network, params, indices, step)
+        indices = _indices_at(network, params, indices, step)
     if indices:
         chosen = condensed.select(indices, params, inputs[0].shape[0], network.kernels)
         if chosen:

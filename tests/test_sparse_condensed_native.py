@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from sparserl import networks, sparse_network
+from sparserl import envs, networks, sparse_network
 from sparserl.sparse import SparsityConfig, condensed, condensed_native, structure
 from sparserl.sparse.topology import DropAndGrowSettings
 
@@ -125,3 +125,30 @@ def test_without_a_compiler_native_kernels_say_so(tmp_path, monkeypatch):
 def test_on_another_backend_native_kernels_say_so(monkeypatch):
     monkeypatch.setattr(condensed_native.jax, "default_backend", lambda: "gpu")
     assert condensed_native.unavailable_reason() == "native kernels run on the CPU only (this process runs on gpu)"
+
+
+@needs_compiler
+@pytest.mark.parametrize("agent_name, env_id, method", [
+    ("dqn", "CartPole-v1", "static"), ("dqn", "CartPole-v1", "prune"), ("dqn", "CartPole-v1", "srigl"),
+    ("dqn", "gymnax:Breakout-MinAtar", "static"),
+    ("sac", "Pendulum-v1", "rigl"), ("ppo", "Pendulum-v1", "set")])
+def test_every_agent_and_constant_fan_in_method_runs_native_kernels_in_its_update(agent_name, env_id, method):
+    """The update program holds native forward and backward calls (a method or agent that silently fell back to
+    masked matmuls would hold none); prune in its final capacity (past its pruning window)."""
+    from sparserl.agent_contract import agent_module
+    from sparserl.experiments.bench import agent_programs, training
+
+    config = training.train_config(agent_name, env_id, {
+        "sparse.method": method, "sparse.sparsity": 0.9, "sparse.structure": "fan_in", "sparse.kernels": "native",
+        "network.hidden_sizes": (64, 64), "steps": 10_000, **({"batch_size": 32} if agent_name != "ppo" else {}),
+        **({"sparse.distribution": "uniform"} if env_id.endswith("MinAtar") else {})})  # ERK leaves the conv at 50%
+    agent = agent_module(agent_name).make(config, envs.env_spec(env_id))
+    spec = envs.env_spec(env_id)
+    state = jax.eval_shape(agent.init, jax.random.key(0))
+    batch = (agent_programs.random_rollout(spec, config.rollout_steps, config.num_envs, seed=0) if agent_name == "ppo"
+             else agent_programs.random_transitions(spec, config.batch_size, seed=0))
+    batch = jax.tree.map(lambda array: array[0], batch)
+    program = jax.jit(agent.update).lower(state, batch, jax.random.key(1)).as_text()
+    assert program.count(condensed_native.FORWARD) >= 2 and program.count(condensed_native.BACKWARD) >= 1
+    if env_id.endswith("MinAtar"):  # the conv layer too (90%: 4 of 36 fan-in positions) beside the dense layer
+        assert program.count(condensed_native.BACKWARD) >= 2
