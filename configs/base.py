@@ -12,6 +12,7 @@ defaults, one at a time, never stacked.
 from typing import Mapping
 
 import flax.linen as nn
+import jax
 import ml_collections
 from ml_collections import config_dict
 
@@ -73,11 +74,11 @@ def get_config(*, agent: str, env: str, steps: int, eval_every: int, log_every: 
     # Init at each unit's sparse fan-in (rigl's gins: init_masks.fixed_sparse_init = True); False keeps the
     # masked dense init.
     config.sparse.sparse_init_rescale = True
-    # Kernels: "masked" (dense matmuls on the masked weights), "condensed" or "auto" (XLA gather kernels for
-    # constant fan-in masks, sparserl/sparse/condensed.py) or "native" (C++ forward and backward passes on the
-    # CPU, built with g++ on first use, sparserl/sparse/condensed_native.py). Masked by default: it runs
-    # everywhere and keeps every structure and method (docs/performance.md, "Condensed kernels").
-    config.sparse.kernels = "masked"
+    # Kernels: "masked" (dense matmuls on the masked weights), "condensed" (XLA gather kernels for fan_in masks,
+    # sparserl/sparse/condensed.py), "native" (C++ forward and backward passes on the CPU, built with g++ on first
+    # use, sparserl/sparse/condensed_native.py) or "auto" (native wherever it can run: fan_in masks on a CPU with
+    # g++; masked elsewhere). See docs/performance.md, "Condensed kernels".
+    config.sparse.kernels = "auto"
 
     config.redo = ml_collections.ConfigDict()
     # The `redo` block: a remedy for lost plasticity on a schedule (`--recycle`, sparserl/remedies.py).
@@ -258,9 +259,11 @@ def kernels(sparse: ml_collections.ConfigDict) -> str:
     `CONSTANT_FAN_IN_METHODS` (static, SET, RigL; prune, whose shrinking fan-in runs at the smallest capacity of
     its ladder that holds it, masked above `condensed.MAX_CONDENSED_DENSITY`; SRigL with native kernels only).
 
-    "auto" falls back to "masked" elsewhere (and for SRigL); "condensed" and "native" there raise ConfigError
-    (field `sparse.kernels`), and so does "native" where it cannot run (`condensed_native.unavailable_reason`: no
-    g++, or not a CPU).
+    "auto" (the default) is "native" wherever native can run (fan_in masks, a CPU and g++), so a fan_in run gets
+    the native speed without naming it; without g++ it is XLA's rule on a CPU (`condensed.is_faster`: gathers on
+    tiny layers only; masked for SRigL), and "masked" elsewhere (another method or structure, a sweep's traced
+    level, a GPU until its path is measured). "condensed" and "native" where they cannot run raise ConfigError
+    (field `sparse.kernels`), "native" also without g++ or off a CPU (`condensed_native.unavailable_reason`).
     """
     chosen = condensed.check_kernels(sparse.get("kernels", "masked"))
     constant_fan_in = (sparse.get("structure", "unstructured") == "fan_in" and sparse.method in CONSTANT_FAN_IN_METHODS
@@ -271,8 +274,14 @@ def kernels(sparse: ml_collections.ConfigDict) -> str:
     if chosen == "condensed" and sparse.method in NATIVE_ONLY_METHODS:
         raise ConfigError("sparse.kernels", f"condensed cannot run --method={sparse.method}, whose layers run as rows "
                           "of neurons with the native kernel gradient; choose native, masked or auto")
-    if chosen == "native" and (reason := condensed_native.unavailable_reason()):
-        raise ConfigError("sparse.kernels", f"{reason}; choose masked, condensed or auto")
+    wants_native = chosen == "native" or (chosen == "auto" and constant_fan_in)
+    native_reason = condensed_native.unavailable_reason() if wants_native else None
+    if chosen == "native" and native_reason:
+        raise ConfigError("sparse.kernels", f"{native_reason}; choose masked, condensed or auto")
+    if chosen == "auto" and constant_fan_in:
+        if native_reason is None:
+            return "native"
+        return "auto" if jax.default_backend() == "cpu" and sparse.method not in NATIVE_ONLY_METHODS else "masked"
     runs_condensed = constant_fan_in and (chosen == "native" or sparse.method not in NATIVE_ONLY_METHODS)
     return chosen if runs_condensed else "masked"
 

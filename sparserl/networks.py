@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from sparserl import linear
-from sparserl.sparse import condensed, condensed_native
+from sparserl.sparse import condensed, condensed_native, condensed_pallas
 
 ACTIVATIONS = "activations"
 POST_ACTIVATION = "post_activation"
@@ -60,7 +60,8 @@ class Dense(nn.Dense):
     (`sparse_network.apply` passes them; see `sparserl.sparse.condensed`), the output
     is `condensed.dense(x, kernel, indices) + bias`, equal to the dense matmul
     when the kernel is zero off the indices (with the `condensed_native` collection instead,
-    `condensed_native.dense`: C++ forward and backward passes). With a `bucket` beside them (a layer whose fan-in
+    `condensed_native.dense`: C++ forward and backward passes; on a GPU, `condensed_pallas.dense_on_gpu`: XLA's
+    gathers or a Pallas kernel, whichever measured faster). With a `bucket` beside them (a layer whose fan-in
     shrinks: prune), `indices` is a ladder of capacities and the bucket picks one, or the matmul
     (`condensed.run_bucket`); with `targets` (SRigL's ablated layers), rows of neurons (`condensed.dense_by_rows`).
     Otherwise it is `linear.matmul(x, kernel) + bias`,
@@ -70,23 +71,25 @@ class Dense(nn.Dense):
     @nn.compact
     def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
         kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features), self.param_dtype)
-        for collection, product in ((condensed.NATIVE_COLLECTION, condensed_native.dense),
-                                    (condensed.COLLECTION, condensed.dense)):
-            if self.has_variable(collection, "indices"):
-                indices = self.get_variable(collection, "indices")
-                if self.has_variable(collection, "targets"):
-                    outputs = condensed.dense_by_rows(product, inputs, kernel, indices,
-                                                      self.get_variable(collection, "targets"))
-                elif self.has_variable(collection, "bucket"):
-                    outputs = condensed.run_bucket(product, inputs, kernel, indices, self.get_variable(collection, "bucket"))
-                else:
-                    outputs = product(inputs, kernel, indices)
-                break
-        else:
-            outputs = linear.matmul(inputs, kernel)
+        outputs = _kernel_product(self, inputs, kernel, linear.matmul)
         if self.use_bias:
             outputs = outputs + self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         return outputs
+
+
+def _kernel_product(layer: nn.Module, inputs: jnp.ndarray, kernel: jnp.ndarray, matmul: Callable) -> jnp.ndarray:
+    """inputs [batch, in] times kernel [in, out] as `layer`'s condensed collections say (`Dense`), else `matmul`."""
+    condensed_product = condensed_pallas.dense_on_gpu if jax.default_backend() == "gpu" else condensed.dense
+    for collection, product in ((condensed.NATIVE_COLLECTION, condensed_native.dense),
+                                (condensed.COLLECTION, condensed_product)):
+        if layer.has_variable(collection, "indices"):
+            indices = layer.get_variable(collection, "indices")
+            if layer.has_variable(collection, "targets"):
+                return condensed.dense_by_rows(product, inputs, kernel, indices, layer.get_variable(collection, "targets"))
+            if layer.has_variable(collection, "bucket"):
+                return condensed.run_bucket(product, inputs, kernel, indices, layer.get_variable(collection, "bucket"))
+            return product(inputs, kernel, indices)
+    return matmul(inputs, kernel)
 
 
 def _hidden(layer: nn.Module, activation: Callable, x: jnp.ndarray) -> jnp.ndarray:
@@ -152,6 +155,9 @@ class Im2colConv(nn.Module):
     of `lax.cond`s took 5.9-19x a plain jitted nn.Conv step timed beside it with nn.Conv, 0.45-2.6x with
     Im2colConv (4 runs on a loaded 2-core machine); the Nature network 15x and 1.5x (docs/studies.md has
     the script). Results agree with nn.Conv to float32 rounding (the products are summed in another order).
+
+    The product is a `Dense`'s: given indices of the kernel's fan-in (kh * kw * in positions per output
+    channel, `sparserl.sparse.condensed`), a condensed kernel over the batch x positions patches.
     """
 
     features: int
@@ -172,8 +178,9 @@ class Im2colConv(nn.Module):
         patches = jnp.stack(
             [x[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :] for i in range(kh) for j in range(kw)],
             axis=3,
-        ).reshape(x.shape[0], out_h, out_w, kh * kw * channels)
-        return patches @ kernel.reshape(kh * kw * channels, self.features) + bias
+        ).reshape(x.shape[0] * out_h * out_w, kh * kw * channels)
+        outputs = _kernel_product(self, patches, kernel.reshape(kh * kw * channels, self.features), jnp.matmul)
+        return outputs.reshape(x.shape[0], out_h, out_w, self.features) + bias
 
 
 class NatureCNN(nn.Module):

@@ -10,6 +10,7 @@ import pytest
 from sparserl.configs import base, dqn as dqn_config, ppo as ppo_config, sac as sac_config
 from sparserl.configs.base import kernels, network_module, off_policy_updates, remedy_period, sparsity_config
 from sparserl.errors import ConfigError
+from sparserl.sparse import condensed_native
 from sparserl.sparse.config import Settings, Window
 from tests.helpers import hidden_outputs
 
@@ -208,17 +209,26 @@ def test_sparsity_config_names_the_field_of_a_wrong_method_block():
     assert error.value.field == "sparse.srigl.ablation_threshold" and error.value.reason.startswith("missing")
 
 
+@pytest.mark.parametrize("native_reason", [None, "native kernels need a C++ compiler: g++ is not on PATH"])
+def test_auto_is_native_wherever_native_can_run(monkeypatch, native_reason):
+    """The default "auto": native on fan_in masks of a constant-fan-in method where native can run; without it,
+    XLA's rule (masked for SRigL); masked for other structures."""
+    monkeypatch.setattr(condensed_native, "unavailable_reason", lambda: native_reason)
+    config = dqn_config.get_config()
+    config.sparse.sparsity = 0.9
+    assert config.sparse.kernels == "auto"
+    assert kernels(config.sparse) == "masked"  # unstructured masks
+    config.sparse.structure = "fan_in"
+    for method, expected in (("static", "auto"), ("rigl", "auto"), ("prune", "auto"), ("srigl", "masked")):
+        config.sparse.method = method
+        assert kernels(config.sparse) == ("native" if native_reason is None else expected), method
+
+
 def test_kernels_run_condensed_only_with_constant_fan_in():
     config = dqn_config.get_config()
     config.sparse.sparsity = 0.9
-    config.sparse.kernels = "auto"
-    assert kernels(config.sparse) == "masked"  # unstructured masks
     config.sparse.structure = "fan_in"
-    assert kernels(config.sparse) == "auto"
-    config.sparse.method = "prune"  # a shrinking fan-in runs at a ladder of capacities
-    assert kernels(config.sparse) == "auto"
-    config.sparse.method = "srigl"  # rows of neurons: native only
-    assert kernels(config.sparse) == "masked"
+    config.sparse.method = "srigl"
     config.sparse.kernels = "condensed"
     with pytest.raises(ConfigError) as error:
         kernels(config.sparse)

@@ -1,5 +1,6 @@
 """Tests for sparserl.networks: shapes, width multiplier, captured activations, uint8 scaling, chains."""
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ import flax.linen as nn
 from sparserl.networks import (
     ACTIVATIONS, MLP, POST_ACTIVATION, Im2colConv, NatureCNN, TwinCritic, orthogonal, scaled_width,
 )
+from sparserl.sparse import condensed, structure
 from tests.helpers import cli_environment
 
 KEY = jax.random.key(0)
@@ -138,6 +140,31 @@ def test_im2col_conv_is_flax_conv(kernel, strides, padding, size):
     np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=1e-5, atol=1e-5)
     loss = lambda module: jax.grad(lambda p: jnp.sum(jnp.sin(module.apply(p, x))))(params)  # noqa: E731
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), loss(ours), loss(theirs))
+
+
+@pytest.mark.parametrize("collection", [condensed.COLLECTION, pytest.param(condensed.NATIVE_COLLECTION, marks=pytest.mark.skipif(
+    shutil.which("g++") is None, reason="native kernels are built with g++, not on PATH"))])
+def test_a_conv_with_fan_in_indices_runs_condensed_over_its_patches_and_equals_the_masked_conv(collection):
+    """A 3x3 conv of 4 -> 6 channels whose mask keeps k = 9 of every output channel's 36 fan-in positions: given the
+    indices of the mask (`condensed.layer_indices`), the outputs and the gradients of input and kernel equal the
+    masked conv's on the mask (the native kernel gradient is 0 off it)."""
+    x = jax.random.normal(jax.random.key(1), (3, 6, 5, 4))
+    conv = Im2colConv(6, (3, 3), (1, 1), "VALID")
+    params = conv.init(KEY, x)["params"]
+    mask = structure.random_mask(condensed.CONSTANT_FAN_IN, jax.random.key(2), params["kernel"].shape, 0.75)
+    params = {**params, "kernel": jnp.where(mask, params["kernel"], 0.0), "bias": jnp.ones(6)}
+    indices = condensed.layer_indices({"conv": {"kernel": mask}}, {"conv": 0.75})["conv"]
+    assert indices["indices"].shape == (6, 9)
+
+    def loss(x, params, variables):
+        return jnp.sum(jnp.sin(conv.apply({"params": params, **variables}, x)))
+
+    condensed_value, condensed_grads = jax.value_and_grad(loss, argnums=(0, 1))(x, params, {collection: indices})
+    masked_value, masked_grads = jax.value_and_grad(loss, argnums=(0, 1))(x, params, {})
+    assert float(condensed_value) == pytest.approx(float(masked_value), rel=1e-5)
+    np.testing.assert_allclose(condensed_grads[0], masked_grads[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(jnp.where(mask, condensed_grads[1]["kernel"], 0.0),
+                               jnp.where(mask, masked_grads[1]["kernel"], 0.0), rtol=1e-4, atol=1e-5)
 
 
 def test_nature_cnn_is_the_flax_conv_network():

@@ -30,7 +30,8 @@ see the same pytrees as before):
   "auto" (`is_faster`, a rule measured with `python -m sparserl.bench
   --rows=condensed`) or "native" (`native_is_faster`: C++ forward and
   backward passes, `sparserl.sparse.condensed_native`, under the collection
-  `condensed_native`).
+  `condensed_native`). The config's "auto" is native wherever native can run
+  (`sparserl.configs.base.kernels`), and this XLA rule only where it cannot.
 
 Methods whose fan-in changes: prune's layers store indices at the largest
 capacity of a `ladder` and run at the `bucket` that holds the step's kept
@@ -240,7 +241,7 @@ dense.defvjp(_dense_forward, _dense_backward)
 
 def layer_indices(masks: Any, sparsities: Mapping[str, float], gradual: bool = False,
                   by_rows: frozenset = frozenset()) -> dict:
-    """Indices of every masked 2-D kernel in `sparsities`, nested like the params tree.
+    """Indices of every masked kernel in `sparsities` (dense [in, out], conv as `fan_in_view`), nested like the params tree.
 
     `{"q1": {"dense_0": {"indices": [out, k]}}}` for the mask of
     `q1/dense_0/kernel`; k = `fan_in(in, layer sparsity)` (static). Layers kept
@@ -253,7 +254,10 @@ def layer_indices(masks: Any, sparsities: Mapping[str, float], gradual: bool = F
     tree: dict = {}
     for path, mask in jax.tree_util.tree_flatten_with_path(masks)[0]:
         layer = layer_of(path)
-        if layer not in sparsities or mask.ndim != 2 or fan_in(mask.shape[0], sparsities[layer]) == mask.shape[0]:
+        if layer not in sparsities or mask.ndim < 2:
+            continue
+        mask = fan_in_view(mask)
+        if fan_in(mask.shape[0], sparsities[layer]) == mask.shape[0]:
             continue  # not masked, or kept dense (ERK gives small layers sparsity 0)
         node = tree
         for part in layer.split("/"):
@@ -266,12 +270,18 @@ def layer_indices(masks: Any, sparsities: Mapping[str, float], gradual: bool = F
     return tree
 
 
+def fan_in_view(kernel: jax.Array) -> jax.Array:
+    """A kernel (or its mask) as [fan-in, out]: a conv kernel [kh, kw, in, out] as [kh * kw * in, out], the rows of
+    `networks.Im2colConv`'s product (and `structure.fan_in_indices`' positions)."""
+    return kernel.reshape(-1, kernel.shape[-1])
+
+
 def refresh(indices: dict, masks: Any) -> dict:
     """`indices` recomputed from new `masks` (same layers, same k): call it whenever the masks change."""
 
     def recompute(index_node, mask_node):
         if "targets" in index_node:
-            return neuron_rows(mask_node["kernel"], index_node["indices"].shape[-1])
+            return neuron_rows(fan_in_view(mask_node["kernel"]), index_node["indices"].shape[-1])
         if "indices" in index_node:
             return {"indices": structure_lib.fan_in_indices(mask_node["kernel"], index_node["indices"].shape[-1])}
         return {name: recompute(child, mask_node[name]) for name, child in index_node.items()}
@@ -298,16 +308,20 @@ def is_faster(batch: int, in_features: int, out_features: int, k: int) -> bool:
     return batch * out_features * k <= AUTO_MAX_GATHERED
 
 
-def native_is_faster(batch: int) -> bool:
-    """The "native" rule: C++ kernels from batch `NATIVE_MIN_BATCH` on, masked matmuls below.
+def native_is_faster(batch: int, in_features: int, k: int) -> bool:
+    """The "native" rule: C++ kernels on a layer of fan-in `in_features` that runs `k` inputs per output, from
+    batch `NATIVE_MIN_BATCH` on and at densities k / in_features up to `MAX_CONDENSED_DENSITY`; masked matmuls
+    elsewhere.
 
     Measured on the 2-core CPU (90% constant fan-in, 512x512 layer, `python -m
     sparserl.bench --rows=condensed`, two runs): forward + backward 1.60-1.70x
     as fast as masked at batch 16, 2.41-2.99x at 128, 2.61-2.69x at 256; at
     batch 1 the forward pass 0.66-0.91x (gathering 26k scalars loses to the
-    matrix-vector product).
+    matrix-vector product). The density bound is the break-even of those
+    figures (`MAX_CONDENSED_DENSITY`): a layer ERK leaves denser than that runs
+    masked.
     """
-    return batch >= NATIVE_MIN_BATCH
+    return batch >= NATIVE_MIN_BATCH and k <= MAX_CONDENSED_DENSITY * in_features
 
 
 def select(indices: dict, params: Any, batch: int, kernels: str) -> dict:
@@ -316,14 +330,15 @@ def select(indices: dict, params: Any, batch: int, kernels: str) -> dict:
         return {}
     if kernels == "condensed":
         return indices
-    if kernels == "native":
-        return indices if native_is_faster(batch) else {}
 
     def chosen(index_node, param_node):
         if "indices" in index_node:
-            in_features, out_features = param_node["kernel"].shape
+            in_features, out_features = fan_in_view(param_node["kernel"]).shape
             largest = max(indices.shape[-1] for indices in jax.tree.leaves(index_node["indices"]))
-            keep = is_faster(batch, in_features, out_features, largest)
+            if kernels == "native":  # SRigL's rows of neurons cost twice their k (`neuron_rows`)
+                keep = native_is_faster(batch, in_features, largest * (2 if "targets" in index_node else 1))
+            else:
+                keep = is_faster(batch, in_features, out_features, largest)
             return index_node if keep else {}
         children = {name: chosen(child, param_node[name]) for name, child in index_node.items()}
         return {name: child for name, child in children.items() if child}
