@@ -3,7 +3,7 @@
     python -m sparserl.bench [--quick] [--peers] [--json PATH] [--rows NAME,...]
 
 Rows (each a module of `sparserl.experiments.bench`, imported when it runs): sparse_update, dormancy_redo, seeds,
-envs_per_seed, condensed, condensed_gpu (a GPU only), kernel_gradient, compiled, startup, end_to_end. `--quick`
+envs_per_seed, condensed, condensed_agents, condensed_gpu (a GPU only), kernel_gradient, compiled, startup, end_to_end. `--quick`
 shortens every row; `--peers` also runs sbx (stable-baselines-jax) on the same settings; `--json PATH` writes the
 table.
 """
@@ -26,8 +26,8 @@ from sparserl import compilation_cache
 from sparserl.experiments.bench.table import Row, Settings, format_table
 
 PROGRAM = "python -m sparserl.bench"
-ROWS = ("sparse_update", "dormancy_redo", "seeds", "envs_per_seed", "condensed", "condensed_gpu", "kernel_gradient",
-        "compiled", "startup", "end_to_end")
+ROWS = ("sparse_update", "dormancy_redo", "seeds", "envs_per_seed", "condensed", "condensed_agents", "condensed_gpu",
+        "kernel_gradient", "compiled", "startup", "end_to_end")
 
 
 def row_function(name: str) -> Callable[[Settings], list[Row]]:

@@ -1,0 +1,90 @@
+"""Row `condensed_agents`: native condensed kernels (`--config.sparse.kernels=native`) against masked, at 90% static
+constant fan-in (ERK), in SAC and PPO: the SAC 2x256 update at batch 256 (goal >= 1.5x), SAC end to end on
+`gymnax:Pendulum-v1` in the compiled loop (goal >= 1.3x), the PPO update at the MinAtar preset (conv 16, dense 128,
+minibatch 256) and at the MuJoCo preset's width (2x64 tanh, the classic preset's minibatch 128) (goal >= 1.3x)."""
+
+from __future__ import annotations
+
+import statistics
+
+import jax
+
+from sparserl import loop
+from sparserl.experiments.bench import agent_programs, timing, training
+from sparserl.experiments.bench.table import Row, Settings
+
+SPARSITY = 0.9
+KERNELS = ("masked", "native")
+
+
+def fan_in_overrides(kernels: str) -> dict:
+    """90% static ERK with constant fan-in under `kernels`."""
+    return {"sparse.method": "static", "sparse.sparsity": SPARSITY, "sparse.structure": "fan_in",
+            "sparse.kernels": kernels}
+
+
+def sac_update_ms(settings: Settings) -> dict[str, float]:
+    """ms per SAC update (2x256, batch 256) under each of `KERNELS`."""
+    functions = {}
+    for kernels in KERNELS:
+        config = training.train_config("sac", "gymnax:Pendulum-v1", {**fan_in_overrides(kernels), "steps": 10**8})
+        update, state, batch, keys = agent_programs.seed_update(*agent_programs.make_agent(config), config)
+        functions[kernels] = lambda update=update, state=state, batch=batch, keys=keys: update(state, batch, keys)
+    return timing.interleaved_ms(functions, rounds=settings.pick(10, 4), calls=settings.pick(10, 5))
+
+
+def ppo_update_ms(env_id: str, settings: Settings) -> tuple[dict[str, float], str]:
+    """(ms per PPO minibatch step under each of `KERNELS`, a description of the workload) on `env_id`'s preset,
+    from whole-rollout updates."""
+    functions, description = {}, ""
+    for kernels in KERNELS:
+        config = training.train_config("ppo", env_id, {**fan_in_overrides(kernels), "steps": 10**8})
+        minibatch_steps = config.update_epochs * config.num_minibatches
+        minibatch = config.num_envs * config.rollout_steps // config.num_minibatches
+        network = (f"conv {','.join(map(str, config.network.conv_features))} dense "
+                   f"{','.join(map(str, config.network.dense_sizes))}" if config.network.kind == "cnn"
+                   else "x".join(map(str, config.network.hidden_sizes)))
+        description = f"PPO update, {network}, minibatch {minibatch}"
+        agent, env_spec = agent_programs.make_agent(config)
+        states = {"state": loop.init_states(agent, [0])}
+        axes = loop.seed_axes(states["state"])
+        update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, 0), out_axes=(axes, 0)), donate_argnums=(0,))
+        rollout = agent_programs.random_rollout(env_spec, config.rollout_steps, config.num_envs, seed=1)
+        keys = loop.seed_keys([1])
+
+        def call(update=update, states=states, rollout=rollout, keys=keys):
+            states["state"], metrics = update(states["state"], rollout, keys)
+            return metrics
+
+        functions[kernels] = call
+    ms = timing.interleaved_ms(functions, rounds=settings.pick(4, 2), calls=settings.pick(3, 2))
+    return {kernels: value / minibatch_steps for kernels, value in ms.items()}, description
+
+
+def sac_end_to_end_rates(settings: Settings) -> tuple[int, dict[str, float]]:
+    """(steps, median steady env steps/s per kernels) of SAC on gymnax:Pendulum-v1 (compiled loop, one update per
+    env step from step 1,000), over alternating runs."""
+    steps = settings.pick(8_000, 3_000)
+    rates: dict[str, list[float]] = {kernels: [] for kernels in KERNELS}
+    for _ in range(settings.pick(2, 1)):
+        for kernels in KERNELS:
+            overrides = {**fan_in_overrides(kernels), **training.quiet_run(steps), "learning_starts": 1_000}
+            rates[kernels].append(training.steady_rate_in_process("sac", "gymnax:Pendulum-v1", overrides,
+                                                                  from_fraction=0.5))
+    return steps, {kernels: statistics.median(values) for kernels, values in rates.items()}
+
+
+def rows(settings: Settings) -> list[Row]:
+    """Native vs masked kernels in SAC and PPO at 90% static constant fan-in."""
+    sac = sac_update_ms(settings)
+    rows = [Row("condensed SAC/PPO", "SAC update, 2x256, batch 256, native", sac["native"], sac["masked"], "ms",
+                sac["masked"] / sac["native"], "masked / native (speed-up)", ">= 1.5")]
+    steps, rates = sac_end_to_end_rates(settings)
+    rows.append(Row("condensed SAC/PPO", f"SAC gymnax:Pendulum-v1 end to end, {steps:,} steps, native",
+                    rates["native"], rates["masked"], "env steps/s", rates["native"] / rates["masked"],
+                    "native / masked (speed-up)", ">= 1.3"))
+    for env_id in ("gymnax:Breakout-MinAtar", "gymnax:Pendulum-v1"):
+        ms, description = ppo_update_ms(env_id, settings)
+        rows.append(Row("condensed SAC/PPO", f"{description} ({env_id}), per minibatch step, native", ms["native"],
+                        ms["masked"], "ms", ms["masked"] / ms["native"], "masked / native (speed-up)", ">= 1.3"))
+    return rows
