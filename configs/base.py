@@ -259,10 +259,10 @@ def kernels(sparse: ml_collections.ConfigDict) -> str:
     `CONSTANT_FAN_IN_METHODS` (static, SET, RigL; prune, whose shrinking fan-in runs at the smallest capacity of
     its ladder that holds it, masked above `condensed.MAX_CONDENSED_DENSITY`; SRigL with native kernels only).
 
-    "auto" (the default) is "native" wherever native can run (fan_in masks, a CPU and g++), so a fan_in run gets
-    the native speed without naming it; without g++ it is XLA's rule on a CPU (`condensed.is_faster`: gathers on
-    tiny layers only; masked for SRigL), and "masked" elsewhere (another method or structure, a sweep's traced
-    level, a GPU until its path is measured). "condensed" and "native" where they cannot run raise ConfigError
+    "auto" (the default) is "native" wherever native can run (fan_in masks, a CPU and g++) and wins, so a fan_in
+    run gets the native speed without naming it; without g++ it is XLA's rule on a CPU (`condensed.is_faster`:
+    gathers on tiny layers only), and "masked" elsewhere (another method or structure, a sweep's traced level, a
+    GPU until its path is measured, and SRigL, whose rows of neurons ran slower than masked). "condensed" and "native" where they cannot run raise ConfigError
     (field `sparse.kernels`), "native" also without g++ or off a CPU (`condensed_native.unavailable_reason`).
     """
     chosen = condensed.check_kernels(sparse.get("kernels", "masked"))
@@ -279,9 +279,11 @@ def kernels(sparse: ml_collections.ConfigDict) -> str:
     if chosen == "native" and native_reason:
         raise ConfigError("sparse.kernels", f"{native_reason}; choose masked, condensed or auto")
     if chosen == "auto" and constant_fan_in:
+        if sparse.method in NATIVE_ONLY_METHODS:
+            return "masked"  # SRigL's rows of neurons: native ran a 90% DQN at 0.44x masked (docs/performance.md)
         if native_reason is None:
             return "native"
-        return "auto" if jax.default_backend() == "cpu" and sparse.method not in NATIVE_ONLY_METHODS else "masked"
+        return "auto" if jax.default_backend() == "cpu" else "masked"
     runs_condensed = constant_fan_in and (chosen == "native" or sparse.method not in NATIVE_ONLY_METHODS)
     return chosen if runs_condensed else "masked"
 

@@ -84,7 +84,10 @@ def _kernel_product(layer: nn.Module, inputs: jnp.ndarray, kernel: jnp.ndarray, 
                                 (condensed.COLLECTION, condensed_product)):
         if layer.has_variable(collection, "indices"):
             indices = layer.get_variable(collection, "indices")
-            if layer.has_variable(collection, "targets"):
+            by_rows = layer.has_variable(collection, "targets")
+            if product is condensed_native.dense and not condensed.native_runs(inputs.shape[0], kernel, indices, by_rows):
+                break  # a product where native loses: the masked matmul
+            if by_rows:
                 return condensed.dense_by_rows(product, inputs, kernel, indices, layer.get_variable(collection, "targets"))
             if layer.has_variable(collection, "bucket"):
                 return condensed.run_bucket(product, inputs, kernel, indices, layer.get_variable(collection, "bucket"))

@@ -13,7 +13,7 @@ import pytest
 
 from sparserl import envs
 from sparserl.agent_contract import agent_module
-from sparserl.experiments.bench import cli, compiled, condensed, timing, training, workloads
+from sparserl.experiments.bench import agent_programs, cli, compiled, condensed, condensed_agents, timing, training, workloads
 from sparserl.experiments.bench.table import Row
 from sparserl.reporting import MetricsWriter, read_csv
 
@@ -153,3 +153,17 @@ def test_sbx_peer_times_every_env_step_of_its_wrapped_env():
     for _ in range(6):
         env.step(env.action_space.sample())
     assert len(env.times) == 6 and env.first_step_wall_time is not None and env.steady_rate() > 0
+
+
+def test_the_condensed_agents_rows_run_their_workloads():
+    """SAC 2x256 at batch 256 and the scaling sides (MinAtar, 1x dense against 4x 95% static fan_in), as the rows
+    name them; the update call that donates its state can be called again (it keeps the state it returns)."""
+    config = training.train_config("sac", "gymnax:Pendulum-v1", condensed_agents.fan_in_overrides("masked"))
+    assert tuple(config.network.hidden_sizes) == (256, 256) and config.batch_size == 256
+    assert (config.sparse.method, config.sparse.sparsity, config.sparse.structure) == ("static", 0.9, "fan_in")
+    sparse_side = training.train_config("dqn", "gymnax:Breakout-MinAtar", condensed_agents.SCALING_SIDES["4x 95% static"])
+    assert sparse_side.network.kind == "cnn" and sparse_side.network.width_multiplier == 4.0
+    assert (sparse_side.sparse.sparsity, sparse_side.sparse.structure) == (0.95, "fan_in")
+    config = condensed.dqn_config("masked", {"network.hidden_sizes": (8,), "batch_size": 4})
+    call = agent_programs.donated_update_call(*agent_programs.make_agent(config), config)
+    assert [float(call()["loss/td"][0]) >= 0 for _ in range(3)] == [True] * 3  # one seed

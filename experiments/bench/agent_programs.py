@@ -59,3 +59,19 @@ def seed_update(agent: Agent, env_spec: envs.EnvSpec,
     axes = loop.seed_axes(state)
     update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, 0), out_axes=(axes, 0)))
     return update, state, random_transitions(env_spec, config.batch_size, seed=1), loop.seed_keys([1])
+
+
+def donated_update_call(agent: Agent, env_spec: envs.EnvSpec, config: ml_collections.ConfigDict) -> Callable[[], Any]:
+    """A call of one seed-vmapped update that donates the state and keeps the state it returns, as the training
+    loops run updates (`runner.OffPolicyStep` donates; the compiled loop carries it): no copy of the unchanged parts
+    of the state into new buffers, which a call that keeps its input state pays for every leaf."""
+    _, state, batch, keys = seed_update(agent, env_spec, config)
+    axes = loop.seed_axes(state)
+    update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, 0), out_axes=(axes, 0)), donate_argnums=(0,))
+    held = {"state": state}
+
+    def call():
+        held["state"], metrics = update(held["state"], batch, keys)
+        return metrics
+
+    return call

@@ -64,7 +64,7 @@ def layer_rows(settings: Settings) -> list[Row]:
 
 
 def dqn_program_ms(settings: Settings) -> dict[str, float]:
-    """ms per call of DQN's jitted act (batch 1) and update (batch 128), under each of `condensed.KERNELS`, and of
+    """ms per call of DQN's jitted act (batch 1) and update (batch 128, the state donated), under each of `condensed.KERNELS`, and of
     the masked network's forward pass alone ("forward masked")."""
     functions = {}
     for kernels in condensed.KERNELS:
@@ -75,7 +75,7 @@ def dqn_program_ms(settings: Settings) -> dict[str, float]:
         observation = jnp.zeros((1, 1, *env_spec.observation_shape), jnp.float32)
         functions[f"act {kernels}"] = (lambda f=actor, s=state, k=keys, step=config.learning_starts:
                                        f(s, observation, k, step))
-        functions[f"update {kernels}"] = lambda f=update, s=state, b=batch, k=keys: f(s, b, k)
+        functions[f"update {kernels}"] = agent_programs.donated_update_call(agent, env_spec, config)
         if kernels == "masked":  # the network's share of acting: its forward pass alone, one jitted call
             module = network_module(config.network, env_spec.num_actions)
             forward = jax.jit(jax.vmap(lambda params, x: module.apply({"params": params}, x)))

@@ -1,7 +1,9 @@
 """Row `condensed_agents`: native condensed kernels (`--config.sparse.kernels=native`) against masked, at 90% static
 constant fan-in (ERK), in SAC and PPO: the SAC 2x256 update at batch 256 (goal >= 1.5x), SAC end to end on
 `gymnax:Pendulum-v1` in the compiled loop (goal >= 1.3x), the PPO update at the MinAtar preset (conv 16, dense 128,
-minibatch 256) and at the MuJoCo preset's width (2x64 tanh, the classic preset's minibatch 128) (goal >= 1.3x)."""
+minibatch 256) and at the MuJoCo preset's width (2x64 tanh, the classic preset's minibatch 128) (goal >= 1.3x);
+90% SRigL DQN CartPole end to end at Graesser et al.'s protocol (goal >= 1.5x); and the scaling goal, the MinAtar DQN
+network 4x wide at 95% (static, native) against 1x dense, env steps/s in the compiled loop (goal: at least as fast)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import statistics
 import jax
 
 from sparserl import loop
-from sparserl.experiments.bench import agent_programs, timing, training
+from sparserl.experiments.bench import agent_programs, condensed, timing, training
 from sparserl.experiments.bench.table import Row, Settings
 
 SPARSITY = 0.9
@@ -24,12 +26,11 @@ def fan_in_overrides(kernels: str) -> dict:
 
 
 def sac_update_ms(settings: Settings) -> dict[str, float]:
-    """ms per SAC update (2x256, batch 256) under each of `KERNELS`."""
+    """ms per SAC update (2x256, batch 256) under each of `KERNELS`, the state donated as the loops donate it."""
     functions = {}
     for kernels in KERNELS:
         config = training.train_config("sac", "gymnax:Pendulum-v1", {**fan_in_overrides(kernels), "steps": 10**8})
-        update, state, batch, keys = agent_programs.seed_update(*agent_programs.make_agent(config), config)
-        functions[kernels] = lambda update=update, state=state, batch=batch, keys=keys: update(state, batch, keys)
+        functions[kernels] = agent_programs.donated_update_call(*agent_programs.make_agent(config), config)
     return timing.interleaved_ms(functions, rounds=settings.pick(10, 4), calls=settings.pick(10, 5))
 
 
@@ -74,6 +75,37 @@ def sac_end_to_end_rates(settings: Settings) -> tuple[int, dict[str, float]]:
     return steps, {kernels: statistics.median(values) for kernels, values in rates.items()}
 
 
+def srigl_dqn_rates(settings: Settings) -> tuple[int, dict[str, float]]:
+    """(steps, median steady env steps/s per kernels) of 90% SRigL DQN CartPole at Graesser et al.'s protocol (the
+    `condensed` row's workload, host loop), native against masked, over alternating runs."""
+    steps = settings.pick(6_000, 2_000)
+    rates: dict[str, list[float]] = {kernels: [] for kernels in KERNELS}
+    for _ in range(settings.pick(2, 1)):
+        for kernels in KERNELS:
+            overrides = {**condensed.dqn_overrides(kernels), "sparse.method": "srigl", **training.quiet_run(steps),
+                         "checkpoint_replay": False}
+            rates[kernels].append(training.steady_rate_in_process("dqn", "CartPole-v1", overrides, from_fraction=0.5))
+    return steps, {kernels: statistics.median(values) for kernels, values in rates.items()}
+
+
+# The scaling goal: the MinAtar DQN network 4x wide at 95% (static ERK, constant fan-in, native kernels) against the
+# 1x dense one, wall time per env step in the compiled loop (gymnax:Breakout-MinAtar, the MinAtar preset).
+SCALING_SIDES = {"1x dense": {"sparse.method": "dense", "sparse.sparsity": 0.0},
+                 "4x 95% static": {"network.width_multiplier": 4.0, "sparse.method": "static", "sparse.sparsity": 0.95,
+                                   "sparse.structure": "fan_in", "sparse.kernels": "native"}}
+
+
+def scaling_rates(settings: Settings) -> tuple[int, dict[str, float]]:
+    """(steps, median steady env steps/s per side of `SCALING_SIDES`), one seed, learning from step 2,000."""
+    steps = settings.pick(20_000, 6_000)
+    rates: dict[str, list[float]] = {side: [] for side in SCALING_SIDES}
+    for _ in range(settings.pick(2, 1)):
+        for side, overrides in SCALING_SIDES.items():
+            run = {**overrides, **training.quiet_run(steps), "learning_starts": 2_000}
+            rates[side].append(training.steady_rate_in_process("dqn", "gymnax:Breakout-MinAtar", run, from_fraction=0.5))
+    return steps, {side: statistics.median(values) for side, values in rates.items()}
+
+
 def rows(settings: Settings) -> list[Row]:
     """Native vs masked kernels in SAC and PPO at 90% static constant fan-in."""
     sac = sac_update_ms(settings)
@@ -87,4 +119,12 @@ def rows(settings: Settings) -> list[Row]:
         ms, description = ppo_update_ms(env_id, settings)
         rows.append(Row("condensed SAC/PPO", f"{description} ({env_id}), per minibatch step, native", ms["native"],
                         ms["masked"], "ms", ms["masked"] / ms["native"], "masked / native (speed-up)", ">= 1.3"))
+    steps, rates = srigl_dqn_rates(settings)
+    rows.append(Row("condensed SAC/PPO", f"SRigL 90% DQN CartPole end to end, 2x512 batch 128, {steps:,} steps, native",
+                    rates["native"], rates["masked"], "env steps/s", rates["native"] / rates["masked"],
+                    "native / masked (speed-up)", ">= 1.5"))
+    steps, rates = scaling_rates(settings)
+    rows.append(Row("condensed SAC/PPO", f"DQN Breakout-MinAtar, 4x wide 95% static native vs 1x dense, {steps:,} steps",
+                    rates["4x 95% static"], rates["1x dense"], "env steps/s", rates["4x 95% static"] / rates["1x dense"],
+                    "4x sparse / 1x dense (speed)", ">= 1"))
     return rows

@@ -324,22 +324,27 @@ def native_is_faster(batch: int, in_features: int, k: int) -> bool:
     return batch >= NATIVE_MIN_BATCH and k <= MAX_CONDENSED_DENSITY * in_features
 
 
+def native_runs(rows: int, kernel: jax.Array, indices: Any, by_rows: bool) -> bool:
+    """`native_is_faster` for one product of `rows` input rows (a batch; a conv's batch x positions patches) with a
+    layer's stored indices (an array, or a ladder's tuple: its largest capacity counts; SRigL's rows of neurons,
+    `by_rows`, cost twice their k)."""
+    largest = max(leaf.shape[-1] for leaf in jax.tree.leaves(indices))
+    return native_is_faster(rows, kernel.shape[0], largest * (2 if by_rows else 1))
+
+
 def select(indices: dict, params: Any, batch: int, kernels: str) -> dict:
-    """The part of `indices` to run condensed at this batch size under `kernels` (one of `KERNELS`)."""
+    """The part of `indices` to run condensed at this batch size under `kernels` (one of `KERNELS`); native
+    layers are all kept here, and each product decides from its own rows (`native_runs`, `networks.Dense`)."""
     if kernels == "masked":
         return {}
-    if kernels == "condensed":
+    if kernels in ("condensed", "native"):  # native decides per product, from its rows (`native_runs`)
         return indices
 
     def chosen(index_node, param_node):
         if "indices" in index_node:
             in_features, out_features = fan_in_view(param_node["kernel"]).shape
             largest = max(indices.shape[-1] for indices in jax.tree.leaves(index_node["indices"]))
-            if kernels == "native":  # SRigL's rows of neurons cost twice their k (`neuron_rows`)
-                keep = native_is_faster(batch, in_features, largest * (2 if "targets" in index_node else 1))
-            else:
-                keep = is_faster(batch, in_features, out_features, largest)
-            return index_node if keep else {}
+            return index_node if is_faster(batch, in_features, out_features, largest) else {}
         children = {name: chosen(child, param_node[name]) for name, child in index_node.items()}
         return {name: child for name, child in children.items() if child}
 
