@@ -140,3 +140,15 @@ def hidden_outputs(module, *inputs) -> list[np.ndarray]:
     params = module.init(jax.random.key(0), *inputs)
     _, captured = module.apply(params, *inputs, mutable=[ACTIVATIONS])
     return [np.asarray(leaf) for leaf in jax.tree.leaves(captured)]
+
+
+def assert_study_refuses(module, arguments, out, capsys, message: str) -> None:
+    """`module.main(["--scale=smoke", *arguments, --out=out])` (a study) exits 2 with one line on stderr, an
+    `error: ` holding `message`, and writes nothing under `out`."""
+    try:
+        status = module.main(["--scale=smoke", *arguments, f"--out={out}"])
+    except SystemExit as exit_:
+        status = exit_.code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not out.exists()

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from sparserl.experiments import aggregate, scaling_study
-from tests.helpers import cli_environment
+from tests.helpers import assert_study_refuses, cli_environment
 from tests.test_aggregate import write_run
 
 MINATAR = "dqn_gymnax-Breakout-MinAtar"
@@ -56,14 +56,7 @@ def test_the_dry_run_plans_a_process_per_side_and_width_and_estimates_the_cost(t
     (["--config.sparse.kernels=native"], "--config.sparse.kernels: the study sets it"),
 ], ids=lambda value: value if isinstance(value, str) else None)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, arguments, message):
-    out = tmp_path / "study"
-    try:
-        status = scaling_study.main(["--scale=smoke", *arguments, f"--out={out}"])
-    except SystemExit as exit_:
-        status = exit_.code
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert status == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
-    assert not out.exists()
+    assert_study_refuses(scaling_study, arguments, tmp_path / "study", capsys, message)
 
 
 def write_cell(runs, method, width, scores, sps):

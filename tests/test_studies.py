@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from sparserl.experiments import aggregate, dormant_neuron_study, sparse_training_study
-from tests.helpers import cli_environment
+from tests.helpers import assert_study_refuses, cli_environment
 
 SMOKE_SWEEP = ["--scale=smoke", "--methods=static,rigl", "--sparsities=0.5,0.9", "--seeds=2", "--bootstrap_reps=500"]
 # One process per method, its two levels x two seeds in one program (gymnax:CartPole-v1), a run directory per level.
@@ -169,14 +169,7 @@ def test_the_sparse_study_runs_a_method_s_levels_as_one_process_on_gymnax_and_on
     (dormant_neuron_study, ["--config.redo.remedy=reset"], "--config.redo.remedy: the study sets it"),
 ], ids=lambda value: value if isinstance(value, str) else None)
 def test_bad_study_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, module, arguments, flag):
-    out = tmp_path / "study"
-    try:
-        status = module.main(["--scale=smoke", *arguments, f"--out={out}"])
-    except SystemExit as exit_:
-        status = exit_.code
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert status == 2 and len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], lines
-    assert not out.exists()
+    assert_study_refuses(module, arguments, tmp_path / "study", capsys, flag)
 
 
 @pytest.mark.parametrize("higher_ratio_final, trend", [(0.07, "grows"), (0.03, "falls")])

@@ -64,10 +64,17 @@ def seed_update(agent: Agent, env_spec: envs.EnvSpec,
 def donated_update_call(agent: Agent, env_spec: envs.EnvSpec, config: ml_collections.ConfigDict) -> Callable[[], Any]:
     """A call of one seed-vmapped update that donates the state and keeps the state it returns, as the training
     loops run updates (`runner.OffPolicyStep` donates; the compiled loop carries it): no copy of the unchanged parts
-    of the state into new buffers, which a call that keeps its input state pays for every leaf."""
-    _, state, batch, keys = seed_update(agent, env_spec, config)
+    of the state into new buffers, which a call that keeps its input state pays for every leaf. The step counter
+    advances with each call, so topology updates run on their schedule. Its batch: random transitions (DQN, SAC)
+    or a random rollout (PPO, a config with `rollout_steps`)."""
+    state = loop.init_states(agent, [0])
     axes = loop.seed_axes(state)
     update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, 0), out_axes=(axes, 0)), donate_argnums=(0,))
+    if "rollout_steps" in config:
+        batch = random_rollout(env_spec, config.rollout_steps, config.num_envs, seed=1)
+    else:
+        batch = random_transitions(env_spec, config.batch_size, seed=1)
+    keys = loop.seed_keys([1])
     held = {"state": state}
 
     def call():

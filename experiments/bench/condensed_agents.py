@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import statistics
 
-import jax
-
-from sparserl import loop
 from sparserl.experiments.bench import agent_programs, condensed, timing, training
 from sparserl.experiments.bench.table import Row, Settings
 
@@ -46,18 +43,7 @@ def ppo_update_ms(env_id: str, settings: Settings) -> tuple[dict[str, float], st
                    f"{','.join(map(str, config.network.dense_sizes))}" if config.network.kind == "cnn"
                    else "x".join(map(str, config.network.hidden_sizes)))
         description = f"PPO update, {network}, minibatch {minibatch}"
-        agent, env_spec = agent_programs.make_agent(config)
-        states = {"state": loop.init_states(agent, [0])}
-        axes = loop.seed_axes(states["state"])
-        update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, 0), out_axes=(axes, 0)), donate_argnums=(0,))
-        rollout = agent_programs.random_rollout(env_spec, config.rollout_steps, config.num_envs, seed=1)
-        keys = loop.seed_keys([1])
-
-        def call(update=update, states=states, rollout=rollout, keys=keys):
-            states["state"], metrics = update(states["state"], rollout, keys)
-            return metrics
-
-        functions[kernels] = call
+        functions[kernels] = agent_programs.donated_update_call(*agent_programs.make_agent(config), config)
     ms = timing.interleaved_ms(functions, rounds=settings.pick(4, 2), calls=settings.pick(3, 2))
     return {kernels: value / minibatch_steps for kernels, value in ms.items()}, description
 

@@ -4,10 +4,8 @@ with RigL's topology step counted at each agent's default period."""
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
-from sparserl import loop
 from sparserl.experiments.bench import agent_programs, timing, training
 from sparserl.experiments.bench.table import Row, Settings
 from sparserl.experiments.bench.workloads import PPO_SB3_SETTINGS, RIGL_90
@@ -38,19 +36,7 @@ def ppo_update_ms(settings: Settings) -> tuple[float, float, int]:
     for variant, extra in VARIANTS.items():
         config = training.train_config("ppo", "CartPole-v1", {**PPO_SB3_SETTINGS, **extra, "steps": 10**8})
         period, minibatch_steps = config.sparse.rigl.update_period, config.update_epochs * config.num_minibatches
-        agent, env_spec = agent_programs.make_agent(config)
-        states = {"state": loop.init_states(agent, [0])}
-        axes = loop.seed_axes(states["state"])
-        update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, 0), out_axes=(axes, 0)), donate_argnums=(0,))
-        rollout = agent_programs.random_rollout(env_spec, config.rollout_steps, config.num_envs, seed=1)
-        keys = loop.seed_keys([1])
-
-        def call(update=update, states=states, rollout=rollout):
-            # The step counter advances: RigL runs on its schedule.
-            states["state"], metrics = update(states["state"], rollout, keys)
-            return metrics
-
-        functions[variant] = call
+        functions[variant] = agent_programs.donated_update_call(*agent_programs.make_agent(config), config)
     ms = timing.interleaved_ms(functions, rounds=settings.pick(4, 2), calls=settings.pick(3, 2))
     return ms["masked"] / minibatch_steps, ms["dense"] / minibatch_steps, period
 
