@@ -145,8 +145,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         def loss_fn(params, indices):
             return td_loss(network, config, params, batch, next_target_q_values, indices)
 
-        (loss, q_values), grads = sparse_network.value_and_grad(network, loss_fn, state.online, state.step)
-        online = sparse_network.apply_gradients(network, state.online, grads, state.step, key)
+        (loss, q_values), online = sparse_network.gradient_step(network, loss_fn, state.online, state.step, key)
         step = state.step + 1
         target_params = jax.lax.cond(
             step % config.target_update_period == 0, lambda: online.params, lambda: state.target_params

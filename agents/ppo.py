@@ -377,17 +377,10 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
             state, key = carry
             key, actor_key, critic_key, redo_key = jax.random.split(key, 4)
             minibatch = jax.tree.map(lambda array: array[indices], data)
-            (_, metrics), (actor_grads, critic_grads) = sparse_network.joint_value_and_grad(
+            (_, metrics), (actor_state, critic_state) = sparse_network.joint_gradient_step(
                 (actor, critic), lambda params, kept: losses.loss(*params, minibatch, *kept), (state.actor, state.critic),
-                state.step)
-            if config.clip_grad_norm_jointly:
-                actor_grads, critic_grads = sparse_network.clip_by_joint_norm(
-                    [state.actor, state.critic], [actor_grads, critic_grads], config.max_grad_norm)
-            state = state.replace(
-                actor=sparse_network.apply_gradients(actor, state.actor, actor_grads, state.step, actor_key),
-                critic=sparse_network.apply_gradients(critic, state.critic, critic_grads, state.step, critic_key),
-                step=state.step + 1,
-            )
+                state.step, (actor_key, critic_key), config.max_grad_norm if config.clip_grad_norm_jointly else None)
+            state = state.replace(actor=actor_state, critic=critic_state, step=state.step + 1)
             return (networks.recycle_when_due(state, lambda _: batch, redo_key), key), metrics
 
         def epoch(carry, epoch_key):

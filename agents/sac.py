@@ -242,15 +242,14 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
 
         # Critic: soft TD targets from the target critics and a fresh action at s'.
         targets = losses.soft_targets(state, batch, next_key)
-        (critic_loss_value, q), critic_grads = sparse_network.value_and_grad(
-            critic_net, lambda params, indices: losses.critic(params, batch, targets, indices), state.critic, state.step)
-        critic = sparse_network.apply_gradients(critic_net, state.critic, critic_grads, state.step, critic_sparse_key)
+        (critic_loss_value, q), critic = sparse_network.gradient_step(
+            critic_net, lambda params, indices: losses.critic(params, batch, targets, indices), state.critic, state.step,
+            critic_sparse_key)
 
         # Actor: maximise min_i Q_i(s, a) + alpha * entropy, with a reparameterised a ~ pi(.|s).
-        (actor_loss_value, log_prob), actor_grads = sparse_network.value_and_grad(
+        (actor_loss_value, log_prob), actor = sparse_network.gradient_step(
             actor_net, lambda params, indices: losses.actor(params, critic, state.step + 1, alpha, batch, actor_key, indices),
-            state.actor, state.step)
-        actor = sparse_network.apply_gradients(actor_net, state.actor, actor_grads, state.step, actor_sparse_key)
+            state.actor, state.step, actor_sparse_key)
 
         # Temperature: move the policy's entropy towards the target entropy.
         temperature_loss_value, alpha_grad = jax.value_and_grad(temperature_loss)(state.log_alpha, log_prob, target_entropy)

@@ -63,8 +63,9 @@ class Dense(nn.Dense):
     `condensed_native.dense`: C++ forward and backward passes; on a GPU, `condensed_pallas.dense_on_gpu`: XLA's
     gathers or a Pallas kernel, whichever measured faster). With a `bucket` beside them (a layer whose fan-in
     shrinks: prune), `indices` is a ladder of capacities and the bucket picks one, or the matmul
-    (`condensed.run_bucket`); with `targets` (SRigL's ablated layers), rows of neurons (`condensed.dense_by_rows`).
-    Otherwise it is `linear.matmul(x, kernel) + bias`,
+    (`condensed.run_bucket`); with `targets` (SRigL's ablated layers), rows of neurons (`condensed.dense_by_rows`);
+    with `values` (a kept-value training step, `sparse_network.joint_gradient_step`), the product of those kept
+    values, not of the kernel (`condensed_native.dense_kept`). Otherwise it is `linear.matmul(x, kernel) + bias`,
     nn.Dense's function with the kernel gradient written in the kernel's layout (see `sparserl.linear`).
     """
 
@@ -79,6 +80,9 @@ class Dense(nn.Dense):
 
 def _kernel_product(layer: nn.Module, inputs: jnp.ndarray, kernel: jnp.ndarray, matmul: Callable) -> jnp.ndarray:
     """inputs [batch, in] times kernel [in, out] as `layer`'s condensed collections say (`Dense`), else `matmul`."""
+    if layer.has_variable(condensed.NATIVE_COLLECTION, "values"):  # kept-value training (`sparse_network.kept_layers`)
+        return condensed_native.dense_kept(inputs, layer.get_variable(condensed.NATIVE_COLLECTION, "values"),
+                                           layer.get_variable(condensed.NATIVE_COLLECTION, "indices"))
     condensed_product = condensed_pallas.dense_on_gpu if jax.default_backend() == "gpu" else condensed.dense
     for collection, product in ((condensed.NATIVE_COLLECTION, condensed_native.dense),
                                 (condensed.COLLECTION, condensed_product)):

@@ -101,20 +101,22 @@ def apply(redo: ml_collections.ConfigDict, network: sparse_network.SparseNetwork
     gradient of the agent's loss at the network's params (ReGraMa only). Returns the new state and what changed."""
     masks, chains = state.opt_state.masks, network.module.chains()
     fresh = sparse_network.fresh_params(network, key, masks, *inputs)
+    opt_state = sparse_network.dense_opt_state(network, state)  # moments of kept layers stored [out, k]: dense here
     if redo.remedy in ("redo", "regrama"):
         if redo.remedy == "redo":
             scores = sparse_network.scores(network, state.params, *inputs)
         else:
             hidden = {layer for chain in chains for layer in chain[:-1]}
             scores = plasticity.gradient_scores(gradients(), masks, hidden)
-        result = dormancy.recycle(state.params, state.opt_state, scores, key,
+        result = dormancy.recycle(state.params, opt_state, scores, key,
                                   init_params=lambda _: fresh, chains=chains, tau=redo.tau)
     elif redo.remedy == "shrink_perturb":
         every_layer = last_layers(chains, max(len(chain) for chain in chains))
-        result = shrink_and_perturb(state.params, state.opt_state, fresh, redo.shrink, redo.perturb, every_layer)
+        result = shrink_and_perturb(state.params, opt_state, fresh, redo.shrink, redo.perturb, every_layer)
     else:
-        result = reset_layers(state.params, state.opt_state, fresh, last_layers(chains, redo.reset_layers))
-    return state.replace(params=result.params, opt_state=result.opt_state), result  # masks unchanged: same indices
+        result = reset_layers(state.params, opt_state, fresh, last_layers(chains, redo.reset_layers))
+    opt_state = sparse_network.stored_opt_state(network, result.params, state.indices, result.opt_state)
+    return state.replace(params=result.params, opt_state=opt_state), result  # masks unchanged: same indices
 
 
 def counts_of(before: Sequence[Any], after: Sequence[Any], results: Sequence[dormancy.RecycleResult]) -> dormancy.RecycleCounts:

@@ -21,8 +21,10 @@ import optax
 
 from sparserl import dormancy, networks, plasticity
 from sparserl.sparse import SparseOptimizer, SparseOptState, SparsityConfig, apply_masks, sparse_optimizer, sparsity_metrics
-from sparserl.sparse import condensed
-from sparserl.sparse.distributions import layer_sparsities
+from sparserl.sparse import condensed, condensed_native
+from sparserl.sparse.distributions import layer_sparsities, masked_layers
+from sparserl.sparse.masks import layer_of
+from sparserl.sparse.optimizer import map_moments
 from sparserl.sparse.topology import get_topology
 
 
@@ -100,7 +102,8 @@ def init(network: SparseNetwork, key: jax.Array, *sample_inputs) -> NetworkState
     The inner optimizer state does not depend on the param values (Adam's moments start at 0). With
     condensed, auto or native kernels, the indices of every masked kernel are computed from the initial masks
     (prune: at the largest capacity of each layer's ladder; SRigL's ablating layers as rows of neurons:
-    `condensed.layer_indices`).
+    `condensed.layer_indices`); with native ones, the moments of the layers that train their kept values
+    (`kept_layers`) are stored [out, k].
     """
     init_key, mask_key = jax.random.split(key)
     params = network.module.init(init_key, *sample_inputs)["params"]
@@ -111,7 +114,8 @@ def init(network: SparseNetwork, key: jax.Array, *sample_inputs) -> NetworkState
         indices = condensed.layer_indices(opt_state.masks, layer_sparsities(params, config),
                                           gradual=topology.sparsity_changes,
                                           by_rows=topology.ablating_layers(params, config))
-    return NetworkState(_at_init_scale(network, params, opt_state.masks), opt_state, indices)
+    params = _at_init_scale(network, params, opt_state.masks)
+    return NetworkState(params, stored_opt_state(network, params, indices, opt_state), indices)
 
 
 def _topology(network: SparseNetwork):
@@ -217,13 +221,180 @@ def joint_value_and_grad(networks: Sequence[SparseNetwork], loss_fn: Callable, s
 
 
 def apply_gradients(network: SparseNetwork, state: NetworkState, dense_grads: Any, step: jax.Array, key: jax.Array) -> NetworkState:
-    """One sparse optimizer step; on topology-update steps the condensed indices follow the new masks."""
-    params, opt_state = network.optimizer.apply_gradients(step, state.params, dense_grads, state.opt_state, key)
+    """One sparse optimizer step on dense-shaped gradients; on topology-update steps the condensed indices follow
+    the new masks. (Kept moments are made dense for it and stored [out, k] again: `dense_opt_state`.)"""
+    params, opt_state = network.optimizer.apply_gradients(step, state.params, dense_grads,
+                                                          dense_opt_state(network, state), key)
     indices = state.indices
     if indices:
         indices = jax.lax.cond(_is_topology_step(network, step), lambda: condensed.refresh(indices, opt_state.masks),
                                lambda: indices)
-    return NetworkState(params, opt_state, indices)
+    return NetworkState(params, stored_opt_state(network, params, indices, opt_state), indices)
+
+
+# Kept-value training -------------------------------------------------------------------------------------------
+# With native kernels, a layer that runs condensed has exactly k kept inputs per neuron at its indices. Between
+# topology updates its masks are fixed, so an optimizer step needs its kept values [out, k] only: the loss takes
+# them as the operand of the native product (`condensed_native.dense_kept`, gradient [out, k]), the inner optax
+# transformation updates them and their Adam moments, stored [out, k] (a tenth of the dense arrays at 90%), and
+# they are written back into the dense kernel (`condensed_native.scatter`). Params stay dense with zeros
+# (docs/design.md contract 3); only these layers' moments are stored condensed, and made dense wherever
+# a dense-shaped step reads them (`dense_opt_state`: topology updates, ReDo and the other remedies).
+
+
+def kept_layers(network: SparseNetwork, params: Any, indices: dict) -> dict[str, jax.Array]:
+    """{layer path: indices [out, k]} of the layers whose kept values are trained alone (`joint_gradient_step`):
+    under native kernels, a method whose optimizer step is the default one (masked gradients, updates and params;
+    `Topology.masked_updates`) with a fixed kept count (not prune), every layer with `indices` of one k per neuron
+    (not SRigL's rows of neurons) at a density the native product runs (`condensed.native_is_faster`)."""
+    topology = _topology(network)
+    if network.kernels != "native" or not indices or topology.sparsity_changes or not topology.masked_updates:
+        return {}
+    layers = {}
+
+    def collect(index_node, param_node, path):
+        if "targets" in index_node:
+            return
+        if "indices" in index_node:
+            in_features = condensed.fan_in_view(param_node["kernel"]).shape[0]
+            if condensed.native_is_faster(condensed.NATIVE_MIN_BATCH, in_features, index_node["indices"].shape[-1]):
+                layers[path] = index_node["indices"]
+            return
+        for name, child in index_node.items():
+            collect(child, param_node[name], f"{path}/{name}" if path else name)
+
+    collect(indices, params, "")
+    return layers
+
+
+def _kept_of(kernel: jax.Array, indices: jax.Array) -> jax.Array:
+    return condensed_native.gather(condensed.fan_in_view(kernel), indices)
+
+
+def _with_kept(kernel: jax.Array, indices: jax.Array, values: jax.Array) -> jax.Array:
+    return condensed_native.scatter(condensed.fan_in_view(kernel), indices, values).reshape(kernel.shape)
+
+
+def _map_kernels(fn: Callable, layers: dict, tree: Any, *rest: Any) -> Any:
+    """`tree` (params-shaped) with `fn(kernel, *rest's kernels, indices)` at the kernel of each layer of `layers`."""
+    def visit(path, leaf, *others):
+        layer = layer_of(path)
+        return fn(leaf, *others, layers[layer]) if layer in layers else leaf
+
+    return jax.tree_util.tree_map_with_path(visit, tree, *rest)
+
+
+def dense_opt_state(network: SparseNetwork, state: NetworkState) -> SparseOptState:
+    """`state.opt_state` with every moment dense-shaped (kept moments scattered into zeros), as
+    `network.optimizer`, ReDo and the other remedies read it."""
+    layers = kept_layers(network, state.params, state.indices)
+    if not layers:
+        return state.opt_state
+    inner = map_moments(state.opt_state.inner, state.params, lambda moments: _map_kernels(
+        lambda moment, param, indices: _with_kept(jnp.zeros_like(param), indices, moment), layers, moments, state.params))
+    return state.opt_state._replace(inner=inner)
+
+
+def stored_opt_state(network: SparseNetwork, params: Any, indices: dict, opt_state: SparseOptState) -> SparseOptState:
+    """A dense-shaped `opt_state` as a NetworkState stores it: the moments of `kept_layers` gathered to [out, k]
+    (exact: a masked optimizer's moments are 0 off the masks)."""
+    layers = kept_layers(network, params, indices)
+    if not layers:
+        return opt_state
+    return opt_state._replace(inner=map_moments(opt_state.inner, params, lambda moments: _map_kernels(_kept_of, layers, moments)))
+
+
+def _with_values(indices: dict, values: dict) -> dict:
+    """`indices` with each kept layer's `values` [out, k] beside its indices (`networks.Dense` then runs
+    `condensed_native.dense_kept` on them)."""
+    def insert(node, path):
+        if "indices" in node:
+            return {**node, "values": values[path]} if path in values else node
+        return {name: insert(child, f"{path}/{name}" if path else name) for name, child in node.items()}
+
+    return insert(indices, "")
+
+
+def _apply_kept_gradients(network: SparseNetwork, state: NetworkState, layers: dict, values: dict, grads: Any) -> NetworkState:
+    """The sparse optimizer's step off topology updates (`SparseOptimizer.apply_gradients` with the default hooks)
+    with each kept layer's kernel, gradient and moments as [out, k] values, which have no entry off the mask."""
+    config, masks = network.optimizer.config, state.opt_state.masks
+    masked = {layer: shape for layer, shape in masked_layers(state.params, config).items() if layer not in layers}
+    kept_params = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: values[layer_of(path)] if layer_of(path) in layers else leaf, state.params)
+    grads = apply_masks(grads, masks, masked)
+    updates, inner = network.optimizer.inner.update(grads, state.opt_state.inner, kept_params)
+    kept_params = apply_masks(optax.apply_updates(kept_params, apply_masks(updates, masks, masked)), masks, masked)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, old, new: _with_kept(old, layers[layer_of(path)], new) if layer_of(path) in layers else new,
+        state.params, kept_params)
+    return NetworkState(params, state.opt_state._replace(inner=inner), state.indices)
+
+
+def gradient_step(network: SparseNetwork, loss_fn: Callable, state: NetworkState, step: jax.Array, key: jax.Array):
+    """`value_and_grad` then `apply_gradients`, as one step: ((loss, aux), new state). `loss_fn(params, indices)`
+    runs the network through `apply(..., indices=indices)`. See `joint_gradient_step`."""
+    value, (new_state,) = joint_gradient_step((network,), lambda params, indices: loss_fn(params[0], indices[0]),
+                                              (state,), step, (key,))
+    return value, new_state
+
+
+def joint_gradient_step(networks: Sequence[SparseNetwork], loss_fn: Callable, states: Sequence[NetworkState],
+                        step: jax.Array, keys: Sequence[jax.Array], max_grad_norm: float | None = None):
+    """One gradient step of one loss over several networks (PPO's actor and critic; `joint_value_and_grad`),
+    each network's gradients clipped by their joint norm first when `max_grad_norm` is given
+    (`clip_by_joint_norm`): ((loss, aux), tuple of new states).
+
+    Where a network trains kept values (`kept_layers`), steps without a topology update of any of the networks
+    (`lax.cond` on the shared step) differentiate the loss with respect to the kept values and update them
+    alone (`_apply_kept_gradients`): equal to the dense-shaped step, whose moments and gradients are 0 off the
+    masks, up to float rounding. Topology-update steps run the dense-shaped step (`joint_value_and_grad`,
+    `apply_gradients`).
+    """
+    def dense_step():
+        value, grads = joint_value_and_grad(networks, loss_fn, states, step)
+        if max_grad_norm is not None:
+            grads = clip_by_joint_norm(states, grads, max_grad_norm)
+        return value, tuple(apply_gradients(network, state, network_grads, step, key)
+                            for network, state, network_grads, key in zip(networks, states, grads, keys))
+
+    layers = [kept_layers(network, state.params, state.indices) for network, state in zip(networks, states)]
+    if not any(layers):
+        return dense_step()
+
+    def kept_step():
+        indices = tuple(_indices_at(network, state.params, state.indices, step) for network, state in zip(networks, states))
+        values = tuple({layer: _kept_of(kernel, network_layers[layer])
+                        for layer, kernel in _kernels_of(state.params, network_layers).items()}
+                       for state, network_layers in zip(states, layers))
+
+        def loss_of_values(params, values):
+            return loss_fn(params, tuple(_with_values(node, network_values) for node, network_values in zip(indices, values)))
+
+        params = tuple(state.params for state in states)
+        value, (param_grads, value_grads) = jax.value_and_grad(loss_of_values, argnums=(0, 1), has_aux=True)(params, values)
+        grads = [jax.tree_util.tree_map_with_path(
+            lambda path, leaf: network_value_grads[layer_of(path)] if layer_of(path) in network_layers else leaf,
+            network_grads) for network_grads, network_value_grads, network_layers in zip(param_grads, value_grads, layers)]
+        if max_grad_norm is not None:
+            applied = [apply_masks(network_grads, state.opt_state.masks,
+                                   {layer for layer in masked_layers(state.params, network.optimizer.config)
+                                    if layer not in network_layers})
+                       for network, state, network_grads, network_layers in zip(networks, states, grads, layers)]
+            grads = _scaled_to_norm(applied, grads, max_grad_norm)
+        return value, tuple(
+            _apply_kept_gradients(network, state, network_layers, network_values, network_grads) if network_layers
+            else apply_gradients(network, state, network_grads, step, key)
+            for network, state, network_layers, network_values, network_grads, key
+            in zip(networks, states, layers, values, grads, keys))
+
+    topology_step = jnp.any(jnp.stack([_is_topology_step(network, step) for network in networks]))
+    return jax.lax.cond(topology_step, dense_step, kept_step)
+
+
+def _kernels_of(params: Any, layers: dict) -> dict[str, jax.Array]:
+    return {layer_of(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+            if layer_of(path) in layers}
 
 
 def activations(network: SparseNetwork, params: Any, *inputs) -> Any:
@@ -286,6 +457,11 @@ def clip_by_joint_norm(states: Sequence[NetworkState], dense_grads: Sequence[Any
     gradient, so RigL's growth ranking by |dense gradient| is unchanged.
     """
     applied = [apply_masks(grads, state.opt_state.masks) for state, grads in zip(states, dense_grads)]
-    norm = optax.tree.norm(applied)
+    return _scaled_to_norm(applied, dense_grads, max_norm)
+
+
+def _scaled_to_norm(applied: Sequence[Any], grads: Sequence[Any], max_norm: float) -> list[Any]:
+    """`grads` scaled by min(1, max_norm / ||applied||), `applied` the parts of them the optimizer applies."""
+    norm = optax.tree.norm(list(applied))
     scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
-    return [jax.tree.map(lambda grad: grad * scale, grads) for grads in dense_grads]
+    return [jax.tree.map(lambda grad: grad * scale, network_grads) for network_grads in grads]

@@ -1,18 +1,22 @@
 """Native condensed kernels (C++ custom calls): forward and backward against masked dense and plain Python, vmap,
-the dense gradient on topology steps, the target network's masks, the build and its errors."""
+the dense gradient on topology steps, the target network's masks, kept-value training (`sparse_network.kept_layers`:
+the kept values' own product, gradient, gather and scatter, and gradient steps equal to dense-shaped ones), the
+build and its errors."""
 
 import os
 import shutil
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from sparserl import envs, networks, sparse_network
+from sparserl import envs, networks, remedies, sparse_network
 from sparserl.sparse import SparsityConfig, condensed, condensed_native, structure
-from sparserl.sparse.topology import DropAndGrowSettings
+from sparserl.sparse.srigl import SRigLSettings
+from sparserl.sparse.topology import DropAndGrowSettings, Settings, Window
 
 # The kernels are built with the machine's g++ (docs/performance.md: "Condensed kernels"); the two tests of what happens
 # without one, or on another backend, run anyway.
@@ -92,6 +96,107 @@ def test_value_and_grad_gives_the_dense_gradient_on_topology_steps_only(step, de
     expected = masked_grads["output"]["kernel"] if dense else jnp.where(mask, masked_grads["output"]["kernel"], 0.0)
     np.testing.assert_allclose(grads["output"]["kernel"], expected, rtol=1e-4, atol=1e-5)
     assert bool(np.any(np.asarray(grads["output"]["kernel"])[~np.asarray(mask)] != 0.0)) == dense
+
+
+@needs_compiler
+@pytest.mark.parametrize("batch_shape", [(1,), (37,), (2, 9)])
+def test_the_kept_values_product_and_gradient_are_the_masked_ones_at_the_kept_connections(batch_shape):
+    x, kernel, mask, indices = _layer(jax.random.key(11), batch_shape, 64, 70, 0.9)
+    values = condensed_native.gather(kernel, indices)
+    np.testing.assert_array_equal(values, np.asarray(kernel)[np.asarray(indices), np.arange(70)[:, None]])
+    loss = lambda x, w: jnp.sum(jnp.sin(x @ w))
+    (dx, dvalues) = jax.grad(lambda x, v: jnp.sum(jnp.sin(condensed_native.dense_kept(x, v, indices))),
+                             argnums=(0, 1))(x, values)
+    masked_dx, masked_dkernel = jax.grad(loss, argnums=(0, 1))(x, kernel)
+    np.testing.assert_allclose(condensed_native.dense_kept(x, values, indices), x @ kernel, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, masked_dx, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dvalues, np.asarray(masked_dkernel)[np.asarray(indices), np.arange(70)[:, None]],
+                               rtol=1e-4, atol=1e-5)
+
+
+@needs_compiler
+def test_scatter_writes_the_kept_values_and_leaves_every_other_entry_also_vmapped():
+    layers = [_layer(jax.random.key(seed), (4,), 40, 20, 0.75) for seed in range(2)]
+    kernels, indices = jnp.stack([layer[1] for layer in layers]), jnp.stack([layer[3] for layer in layers])
+    masks = np.stack([np.asarray(layer[2]) for layer in layers])
+    new_values = jax.random.normal(jax.random.key(3), (2, 20, 10))
+    background = jnp.full(kernels.shape, 7.0)
+    written = jax.jit(jax.vmap(condensed_native.scatter), donate_argnums=0)(background, indices, new_values)
+    for seed in range(2):
+        expected = np.full((40, 20), 7.0, np.float32)
+        expected[np.asarray(indices[seed]), np.arange(20)[:, None]] = np.asarray(new_values[seed])
+        np.testing.assert_array_equal(written[seed], expected)
+        assert np.all(np.asarray(written[seed])[~masks[seed]] == 7.0)
+    np.testing.assert_array_equal(jax.vmap(condensed_native.gather)(kernels, indices),
+                                  [np.asarray(kernels[seed])[np.asarray(indices[seed]), np.arange(20)[:, None]]
+                                   for seed in range(2)])
+
+
+def _fan_in_network(method, kernels, sparsity=0.9, module=None):
+    settings = {"static": Settings(), "prune": Window(update_period=10, update_start=0, update_end=100),
+                "set": DropAndGrowSettings(update_period=10, update_start=0, update_end=100, drop_fraction=0.3),
+                "rigl": DropAndGrowSettings(update_period=10, update_start=0, update_end=100, drop_fraction=0.3),
+                "srigl": SRigLSettings(update_period=10, update_start=0, update_end=100, drop_fraction=0.3,
+                                        ablation_threshold=0.3)}[method]
+    config = SparsityConfig(method=method, sparsity=sparsity, distribution="uniform", structure="fan_in",
+                            settings=settings)
+    return sparse_network.make_network(module or networks.MLP((64, 64), 3), optax.adamw(1e-2, weight_decay=0.1),
+                                       config, kernels=kernels)
+
+
+@needs_compiler
+@pytest.mark.parametrize("method, kept", [
+    ("static", {"dense_0", "dense_1", "output"}),
+    ("rigl", {"dense_0", "dense_1", "output"}),
+    ("prune", set()),  # its kept count changes: a ladder of capacities, dense-shaped steps
+    ("srigl", {"output"}),  # its hidden layers run as rows of neurons
+])
+def test_kept_layers_are_the_native_layers_of_one_k_per_neuron_up_to_a_quarter_dense(method, kept):
+    x = jnp.ones((1, 40))
+    state = sparse_network.init(_fan_in_network(method, "native"), jax.random.key(0), x)
+    layers = sparse_network.kept_layers(_fan_in_network(method, "native"), state.params, state.indices)
+    assert set(layers) == kept
+    adam = state.opt_state.inner[0]
+    for layer in kept:
+        assert adam.mu[layer]["kernel"].shape == state.indices[layer]["indices"].shape  # moments stored [out, k]
+    half_dense = _fan_in_network("static", "native", sparsity=0.5)
+    assert sparse_network.kept_layers(half_dense, *(lambda s: (s.params, s.indices))(
+        sparse_network.init(half_dense, jax.random.key(0), x))) == {}  # 50% dense: runs masked
+    masked = _fan_in_network("static", "masked")
+    assert sparse_network.kept_layers(masked, sparse_network.init(masked, jax.random.key(0), x).params, {}) == {}
+
+
+@needs_compiler
+@pytest.mark.parametrize("method", ["static", "rigl"])
+def test_kept_value_gradient_steps_equal_dense_shaped_ones_through_topology_updates_and_redo(method):
+    """30 AdamW steps (topology updates at 10, 20, 30) and a ReDo step, native against masked, 2 seeds vmapped."""
+    x = jax.random.normal(jax.random.key(5), (2, 48, 40))
+    redo = ml_collections.ConfigDict(dict(enabled=True, remedy="redo", tau=0.5, period=None, shrink=0.8, perturb=0.2,
+                                          reset_layers=1))
+
+    def run(kernels):
+        network = _fan_in_network(method, kernels)
+
+        def train(x, key):
+            state = sparse_network.init(network, key, x[:1])
+            loss = lambda params, indices: (jnp.mean(jnp.sin(sparse_network.apply(network, params, x, indices=indices,
+                                                                                    step=0)) ** 2), 0.0)
+            def step_and_redo(state, step):
+                _, state = sparse_network.gradient_step(network, loss, state, step, jax.random.fold_in(key, step))
+                return jax.lax.cond(step == 15, lambda: remedies.apply(redo, network, state, key, (x,), None)[0],
+                                    lambda: state), None
+
+            state, _ = jax.lax.scan(step_and_redo, state, jnp.arange(31))
+            return state, sparse_network.dense_opt_state(network, state)
+
+        return jax.jit(jax.vmap(train))(x, jax.random.split(jax.random.key(6), 2))
+
+    (native, native_opt_state), (masked, masked_opt_state) = run("native"), run("masked")
+    assert sparse_network.kept_layers(_fan_in_network(method, "native"), *(lambda s: (s.params, s.indices))(
+        jax.tree.map(lambda leaf: leaf[0], native)))
+    for native_leaf, masked_leaf in zip(jax.tree.leaves((native.params, native_opt_state)),
+                                        jax.tree.leaves((masked.params, masked_opt_state))):
+        np.testing.assert_allclose(native_leaf, masked_leaf, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("first, step, unchanged", [

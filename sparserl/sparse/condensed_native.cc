@@ -114,49 +114,69 @@ void OutputsOfTile(const float* x_tile, const float* v, const int32_t* kept, int
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Forward: outputs y, the kept values [out, k] (W gathered once, for the backward pass) and tile scratch.
+// Forward: outputs y from the kept values [out, k], gathered from the dense kernel first (`Forward`: W gathered
+// once, for the backward pass) or given (`ForwardKept`: the values are the trained state; kept-value training).
+
+// values[o, j] = W[idx[o, j], o] for the outputs [first, first + kOutputBlock) of one seed.
+void GatherBlock(const Dims& d, const float* w_data, const int32_t* idx_data, float* values_data, int64_t task) {
+  const int64_t seed = task / d.output_blocks(), first = (task % d.output_blocks()) * kOutputBlock;
+  const float* w = w_data + seed * d.in * d.out;
+  const int32_t* kept = idx_data + seed * d.out * d.k;
+  float* v = values_data + seed * d.out * d.k;
+  for (int64_t o = first; o < std::min(first + kOutputBlock, d.out); ++o)
+    for (int64_t j = 0; j < d.k; ++j) v[o * d.k + j] = w[int64_t(kept[o * d.k + j]) * d.out + o];
+}
+
+// One (seed, tile) of y = x W restricted to the indices, from the kept values.
+void TileOutputs(const Dims& d, const float* x_data, const float* values_data, const int32_t* idx_data,
+                 float* scratch_data, float* y_data, int64_t task) {
+  const int64_t seed = task / d.tiles(), first = (task % d.tiles()) * kLanes;
+  const int32_t* kept = idx_data + seed * d.out * d.k;
+  const float* v = values_data + seed * d.out * d.k;
+  float* x_tile = scratch_data + task * (d.in + d.out) * kLanes;
+  float* y_tile = x_tile + d.in * kLanes;
+  TransposeIn(x_data + seed * d.batch * d.in, d.in, d.batch, first, x_tile);
+  int64_t o = 0;
+  for (; o + 4 <= d.out; o += 4) OutputsOfTile<4>(x_tile, v, kept, d.k, o, y_tile);
+  for (; o < d.out; ++o) OutputsOfTile<1>(x_tile, v, kept, d.k, o, y_tile);
+  TransposeOut(y_tile, d.out, d.batch, first, y_data + seed * d.batch * d.out);
+}
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
                    ffi::Buffer<ffi::S32> idx, ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> values,
                    ffi::ResultBuffer<ffi::F32> scratch) {
   const Dims d = DimsOf(x, idx);
-  const float* x_data = x.typed_data();
-  const float* w_data = kernel.typed_data();
-  const int32_t* idx_data = idx.typed_data();
-  float* y_data = y->typed_data();
   float* values_data = values->typed_data();
-  float* scratch_data = scratch->typed_data();  // per (seed, tile): x tile [in][kLanes], y tile [out][kLanes]
+  TwoPhases(
+      pool, d.seeds * d.output_blocks(),
+      [&](int64_t task) { GatherBlock(d, kernel.typed_data(), idx.typed_data(), values_data, task); },
+      d.seeds * d.tiles(),
+      [&](int64_t task) {
+        TileOutputs(d, x.typed_data(), values_data, idx.typed_data(), scratch->typed_data(), y->typed_data(), task);
+      });
+  return ffi::Error::Success();
+}
 
-  auto gather_values = [&](int64_t task) {
-    const int64_t seed = task / d.output_blocks(), first = (task % d.output_blocks()) * kOutputBlock;
-    const float* w = w_data + seed * d.in * d.out;
-    const int32_t* kept = idx_data + seed * d.out * d.k;
-    float* v = values_data + seed * d.out * d.k;
-    for (int64_t o = first; o < std::min(first + kOutputBlock, d.out); ++o)
-      for (int64_t j = 0; j < d.k; ++j) v[o * d.k + j] = w[int64_t(kept[o * d.k + j]) * d.out + o];
-  };
-  auto tile_outputs = [&](int64_t task) {
-    const int64_t seed = task / d.tiles(), first = (task % d.tiles()) * kLanes;
-    const int32_t* kept = idx_data + seed * d.out * d.k;
-    const float* v = values_data + seed * d.out * d.k;
-    float* x_tile = scratch_data + task * (d.in + d.out) * kLanes;
-    float* y_tile = x_tile + d.in * kLanes;
-    TransposeIn(x_data + seed * d.batch * d.in, d.in, d.batch, first, x_tile);
-    int64_t o = 0;
-    for (; o + 4 <= d.out; o += 4) OutputsOfTile<4>(x_tile, v, kept, d.k, o, y_tile);
-    for (; o < d.out; ++o) OutputsOfTile<1>(x_tile, v, kept, d.k, o, y_tile);
-    TransposeOut(y_tile, d.out, d.batch, first, y_data + seed * d.batch * d.out);
-  };
-  TwoPhases(pool, d.seeds * d.output_blocks(), gather_values, d.seeds * d.tiles(), tile_outputs);
+ffi::Error ForwardKept(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
+                       ffi::Buffer<ffi::S32> idx, ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> scratch) {
+  const Dims d = DimsOf(x, idx);
+  TwoPhases(
+      pool, 0, [](int64_t) {}, d.seeds * d.tiles(),
+      [&](int64_t task) {
+        TileOutputs(d, x.typed_data(), values.typed_data(), idx.typed_data(), scratch->typed_data(), y->typed_data(),
+                    task);
+      });
   return ffi::Error::Success();
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Backward: dx, the dense-shaped kernel gradient (the kept entries; zeros elsewhere) and scratch.
+// Backward: dx, the kernel gradient and scratch. The kernel gradient is dense-shaped (`Backward`: the kept
+// entries, zeros elsewhere) or the kept values' own [out, k] (`BackwardKept`: dvalues[o, j] = dW[idx[o, j], o]).
 
-ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
-                    ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
-                    ffi::ResultBuffer<ffi::F32> dkernel, ffi::ResultBuffer<ffi::F32> scratch) {
+template <bool kKeptGradient>
+ffi::Error BackwardOf(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
+                      ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
+                      ffi::ResultBuffer<ffi::F32> dkernel, ffi::ResultBuffer<ffi::F32> scratch) {
   const Dims d = DimsOf(x, idx);
   const float* x_data = x.typed_data();
   const float* values_data = values.typed_data();
@@ -191,6 +211,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
     TransposeIn(x_data + seed * d.batch * d.in, d.in, d.batch, first, x_tile);
     for (int64_t i = 0; i < d.in; ++i) *reinterpret_cast<Vector*>(x_rows + i * padded + first) = RowOf(x_tile, i);
     for (int64_t o = 0; o < d.out; ++o) *reinterpret_cast<Vector*>(dy_rows + o * padded + first) = RowOf(dy_tile, o);
+    if (kKeptGradient) return;
     const int64_t rows_first = d.in * tile / d.tiles(), rows_last = d.in * (tile + 1) / d.tiles();
     std::memset(dkernel_data + seed * d.in * d.out + rows_first * d.out, 0,
                 (rows_last - rows_first) * d.out * sizeof(float));
@@ -199,7 +220,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   auto kernel_gradient = [&](int64_t task) {
     const int64_t seed = task / d.output_blocks(), first = (task % d.output_blocks()) * kOutputBlock;
     const int32_t* kept = idx_data + seed * d.out * d.k;
-    float* dw = dkernel_data + seed * d.in * d.out;
+    float* dw = dkernel_data + seed * (kKeptGradient ? d.out * d.k : d.in * d.out);
     const float* x_rows = scratch_data + seed * per_seed;
     const float* dy_rows = x_rows + d.in * padded;
     for (int64_t o = first; o < std::min(first + kOutputBlock, d.out); ++o) {
@@ -209,11 +230,64 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
         const Vector* row = reinterpret_cast<const Vector*>(x_rows + int64_t(i) * padded);
         Vector sum = {};
         for (int64_t t = 0; t < d.tiles(); ++t) sum += row[t] * g[t];
-        dw[int64_t(i) * d.out + o] = SumOfLanes(sum);
+        dw[kKeptGradient ? o * d.k + j : int64_t(i) * d.out + o] = SumOfLanes(sum);
       }
     }
   };
   TwoPhases(pool, d.seeds * d.tiles(), input_gradient, d.seeds * d.output_blocks(), kernel_gradient);
+  return ffi::Error::Success();
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
+                    ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
+                    ffi::ResultBuffer<ffi::F32> dkernel, ffi::ResultBuffer<ffi::F32> scratch) {
+  return BackwardOf<false>(pool, x, values, idx, dy, dx, dkernel, scratch);
+}
+
+ffi::Error BackwardKept(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
+                        ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
+                        ffi::ResultBuffer<ffi::F32> dvalues, ffi::ResultBuffer<ffi::F32> scratch) {
+  return BackwardOf<true>(pool, x, values, idx, dy, dx, dvalues, scratch);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Between a dense kernel [in, out] and its kept values [out, k]: `Gather` reads them, `Scatter` writes them into
+// the kernel (its output aliases the kernel operand, so XLA hands it the kernel's own buffer when it can).
+
+Dims KernelDims(ffi::Buffer<ffi::F32>& kernel, ffi::Buffer<ffi::S32>& idx) {
+  auto kernel_dims = kernel.dimensions(), idx_dims = idx.dimensions();
+  const size_t rank = kernel_dims.size();
+  Dims dims{1, 0, kernel_dims[rank - 2], idx_dims[rank - 2], idx_dims[rank - 1]};
+  for (size_t axis = 0; axis + 2 < rank; ++axis) dims.seeds *= kernel_dims[axis];
+  return dims;
+}
+
+ffi::Error Gather(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::S32> idx,
+                  ffi::ResultBuffer<ffi::F32> values) {
+  const Dims d = KernelDims(kernel, idx);
+  TwoPhases(
+      pool, d.seeds * d.output_blocks(),
+      [&](int64_t task) { GatherBlock(d, kernel.typed_data(), idx.typed_data(), values->typed_data(), task); }, 0,
+      [](int64_t) {});
+  return ffi::Error::Success();
+}
+
+ffi::Error Scatter(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::S32> idx,
+                   ffi::Buffer<ffi::F32> values, ffi::ResultBuffer<ffi::F32> updated) {
+  const Dims d = KernelDims(kernel, idx);
+  float* out_data = updated->typed_data();
+  if (out_data != kernel.typed_data()) std::memcpy(out_data, kernel.typed_data(), kernel.size_bytes());
+  TwoPhases(
+      pool, d.seeds * d.output_blocks(),
+      [&](int64_t task) {
+        const int64_t seed = task / d.output_blocks(), first = (task % d.output_blocks()) * kOutputBlock;
+        float* w = out_data + seed * d.in * d.out;
+        const int32_t* kept = idx.typed_data() + seed * d.out * d.k;
+        const float* v = values.typed_data() + seed * d.out * d.k;
+        for (int64_t o = first; o < std::min(first + kOutputBlock, d.out); ++o)
+          for (int64_t j = 0; j < d.k; ++j) w[int64_t(kept[o * d.k + j]) * d.out + o] = v[o * d.k + j];
+      },
+      0, [](int64_t) {});
   return ffi::Error::Success();
 }
 
@@ -228,3 +302,7 @@ struct xla::ffi::CtxBinding<xla::ffi::ThreadPool> {
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SparserlCondensedForward, Forward);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SparserlCondensedBackward, Backward);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SparserlCondensedForwardKept, ForwardKept);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SparserlCondensedBackwardKept, BackwardKept);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SparserlCondensedGather, Gather);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SparserlCondensedScatter, Scatter);

@@ -35,6 +35,11 @@ import numpy as np
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "condensed_native.cc")
 FORWARD, BACKWARD = "sparserl_condensed_forward", "sparserl_condensed_backward"
+FORWARD_KEPT, BACKWARD_KEPT = "sparserl_condensed_forward_kept", "sparserl_condensed_backward_kept"
+GATHER, SCATTER = "sparserl_condensed_gather", "sparserl_condensed_scatter"
+_TARGETS = {FORWARD: "SparserlCondensedForward", BACKWARD: "SparserlCondensedBackward",
+            FORWARD_KEPT: "SparserlCondensedForwardKept", BACKWARD_KEPT: "SparserlCondensedBackwardKept",
+            GATHER: "SparserlCondensedGather", SCATTER: "SparserlCondensedScatter"}
 LANES = 16  # examples per tile (condensed_native.cc kLanes)
 COMPILE_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
 
@@ -93,13 +98,13 @@ def unavailable_reason() -> str | None:
 
 
 def register() -> None:
-    """Builds (or finds) the library and registers its two custom calls with XLA, once per process."""
+    """Builds (or finds) the library and registers its custom calls with XLA, once per process."""
     global _registered
     if _registered:
         return
     library = ctypes.CDLL(build())
-    jax.ffi.register_ffi_target(FORWARD, jax.ffi.pycapsule(library.SparserlCondensedForward), platform="cpu")
-    jax.ffi.register_ffi_target(BACKWARD, jax.ffi.pycapsule(library.SparserlCondensedBackward), platform="cpu")
+    for target, symbol in _TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
     _registered = True
 
 
@@ -154,3 +159,56 @@ def _dense_backward(residuals, output_grad):
 
 
 dense.defvjp(_dense_forward, _dense_backward)
+
+
+# Kept-value training (`sparserl.sparse.kept`): the kept values [out, k] are what the optimizer trains, so the
+# layer takes them as its operand and its gradient is theirs, [out, k]; the dense kernel is only read and written
+# between steps (`gather`, `scatter`).
+
+
+def gather(kernel: jax.Array, indices: jax.Array) -> jax.Array:
+    """The kept values [out, k], values[o, j] = kernel[idx[o, j], o] (not differentiable)."""
+    register()
+    shape = jax.ShapeDtypeStruct((*kernel.shape[:-2], *indices.shape[-2:]), jnp.float32)
+    return jax.ffi.ffi_call(GATHER, shape, vmap_method="broadcast_all")(kernel, indices)
+
+
+def scatter(kernel: jax.Array, indices: jax.Array, values: jax.Array) -> jax.Array:
+    """`kernel` with kernel[idx[o, j], o] = values[o, j] (the other entries unchanged; in place where XLA can
+    hand the call the kernel's buffer; not differentiable)."""
+    register()
+    return jax.ffi.ffi_call(SCATTER, jax.ShapeDtypeStruct(kernel.shape, jnp.float32), vmap_method="broadcast_all",
+                            input_output_aliases={0: 0})(kernel, indices, values)
+
+
+@jax.custom_vjp
+def dense_kept(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Array:
+    """x [..., in] times the layer whose kept values are `values` [out, k] at `indices` [out, k]: `dense` with the
+    values as the operand, so the gradient is dvalues[o, j] = sum_b x[b, idx[o, j]] dy[b, o], the masked network's
+    kernel gradient at the kept connections, in the values' own shape."""
+    return _dense_kept_forward(x, values, indices)[0]
+
+
+def _dense_kept_forward(x, values, indices):
+    _check(x, values, indices)
+    register()
+    flat = x.reshape(-1, x.shape[-1])
+    (batch, in_features), out_features = flat.shape, indices.shape[0]
+    shapes = (jax.ShapeDtypeStruct((batch, out_features), jnp.float32),
+              jax.ShapeDtypeStruct((_tiles(batch) * (in_features + out_features) * LANES,), jnp.float32))
+    y, _ = jax.ffi.ffi_call(FORWARD_KEPT, shapes, vmap_method="broadcast_all")(flat, values, indices)
+    return y.reshape(*x.shape[:-1], out_features), (x, values, indices)
+
+
+def _dense_kept_backward(residuals, output_grad):
+    x, values, indices = residuals
+    flat = x.reshape(-1, x.shape[-1])
+    (batch, in_features), out_features = flat.shape, values.shape[0]
+    shapes = (jax.ShapeDtypeStruct(flat.shape, jnp.float32), jax.ShapeDtypeStruct(values.shape, jnp.float32),
+              jax.ShapeDtypeStruct((2 * _tiles(batch) * (in_features + out_features) * LANES,), jnp.float32))
+    dx, dvalues, _ = jax.ffi.ffi_call(BACKWARD_KEPT, shapes, vmap_method="broadcast_all")(
+        flat, values, indices, output_grad.reshape(-1, out_features))
+    return dx.reshape(x.shape), dvalues, np.zeros(indices.shape, jax.dtypes.float0)
+
+
+dense_kept.defvjp(_dense_kept_forward, _dense_kept_backward)

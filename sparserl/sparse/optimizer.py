@@ -33,31 +33,35 @@ class SparseOptState(NamedTuple):
     topology: Any = ()  # the topology method's own state (`Topology.init_state`); () for most methods
 
 
-def zero_moments(opt_state: Any, params_like: Any, reset: Any) -> Any:
-    """Zeroes, in every params-shaped part of an optax state (Adam's mu and nu, ...), the entries where `reset` is True.
-
-    Scalars such as Adam's step count are left untouched.
-    """
+def map_moments(opt_state: Any, params_like: Any, fn: Callable[[Any], Any]) -> Any:
+    """`fn` applied to every params-shaped part of an optax state (Adam's mu and nu, ...), a tree shaped like
+    `params_like`; scalars such as Adam's step count are left untouched."""
     params_structure = jax.tree.structure(params_like)
 
     def is_params_shaped(node) -> bool:
         return jax.tree.structure(node) == params_structure
 
-    def reset_entries(node):
-        if not is_params_shaped(node):
-            return node
-        return jax.tree.map(lambda moment, zero: jnp.where(zero, jnp.zeros_like(moment), moment), node, reset)
+    return jax.tree.map(lambda node: fn(node) if is_params_shaped(node) else node, opt_state, is_leaf=is_params_shaped)
 
-    return jax.tree.map(reset_entries, opt_state, is_leaf=is_params_shaped)
+
+def zero_moments(opt_state: Any, params_like: Any, reset: Any) -> Any:
+    """Zeroes, in every params-shaped part of an optax state (Adam's mu and nu, ...), the entries where `reset` is True.
+
+    Scalars such as Adam's step count are left untouched.
+    """
+    return map_moments(opt_state, params_like, lambda node: jax.tree.map(
+        lambda moment, zero: jnp.where(zero, jnp.zeros_like(moment), moment), node, reset))
 
 
 class SparseOptimizer(NamedTuple):
     """`init(key, params) -> (masked params, state)`;
-    `apply_gradients(step, params, dense_grads, state, key) -> (params, state)`."""
+    `apply_gradients(step, params, dense_grads, state, key) -> (params, state)`; `inner`, the wrapped optax
+    transformation (which `sparserl.sparse_network` also runs on kept values alone)."""
 
     init: Callable[[jax.Array, Any], tuple[Any, SparseOptState]]
     apply_gradients: Callable[[jax.Array, Any, Any, SparseOptState, jax.Array], tuple[Any, SparseOptState]]
     config: SparsityConfig
+    inner: optax.GradientTransformation
 
 
 def sparse_optimizer(inner: optax.GradientTransformation, config: SparsityConfig) -> SparseOptimizer:
@@ -99,4 +103,4 @@ def sparse_optimizer(inner: optax.GradientTransformation, config: SparsityConfig
         params, topology_state = topology.finish(step, trained, masks, topology_state, config)
         return params, SparseOptState(inner_state, masks, topology_state)
 
-    return SparseOptimizer(init, apply_gradients, config)
+    return SparseOptimizer(init, apply_gradients, config, inner)
