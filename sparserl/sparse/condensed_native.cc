@@ -123,8 +123,9 @@ void GatherBlock(const Dims& d, const float* w_data, const int32_t* idx_data, fl
   const float* w = w_data + seed * d.in * d.out;
   const int32_t* kept = idx_data + seed * d.out * d.k;
   float* v = values_data + seed * d.out * d.k;
-  for (int64_t o = first; o < std::min(first + kOutputBlock, d.out); ++o)
-    for (int64_t j = 0; j < d.k; ++j) v[o * d.k + j] = w[int64_t(kept[o * d.k + j]) * d.out + o];
+  const int64_t last = std::min(first + kOutputBlock, d.out);
+  for (int64_t j = 0; j < d.k; ++j)  // j outer: the j-th kept inputs of neighbouring outputs lie in nearby rows
+    for (int64_t o = first; o < last; ++o) v[o * d.k + j] = w[int64_t(kept[o * d.k + j]) * d.out + o];
 }
 
 // One (seed, tile) of y = x W restricted to the indices, from the kept values.
@@ -284,8 +285,9 @@ ffi::Error Scatter(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> kernel, ffi::Buff
         float* w = out_data + seed * d.in * d.out;
         const int32_t* kept = idx.typed_data() + seed * d.out * d.k;
         const float* v = values.typed_data() + seed * d.out * d.k;
-        for (int64_t o = first; o < std::min(first + kOutputBlock, d.out); ++o)
-          for (int64_t j = 0; j < d.k; ++j) w[int64_t(kept[o * d.k + j]) * d.out + o] = v[o * d.k + j];
+        const int64_t last = std::min(first + kOutputBlock, d.out);
+        for (int64_t j = 0; j < d.k; ++j)  // as in GatherBlock
+          for (int64_t o = first; o < last; ++o) w[int64_t(kept[o * d.k + j]) * d.out + o] = v[o * d.k + j];
       },
       0, [](int64_t) {});
   return ffi::Error::Success();
