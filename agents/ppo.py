@@ -12,8 +12,8 @@ rollout, in one `lax.scan` over epochs x minibatches (as in CleanRL's
   final observation: its reward becomes r + gamma * V(s'_final) and the
   episode ends there; a termination never bootstraps.
 - per minibatch: clipped surrogate (advantages normalised per minibatch),
-  clipped value loss, entropy bonus; one gradient step on each network
-  (`sparse_network.apply_gradients`: sparse masks, topology updates on schedule),
+  clipped value loss, entropy bonus; one gradient step on both networks
+  (`sparse_network.joint_gradient_step`: sparse masks, topology updates on schedule),
   each network's gradient clipped to a global norm of 0.5, or with
   `clip_grad_norm_jointly` the actor and critic gradients together (CleanRL's
   and SB3's one `clip_grad_norm_` over all parameters, rigl's TF-Agents PPO),
@@ -21,8 +21,9 @@ rollout, in one `lax.scan` over epochs x minibatches (as in CleanRL's
   `dormancy.recycle_when_due`), scored on the whole rollout.
 - condensed or native kernels (`sparse.kernels`, `sparserl.sparse.condensed`):
   both networks run on their own indices, in the rollout's values and
-  log-probabilities, in every minibatch loss and when acting; the gradients are
-  dense on topology-update steps only (`sparse_network.joint_value_and_grad`).
+  log-probabilities, in every minibatch loss and when acting; native kernels
+  train the kept values alone, and the gradients are dense on topology-update
+  steps only (`sparse_network.joint_gradient_step`).
 - observation normalisation (continuous control): running mean/variance in
   the state; the rollout is normalised with the statistics the actions were
   chosen with, then the statistics absorb the rollout.

@@ -14,8 +14,9 @@ Algorithms and Applications", eqs. 5, 7, 18):
 With condensed or native kernels (`sparse.kernels`, `sparserl.sparse.condensed`)
 every network runs on its own indices: the actor, the critics (also inside the
 actor's loss, where only the gradient in the action flows through them) and
-the target critics, which always hold the online critic's masks. The
-gradients are dense on topology-update steps only (`sparse_network.value_and_grad`).
+the target critics, which always hold the online critic's masks. Each
+network takes one `sparse_network.gradient_step`: native kernels train the
+kept values alone, and the gradients are dense on topology-update steps only.
 
 The policy is a tanh-squashed Gaussian over [-1, 1]^|A| (the log-probability
 includes the tanh change of variables); actions are rescaled to the env's

@@ -181,32 +181,20 @@ def masks_unchanged(network: SparseNetwork, first_step: jax.Array, step: jax.Arr
     return ~jnp.any(_is_topology_step(network, steps) & (steps < step))
 
 
-def value_and_grad(network: SparseNetwork, loss_fn: Callable, state: NetworkState, step: jax.Array):
-    """`jax.value_and_grad(loss_fn, has_aux=True)` at `state.params`, where `loss_fn(params, indices)` runs the
-    network through `apply(..., indices=indices)`.
-
-    Native kernels (`sparserl.sparse.condensed_native`) compute the kernel gradient
-    at the kept connections only, but RigL and SRigL grow where the dense gradient is
-    large (`Topology.grows_from_gradients`): on their topology-update steps alone
-    (`lax.cond` on the unbatched step, so the other branch is not run), the loss runs
-    the masked network (no indices) and the gradients are dense, as the topology
-    update expects. SET grows at random and prune reads magnitudes only: they keep
-    the native kernels on every step. Every other kernel choice has the masked
-    network's gradients at every step. Prune's layers run at the capacity of their
-    kept count at `step` (`_indices_at`).
-    """
-    value, (grads,) = joint_value_and_grad((network,), lambda params, indices: loss_fn(params[0], indices[0]),
-                                           (state,), step)
-    return value, grads
-
-
 def joint_value_and_grad(networks: Sequence[SparseNetwork], loss_fn: Callable, states: Sequence[NetworkState],
                          step: jax.Array):
-    """`value_and_grad` of one loss over several networks (PPO's actor and critic): `loss_fn(params, indices)`
-    takes a tuple of params and a tuple of indices, one per network, and the gradients are a tuple.
+    """`jax.value_and_grad(loss_fn, has_aux=True)` of one loss over several networks (PPO's actor and critic; one
+    network is a tuple of one) at their params: `loss_fn(params, indices)` takes a tuple of params and a tuple of
+    indices, one per network, and runs each network through `apply(..., indices=indices)`; the gradients are a
+    tuple of dense-shaped ones.
 
-    On a step where any native network whose method grows from gradients updates its topology, every network
-    runs masked (one `lax.cond`).
+    Native kernels (`sparserl.sparse.condensed_native`) compute the kernel gradient at the kept connections only,
+    but RigL and SRigL grow where the dense gradient is large (`Topology.grows_from_gradients`): on a step where
+    any native network of such a method updates its topology (one `lax.cond` on the unbatched step, so the other
+    branch is not run), every network runs masked (no indices) and the gradients are dense, as the topology
+    update expects. SET grows at random and prune reads magnitudes only: they keep the native kernels on every
+    step. Every other kernel choice has the masked network's gradients at every step. Prune's layers run at the
+    capacity of their kept count at `step` (`_indices_at`).
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     params = tuple(state.params for state in states)

@@ -85,12 +85,13 @@ def _rigl_network(kernels):
 
 @needs_compiler
 @pytest.mark.parametrize("step, dense", [(10, True), (11, False)])  # RigL's topology steps are multiples of 10
-def test_value_and_grad_gives_the_dense_gradient_on_topology_steps_only(step, dense):
+def test_joint_value_and_grad_gives_the_dense_gradient_on_topology_steps_only(step, dense):
     network = _rigl_network("native")
     x = jax.random.normal(jax.random.key(5), (24, 6))
     state = sparse_network.init(network, jax.random.key(6), x)
     loss = lambda params, indices: (jnp.sum(sparse_network.apply(network, params, x, indices=indices) ** 2), 0.0)
-    (_, _), grads = jax.jit(lambda state, step: sparse_network.value_and_grad(network, loss, state, step))(state, jnp.int32(step))
+    (_, _), (grads,) = jax.jit(lambda state, step: sparse_network.joint_value_and_grad(
+        (network,), lambda params, indices: loss(params[0], indices[0]), (state,), step))(state, jnp.int32(step))
     (_, _), masked_grads = jax.value_and_grad(loss, has_aux=True)(state.params, {})
     mask = state.opt_state.masks["output"]["kernel"]
     expected = masked_grads["output"]["kernel"] if dense else jnp.where(mask, masked_grads["output"]["kernel"], 0.0)

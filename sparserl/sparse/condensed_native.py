@@ -13,7 +13,7 @@ indices idx [out, k] (Lasby et al. 2023, section 3.1):
 so each costs batch * out * k multiply-adds instead of batch * in * out.
 Unlike `sparserl.sparse.condensed.dense` (masked backward), the kernel
 gradient is only computed at the kept connections: RigL's growth, which needs
-the dense gradient, gets it from `sparse_network.value_and_grad`, which runs
+the dense gradient, gets it from `sparse_network.joint_value_and_grad`, which runs
 the masked network on topology-update steps alone. Acting (batch 1) runs
 masked: there the gathers lose to the matrix-vector product
 (`condensed.native_is_faster`).
