@@ -116,8 +116,8 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         own, and the split, randint and uniform this replaces made DQN's act
         program about twice as slow on the CPU.
         """
-        greedy = jnp.argmax(sparse_network.apply(network, state.online.params, observations, indices=state.online.indices,
-                                                 step=state.step), axis=-1)
+        greedy = jnp.argmax(sparse_network.apply(network, state.online.params, observations,
+                                                 indices=sparse_network.indices_of(state.online), step=state.step), axis=-1)
         coin, pick = jax.random.uniform(key, (2, *greedy.shape))
         random_actions = jnp.minimum(jnp.floor(pick * env_spec.num_actions).astype(greedy.dtype), env_spec.num_actions - 1)
         exploration = epsilon(env_step) if explore else config.eval_epsilon

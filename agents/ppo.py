@@ -322,12 +322,13 @@ class PPOLosses(NamedTuple):
         params: old log-probs and values, GAE advantages and returns (Schulman et al. 2016)."""
         steps, envs = batch.reward.shape
         observations, actions = flat(self.normalized(state, batch.observation)), flat(batch.action)
-        values = self.values(state.critic.params, observations, state.critic.indices, state.step)
+        critic_indices = sparse_network.indices_of(state.critic)
+        values = self.values(state.critic.params, observations, critic_indices, state.step)
         next_values = self.values(state.critic.params, flat(self.normalized(state, batch.next_observation)),
-                                  state.critic.indices, state.step)
+                                  critic_indices, state.step)
         old_log_probs, _ = self.log_prob_and_entropy(
-            sparse_network.apply(self.actor, state.actor.params, observations, indices=state.actor.indices,
-                                 step=state.step), actions)
+            sparse_network.apply(self.actor, state.actor.params, observations,
+                                 indices=sparse_network.indices_of(state.actor), step=state.step), actions)
         advantages, returns = gae(batch.reward, values.reshape(steps, envs), next_values.reshape(steps, envs),
                                   batch.terminated, batch.truncated, self.config.gamma, self.config.gae_lambda)
         return Minibatch(observations, actions, old_log_probs, advantages.reshape(-1), returns.reshape(-1), values)
@@ -361,7 +362,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         """Sampled actions (explore) or the greedy / mean action, for a batch of observations."""
         del env_step
         output = sparse_network.apply(actor, state.actor.params, losses.normalized(state, observations),
-                                      indices=state.actor.indices, step=state.step)
+                                      indices=sparse_network.indices_of(state.actor), step=state.step)
         if env_spec.discrete:
             return jax.random.categorical(key, output) if explore else jnp.argmax(output, axis=-1)
         mean, log_std = output

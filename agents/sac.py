@@ -151,7 +151,8 @@ class SACLosses(NamedTuple):
     def soft_targets(self, state: "SACState", batch: Transition, key: jax.Array, condensed: bool = True) -> jax.Array:
         """`critic_targets` from the target critics and a fresh action a' ~ pi(.|s') drawn with `key`; the target
         critics run on the online critic's indices (their masks are the online ones), unless `condensed` is False."""
-        actor_indices, critic_indices = (state.actor.indices, state.critic.indices) if condensed else (None, None)
+        actor_indices, critic_indices = ((sparse_network.indices_of(state.actor), state.critic.indices) if condensed
+                                         else (None, None))
         next_actions, next_log_prob = sample_action(*self.policy(state.actor.params, batch.next_observation,
                                                                  actor_indices, state.step), key)
         next_q = sparse_network.apply(self.critic_net, state.target_critic_params, batch.next_observation, next_actions,
@@ -172,7 +173,7 @@ class SACLosses(NamedTuple):
         own indices, those of gradient step `critic_step` (only the gradient in the action flows through them)."""
         new_actions, log_prob = sample_action(*self.policy(actor_params, batch.observation, indices), key)
         new_q = sparse_network.apply(self.critic_net, critic.params, batch.observation, new_actions,
-                                     indices=critic.indices, step=critic_step)
+                                     indices=sparse_network.indices_of(critic), step=critic_step)
         return actor_loss(alpha, log_prob, new_q), log_prob
 
     def measured_critic(self, critic_params: Any, state: "SACState", batch: Transition) -> jax.Array:
@@ -227,7 +228,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
 
     def act(state: SACState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
         """Env-bounded actions: sampled (uniform before `learning_starts`) when exploring, else tanh(mean)."""
-        mean, log_std = losses.policy(state.actor.params, observations, state.actor.indices, state.step)
+        mean, log_std = losses.policy(state.actor.params, observations, sparse_network.indices_of(state.actor), state.step)
         if not explore:
             return bounds.to_env(jnp.tanh(mean))
         policy_key, random_key = jax.random.split(key)

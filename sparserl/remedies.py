@@ -116,7 +116,8 @@ def apply(redo: ml_collections.ConfigDict, network: sparse_network.SparseNetwork
     else:
         result = reset_layers(state.params, opt_state, fresh, last_layers(chains, redo.reset_layers))
     opt_state = sparse_network.stored_opt_state(network, result.params, state.indices, result.opt_state)
-    return state.replace(params=result.params, opt_state=opt_state), result  # masks unchanged: same indices
+    kept = sparse_network.kept_values(network, result.params, state.indices)
+    return state.replace(params=result.params, opt_state=opt_state, kept=kept), result  # masks unchanged: same indices
 
 
 def counts_of(before: Sequence[Any], after: Sequence[Any], results: Sequence[dormancy.RecycleResult]) -> dormancy.RecycleCounts:

@@ -48,11 +48,15 @@ class SparseNetwork(NamedTuple):
 
 
 class NetworkState(flax.struct.PyTreeNode):
-    """`indices`: the condensed-kernel indices of the masks (`condensed.layer_indices`); empty with masked kernels."""
+    """`indices`: the condensed-kernel indices of the masks (`condensed.layer_indices`); empty with masked kernels.
+    `kept`: {layer path: values [out, k]} of the layers that train their kept values (`kept_layers`), always equal to
+    the params' kernels at the indices (`kept_values`); what those layers compute from, in gradient steps and when
+    acting (`indices_of`)."""
 
     params: Any
     opt_state: SparseOptState
     indices: dict = flax.struct.field(default_factory=dict)
+    kept: dict = flax.struct.field(default_factory=dict)
 
 
 def make_network(
@@ -115,7 +119,8 @@ def init(network: SparseNetwork, key: jax.Array, *sample_inputs) -> NetworkState
                                           gradual=topology.sparsity_changes,
                                           by_rows=topology.ablating_layers(params, config))
     params = _at_init_scale(network, params, opt_state.masks)
-    return NetworkState(params, stored_opt_state(network, params, indices, opt_state), indices)
+    return NetworkState(params, stored_opt_state(network, params, indices, opt_state), indices,
+                        kept_values(network, params, indices))
 
 
 def _topology(network: SparseNetwork):
@@ -169,6 +174,13 @@ def apply(network: SparseNetwork, params: Any, *inputs, indices: dict | None = N
     return network.module.apply(variables, *inputs)
 
 
+def indices_of(state: NetworkState) -> dict:
+    """The indices that run a network from its own state (its online params): `state.indices`, with each layer that
+    trains its kept values computing from `state.kept` at any batch size (acting at batch 1 then reads k values per
+    neuron, not the dense kernel). Pass them to `apply` with `state.params` only."""
+    return _with_values(state.indices, state.kept) if state.kept else state.indices
+
+
 def _is_topology_step(network: SparseNetwork, step: jax.Array) -> jax.Array:
     return _topology(network).is_update_step(step, network.optimizer.config)
 
@@ -217,7 +229,8 @@ def apply_gradients(network: SparseNetwork, state: NetworkState, dense_grads: An
     if indices:
         indices = jax.lax.cond(_is_topology_step(network, step), lambda: condensed.refresh(indices, opt_state.masks),
                                lambda: indices)
-    return NetworkState(params, stored_opt_state(network, params, indices, opt_state), indices)
+    return NetworkState(params, stored_opt_state(network, params, indices, opt_state), indices,
+                        kept_values(network, params, indices))
 
 
 # Kept-value training -------------------------------------------------------------------------------------------
@@ -257,6 +270,13 @@ def kept_layers(network: SparseNetwork, params: Any, indices: dict) -> dict[str,
 
 def _kept_of(kernel: jax.Array, indices: jax.Array) -> jax.Array:
     return condensed_native.gather(condensed.fan_in_view(kernel), indices)
+
+
+def kept_values(network: SparseNetwork, params: Any, indices: dict) -> dict[str, jax.Array]:
+    """`NetworkState.kept` of these params: {layer path: kernel values at the indices [out, k]} over `kept_layers`
+    (gathered: call it wherever params change other than by a kept-value step)."""
+    layers = kept_layers(network, params, indices)
+    return {layer: _kept_of(kernel, layers[layer]) for layer, kernel in _kernels_of(params, layers).items()}
 
 
 def _with_kept(kernel: jax.Array, indices: jax.Array, values: jax.Array) -> jax.Array:
@@ -316,7 +336,8 @@ def _apply_kept_gradients(network: SparseNetwork, state: NetworkState, layers: d
     params = jax.tree_util.tree_map_with_path(
         lambda path, old, new: _with_kept(old, layers[layer_of(path)], new) if layer_of(path) in layers else new,
         state.params, kept_params)
-    return NetworkState(params, state.opt_state._replace(inner=inner), state.indices)
+    return NetworkState(params, state.opt_state._replace(inner=inner), state.indices,
+                        {layer: kernel for layer, kernel in _kernels_of(kept_params, layers).items()})
 
 
 def gradient_step(network: SparseNetwork, loss_fn: Callable, state: NetworkState, step: jax.Array, key: jax.Array):
@@ -352,9 +373,7 @@ def joint_gradient_step(networks: Sequence[SparseNetwork], loss_fn: Callable, st
 
     def kept_step():
         indices = tuple(_indices_at(network, state.params, state.indices, step) for network, state in zip(networks, states))
-        values = tuple({layer: _kept_of(kernel, network_layers[layer])
-                        for layer, kernel in _kernels_of(state.params, network_layers).items()}
-                       for state, network_layers in zip(states, layers))
+        values = tuple(state.kept for state in states)
 
         def loss_of_values(params, values):
             return loss_fn(params, tuple(_with_values(node, network_values) for node, network_values in zip(indices, values)))

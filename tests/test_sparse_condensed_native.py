@@ -170,7 +170,8 @@ def test_kept_layers_are_the_native_layers_of_one_k_per_neuron_up_to_a_quarter_d
 @needs_compiler
 @pytest.mark.parametrize("method", ["static", "rigl"])
 def test_kept_value_gradient_steps_equal_dense_shaped_ones_through_topology_updates_and_redo(method):
-    """30 AdamW steps (topology updates at 10, 20, 30) and a ReDo step, native against masked, 2 seeds vmapped."""
+    """31 AdamW steps (topology updates at 10, 20, 30) and a ReDo step, native against masked, 2 seeds vmapped;
+    then the network's outputs from its own state (`indices_of`: the kept values) at batch 1 and 48."""
     x = jax.random.normal(jax.random.key(5), (2, 48, 40))
     redo = ml_collections.ConfigDict(dict(enabled=True, remedy="redo", tau=0.5, period=None, shrink=0.8, perturb=0.2,
                                           reset_layers=1))
@@ -188,15 +189,23 @@ def test_kept_value_gradient_steps_equal_dense_shaped_ones_through_topology_upda
                                     lambda: state), None
 
             state, _ = jax.lax.scan(step_and_redo, state, jnp.arange(31))
-            return state, sparse_network.dense_opt_state(network, state)
+            outputs = [sparse_network.apply(network, state.params, inputs, indices=sparse_network.indices_of(state),
+                                            step=31) for inputs in (x[:1], x)]
+            return state, sparse_network.dense_opt_state(network, state), outputs
 
         return jax.jit(jax.vmap(train))(x, jax.random.split(jax.random.key(6), 2))
 
-    (native, native_opt_state), (masked, masked_opt_state) = run("native"), run("masked")
-    assert sparse_network.kept_layers(_fan_in_network(method, "native"), *(lambda s: (s.params, s.indices))(
-        jax.tree.map(lambda leaf: leaf[0], native)))
-    for native_leaf, masked_leaf in zip(jax.tree.leaves((native.params, native_opt_state)),
-                                        jax.tree.leaves((masked.params, masked_opt_state))):
+    (native, native_opt_state, native_outputs), (masked, masked_opt_state, masked_outputs) = run("native"), run("masked")
+    network = _fan_in_network(method, "native")
+    first_seed = jax.tree.map(lambda leaf: leaf[0], native)
+    assert sparse_network.kept_layers(network, first_seed.params, first_seed.indices)
+    # The kept values the layers compute from are the kernels' values at the indices after every kind of step.
+    gathered = sparse_network.kept_values(network, first_seed.params, first_seed.indices)
+    assert first_seed.kept.keys() == gathered.keys()
+    for layer, values in gathered.items():
+        np.testing.assert_array_equal(first_seed.kept[layer], values, err_msg=layer)
+    for native_leaf, masked_leaf in zip(jax.tree.leaves((native.params, native_opt_state, native_outputs)),
+                                        jax.tree.leaves((masked.params, masked_opt_state, masked_outputs))):
         np.testing.assert_allclose(native_leaf, masked_leaf, rtol=1e-4, atol=1e-5)
 
 
