@@ -166,18 +166,19 @@ DQN_CARTPOLE = ("--agent=dqn", "--env=gymnax:CartPole-v1", "--seed=0", "--num_se
                 "--config.batch_size=64", "--config.train_every=2", "--config.epsilon_decay_steps=10000")
 PPO_CARTPOLE = ("--agent=ppo", "--env=gymnax:CartPole-v1", "--seed=0", "--num_seeds=2", "--steps=50000",
                 "--eval_every=10000")
-SAC_PENDULUM = ("--agent=sac", "--env=gymnax:Pendulum-v1", "--seed=0", "--num_seeds=2", "--steps=15000",
+SAC_PENDULUM = ("--agent=sac", "--env=gymnax:Pendulum-v1", "--seed=0", "--num_seeds=1", "--steps=15000",
                 "--eval_every=2500", "--config.network.hidden_sizes=128,128", "--config.batch_size=128")
-# name: (arguments, last k evals, threshold), the longest runs first. Reached: DQN dense 152, RigL 167 (random:
-# about 20); PPO dense 378, RigL 461; SAC RigL -134 (random: about -1,200). These are PPO's learning tests too
-# (tests/test_ppo.py): the agent learns the same on both loops, and the compiled loop runs it in half the steps.
-# SAC learns sparse only, its longest run (several envs per seed are tested for exact resume, not learning).
+# name: (arguments, seeds, last k evals, threshold), the longest runs first. Reached: DQN dense 152, RigL 167
+# (random: about 20); PPO dense 378, RigL 461; SAC RigL -134 (seed 0: -114 and -159 at 12.5k and 15k; random: about
+# -1,200). These are PPO's learning tests too (tests/test_ppo.py): the agent learns the same on both loops, and the
+# compiled loop runs it in half the steps. SAC, the longest run, learns sparse only and on one seed (several envs
+# per seed are tested for exact resume, not learning).
 LEARNING_RUNS = {
-    "sac_rigl_0.9": ((*SAC_PENDULUM, "--sparsity=0.9"), 2, -400),
-    "dqn_dense": (DQN_CARTPOLE, 3, 120),
-    "dqn_rigl_0.9": ((*DQN_CARTPOLE, "--sparsity=0.9"), 3, 120),
-    "ppo_dense": (PPO_CARTPOLE, 3, 300),
-    "ppo_rigl_0.9": ((*PPO_CARTPOLE, "--sparsity=0.9"), 3, 300),
+    "sac_rigl_0.9": ((*SAC_PENDULUM, "--sparsity=0.9"), (0,), 2, -400),
+    "dqn_dense": (DQN_CARTPOLE, (0, 1), 3, 120),
+    "dqn_rigl_0.9": ((*DQN_CARTPOLE, "--sparsity=0.9"), (0, 1), 3, 120),
+    "ppo_dense": (PPO_CARTPOLE, (0, 1), 3, 300),
+    "ppo_rigl_0.9": ((*PPO_CARTPOLE, "--sparsity=0.9"), (0, 1), 3, 300),
 }
 
 
@@ -185,23 +186,23 @@ LEARNING_RUNS = {
 def learning_runs(tmp_path_factory):
     """Every run of LEARNING_RUNS, two at a time (one per core on CI)."""
     workdir = tmp_path_factory.mktemp("compiled_learning")
-    runs = {name: arguments for name, (arguments, _, _) in LEARNING_RUNS.items()}
+    runs = {name: arguments for name, (arguments, *_) in LEARNING_RUNS.items()}
     return workdir, run_train_side_by_side(runs, workdir, workers=2)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(LEARNING_RUNS))
 def test_learns_on_gymnax(learning_runs, name):
-    """Mean over seeds 0 and 1 of the mean of the last k greedy evals >= the threshold: DQN on gymnax:CartPole-v1
+    """Mean over the run's seeds of the mean of the last k greedy evals >= the threshold: DQN on gymnax:CartPole-v1
     within 20k steps, PPO within 50k, SAC on gymnax:Pendulum-v1 within 15k."""
     workdir, results = learning_runs
-    _, last, threshold = LEARNING_RUNS[name]
+    _, seeds, last, threshold = LEARNING_RUNS[name]
     assert results[name].returncode == 0, results[name].stderr[-3000:]
-    score = mean_of_last_evals(workdir / name, seeds=(0, 1), last=last)
-    assert score >= threshold, (score, [eval_returns(workdir / name, seed) for seed in (0, 1)])
+    score = mean_of_last_evals(workdir / name, seeds=seeds, last=last)
+    assert score >= threshold, (score, [eval_returns(workdir / name, seed) for seed in seeds])
     if "rigl" in name:
         total = "sparsity/total" if name.startswith("dqn") else f"sparsity/{'critic' if name.startswith('sac') else 'actor'}/total"
-        for seed in (0, 1):
+        for seed in seeds:
             assert abs(read_csv(workdir / name / f"seed{seed}" / "metrics.csv")[-1][total] - 0.9) <= 0.01
 
 
@@ -236,9 +237,9 @@ def _close(run: loop.Run) -> None:
 
 @pytest.mark.slow
 def test_a_sparsity_sweep_in_one_program_equals_the_levels_run_one_by_one(tmp_path):
-    """Levels 0.5, 0.8, 0.9 of RigL (ERK) x seeds 0, 1 as one vmapped program (the level traced) equal,
-    bit for bit, each level run alone with a Python-float sparsity: metrics, evaluations, final checkpoint."""
-    config, levels, seeds = _tiny_dqn_config(), (0.5, 0.8, 0.9), (0, 1)
+    """Levels 0.5, 0.9 of RigL (ERK) x seeds 0, 1 as one vmapped program (the level traced) equal, bit for bit,
+    each level run alone with a Python-float sparsity: metrics, evaluations, final checkpoint."""
+    config, levels, seeds = _tiny_dqn_config(), (0.5, 0.9), (0, 1)
     env_spec = envs.env_spec(config.env)
     make_agent = lambda level_config: dqn.make(level_config, env_spec)  # noqa: E731
     sweep = _run_of([(tmp_path / f"sweep_{level}", seed) for level in levels for seed in seeds], config)
