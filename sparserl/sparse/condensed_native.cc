@@ -73,56 +73,21 @@ Dims DimsOf(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::S32>& idx) {
   return dims;
 }
 
-// A 16 x 16 block transposed in registers: four rounds of interleaving row i with row i + 8 (a perfect shuffle;
-// each interleave is one two-source permute), for the tiles' transposes below.
-void Transpose16(Vector rows[kLanes]) {
-  static_assert(kLanes == 16, "Transpose16 interleaves 16-float vectors");
-  for (int round = 0; round < 4; ++round) {
-    Vector next[kLanes];
-    for (int i = 0; i < kLanes / 2; ++i) {
-      next[2 * i] = __builtin_shufflevector(rows[i], rows[i + 8], 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-      next[2 * i + 1] =
-          __builtin_shufflevector(rows[i], rows[i + 8], 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    }
-    for (int i = 0; i < kLanes; ++i) rows[i] = next[i];
-  }
-}
-
-// tile[i][lane] = rows[first + lane][i] for the lanes inside the batch, 0 beyond it: whole tiles in 16 x 16 blocks.
+// tile[i][lane] = rows[first + lane][i] for the lanes inside the batch, 0 beyond it.
 void TransposeIn(const float* rows, int64_t width, int64_t batch, int64_t first, float* tile) {
   const int64_t lanes = std::min(kLanes, batch - first);
-  int64_t i = 0;
-  if (lanes == kLanes) {
-    for (; i + kLanes <= width; i += kLanes) {
-      Vector block[kLanes];
-      for (int64_t lane = 0; lane < kLanes; ++lane)
-        std::memcpy(&block[lane], rows + (first + lane) * width + i, sizeof(Vector));
-      Transpose16(block);
-      for (int64_t c = 0; c < kLanes; ++c) std::memcpy(tile + (i + c) * kLanes, &block[c], sizeof(Vector));
-    }
-  }
-  for (; i < width; ++i) {
+  for (int64_t i = 0; i < width; ++i) {
     float* out = tile + i * kLanes;
     for (int64_t lane = 0; lane < lanes; ++lane) out[lane] = rows[(first + lane) * width + i];
     for (int64_t lane = lanes; lane < kLanes; ++lane) out[lane] = 0.f;
   }
 }
 
-// rows[first + lane][i] = tile[i][lane] for the lanes inside the batch (whole tiles in 16 x 16 blocks).
+// rows[first + lane][i] = tile[i][lane] for the lanes inside the batch.
 void TransposeOut(const float* tile, int64_t width, int64_t batch, int64_t first, float* rows) {
   const int64_t lanes = std::min(kLanes, batch - first);
-  int64_t i = 0;
-  if (lanes == kLanes) {
-    for (; i + kLanes <= width; i += kLanes) {
-      Vector block[kLanes];
-      for (int64_t c = 0; c < kLanes; ++c) std::memcpy(&block[c], tile + (i + c) * kLanes, sizeof(Vector));
-      Transpose16(block);
-      for (int64_t lane = 0; lane < kLanes; ++lane)
-        std::memcpy(rows + (first + lane) * width + i, &block[lane], sizeof(Vector));
-    }
-  }
   for (int64_t lane = 0; lane < lanes; ++lane)
-    for (int64_t column = i; column < width; ++column) rows[(first + lane) * width + column] = tile[column * kLanes + lane];
+    for (int64_t i = 0; i < width; ++i) rows[(first + lane) * width + i] = tile[i * kLanes + lane];
 }
 
 // The sum of a vector's lanes as a tree of halves (a scalar loop over the lanes is a 16-add dependency chain).
