@@ -79,6 +79,10 @@ def get_config(*, agent: str, env: str, steps: int, eval_every: int, log_every: 
     # use, sparserl/sparse/condensed_native.py) or "auto" (native wherever it can run: fan_in masks on a CPU with
     # g++; masked elsewhere). See docs/performance.md, "Condensed kernels".
     config.sparse.kernels = "auto"
+    # Set by a sweep of levels (`--sparsity=0.8,0.9`, sparserl/compiled_runner.py run_sweep), not by hand: its lowest
+    # level, whose fan-in k the condensed indices of every level hold (higher levels pad to it). Unused in a run of
+    # one level.
+    config.sparse.index_level = config_dict.placeholder(float)
 
     config.redo = ml_collections.ConfigDict()
     # The `redo` block: a remedy for lost plasticity on a schedule (`--recycle`, sparserl/remedies.py).
@@ -242,6 +246,7 @@ def sparsity_config(sparse: ml_collections.ConfigDict, total_updates: int, spars
         structure=topology.structure_for(sparse.get("structure", "unstructured")),
         dense_layers=tuple(sparse.get("dense_layers", ())),
         settings=read_settings(topology.settings_type, sparse.get(method), f"sparse.{method}", total_updates),
+        index_sparsity=index_sparsity(sparse),
     )
 
 
@@ -251,23 +256,36 @@ def sparsity_config(sparse: ml_collections.ConfigDict, total_updates: int, spars
 CONSTANT_FAN_IN_METHODS = ("static", "set", "rigl", "prune", "srigl")
 # Methods whose layers run as rows of neurons, whose kernel gradient only the native kernels compute exactly.
 NATIVE_ONLY_METHODS = ("srigl",)
+# Methods whose fan_in layers run condensed in a sweep of levels (the level traced; `sparse.index_level`): every
+# level's indices hold the lowest level's k. Prune's ladder and SRigL's rows need their own level's k.
+PADDED_SWEEP_METHODS = ("static", "set", "rigl")
+
+
+def index_sparsity(sparse: ml_collections.ConfigDict) -> float | None:
+    """The concrete level whose fan-in k condensed indices hold in a sweep (`sparse.index_level`, its lowest level,
+    which `compiled_runner.run_sweep` sets); None in a run of one level (its own k)."""
+    return sparse.get("index_level")
 
 
 def kernels(sparse: ml_collections.ConfigDict) -> str:
     """The kernels of a network under `sparse`: `sparse.kernels` ("masked", "condensed", "auto", "native"), which
-    only runs condensed on fan_in layers: `sparse.structure` "fan_in", a concrete sparsity level, and a method of
+    only runs condensed on fan_in layers: `sparse.structure` "fan_in", one k per layer, and a method of
     `CONSTANT_FAN_IN_METHODS` (static, SET, RigL; prune, whose shrinking fan-in runs at the smallest capacity of
     its ladder that holds it, masked above `condensed.MAX_CONDENSED_DENSITY`; SRigL with native kernels only).
+    One k: a concrete sparsity level, or a sweep's traced level of static, SET or RigL, whose indices hold the
+    lowest level's k (`index_sparsity`, `PADDED_SWEEP_METHODS`).
 
     "auto" (the default) is "native" wherever native can run (fan_in masks, a CPU and g++) and wins, so a fan_in
     run gets the native speed without naming it; without g++ it is XLA's rule on a CPU (`condensed.is_faster`:
-    gathers on tiny layers only), and "masked" elsewhere (another method or structure, a sweep's traced level, a
-    GPU until its path is measured, and SRigL, whose rows of neurons ran slower than masked). "condensed" and "native" where they cannot run raise ConfigError
+    gathers on tiny layers only), and "masked" elsewhere (another method or structure, a sweep of prune or SRigL
+    levels, a GPU until its path is measured, and SRigL, whose rows of neurons ran slower than masked). "condensed" and "native" where they cannot run raise ConfigError
     (field `sparse.kernels`), "native" also without g++ or off a CPU (`condensed_native.unavailable_reason`).
     """
     chosen = condensed.check_kernels(sparse.get("kernels", "masked"))
+    one_k = (is_concrete(sparse.sparsity) if index_sparsity(sparse) is None
+             else sparse.method in PADDED_SWEEP_METHODS)
     constant_fan_in = (sparse.get("structure", "unstructured") == "fan_in" and sparse.method in CONSTANT_FAN_IN_METHODS
-                       and is_concrete(sparse.sparsity))
+                       and one_k)
     if chosen in ("condensed", "native") and not constant_fan_in:
         raise ConfigError("sparse.kernels", f"{chosen} needs fan_in masks and one sparsity level "
                           f"(--config.sparse.structure=fan_in, --method one of {', '.join(CONSTANT_FAN_IN_METHODS)})")

@@ -10,6 +10,7 @@ dormancy metrics, and ReDo (over all of an agent's networks at once:
 (docs/design.md contract 4).
 """
 
+import dataclasses
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -115,6 +116,8 @@ def init(network: SparseNetwork, key: jax.Array, *sample_inputs) -> NetworkState
     indices = {}
     if network.kernels != "masked":
         topology, config = _topology(network), network.optimizer.config
+        if config.index_sparsity is not None:  # a sweep's traced level: the lowest level's k, padded
+            config = dataclasses.replace(config, sparsity=config.index_sparsity)
         indices = condensed.layer_indices(opt_state.masks, layer_sparsities(params, config),
                                           gradual=topology.sparsity_changes,
                                           by_rows=topology.ablating_layers(params, config))
@@ -246,10 +249,12 @@ def apply_gradients(network: SparseNetwork, state: NetworkState, dense_grads: An
 def kept_layers(network: SparseNetwork, params: Any, indices: dict) -> dict[str, jax.Array]:
     """{layer path: indices [out, k]} of the layers whose kept values are trained alone (`joint_gradient_step`):
     under native kernels, a method whose optimizer step is the default one (masked gradients, updates and params;
-    `Topology.masked_updates`) with a fixed kept count (not prune), every layer with `indices` of one k per neuron
+    `Topology.masked_updates`) with a fixed kept count (not prune) and its own level's k (not a sweep's padded
+    one, `SparsityConfig.index_sparsity`), every layer with `indices` of one k per neuron
     (not SRigL's rows of neurons) at a density the native product runs (`condensed.native_is_faster`)."""
     topology = _topology(network)
-    if network.kernels != "native" or not indices or topology.sparsity_changes or not topology.masked_updates:
+    if (network.kernels != "native" or not indices or topology.sparsity_changes or not topology.masked_updates
+            or network.optimizer.config.index_sparsity is not None):  # a sweep's padding is no kept weight
         return {}
     layers = {}
 

@@ -20,7 +20,7 @@ from ml_collections import config_flags
 
 from sparserl.agent_contract import AGENTS, config_module
 from sparserl.cli import FLAG_ONLY_FIELDS, SPARSITY_FIELDS, UsageError, flag_of, largest_sparsity, one_line, usage_error
-from sparserl.configs.base import MEMBER_LOOPS, REMEDIES
+from sparserl.configs.base import MEMBER_LOOPS, PADDED_SWEEP_METHODS, REMEDIES
 from sparserl.sparse import structure as structure_lib
 from sparserl.sparse.distributions import DISTRIBUTIONS
 from sparserl.sparse.topology import TOPOLOGIES
@@ -222,6 +222,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value = sparse.get(name)
         if value is not None:
             _check_in_unit_interval(name, value)
+    if sparse.get("index_level") is not None:
+        raise UsageError("--config.sparse.index_level: a sweep of levels sets it (its lowest level); leave it out")
     if sparse.method != "dense" and largest_sparsity(sparse) == 0.0:
         raise UsageError(f"--sparsity: --method={sparse.method} needs a sparsity in (0, 1)")
     if sparse.method == "dense" and largest_sparsity(sparse) > 0.0:
@@ -285,7 +287,8 @@ def _field_value(config: ml_collections.ConfigDict, field: str) -> Any:
     return config
 
 
-# Kernels that need one concrete sparsity level (`sparserl.configs.base.kernels`): their indices are built from it.
+# Kernels whose indices hold one k per layer (`sparserl.configs.base.kernels`): in a sweep, only where the levels pad to
+# the lowest level's k.
 _CONCRETE_LEVEL_KERNELS = ("condensed", "native")
 
 
@@ -325,10 +328,12 @@ def check_sweep(config: ml_collections.ConfigDict, levels: Sequence[float], over
         raise UsageError(f"--sparsity: --structure={sparse.structure} fixes the sparsity at 1 - N/M = {fixed:g}, so "
                          "there are no levels to list; give one --sparsity or none")
     kernels = sparse.get("kernels", "masked")
-    if kernels in _CONCRETE_LEVEL_KERNELS:
+    padded = sparse.get("structure", "unstructured") == "fan_in" and sparse.method in PADDED_SWEEP_METHODS
+    if kernels in _CONCRETE_LEVEL_KERNELS and not padded:
         raise UsageError(f"--sparsity: a list of levels trains with the level traced, where "
-                         f"--config.sparse.kernels={kernels} cannot run (it needs one concrete level); choose masked or "
-                         "auto (auto runs masked kernels in a sweep)")
+                         f"--config.sparse.kernels={kernels} runs only fan_in masks of {', '.join(PADDED_SWEEP_METHODS)} "
+                         "(every level padded to the lowest level's k); choose masked or auto (auto runs masked "
+                         "kernels there)")
 
 
 def repeated_level(levels: Sequence[float]) -> str | None:

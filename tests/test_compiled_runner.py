@@ -1,6 +1,7 @@
 """The compiled loop on gymnax envs: seeds and sparsity levels as batch axes, learning, resume (mostly via the CLI)."""
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -233,6 +234,37 @@ def _run_of(run_dirs_and_seeds, config) -> loop.Run:
 def _close(run: loop.Run) -> None:
     for writer in run.writers:
         writer.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None, reason="native kernels are built with g++, not on PATH")
+def test_a_fan_in_sweep_runs_native_kernels_padded_to_the_lowest_levels_k_and_equals_the_masked_sweep(tmp_path):
+    """Levels 0.8 and 0.95 of RigL with fan_in masks, one program each for native and masked kernels: every level's
+    indices hold the 0.8 level's k (the 0.95 level's extra ones point at zero weights), through topology updates,
+    and the runs agree to float rounding."""
+    config, levels = _tiny_dqn_config(), (0.8, 0.95)
+    config.update_from_flattened_dict({"sparse.structure": "fan_in", "sparse.distribution": "uniform", "batch_size": 16,
+                                       "redo.enabled": False})
+    env_spec = envs.env_spec(config.env)
+    for kernels in ("masked", "native"):
+        config.sparse.kernels = kernels
+        sweep = _run_of([(tmp_path / f"{kernels}_{level}", 0) for level in levels], config)
+        compiled_runner.run_sweep(lambda level_config: dqn.make(level_config, env_spec), dqn.LOOP, config, env_spec,
+                                  levels, sweep)
+        _close(sweep)
+    native = {level: _final_checkpoint_leaves(tmp_path / f"native_{level}" / "seed0") for level in levels}
+    masked = {level: _final_checkpoint_leaves(tmp_path / f"masked_{level}" / "seed0") for level in levels}
+    hidden = "state/online/indices/dense_1/indices"
+    assert hidden in native[0.95] and hidden not in masked[0.95]
+    assert native[0.95][hidden].shape == native[0.8][hidden].shape == (64, 13)  # k = 64 - floor(0.8 * 64)
+    kept_per_neuron = np.sum(native[0.95]["state/online/opt_state/masks/dense_1/kernel"], axis=0)
+    assert np.all(kept_per_neuron == 4)  # 0.95's own k: 9 of the 13 indices pad
+    assert checkpoint.checkpoint_steps(tmp_path / "native_0.95" / "seed0")[-1] == 600
+    for level in levels:
+        _assert_close_rows(rows_without_sps(tmp_path / f"native_{level}" / "seed0" / "metrics.csv"),
+                           rows_without_sps(tmp_path / f"masked_{level}" / "seed0" / "metrics.csv"))
+        for name, leaf in masked[level].items():
+            np.testing.assert_allclose(native[level][name], leaf, rtol=1e-4, atol=1e-5, err_msg=f"{level} {name}")
 
 
 @pytest.mark.slow

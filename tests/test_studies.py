@@ -159,9 +159,10 @@ def test_the_sparse_study_runs_a_method_s_levels_as_one_process_on_gymnax_and_on
     (sparse_training_study, ["--seeds=two"], "--seeds"),
     (sparse_training_study, ["--config.sparse.sparsity=0.3"], "--config.sparse.sparsity: the study sets it"),
     (sparse_training_study, ["--sparsities=0.5,0.9,0.5"], "--sparsities: 0.5 is listed twice"),
-    # A method's levels run as one program, which condensed kernels cannot (checked when the plan is made).
+    # A method's levels run as one program, where condensed kernels run fan_in masks of static, SET and RigL only
+    # (checked when the plan is made; the study's methods include prune).
     (sparse_training_study, ["--config.sparse.structure=fan_in", "--config.sparse.kernels=condensed"],
-     "--config.sparse.kernels=condensed cannot run (it needs one concrete level)"),
+     "--config.sparse.kernels=condensed runs only fan_in masks of static, set, rigl"),
     (dormant_neuron_study, ["--config.gradient_steps=2"], "--config.gradient_steps: the study sets it"),
     (dormant_neuron_study, ["--replay_ratios=0.25,3"], "--replay_ratios"),
     (dormant_neuron_study, ["--agent=ppo"], "--agent"),

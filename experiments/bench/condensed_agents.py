@@ -3,12 +3,16 @@ constant fan-in (ERK), in SAC and PPO: the SAC 2x256 update at batch 256 (goal >
 `gymnax:Pendulum-v1` in the compiled loop (goal >= 1.3x), the PPO update at the MinAtar preset (conv 16, dense 128,
 minibatch 256) and at the MuJoCo preset's width (2x64 tanh, the classic preset's minibatch 128) (goal >= 1.3x);
 90% SRigL DQN CartPole end to end at Graesser et al.'s protocol (goal >= 1.5x); and the scaling goal, the MinAtar DQN
-network 4x wide at 95% (static, native) against 1x dense, env steps/s in the compiled loop (goal: at least as fast)."""
+network 4x wide at 95% (static, native) against 1x dense, env steps/s in the compiled loop (goal: at least as fast);
+and a sweep of fan_in levels in one program, native (every level padded to the lowest level's k) against masked and
+against its levels run one at a time natively (what the padding costs)."""
 
 from __future__ import annotations
 
 import statistics
+import tempfile
 
+from sparserl import train
 from sparserl.experiments.bench import agent_programs, condensed, timing, training
 from sparserl.experiments.bench.table import Row, Settings
 
@@ -92,6 +96,33 @@ def scaling_rates(settings: Settings) -> tuple[int, dict[str, float]]:
     return steps, {side: statistics.median(values) for side, values in rates.items()}
 
 
+# A sweep of fan_in levels in one compiled program (`--sparsity=0.8,0.9,0.95`): native kernels hold the lowest level's
+# k for every level (`sparse.index_level`), so 0.9 and 0.95 pay for 0.8's multiply-adds; DQN on gymnax:CartPole-v1.
+SWEEP_LEVELS = (0.8, 0.9, 0.95)
+
+
+def sweep_rate(kernels: str, levels: tuple[float, ...], steps: int) -> float:
+    """Steady env steps/s of one member (the first level's seed) of a sweep of `levels` (one level: a plain run) of
+    static fan_in DQN on gymnax:CartPole-v1 under `kernels`, trained in this process."""
+    overrides = {"sparse.method": "static", "sparse.structure": "fan_in", "sparse.kernels": kernels,
+                 **training.quiet_run(steps), "learning_starts": 1_000}
+    argv = ["sparserl.train", "--agent=dqn", "--env=gymnax:CartPole-v1",
+            f"--sparsity={','.join(str(level) for level in levels)}", *training.override_flags(overrides)]
+    with tempfile.TemporaryDirectory() as workdir:
+        prepared = train.prepare_run(train.configs_from_arguments(argv), workdir, None)
+        training.train_quietly(prepared)
+        return timing.steady_rate(prepared.run_dirs[0], from_fraction=0.5)
+
+
+def sweep_rates(settings: Settings) -> tuple[int, dict[str, float]]:
+    """(steps, env steps/s per member): the sweep of `SWEEP_LEVELS` native (padded) and masked, and the levels run one
+    at a time natively (each at its own k; their rate: one env step of every level per summed second)."""
+    steps = settings.pick(6_000, 2_000)
+    rates = {kernels: sweep_rate(kernels, SWEEP_LEVELS, steps) for kernels in KERNELS}
+    rates["one by one"] = 1.0 / sum(1.0 / sweep_rate("native", (level,), steps) for level in SWEEP_LEVELS)
+    return steps, rates
+
+
 def rows(settings: Settings) -> list[Row]:
     """Native vs masked kernels in SAC and PPO at 90% static constant fan-in."""
     sac = sac_update_ms(settings)
@@ -113,4 +144,12 @@ def rows(settings: Settings) -> list[Row]:
     rows.append(Row("condensed SAC/PPO", f"DQN Breakout-MinAtar, 4x wide 95% static native vs 1x dense, {steps:,} steps",
                     rates["4x 95% static"], rates["1x dense"], "env steps/s", rates["4x 95% static"] / rates["1x dense"],
                     "4x sparse / 1x dense (speed)", ">= 1"))
+    steps, rates = sweep_rates(settings)
+    levels = ",".join(str(level) for level in SWEEP_LEVELS)
+    rows.append(Row("condensed SAC/PPO", f"DQN gymnax:CartPole-v1 sweep {levels} (static fan_in, one program), {steps:,} "
+                    "steps, native padded to the lowest level's k", rates["native"], rates["masked"],
+                    "env steps/s", rates["native"] / rates["masked"], "native / masked (speed-up)"))
+    rows.append(Row("condensed SAC/PPO", f"the same sweep native against its levels run one at a time natively (each at "
+                    "its own k, no padding)", rates["native"], rates["one by one"], "env steps/s",
+                    rates["native"] / rates["one by one"], "sweep / one by one"))
     return rows

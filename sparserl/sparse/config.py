@@ -119,7 +119,10 @@ class SparsityConfig:
     `sparsity` may be a traced scalar, so that several levels vmap in one
     program (`sparserl.compiled_runner.run_sweep`); masks then hold exactly the
     counts the traced level gives (float32 arithmetic), and only a concrete
-    level is range-checked here.
+    level is range-checked here. `index_sparsity` is then the sweep's lowest
+    level, concrete: condensed indices hold its fan-in k, which every level
+    holds (a higher level's extra indices point at zero weights; `None`: the
+    indices hold the level's own k).
     """
 
     method: str = "dense"
@@ -130,6 +133,7 @@ class SparsityConfig:
     structure: str = "unstructured"
     dense_layers: tuple[str, ...] = ()
     settings: Settings = Settings()
+    index_sparsity: float | None = None
 
     @property
     def parsed_structure(self) -> structure_lib.Structure:
