@@ -328,21 +328,21 @@ def _with_values(indices: dict, values: dict) -> dict:
     return insert(indices, "")
 
 
-def _apply_kept_gradients(network: SparseNetwork, state: NetworkState, layers: dict, values: dict, grads: Any) -> NetworkState:
+def _apply_kept_gradients(network: SparseNetwork, state: NetworkState, layers: dict, grads: Any) -> NetworkState:
     """The sparse optimizer's step off topology updates (`SparseOptimizer.apply_gradients` with the default hooks)
-    with each kept layer's kernel, gradient and moments as [out, k] values, which have no entry off the mask."""
+    with each kept layer's kernel (`state.kept`), gradient and moments as [out, k] values, which have no entry off
+    the mask."""
     config, masks = network.optimizer.config, state.opt_state.masks
     masked = {layer: shape for layer, shape in masked_layers(state.params, config).items() if layer not in layers}
     kept_params = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: values[layer_of(path)] if layer_of(path) in layers else leaf, state.params)
+        lambda path, leaf: state.kept[layer_of(path)] if layer_of(path) in layers else leaf, state.params)
     grads = apply_masks(grads, masks, masked)
     updates, inner = network.optimizer.inner.update(grads, state.opt_state.inner, kept_params)
     kept_params = apply_masks(optax.apply_updates(kept_params, apply_masks(updates, masks, masked)), masks, masked)
     params = jax.tree_util.tree_map_with_path(
         lambda path, old, new: _with_kept(old, layers[layer_of(path)], new) if layer_of(path) in layers else new,
         state.params, kept_params)
-    return NetworkState(params, state.opt_state._replace(inner=inner), state.indices,
-                        {layer: kernel for layer, kernel in _kernels_of(kept_params, layers).items()})
+    return NetworkState(params, state.opt_state._replace(inner=inner), state.indices, _kernels_of(kept_params, layers))
 
 
 def gradient_step(network: SparseNetwork, loss_fn: Callable, state: NetworkState, step: jax.Array, key: jax.Array):
@@ -378,13 +378,13 @@ def joint_gradient_step(networks: Sequence[SparseNetwork], loss_fn: Callable, st
 
     def kept_step():
         indices = tuple(_indices_at(network, state.params, state.indices, step) for network, state in zip(networks, states))
-        values = tuple(state.kept for state in states)
 
         def loss_of_values(params, values):
             return loss_fn(params, tuple(_with_values(node, network_values) for node, network_values in zip(indices, values)))
 
         params = tuple(state.params for state in states)
-        value, (param_grads, value_grads) = jax.value_and_grad(loss_of_values, argnums=(0, 1), has_aux=True)(params, values)
+        value, (param_grads, value_grads) = jax.value_and_grad(loss_of_values, argnums=(0, 1), has_aux=True)(
+            params, tuple(state.kept for state in states))
         grads = [jax.tree_util.tree_map_with_path(
             lambda path, leaf: network_value_grads[layer_of(path)] if layer_of(path) in network_layers else leaf,
             network_grads) for network_grads, network_value_grads, network_layers in zip(param_grads, value_grads, layers)]
@@ -395,10 +395,9 @@ def joint_gradient_step(networks: Sequence[SparseNetwork], loss_fn: Callable, st
                        for network, state, network_grads, network_layers in zip(networks, states, grads, layers)]
             grads = _scaled_to_norm(applied, grads, max_grad_norm)
         return value, tuple(
-            _apply_kept_gradients(network, state, network_layers, network_values, network_grads) if network_layers
+            _apply_kept_gradients(network, state, network_layers, network_grads) if network_layers
             else apply_gradients(network, state, network_grads, step, key)
-            for network, state, network_layers, network_values, network_grads, key
-            in zip(networks, states, layers, values, grads, keys))
+            for network, state, network_layers, network_grads, key in zip(networks, states, layers, grads, keys))
 
     topology_step = jnp.any(jnp.stack([_is_topology_step(network, step) for network in networks]))
     return jax.lax.cond(topology_step, dense_step, kept_step)
