@@ -14,9 +14,11 @@ so each costs batch * out * k multiply-adds instead of batch * in * out.
 Unlike `sparserl.sparse.condensed.dense` (masked backward), the kernel
 gradient is only computed at the kept connections: RigL's growth, which needs
 the dense gradient, gets it from `sparse_network.joint_value_and_grad`, which runs
-the masked network on topology-update steps alone. Acting (batch 1) runs
-masked: there the gathers lose to the matrix-vector product
-(`condensed.native_is_faster`).
+the masked network on topology-update steps alone. A batch of 1 runs masked
+when the values would be gathered from the dense kernel (there the gathers
+lose to the matrix-vector product, `condensed.native_is_faster`), and natively
+from the kept values a network state stores (`dense_kept`;
+`sparse_network.indices_of`).
 
 CPU only, float32 only; vmappable (seeds become leading axes of every buffer).
 """
