@@ -38,6 +38,7 @@ TD_LOSSES = {"huber": lambda errors: rlax.huber_loss(errors, 1.0), "mse": jnp.sq
 class DQNState(flax.struct.PyTreeNode):
     online: sparse_network.NetworkState
     target_params: Any
+    target_kept: dict  # the online network's `NetworkState.kept` when it was copied into `target_params`
     rng: jax.Array
     step: jax.Array  # gradient updates so far; shared by all seeds (unbatched under the runner's vmap)
     recycled: RecycleCounts  # what the remedy changed so far (`dormancy.recycle_when_due`)
@@ -105,7 +106,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     def init(key: jax.Array) -> DQNState:
         network_key, rng = jax.random.split(key)
         online = sparse_network.init(network, network_key, sample_observation)
-        return DQNState(online, online.params, rng, jnp.zeros((), jnp.int32), RecycleCounts.zero())
+        return DQNState(online, online.params, online.kept, rng, jnp.zeros((), jnp.int32), RecycleCounts.zero())
 
     def act(state: DQNState, observations: jax.Array, key: jax.Array, env_step: jax.Array, explore: bool) -> jax.Array:
         """Epsilon-greedy actions for a batch of observations (Mnih et al. 2015).
@@ -126,15 +127,16 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     def target_q_values(state: DQNState, observations: jax.Array) -> jax.Array:
         """Q_target(s', .). The target is the online network as of its last copy, after update `last_copy`; while
         no topology update has run since, its masks are the online ones and it runs with the online indices
-        (condensed kernels), else masked. ReDo's `reset_target` writes the target off those masks: masked."""
+        (condensed kernels) and the kept values copied with it, else masked. ReDo's `reset_target` writes the
+        target off those masks: masked."""
         masked = lambda: sparse_network.apply(network, state.target_params, observations)
         if not state.online.indices or config.redo.reset_target:
             return masked()
         last_copy = state.step // config.target_update_period * config.target_update_period
         return jax.lax.cond(
             sparse_network.masks_unchanged(network, last_copy, state.step, config.target_update_period),
-            lambda: sparse_network.apply(network, state.target_params, observations, indices=state.online.indices,
-                                         step=state.step),
+            lambda: sparse_network.apply(network, state.target_params, observations, step=state.step,
+                                         indices=sparse_network.with_kept_values(state.online.indices, state.target_kept)),
             masked)
 
     def update(state: DQNState, batch: Transition, key: jax.Array, sample=None, plan=None) -> tuple[DQNState, dict[str, jax.Array]]:
@@ -147,11 +149,11 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
 
         (loss, q_values), online = sparse_network.gradient_step(network, loss_fn, state.online, state.step, key)
         step = state.step + 1
-        target_params = jax.lax.cond(
-            step % config.target_update_period == 0, lambda: online.params, lambda: state.target_params
-        )
+        target_params, target_kept = jax.lax.cond(step % config.target_update_period == 0,
+                                                  lambda: (online.params, online.kept),
+                                                  lambda: (state.target_params, state.target_kept))
         metrics = {"loss/td": loss, "q/mean": jnp.mean(q_values)}
-        state = DQNState(online, target_params, state.rng, step, state.recycled)
+        state = DQNState(online, target_params, target_kept, state.rng, step, state.recycled)
         return networks.recycle_from_replay(state, sample, key, plan), metrics
 
     return Agent(init=init, act=act, update=update, measure=networks.measure, recycle=networks.recycle,

@@ -181,7 +181,7 @@ def indices_of(state: NetworkState) -> dict:
     """The indices that run a network from its own state (its online params): `state.indices`, with each layer that
     trains its kept values computing from `state.kept` at any batch size (acting at batch 1 then reads k values per
     neuron, not the dense kernel). Pass them to `apply` with `state.params` only."""
-    return _with_values(state.indices, state.kept) if state.kept else state.indices
+    return with_kept_values(state.indices, state.kept)
 
 
 def _is_topology_step(network: SparseNetwork, step: jax.Array) -> jax.Array:
@@ -317,9 +317,13 @@ def stored_opt_state(network: SparseNetwork, params: Any, indices: dict, opt_sta
     return opt_state._replace(inner=map_moments(opt_state.inner, params, lambda moments: _map_kernels(_kept_of, layers, moments)))
 
 
-def _with_values(indices: dict, values: dict) -> dict:
-    """`indices` with each kept layer's `values` [out, k] beside its indices (`networks.Dense` then runs
-    `condensed_native.dense_kept` on them)."""
+def with_kept_values(indices: dict, values: dict) -> dict:
+    """`indices` with each kept layer's `values` [out, k] (a `NetworkState.kept`) beside its indices
+    (`networks.Dense` then runs `condensed_native.dense_kept` on them). Run them with the params those values are
+    the kernels of at these indices: the state's own (`indices_of`), or a copy of them (DQN's target)."""
+    if not values:
+        return indices
+
     def insert(node, path):
         if "indices" in node:
             return {**node, "values": values[path]} if path in values else node
@@ -380,7 +384,8 @@ def joint_gradient_step(networks: Sequence[SparseNetwork], loss_fn: Callable, st
         indices = tuple(_indices_at(network, state.params, state.indices, step) for network, state in zip(networks, states))
 
         def loss_of_values(params, values):
-            return loss_fn(params, tuple(_with_values(node, network_values) for node, network_values in zip(indices, values)))
+            return loss_fn(params, tuple(with_kept_values(node, network_values)
+                                         for node, network_values in zip(indices, values)))
 
         params = tuple(state.params for state in states)
         value, (param_grads, value_grads) = jax.value_and_grad(loss_of_values, argnums=(0, 1), has_aux=True)(
