@@ -202,8 +202,8 @@ def test_actor_and_temperature_losses_by_hand():
 # --- through the command line --------------------------------------------------------------------------------
 
 _SHORT = ("--agent=sac", "--config.batch_size=64", "--config.eval_episodes=1")
-_SEEDS = (*_SHORT, "--sparsity=0.9", "--steps=1000", "--config.learning_starts=300", "--config.log_every=350",
-          "--config.sparse.rigl.update_period=200", "--eval_every=1000", "--config.eval_episodes=2")
+_SEEDS = (*_SHORT, "--sparsity=0.9", "--steps=600", "--config.learning_starts=200", "--config.log_every=200",
+          "--config.sparse.rigl.update_period=150", "--eval_every=600", "--config.eval_episodes=2")
 _SMOKE = (*_SHORT, "--sparsity=0.9", "--steps=300", "--config.learning_starts=100", "--config.log_every=100",
           "--config.sparse.rigl.update_period=50")
 # This file's CLI runs, the longest first; `cli_runs` trains them two at a time (one per core on CI).
