@@ -332,14 +332,23 @@ def with_kept_values(indices: dict, values: dict) -> dict:
     return insert(indices, "")
 
 
+def _with_kernels(tree: Any, kernels: dict[str, jax.Array]) -> Any:
+    """`tree` (params-shaped) with the kernel of each layer of `kernels` replaced by `kernels[layer]`."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: kernels[layer_of(path)] if layer_of(path) in kernels else leaf, tree)
+
+
+def _masked_besides(network: SparseNetwork, params: Any, layers: dict) -> set[str]:
+    """The layers whose masks may hold a False (`masked_layers`) other than the kept-value ones in `layers`."""
+    return set(masked_layers(params, network.optimizer.config)) - set(layers)
+
+
 def _apply_kept_gradients(network: SparseNetwork, state: NetworkState, layers: dict, grads: Any) -> NetworkState:
     """The sparse optimizer's step off topology updates (`SparseOptimizer.apply_gradients` with the default hooks)
     with each kept layer's kernel (`state.kept`), gradient and moments as [out, k] values, which have no entry off
     the mask."""
-    config, masks = network.optimizer.config, state.opt_state.masks
-    masked = {layer: shape for layer, shape in masked_layers(state.params, config).items() if layer not in layers}
-    kept_params = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: state.kept[layer_of(path)] if layer_of(path) in layers else leaf, state.params)
+    masks, masked = state.opt_state.masks, _masked_besides(network, state.params, layers)
+    kept_params = _with_kernels(state.params, state.kept)
     grads = apply_masks(grads, masks, masked)
     updates, inner = network.optimizer.inner.update(grads, state.opt_state.inner, kept_params)
     kept_params = apply_masks(optax.apply_updates(kept_params, apply_masks(updates, masks, masked)), masks, masked)
@@ -390,13 +399,11 @@ def joint_gradient_step(networks: Sequence[SparseNetwork], loss_fn: Callable, st
         params = tuple(state.params for state in states)
         value, (param_grads, value_grads) = jax.value_and_grad(loss_of_values, argnums=(0, 1), has_aux=True)(
             params, tuple(state.kept for state in states))
-        grads = [jax.tree_util.tree_map_with_path(
-            lambda path, leaf: network_value_grads[layer_of(path)] if layer_of(path) in network_layers else leaf,
-            network_grads) for network_grads, network_value_grads, network_layers in zip(param_grads, value_grads, layers)]
+        grads = [_with_kernels(network_grads, network_value_grads)
+                 for network_grads, network_value_grads in zip(param_grads, value_grads)]
         if max_grad_norm is not None:
             applied = [apply_masks(network_grads, state.opt_state.masks,
-                                   {layer for layer in masked_layers(state.params, network.optimizer.config)
-                                    if layer not in network_layers})
+                                   _masked_besides(network, state.params, network_layers))
                        for network, state, network_grads, network_layers in zip(networks, states, grads, layers)]
             grads = _scaled_to_norm(applied, grads, max_grad_norm)
         return value, tuple(
