@@ -2,7 +2,9 @@
 
 import faulthandler
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -20,17 +22,23 @@ def fail_loudly_on_a_hang():
     faulthandler.cancel_dump_traceback_later()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def one_compilation_cache_per_session(tmp_path_factory):
-    """The CLI runs of a test session (and the runs in this process) share one persistent compilation cache, in a
-    fresh directory of this session: a program that several tests compile (the same tiny run, the same seed alone
-    and side by side) compiles once. Nothing outlives the session, so no test depends on an earlier session's
-    cache; a cached program computes exactly what a fresh compile does. A test that needs its own cache, or none,
-    sets `SPARSERL_COMPILATION_CACHE` itself."""
-    previous = os.environ.get(compilation_cache.ENV_VAR)
-    os.environ[compilation_cache.ENV_VAR] = str(tmp_path_factory.mktemp("compilation_cache"))
-    yield
-    if previous is None:
+_PREVIOUS_CACHE_SETTING = os.environ.get(compilation_cache.ENV_VAR)
+
+
+def pytest_configure(config):
+    """One persistent compilation cache per test session, in a fresh directory, for this process and the CLI runs
+    it starts: a program that several tests compile (the same tiny run, the same seed alone and side by side, the
+    same agent made again from new closures) compiles once. Enabled here, before collection, because test modules
+    compute arrays at import and JAX decides on the cache at its first compile. Nothing outlives the session, so
+    no test depends on an earlier session's cache; a cached program computes exactly what a fresh compile does.
+    A test that needs its own cache, or none, sets `SPARSERL_COMPILATION_CACHE` for its subprocesses itself."""
+    os.environ[compilation_cache.ENV_VAR] = tempfile.mkdtemp(prefix="sparserl_test_compilation_cache_")
+    compilation_cache.enable()
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(os.environ[compilation_cache.ENV_VAR], ignore_errors=True)
+    if _PREVIOUS_CACHE_SETTING is None:
         del os.environ[compilation_cache.ENV_VAR]
     else:
-        os.environ[compilation_cache.ENV_VAR] = previous
+        os.environ[compilation_cache.ENV_VAR] = _PREVIOUS_CACHE_SETTING

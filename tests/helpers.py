@@ -19,7 +19,7 @@ from sparserl.reporting import read_csv
 def cli_environment() -> dict[str, str]:
     """The environment of a CLI run in the tests: CPU, unbuffered output, and Python's fault handler on (so a
     run stopped with SIGABRT prints the stacks of all its threads). The persistent compilation cache is the test
-    session's own (`conftest.one_compilation_cache_per_session`)."""
+    session's own (`conftest.pytest_configure`)."""
     return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
 
 

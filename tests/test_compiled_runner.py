@@ -1,5 +1,6 @@
 """The compiled loop on gymnax envs: seeds and sparsity levels as batch axes, learning, resume (mostly via the CLI)."""
 
+import concurrent.futures
 import math
 import shutil
 
@@ -92,9 +93,10 @@ def test_a_killed_run_with_several_envs_per_seed_resumes_exactly(tmp_path):
     writes the same rows as an uninterrupted run."""
     arguments = (*TINY_DQN_5_ENVS, "--steps=20000", "--config.log_every=1000", "--eval_every=5000",
                  "--config.checkpoint_every=1000")
-    whole = run_train(*arguments, f"--workdir={tmp_path / 'whole'}", "--run_name=run")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    kill_after_checkpoint(arguments, tmp_path / "killed", 1000)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # the uninterrupted run beside the killed one
+        whole = pool.submit(run_train, *arguments, f"--workdir={tmp_path / 'whole'}", "--run_name=run")
+        kill_after_checkpoint(arguments, tmp_path / "killed", 1000)
+        assert whole.result().returncode == 0, whole.result().stderr[-3000:]
     newest = checkpoint.checkpoint_steps(tmp_path / "killed" / "run" / "seed0")[-1]
     assert newest < 20_000, "the run ended before the kill"
     resumed = run_train(*arguments, f"--workdir={tmp_path / 'killed'}", "--run_name=run")
@@ -138,13 +140,14 @@ MINATAR_DQN = ("--agent=dqn", "--env=gymnax:Breakout-MinAtar", "--sparsity=0.9",
 def test_minatar_breakout_runs_and_a_killed_run_resumes_exactly(tmp_path):
     """gymnax Breakout (MinAtar preset: CNN) with 90% RigL and ReDo; killed after its step-500 checkpoint,
     the rerun resumes there and writes the same rows as an uninterrupted run."""
-    whole = run_train(*MINATAR_DQN, f"--workdir={tmp_path / 'whole'}", "--run_name=run")
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # the uninterrupted run beside the killed one
+        whole = pool.submit(run_train, *MINATAR_DQN, f"--workdir={tmp_path / 'whole'}", "--run_name=run")
+        kill_after_checkpoint(MINATAR_DQN, tmp_path / "killed", 500)
+        assert whole.result().returncode == 0, whole.result().stderr[-3000:]
     rows = read_csv(tmp_path / "whole" / "run" / "seed0" / "metrics.csv")
     assert rows[-1]["step"] == 1500 and abs(rows[-1]["sparsity/total"] - 0.9) <= 0.005
     assert "dormant/0.1/conv_0" in rows[-1] and math.isfinite(rows[-1]["loss/td"])
 
-    kill_after_checkpoint(MINATAR_DQN, tmp_path / "killed", 500)
     resumed = run_train(*MINATAR_DQN, f"--workdir={tmp_path / 'killed'}", "--run_name=run")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from the checkpoint of step" in resumed.stdout
