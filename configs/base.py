@@ -252,12 +252,14 @@ def sparsity_config(sparse: ml_collections.ConfigDict, total_updates: int, spars
 
 # Methods whose fan_in layers run condensed (`kernels`): static, SET and RigL keep every neuron at k inputs; prune
 # shrinks k from the dense fan-in, run at a ladder of capacities (`sparserl.sparse.condensed.ladder`); SRigL's
-# ablation moves k to k' (survivors) or 0, run as rows of neurons (`condensed.neuron_rows`), native only.
+# ablation moves k to k' (survivors) or 0 within the layer's budget out * k, run as slots with offsets
+# (`condensed.variable_fan_in`), native only.
 CONSTANT_FAN_IN_METHODS = ("static", "set", "rigl", "prune", "srigl")
-# Methods whose layers run as rows of neurons, whose kernel gradient only the native kernels compute exactly.
+# Methods whose layers run as slots with offsets, which only the native kernels take.
 NATIVE_ONLY_METHODS = ("srigl",)
 # Methods whose fan_in layers run condensed in a sweep of levels (the level traced; `sparse.index_level`): every
-# level's indices hold the lowest level's k. Prune's ladder and SRigL's rows need their own level's k.
+# level's indices hold the lowest level's k (native kernels: each level's own k in that budget, with offsets).
+# Prune's ladder needs its own level's k; a sweep of SRigL levels runs masked (not measured native).
 PADDED_SWEEP_METHODS = ("static", "set", "rigl")
 
 
@@ -278,7 +280,8 @@ def kernels(sparse: ml_collections.ConfigDict) -> str:
     "auto" (the default) is "native" wherever native can run (fan_in masks, a CPU and g++) and wins, so a fan_in
     run gets the native speed without naming it; without g++ it is XLA's rule on a CPU (`condensed.is_faster`:
     gathers on tiny layers only), and "masked" elsewhere (another method or structure, a sweep of prune or SRigL
-    levels, a GPU until its path is measured, and SRigL, whose rows of neurons ran slower than masked). "condensed" and "native" where they cannot run raise ConfigError
+    levels, a GPU until its path is measured, and SRigL without native kernels). "condensed" and "native" where
+    they cannot run raise ConfigError
     (field `sparse.kernels`), "native" also without g++ or off a CPU (`condensed_native.unavailable_reason`).
     """
     chosen = condensed.check_kernels(sparse.get("kernels", "masked"))
@@ -290,17 +293,17 @@ def kernels(sparse: ml_collections.ConfigDict) -> str:
         raise ConfigError("sparse.kernels", f"{chosen} needs fan_in masks and one sparsity level "
                           f"(--config.sparse.structure=fan_in, --method one of {', '.join(CONSTANT_FAN_IN_METHODS)})")
     if chosen == "condensed" and sparse.method in NATIVE_ONLY_METHODS:
-        raise ConfigError("sparse.kernels", f"condensed cannot run --method={sparse.method}, whose layers run as rows "
-                          "of neurons with the native kernel gradient; choose native, masked or auto")
+        raise ConfigError("sparse.kernels", f"condensed cannot run --method={sparse.method}, whose ablated layers keep "
+                          "different fan-ins that only native kernels run; choose native, masked or auto")
     wants_native = chosen == "native" or (chosen == "auto" and constant_fan_in)
     native_reason = condensed_native.unavailable_reason() if wants_native else None
     if chosen == "native" and native_reason:
         raise ConfigError("sparse.kernels", f"{native_reason}; choose masked, condensed or auto")
     if chosen == "auto" and constant_fan_in:
-        if sparse.method in NATIVE_ONLY_METHODS:
-            return "masked"  # SRigL's rows of neurons: native ran a 90% DQN at 0.44x masked (docs/performance.md)
         if native_reason is None:
             return "native"
+        if sparse.method in NATIVE_ONLY_METHODS:
+            return "masked"
         return "auto" if jax.default_backend() == "cpu" else "masked"
     runs_condensed = constant_fan_in and (chosen == "native" or sparse.method not in NATIVE_ONLY_METHODS)
     return chosen if runs_condensed else "masked"

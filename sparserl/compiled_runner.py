@@ -502,7 +502,8 @@ def run_sweep(make_agent: Callable, loop_name: str, config: ml_collections.Confi
     The level is a traced value: the agent is built inside the vmapped program by
     `make_agent(with_sparsity(config, level))` (e.g. `agents.dqn.make` with the env spec bound), so ERK
     sparsities, mask counts and drop counts follow it (`sparserl.sparse`); condensed indices, where the kernels
-    run them (fan_in masks of static, SET or RigL), hold the lowest level's k (`sparse.index_level`). `run` holds one writer and seed
+    run them (fan_in masks of static, SET or RigL), hold the lowest level's k slots per neuron (`sparse.index_level`;
+    native kernels use each level's own k of them, with offsets). `run` holds one writer and seed
     directory per member, level-major: level 0's seeds, then level 1's... Member (level, seed) equals a
     run of that seed at that level (`config.sparse.sparsity` = level), bit for bit where the level's float32
     arithmetic gives the same per-layer zero counts as the Python float: always in the tests' MLPs; a layer
@@ -511,6 +512,6 @@ def run_sweep(make_agent: Callable, loop_name: str, config: ml_collections.Confi
     num_seeds = len(run.seeds) // len(levels)
     members = Members(jnp.asarray(run.seeds, jnp.uint32), jnp.repeat(jnp.asarray(levels, jnp.float32), num_seeds))
     config = config.copy_and_resolve_references()
-    config.sparse.index_level = float(min(levels))  # condensed indices of every level hold the lowest level's k
+    config.sparse.index_level = float(min(levels))  # every level's condensed indices: the lowest level's k slots
     agent_for = lambda level: make_agent(with_sparsity(config, level))  # noqa: E731
     _run_loop(loop_name, agent_for, members, config, env_spec, run)

@@ -63,9 +63,9 @@ class Dense(nn.Dense):
     `condensed_native.dense`: C++ forward and backward passes; on a GPU, `condensed_pallas.dense_on_gpu`: XLA's
     gathers or a Pallas kernel, whichever measured faster). With a `bucket` beside them (a layer whose fan-in
     shrinks: prune), `indices` is a ladder of capacities and the bucket picks one, or the matmul
-    (`condensed.run_bucket`); with `targets` (SRigL's ablated layers), rows of neurons (`condensed.dense_by_rows`);
-    with `values` (a kept-value training step, `sparse_network.joint_gradient_step`), the product of those kept
-    values, not of the kernel (`condensed_native.dense_kept`). Otherwise it is `linear.matmul(x, kernel) + bias`,
+    (`condensed.run_bucket`); with `offsets` (SRigL's ablating layers, native only), the neurons' slots
+    (`condensed.variable_fan_in`); with `values` (kept-value training, `sparse_network.kept_layers`), the
+    product of those kept values, not of the kernel (`condensed_native.dense_kept`). Otherwise it is `linear.matmul(x, kernel) + bias`,
     nn.Dense's function with the kernel gradient written in the kernel's layout (see `sparserl.linear`).
     """
 
@@ -80,19 +80,19 @@ class Dense(nn.Dense):
 
 def _kernel_product(layer: nn.Module, inputs: jnp.ndarray, kernel: jnp.ndarray, matmul: Callable) -> jnp.ndarray:
     """inputs [batch, in] times kernel [in, out] as `layer`'s condensed collections say (`Dense`), else `matmul`."""
-    if layer.has_variable(condensed.NATIVE_COLLECTION, "values"):  # kept-value training (`sparse_network.kept_layers`)
-        return condensed_native.dense_kept(inputs, layer.get_variable(condensed.NATIVE_COLLECTION, "values"),
-                                           layer.get_variable(condensed.NATIVE_COLLECTION, "indices"))
+    native = condensed.NATIVE_COLLECTION
+    offsets = layer.get_variable(native, "offsets") if layer.has_variable(native, "offsets") else None
+    if layer.has_variable(native, "values"):  # kept-value training (`sparse_network.kept_layers`)
+        return condensed_native.dense_kept(inputs, layer.get_variable(native, "values"),
+                                           layer.get_variable(native, "indices"), offsets)
     condensed_product = condensed_pallas.dense_on_gpu if jax.default_backend() == "gpu" else condensed.dense
-    for collection, product in ((condensed.NATIVE_COLLECTION, condensed_native.dense),
-                                (condensed.COLLECTION, condensed_product)):
+    for collection, product in ((native, condensed_native.dense), (condensed.COLLECTION, condensed_product)):
         if layer.has_variable(collection, "indices"):
             indices = layer.get_variable(collection, "indices")
-            by_rows = layer.has_variable(collection, "targets")
-            if product is condensed_native.dense and not condensed.native_runs(inputs.shape[0], kernel, indices, by_rows):
+            if product is condensed_native.dense and not condensed.native_runs(inputs.shape[0], kernel, indices):
                 break  # a product where native loses: the masked matmul
-            if by_rows:
-                return condensed.dense_by_rows(product, inputs, kernel, indices, layer.get_variable(collection, "targets"))
+            if offsets is not None:
+                return product(inputs, kernel, indices, offsets)
             if layer.has_variable(collection, "bucket"):
                 return condensed.run_bucket(product, inputs, kernel, indices, layer.get_variable(collection, "bucket"))
             return product(inputs, kernel, indices)

@@ -106,7 +106,8 @@ def init(network: SparseNetwork, key: jax.Array, *sample_inputs) -> NetworkState
 
     The inner optimizer state does not depend on the param values (Adam's moments start at 0). With
     condensed, auto or native kernels, the indices of every masked kernel are computed from the initial masks
-    (prune: at the largest capacity of each layer's ladder; SRigL's ablating layers as rows of neurons:
+    (prune: at the largest capacity of each layer's ladder; SRigL's ablating layers, and under native kernels
+    every layer of a sweep's traced level, as slots with offsets within the budget of the indices' k:
     `condensed.layer_indices`); with native ones, the moments of the layers that train their kept values
     (`kept_layers`) are stored [out, k].
     """
@@ -116,11 +117,13 @@ def init(network: SparseNetwork, key: jax.Array, *sample_inputs) -> NetworkState
     indices = {}
     if network.kernels != "masked":
         topology, config = _topology(network), network.optimizer.config
-        if config.index_sparsity is not None:  # a sweep's traced level: the lowest level's k, padded
+        variable = topology.ablating_layers(params, config)
+        if config.index_sparsity is not None:  # a sweep's traced level: the lowest level's k
             config = dataclasses.replace(config, sparsity=config.index_sparsity)
+            if network.kernels == "native":  # each level's own k per neuron, in that budget
+                variable = frozenset(layer_sparsities(params, config))
         indices = condensed.layer_indices(opt_state.masks, layer_sparsities(params, config),
-                                          gradual=topology.sparsity_changes,
-                                          by_rows=topology.ablating_layers(params, config))
+                                          gradual=topology.sparsity_changes, variable=variable)
     params = _at_init_scale(network, params, opt_state.masks)
     return NetworkState(params, stored_opt_state(network, params, indices, opt_state), indices,
                         kept_values(network, params, indices))
@@ -246,25 +249,23 @@ def apply_gradients(network: SparseNetwork, state: NetworkState, dense_grads: An
 # a dense-shaped step reads them (`dense_opt_state`: topology updates, ReDo and the other remedies).
 
 
-def kept_layers(network: SparseNetwork, params: Any, indices: dict) -> dict[str, jax.Array]:
-    """{layer path: indices [out, k]} of the layers whose kept values are trained alone (`joint_gradient_step`):
+def kept_layers(network: SparseNetwork, params: Any, indices: dict) -> dict[str, dict]:
+    """{layer path: its index node, `indices` [out, k] and, for SRigL's ablating layers, `offsets`
+    (`condensed.variable_fan_in`)} of the layers whose kept values are trained alone (`joint_gradient_step`):
     under native kernels, a method whose optimizer step is the default one (masked gradients, updates and params;
-    `Topology.masked_updates`) with a fixed kept count (not prune) and its own level's k (not a sweep's padded
-    one, `SparsityConfig.index_sparsity`), every layer with `indices` of one k per neuron
-    (not SRigL's rows of neurons) at a density the native product runs (`condensed.native_is_faster`)."""
+    `Topology.masked_updates`) with a fixed budget of kept inputs (not prune), every layer with `indices` at a
+    density the native product runs (`condensed.native_is_faster`). (A sweep's levels keep their own k in the
+    budget of the lowest level's: slots with offsets, whose slots of no neuron hold 0 and never train.)"""
     topology = _topology(network)
-    if (network.kernels != "native" or not indices or topology.sparsity_changes or not topology.masked_updates
-            or network.optimizer.config.index_sparsity is not None):  # a sweep's padding is no kept weight
+    if network.kernels != "native" or not indices or topology.sparsity_changes or not topology.masked_updates:
         return {}
     layers = {}
 
     def collect(index_node, param_node, path):
-        if "targets" in index_node:
-            return
         if "indices" in index_node:
             in_features = condensed.fan_in_view(param_node["kernel"]).shape[0]
             if condensed.native_is_faster(condensed.NATIVE_MIN_BATCH, in_features, index_node["indices"].shape[-1]):
-                layers[path] = index_node["indices"]
+                layers[path] = index_node
             return
         for name, child in index_node.items():
             collect(child, param_node[name], f"{path}/{name}" if path else name)
@@ -273,8 +274,8 @@ def kept_layers(network: SparseNetwork, params: Any, indices: dict) -> dict[str,
     return layers
 
 
-def _kept_of(kernel: jax.Array, indices: jax.Array) -> jax.Array:
-    return condensed_native.gather(condensed.fan_in_view(kernel), indices)
+def _kept_of(kernel: jax.Array, index_node: dict) -> jax.Array:
+    return condensed_native.gather(condensed.fan_in_view(kernel), index_node["indices"], index_node.get("offsets"))
 
 
 def kept_values(network: SparseNetwork, params: Any, indices: dict) -> dict[str, jax.Array]:
@@ -284,12 +285,13 @@ def kept_values(network: SparseNetwork, params: Any, indices: dict) -> dict[str,
     return {layer: _kept_of(kernel, layers[layer]) for layer, kernel in _kernels_of(params, layers).items()}
 
 
-def _with_kept(kernel: jax.Array, indices: jax.Array, values: jax.Array) -> jax.Array:
-    return condensed_native.scatter(condensed.fan_in_view(kernel), indices, values).reshape(kernel.shape)
+def _with_kept(kernel: jax.Array, index_node: dict, values: jax.Array) -> jax.Array:
+    return condensed_native.scatter(condensed.fan_in_view(kernel), index_node["indices"], values,
+                                    index_node.get("offsets")).reshape(kernel.shape)
 
 
 def _map_kernels(fn: Callable, layers: dict, tree: Any, *rest: Any) -> Any:
-    """`tree` (params-shaped) with `fn(kernel, *rest's kernels, indices)` at the kernel of each layer of `layers`."""
+    """`tree` (params-shaped) with `fn(kernel, *rest's kernels, index node)` at the kernel of each layer of `layers`."""
     def visit(path, leaf, *others):
         layer = layer_of(path)
         return fn(leaf, *others, layers[layer]) if layer in layers else leaf
@@ -304,7 +306,8 @@ def dense_opt_state(network: SparseNetwork, state: NetworkState) -> SparseOptSta
     if not layers:
         return state.opt_state
     inner = map_moments(state.opt_state.inner, state.params, lambda moments: _map_kernels(
-        lambda moment, param, indices: _with_kept(jnp.zeros_like(param), indices, moment), layers, moments, state.params))
+        lambda moment, param, index_node: _with_kept(jnp.zeros_like(param), index_node, moment), layers, moments,
+        state.params))
     return state.opt_state._replace(inner=inner)
 
 

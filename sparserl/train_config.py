@@ -287,8 +287,8 @@ def _field_value(config: ml_collections.ConfigDict, field: str) -> Any:
     return config
 
 
-# Kernels whose indices hold one k per layer (`sparserl.configs.base.kernels`): in a sweep, only where the levels pad to
-# the lowest level's k.
+# Kernels whose indices hold one k per layer (`sparserl.configs.base.kernels`): in a sweep, only where every level's
+# indices fit the lowest level's k.
 _CONCRETE_LEVEL_KERNELS = ("condensed", "native")
 
 
@@ -332,7 +332,7 @@ def check_sweep(config: ml_collections.ConfigDict, levels: Sequence[float], over
     if kernels in _CONCRETE_LEVEL_KERNELS and not padded:
         raise UsageError(f"--sparsity: a list of levels trains with the level traced, where "
                          f"--config.sparse.kernels={kernels} runs only fan_in masks of {', '.join(PADDED_SWEEP_METHODS)} "
-                         "(every level padded to the lowest level's k); choose masked or auto (auto runs masked "
+                         "(every level's indices in the lowest level's k slots per neuron); choose masked or auto (auto runs masked "
                          "kernels there)")
 
 

@@ -243,8 +243,9 @@ def _close(run: loop.Run) -> None:
 @pytest.mark.skipif(shutil.which("g++") is None, reason="native kernels are built with g++, not on PATH")
 def test_a_fan_in_sweep_runs_native_kernels_padded_to_the_lowest_levels_k_and_equals_the_masked_sweep(tmp_path):
     """Levels 0.8 and 0.95 of RigL with fan_in masks, one program each for native and masked kernels: every level's
-    indices hold the 0.8 level's k (the 0.95 level's extra ones point at zero weights), through topology updates,
-    and the runs agree to float rounding."""
+    indices hold the 0.8 level's budget of k slots per neuron, in which each level keeps its own k (offsets; the
+    0.95 level's spare slots belong to no neuron) and trains its kept values, through topology updates, and the
+    runs agree to float rounding."""
     config, levels = _tiny_dqn_config(), (0.8, 0.95)
     config.update_from_flattened_dict({"sparse.structure": "fan_in", "sparse.distribution": "uniform", "batch_size": 16,
                                        "redo.enabled": False})
@@ -261,13 +262,34 @@ def test_a_fan_in_sweep_runs_native_kernels_padded_to_the_lowest_levels_k_and_eq
     assert hidden in native[0.95] and hidden not in masked[0.95]
     assert native[0.95][hidden].shape == native[0.8][hidden].shape == (64, 13)  # k = 64 - floor(0.8 * 64)
     kept_per_neuron = np.sum(native[0.95]["state/online/opt_state/masks/dense_1/kernel"], axis=0)
-    assert np.all(kept_per_neuron == 4)  # 0.95's own k: 9 of the 13 indices pad
+    assert np.all(kept_per_neuron == 4)  # 0.95's own k: 4 of every 13 slots
+    np.testing.assert_array_equal(native[0.95]["state/online/indices/dense_1/offsets"], np.arange(65) * 4)
+    np.testing.assert_array_equal(native[0.8]["state/online/indices/dense_1/offsets"], np.arange(65) * 13)
+    assert native[0.95]["state/online/kept/dense_1"].shape == (64, 13)  # kept values, trained alone
     assert checkpoint.checkpoint_steps(tmp_path / "native_0.95" / "seed0")[-1] == 600
     for level in levels:
         _assert_close_rows(rows_without_sps(tmp_path / f"native_{level}" / "seed0" / "metrics.csv"),
                            rows_without_sps(tmp_path / f"masked_{level}" / "seed0" / "metrics.csv"))
         for name, leaf in masked[level].items():
-            np.testing.assert_allclose(native[level][name], leaf, rtol=1e-4, atol=1e-5, err_msg=f"{level} {name}")
+            np.testing.assert_allclose(_dense_shaped(native[level], name), leaf, rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{level} {name}")
+
+
+def _dense_shaped(leaves: dict, name: str) -> np.ndarray:
+    """A checkpoint's leaf as the masked run stores it: an Adam moment of a kept layer, stored per slot [out, k]
+    (slots with offsets), written into a dense-shaped kernel of zeros by hand."""
+    leaf = leaves[name]
+    layer = name.rsplit("/", 2)[-2]
+    index_name = f"state/online/indices/{layer}/indices"
+    if ("/mu/" not in name and "/nu/" not in name) or not name.endswith("/kernel") or index_name not in leaves:
+        return leaf
+    slots, offsets = leaves[index_name].reshape(-1), leaves[f"state/online/indices/{layer}/offsets"]
+    in_features = leaves[f"state/online/params/{layer}/kernel"].shape[0]
+    dense = np.zeros((in_features, len(offsets) - 1), leaf.dtype)
+    for neuron in range(len(offsets) - 1):
+        for slot in range(offsets[neuron], offsets[neuron + 1]):
+            dense[slots[slot], neuron] = leaf.reshape(-1)[slot]
+    return dense
 
 
 @pytest.mark.slow

@@ -212,7 +212,7 @@ def test_sparsity_config_names_the_field_of_a_wrong_method_block():
 @pytest.mark.parametrize("native_reason", [None, "native kernels need a C++ compiler: g++ is not on PATH"])
 def test_auto_is_native_wherever_native_can_run(monkeypatch, native_reason):
     """The default "auto": native on fan_in masks of a constant-fan-in method where native can run; without it,
-    XLA's rule; masked for SRigL (its rows of neurons lose to masked) and for other structures."""
+    XLA's rule (SRigL, whose ablated layers only native kernels run: masked); masked for other structures."""
     monkeypatch.setattr(condensed_native, "unavailable_reason", lambda: native_reason)
     config = dqn_config.get_config()
     config.sparse.sparsity = 0.9
@@ -223,7 +223,7 @@ def test_auto_is_native_wherever_native_can_run(monkeypatch, native_reason):
         config.sparse.method = method
         assert kernels(config.sparse) == ("native" if native_reason is None else expected), method
     config.sparse.method = "srigl"
-    assert kernels(config.sparse) == "masked"
+    assert kernels(config.sparse) == ("native" if native_reason is None else "masked")
 
 
 def test_kernels_run_condensed_only_with_constant_fan_in():
@@ -235,8 +235,8 @@ def test_kernels_run_condensed_only_with_constant_fan_in():
     with pytest.raises(ConfigError) as error:
         kernels(config.sparse)
     assert error.value.field == "sparse.kernels" and error.value.reason == (
-        "condensed cannot run --method=srigl, whose layers run as rows of neurons with the native kernel gradient; "
-        "choose native, masked or auto")
+        "condensed cannot run --method=srigl, whose ablated layers keep different fan-ins that only native kernels "
+        "run; choose native, masked or auto")
     config.sparse.method = "srste"
     with pytest.raises(ConfigError) as error:
         kernels(config.sparse)

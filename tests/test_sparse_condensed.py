@@ -179,7 +179,8 @@ def test_a_dqn_run_with_native_kernels_matches_masked(tmp_path):
 def test_a_dqn_run_of_a_changing_fan_in_with_native_kernels_matches_masked(method, tmp_path):
     """400 steps (300 updates) with native kernels equal the masked run, target copies every 50: prune's layers
     run masked, then at capacities 8 and 4 as the fan-in shrinks (steps 20-150); SRigL's hidden layers run as
-    rows of neurons through topology updates every 50 that ablate (gamma_sal 0.9: fewer than 3 of k = 4 salient)."""
+    slots with offsets, training their kept values, through topology updates every 50 that ablate (gamma_sal 0.9:
+    fewer than 3 of k = 4 salient)."""
     _assert_same_rows(_dqn_run("masked", tmp_path / "masked", method), _dqn_run("native", tmp_path / "native", method))
 
 
@@ -242,13 +243,14 @@ def test_prune_indices_and_buckets_follow_the_cubic_schedule_by_hand():
 
 
 @NEEDS_GXX
-def test_srigl_rows_after_an_ablation_step_by_hand():
+def test_srigl_slots_after_an_ablation_step_by_hand():
     """A [4, 3] layer at k = 2 (budget 6), drop fraction 0.5: n_prune = 3. Salient: the 3 largest |w| (5, 4 in
     neuron 0, 3 in neuron 2) and the 3 largest |grad| (inputs 2, 3 of neuron 0, input 1 of neuron 2), so the
     counts are 4, 0, 2 and neuron 1 is ablated (threshold max(1, floor(0.3 * 2)) = 1). A = 2 survivors keep
     k' = min(4, 6 // 2) = 3: neuron 0 keeps 0, 1 and grows 2; neuron 2 keeps 0 (2 and 0.1, 0.2 dropped) and grows
-    1, then 2 (a tie at 0, the first position). Rows of 2 slots: neuron 0 in rows 0-1, neuron 2 in rows 2-3,
-    rows 4-5 left over; leftover slots point at input 4, the appended zero."""
+    1, then 2 (a tie at 0, the first position). Slots (`variable_fan_in`, 3 x 2 read flat): neuron 0 in slots 0-2,
+    neuron 1 in none, neuron 2 in slots 3-5, so offsets 0, 3, 3, 6. Then a budget of 8 (k = 4 over 2 neurons, 3 of
+    them kept in all) leaves slots 3-7 to no neuron, pointing at input 0."""
     mask = jnp.array([[1, 0, 1], [1, 0, 0], [0, 1, 0], [0, 1, 1]], bool)
     weights = jnp.array([[5.0, 0, 3.0], [4.0, 0, 0], [0, 0.1, 0], [0, 0.2, 2.0]])
     grads = jnp.array([[0, 0, 0], [0, 0, 0.8], [1.0, 0, 0], [0.9, 0, 0]])
@@ -256,15 +258,18 @@ def test_srigl_rows_after_an_ablation_step_by_hand():
     np.testing.assert_array_equal(ablated, [False, True, False])
     new_mask = srigl.srigl_mask(weights, mask, grads, 0.5, 2, ablated)
     np.testing.assert_array_equal(new_mask, [[1, 0, 1], [1, 0, 1], [1, 0, 1], [0, 0, 0]])
-    rows = condensed.neuron_rows(new_mask, 2)
-    np.testing.assert_array_equal(rows["indices"], [[0, 1], [2, 4], [0, 1], [2, 4], [4, 4], [4, 4]])
-    np.testing.assert_array_equal(rows["targets"], [0, 0, 2, 2, 2, 2])
+    slots = condensed.variable_fan_in(new_mask, 2)
+    np.testing.assert_array_equal(slots["indices"], [[0, 1], [2, 0], [1, 2]])
+    np.testing.assert_array_equal(slots["offsets"], [0, 3, 3, 6])
+    spare = condensed.variable_fan_in(jnp.array([[1, 0], [0, 0], [1, 1], [0, 0]], bool), 4)
+    np.testing.assert_array_equal(spare["indices"], [[0, 2, 2, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(spare["offsets"], [0, 2, 3])
     kernel = jnp.where(new_mask, jnp.arange(1.0, 13.0).reshape(4, 3), 0.0)
     x = jax.random.normal(jax.random.key(0), (16, 4))
     loss = lambda product: lambda x, kernel: jnp.sum(jnp.tanh(product(x, kernel)) * jnp.arange(3.0))
-    by_rows = lambda x, kernel: condensed.dense_by_rows(condensed_native.dense, x, kernel, rows["indices"], rows["targets"])
-    np.testing.assert_allclose(by_rows(x, kernel), x @ kernel, rtol=1e-5, atol=1e-5)
+    by_slots = lambda x, kernel: condensed_native.dense(x, kernel, slots["indices"], slots["offsets"])
+    np.testing.assert_allclose(by_slots(x, kernel), x @ kernel, rtol=1e-5, atol=1e-5)
     (dx, dkernel), (masked_dx, masked_dkernel) = (jax.grad(loss(product), argnums=(0, 1))(x, kernel)
-                                                  for product in (by_rows, jnp.matmul))
+                                                  for product in (by_slots, jnp.matmul))
     np.testing.assert_allclose(dx, masked_dx, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dkernel, jnp.where(new_mask, masked_dkernel, 0.0), rtol=1e-5, atol=1e-5)

@@ -133,12 +133,70 @@ def test_scatter_writes_the_kept_values_and_leaves_every_other_entry_also_vmappe
                                    for seed in range(2)])
 
 
+def _ablated_layer(key, batch, in_features=48, out_features=70, k=6, ablated=(0, 3, 4, 5, 9, 40, 69)):
+    """A layer as SRigL leaves it after an ablation: `ablated` neurons keep no input, the others k' = floor(out k / A)
+    each (the budget out * k), the first active neuron one fewer, so that the counts differ beyond 0 and k'."""
+    active = [o for o in range(out_features) if o not in ablated]
+    k_active = out_features * k // len(active)
+    mask_key, kernel_key, x_key = jax.random.split(key, 3)
+    scores = np.asarray(jax.random.uniform(mask_key, (in_features, out_features)))
+    counts = np.zeros(out_features, int)
+    counts[active] = k_active
+    counts[active[0]] -= 1
+    mask = np.zeros((in_features, out_features), bool)
+    for o in range(out_features):
+        mask[np.argsort(scores[:, o])[:counts[o]], o] = True
+    kernel = jnp.where(mask, jax.random.normal(kernel_key, mask.shape), 0.0)
+    return jax.random.normal(x_key, (batch, in_features)), kernel, jnp.asarray(mask), k
+
+
+@needs_compiler
+@pytest.mark.parametrize("batch", [5, 37])
+def test_variable_fan_in_within_the_budget_runs_every_kernel_as_the_masked_layer(batch):
+    """SRigL's ablated layers (`condensed.variable_fan_in`): neurons of 0, k' - 1 and k' inputs in out * k slots.
+    The product, dx, the dense-shaped and the kept-value kernel gradients, gather and scatter equal the masked
+    layer's, also vmapped over two seeds; the slots of no neuron hold 0 and get gradient 0."""
+    layers = [_ablated_layer(jax.random.key(seed), batch) for seed in (1, 2)]
+    k = layers[0][3]
+    x, kernel, mask = (jnp.stack([layer[part] for layer in layers]) for part in range(3))
+    nodes = jax.vmap(lambda mask: condensed.variable_fan_in(mask, k))(mask)
+    indices, offsets = nodes["indices"], nodes["offsets"]
+    for seed in range(2):  # by hand: each neuron's kept inputs, ascending, in its slots; the rest unused
+        flat, ends = np.asarray(indices[seed]).reshape(-1), np.asarray(offsets[seed])
+        counts = np.asarray(mask[seed]).sum(axis=0)
+        np.testing.assert_array_equal(ends, np.concatenate([[0], np.cumsum(counts)]))
+        for o in range(70):
+            np.testing.assert_array_equal(flat[ends[o]:ends[o + 1]], np.flatnonzero(np.asarray(mask[seed])[:, o]))
+        assert ends[-1] < flat.size and np.all(flat[ends[-1]:] == 0)
+    target = jax.random.normal(jax.random.key(3), (2, batch, 70))
+    loss = lambda y, t: jnp.sum(jnp.sin(y) * t)
+    masked = jax.vmap(jax.value_and_grad(lambda x, w, t: loss(x @ w, t), argnums=(0, 1)))(x, kernel, target)
+    native = jax.jit(jax.vmap(jax.value_and_grad(
+        lambda x, w, i, f, t: loss(condensed_native.dense(x, w, i, f), t), argnums=(0, 1))))(x, kernel, indices, offsets, target)
+    values = jax.jit(jax.vmap(condensed_native.gather))(kernel, indices, offsets)
+    kept = jax.jit(jax.vmap(jax.value_and_grad(
+        lambda x, v, i, f, t: loss(condensed_native.dense_kept(x, v, i, f), t), argnums=(0, 1))))(x, values, indices, offsets, target)
+    np.testing.assert_allclose(native[0], masked[0], rtol=1e-4)
+    np.testing.assert_allclose(kept[0], masked[0], rtol=1e-4)
+    np.testing.assert_allclose(native[1][0], masked[1][0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(kept[1][0], masked[1][0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(native[1][1], jnp.where(mask, masked[1][1], 0.0), rtol=1e-4, atol=1e-5)
+    rewritten = jax.jit(jax.vmap(condensed_native.scatter))(jnp.zeros_like(kernel), indices, kept[1][1], offsets)
+    np.testing.assert_allclose(rewritten, jnp.where(mask, masked[1][1], 0.0), rtol=1e-4, atol=1e-5)
+    for seed in range(2):
+        used = np.arange(indices[seed].size) < int(offsets[seed][-1])
+        for slots in (values[seed], kept[1][1][seed]):
+            assert np.all(np.asarray(slots).reshape(-1)[~used] == 0.0)
+    np.testing.assert_array_equal(jax.jit(jax.vmap(condensed_native.scatter))(jnp.zeros_like(kernel), indices, values,
+                                                                              offsets), kernel)
+
+
 def _fan_in_network(method, kernels, sparsity=0.9, module=None):
     settings = {"static": Settings(), "prune": Window(update_period=10, update_start=0, update_end=100),
                 "set": DropAndGrowSettings(update_period=10, update_start=0, update_end=100, drop_fraction=0.3),
                 "rigl": DropAndGrowSettings(update_period=10, update_start=0, update_end=100, drop_fraction=0.3),
                 "srigl": SRigLSettings(update_period=10, update_start=0, update_end=100, drop_fraction=0.3,
-                                        ablation_threshold=0.3)}[method]
+                                        ablation_threshold=0.9)}[method]  # gamma_sal 0.9: it ablates
     config = SparsityConfig(method=method, sparsity=sparsity, distribution="uniform", structure="fan_in",
                             settings=settings)
     return sparse_network.make_network(module or networks.MLP((64, 64), 3), optax.adamw(1e-2, weight_decay=0.1),
@@ -150,7 +208,7 @@ def _fan_in_network(method, kernels, sparsity=0.9, module=None):
     ("static", {"dense_0", "dense_1", "output"}),
     ("rigl", {"dense_0", "dense_1", "output"}),
     ("prune", set()),  # its kept count changes: a ladder of capacities, dense-shaped steps
-    ("srigl", {"output"}),  # its hidden layers run as rows of neurons
+    ("srigl", {"dense_0", "dense_1", "output"}),  # its hidden layers' slots with offsets too
 ])
 def test_kept_layers_are_the_native_layers_of_one_k_per_neuron_up_to_a_quarter_dense(method, kept):
     x = jnp.ones((1, 40))
@@ -168,7 +226,7 @@ def test_kept_layers_are_the_native_layers_of_one_k_per_neuron_up_to_a_quarter_d
 
 
 @needs_compiler
-@pytest.mark.parametrize("method", ["rigl"])  # its steps between topology updates are static's
+@pytest.mark.parametrize("method", ["rigl", "srigl"])  # their steps between topology updates are static's
 def test_kept_value_gradient_steps_equal_dense_shaped_ones_through_topology_updates_and_redo(method):
     """31 AdamW steps with a clipped gradient norm (topology updates at 10, 20, 30) and a ReDo step, native against
     masked, 2 seeds vmapped;
@@ -207,6 +265,9 @@ def test_kept_value_gradient_steps_equal_dense_shaped_ones_through_topology_upda
     assert first_seed.kept.keys() == gathered.keys()
     for layer, values in gathered.items():
         np.testing.assert_array_equal(first_seed.kept[layer], values, err_msg=layer)
+    if method == "srigl":  # its updates ablated neurons: fan-ins of 0 and k' > k
+        fan_ins = np.diff(np.asarray(native.indices["dense_1"]["offsets"]), axis=-1)
+        assert np.any(fan_ins == 0) and np.any(fan_ins > native.indices["dense_1"]["indices"].shape[-1])
     for native_leaf, masked_leaf in zip(jax.tree.leaves((native.params, native_opt_state, native_outputs)),
                                         jax.tree.leaves((masked.params, masked_opt_state, masked_outputs))):
         np.testing.assert_allclose(native_leaf, masked_leaf, rtol=1e-4, atol=1e-5)

@@ -36,7 +36,8 @@ see the same pytrees as before):
 Methods whose fan-in changes: prune's layers store indices at the largest
 capacity of a `ladder` and run at the `bucket` that holds the step's kept
 count (`run_bucket`, masked above `MAX_CONDENSED_DENSITY`); SRigL's ablating
-layers run as rows of neurons (`neuron_rows`, `dense_by_rows`, native only).
+layers keep k' inputs per active neuron and none per ablated one within the
+budget out * k, as slots with offsets (`variable_fan_in`, native only).
 
 Backward: a custom VJP (`dense`) that is the masked-dense backward pass
 (two dense matmuls), so the gradients, also the dense gradient RigL grows
@@ -121,41 +122,23 @@ def run_bucket(product: Callable, x: jax.Array, kernel: jax.Array, ladder_indice
     return jax.lax.switch(index, [*branches, linear.matmul], x, kernel)
 
 
-def neuron_rows(mask: jax.Array, k: int) -> dict:
-    """A fan_in layer whose neurons keep any number k'_o <= f of inputs (SRigL's ablation: survivors k' >= k,
-    ablated 0) as 2 out rows of k slots: `indices` [2 out, k] and the neuron each row adds into, `targets` [2 out].
-
-    Neuron o fills ceil(k'_o / k) consecutive rows with its kept inputs (ascending); a slot left over, and every
-    slot of a row left over (which targets the last neuron), points at input position `in`, where
-    `dense_by_rows` appends a zero input and a zero weight.
-    Any ablation fits: sum_o ceil(k'_o / k) < A (k' / k + 1) <= out + A <= 2 out for A active neurons of k' <=
-    out k / A inputs (the layer's budget out * k). So the layer costs 2 * batch * out * k multiply-adds, twice
-    the static layer's, whatever the ablation.
-    """
+def variable_fan_in(mask: jax.Array, k: int) -> dict:
+    """A fan_in layer whose neurons keep any numbers k'_o of inputs within the budget out * k (SRigL's ablation:
+    k' = floor(out k / A) for each of A active neurons, 0 for each ablated one): `indices` [out, k], read as out * k
+    slots, with neuron o's kept inputs (ascending) in the slots [offsets[o], offsets[o + 1]), and `offsets`
+    [out + 1], the running sum of the k'_o. The slots from offsets[out] on belong to no neuron (index 0, value 0).
+    The native kernels (`condensed_native`) run it at the cost of a constant fan-in layer of k, whatever the
+    ablation, and its kept values train like any other (`sparse_network.kept_layers`). The mask must keep at most
+    out * k inputs (SRigL's budget; more would not fit and raise nothing)."""
     in_features, out = mask.shape
-    counts = jnp.sum(mask, axis=0)
+    counts = jnp.sum(mask, axis=0, dtype=jnp.int32)
+    offsets = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(counts, dtype=jnp.int32)])
     kept_first = jnp.argsort(~mask.T, axis=1, stable=True).astype(jnp.int32)  # [out, f]
-    rows_of = -(-counts // k)
-    ends = jnp.cumsum(rows_of)
-    rows = jnp.arange(2 * out)
-    targets = jnp.minimum(jnp.searchsorted(ends, rows, side="right"), out - 1).astype(jnp.int32)
-    positions = (rows - (ends - rows_of)[targets])[:, None] * k + jnp.arange(k)  # [2 out, k]
-    used = (rows < ends[-1])[:, None] & (positions < counts[targets][:, None])
-    indices = jnp.where(used, jnp.take_along_axis(kept_first[targets], jnp.minimum(positions, in_features - 1), axis=1),
-                        in_features)
-    return {"indices": indices.astype(jnp.int32), "targets": targets}
-
-
-def dense_by_rows(product: Callable, x: jax.Array, kernel: jax.Array, indices: jax.Array, targets: jax.Array):
-    """x @ kernel for `neuron_rows`: `product` (`condensed_native.dense`) on each row's kernel column
-    kernel[:, target], with a zero input and a zero kernel row appended for the leftover slots, then each row's
-    output added into its neuron's. Its gradients are `product`'s: the native kernel gradient is exact at every
-    kept connection (each in exactly one row) and 0 off them."""
-    out = kernel.shape[1]
-    padded_x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, 1)])
-    row_kernels = jnp.pad(jnp.take(kernel, targets, axis=1), ((0, 1), (0, 0)))
-    row_outputs = product(padded_x, row_kernels, indices)  # [..., 2 out]
-    return jnp.zeros((*x.shape[:-1], out), row_outputs.dtype).at[..., targets].add(row_outputs)
+    slots = jnp.arange(out * k, dtype=jnp.int32)
+    neurons = jnp.clip(jnp.searchsorted(offsets, slots, side="right") - 1, 0, out - 1)
+    positions = jnp.minimum(slots - offsets[neurons], in_features - 1)
+    indices = jnp.where(slots < offsets[-1], kept_first[neurons, positions], 0)
+    return {"indices": indices.reshape(out, k).astype(jnp.int32), "offsets": offsets}
 
 
 def _flat_indices(kernel: jax.Array, indices: jax.Array) -> jax.Array:
@@ -240,7 +223,7 @@ dense.defvjp(_dense_forward, _dense_backward)
 
 
 def layer_indices(masks: Any, sparsities: Mapping[str, float], gradual: bool = False,
-                  by_rows: frozenset = frozenset()) -> dict:
+                  variable: frozenset = frozenset()) -> dict:
     """Indices of every masked kernel in `sparsities` (dense [in, out], conv as `fan_in_view`), nested like the params tree.
 
     `{"q1": {"dense_0": {"indices": [out, k]}}}` for the mask of
@@ -249,7 +232,7 @@ def layer_indices(masks: Any, sparsities: Mapping[str, float], gradual: bool = F
     plain matmuls. `gradual` (a fan-in that falls to k over training: prune):
     [out, c] with c the largest capacity of `ladder(in, k)`, each neuron's kept
     inputs first, so their first c' columns are the indices at capacity c'.
-    Layers in `by_rows` (SRigL's ablated ones) get `neuron_rows`.
+    Layers in `variable` (SRigL's ablating ones) get `variable_fan_in`.
     """
     tree: dict = {}
     for path, mask in jax.tree_util.tree_flatten_with_path(masks)[0]:
@@ -263,8 +246,8 @@ def layer_indices(masks: Any, sparsities: Mapping[str, float], gradual: bool = F
         for part in layer.split("/"):
             node = node.setdefault(part, {})
         k = fan_in(mask.shape[0], sparsities[layer])
-        if layer in by_rows:
-            node.update(neuron_rows(mask, k))
+        if layer in variable:
+            node.update(variable_fan_in(mask, k))
         else:
             node["indices"] = structure_lib.fan_in_indices(mask, ladder(mask.shape[0], k)[-1] if gradual else k)
     return tree
@@ -280,8 +263,8 @@ def refresh(indices: dict, masks: Any) -> dict:
     """`indices` recomputed from new `masks` (same layers, same k): call it whenever the masks change."""
 
     def recompute(index_node, mask_node):
-        if "targets" in index_node:
-            return neuron_rows(fan_in_view(mask_node["kernel"]), index_node["indices"].shape[-1])
+        if "offsets" in index_node:
+            return variable_fan_in(fan_in_view(mask_node["kernel"]), index_node["indices"].shape[-1])
         if "indices" in index_node:
             return {"indices": structure_lib.fan_in_indices(mask_node["kernel"], index_node["indices"].shape[-1])}
         return {name: recompute(child, mask_node[name]) for name, child in index_node.items()}
@@ -324,12 +307,11 @@ def native_is_faster(batch: int, in_features: int, k: int) -> bool:
     return batch >= NATIVE_MIN_BATCH and k <= MAX_CONDENSED_DENSITY * in_features
 
 
-def native_runs(rows: int, kernel: jax.Array, indices: Any, by_rows: bool) -> bool:
+def native_runs(rows: int, kernel: jax.Array, indices: Any) -> bool:
     """`native_is_faster` for one product of `rows` input rows (a batch; a conv's batch x positions patches) with a
-    layer's stored indices (an array, or a ladder's tuple: its largest capacity counts; SRigL's rows of neurons,
-    `by_rows`, cost twice their k)."""
+    layer's stored indices (an array, or a ladder's tuple: its largest capacity counts)."""
     largest = max(leaf.shape[-1] for leaf in jax.tree.leaves(indices))
-    return native_is_faster(rows, kernel.shape[0], largest * (2 if by_rows else 1))
+    return native_is_faster(rows, kernel.shape[0], largest)
 
 
 def select(indices: dict, params: Any, batch: int, kernels: str) -> dict:

@@ -1,10 +1,13 @@
 // Native condensed kernels for XLA:CPU (XLA FFI custom calls), built by sparserl/sparse/condensed_native.py.
 //
-// A kernel W [in, out] with constant fan-in k is used through its indices idx [out, k] (the kept inputs of
-// every output neuron; Lasby et al. 2023, section 3.1):
-//   forward   y[b, o]            = sum_j x[b, idx[o, j]] * W[idx[o, j], o]
-//   backward  dx[b, i]           = sum_{(o, j): idx[o, j] = i} W[i, o] * dy[b, o]
-//             dW[idx[o, j], o]   = sum_b x[b, idx[o, j]] * dy[b, o]            (0 off the indices)
+// A kernel W [in, out] is used through its kept inputs idx, out * k slots (an [out, k] buffer read flat), and
+// offsets [out + 1]: neuron o keeps the slots s in [offsets[o], offsets[o + 1]) (Lasby et al. 2023, section 3.1;
+// constant fan-in k: offsets[o] = o * k; SRigL's ablation: k' slots per active neuron, none per ablated one):
+//   forward   y[b, o]            = sum_{s of o} x[b, idx[s]] * W[idx[s], o]
+//   backward  dx[b, i]           = sum_{(o, s of o): idx[s] = i} W[i, o] * dy[b, o]
+//             dW[idx[s], o]      = sum_b x[b, idx[s]] * dy[b, o]            (0 off the indices)
+// The slots from offsets[out] on belong to no neuron: their values and value gradients are 0. An empty offsets
+// operand means constant fan-in (no array to read, no XLA op to make it).
 // Every buffer may carry leading seed axes (jax.vmap, vmap_method="broadcast_all"); f32 and s32 only.
 //
 // The batch is cut into tiles of kLanes examples. A tile of x is transposed into [in][kLanes] (32 KB for
@@ -63,6 +66,7 @@ struct Dims {
   int64_t seeds, batch, in, out, k;
   int64_t tiles() const { return (batch + kLanes - 1) / kLanes; }
   int64_t output_blocks() const { return (out + kOutputBlock - 1) / kOutputBlock; }
+  int64_t slots() const { return out * k; }
 };
 
 Dims DimsOf(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::S32>& idx) {
@@ -103,85 +107,151 @@ float SumOfLanes(Vector v) {
 const Vector& RowOf(const float* tile, int32_t i) { return *reinterpret_cast<const Vector*>(tile + int64_t(i) * kLanes); }
 Vector& RowOf(float* tile, int32_t i) { return *reinterpret_cast<Vector*>(tile + int64_t(i) * kLanes); }
 
-// y^T tile[o + q] = sum_j v[o + q, j] x^T tile[idx[o + q, j]] for `count` outputs at once: `count` independent
-// accumulators in registers (four hide the latency of a vector multiply-add).
+// y^T tile[o + q] = sum_j v[s + q k + j] x^T tile[idx[s + q k + j]], s = offsets[o], for `count` neighbouring
+// outputs of k slots each: `count` independent accumulators in registers (four hide the latency of a vector
+// multiply-add).
 template <int64_t count>
-void OutputsOfTile(const float* x_tile, const float* v, const int32_t* kept, int64_t k, int64_t o, float* y_tile) {
+void OutputsOfTile(const float* x_tile, const float* v, const int32_t* kept, int64_t k, int64_t s, int64_t o,
+                   float* y_tile) {
   Vector sum[count] = {};
   for (int64_t j = 0; j < k; ++j)
-    for (int64_t q = 0; q < count; ++q) sum[q] += v[(o + q) * k + j] * RowOf(x_tile, kept[(o + q) * k + j]);
+    for (int64_t q = 0; q < count; ++q) sum[q] += v[s + q * k + j] * RowOf(x_tile, kept[s + q * k + j]);
   for (int64_t q = 0; q < count; ++q) RowOf(y_tile, o + q) = sum[q];
+}
+
+// The slots of one seed's neurons: o's are [begin(o), end(o)), from the offsets or, without them, o * k.
+struct Neurons {
+  const int32_t* offsets;  // nullptr: constant fan-in k
+  int64_t k;
+  int64_t begin(int64_t o) const { return offsets ? offsets[o] : o * k; }
+  int64_t end(int64_t o) const { return begin(o + 1); }
+  // True when outputs o .. o + 3 keep the same number of slots (always under constant fan-in).
+  bool FourAlike(int64_t o) const {
+    const int64_t count = end(o) - begin(o);
+    return end(o + 1) - begin(o + 1) == count && end(o + 2) - begin(o + 2) == count &&
+           end(o + 3) - begin(o + 3) == count;
+  }
+};
+
+Neurons NeuronsOf(const Dims& d, const int32_t* offsets_data, int64_t seed) {
+  return {offsets_data ? offsets_data + seed * (d.out + 1) : nullptr, d.k};
+}
+
+const int32_t* OffsetsOf(ffi::Buffer<ffi::S32>& offsets) {
+  return offsets.element_count() ? offsets.typed_data() : nullptr;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Forward: outputs y from the kept values [out, k], gathered from the dense kernel first (`Forward`: W gathered
 // once, for the backward pass) or given (`ForwardKept`: the values are the trained state; kept-value training).
 
-// values[o, j] = W[idx[o, j], o] for the outputs [first, first + kOutputBlock) of one seed.
-void GatherBlock(const Dims& d, const float* w_data, const int32_t* idx_data, float* values_data, int64_t task) {
+// visit(o, s) for every slot s of the outputs [first, first + kOutputBlock) of one seed, the j-th slots of all
+// of them before the (j + 1)-th: the j-th kept inputs of neighbouring outputs lie in nearby rows of W.
+template <typename Visit>
+void SlotsOfBlock(const Dims& d, const Neurons& n, int64_t first, const Visit& visit) {
+  const int64_t last = std::min(first + kOutputBlock, d.out);
+  if (!n.offsets) {
+    for (int64_t j = 0; j < d.k; ++j)
+      for (int64_t o = first; o < last; ++o) visit(o, o * d.k + j);
+    return;
+  }
+  int64_t most = 0;
+  for (int64_t o = first; o < last; ++o) most = std::max<int64_t>(most, n.end(o) - n.begin(o));
+  for (int64_t j = 0; j < most; ++j)
+    for (int64_t o = first; o < last; ++o)
+      if (n.begin(o) + j < n.end(o)) visit(o, n.begin(o) + j);
+}
+
+// The slots of no neuron, [offsets[out], out * k), set to 0 by the task of the last output block.
+void ZeroUnusedSlots(const Dims& d, const Neurons& n, float* slots, int64_t first) {
+  if (first + kOutputBlock < d.out) return;
+  std::fill(slots + n.begin(d.out), slots + d.slots(), 0.f);
+}
+
+// values[s] = W[idx[s], o] for the slots s of the outputs [first, first + kOutputBlock) of one seed.
+void GatherBlock(const Dims& d, const float* w_data, const int32_t* idx_data, const int32_t* offsets_data,
+                 float* values_data, int64_t task) {
   const int64_t seed = task / d.output_blocks(), first = (task % d.output_blocks()) * kOutputBlock;
   const float* w = w_data + seed * d.in * d.out;
-  const int32_t* kept = idx_data + seed * d.out * d.k;
-  float* v = values_data + seed * d.out * d.k;
-  const int64_t last = std::min(first + kOutputBlock, d.out);
-  for (int64_t j = 0; j < d.k; ++j)  // j outer: the j-th kept inputs of neighbouring outputs lie in nearby rows
-    for (int64_t o = first; o < last; ++o) v[o * d.k + j] = w[int64_t(kept[o * d.k + j]) * d.out + o];
+  const int32_t* kept = idx_data + seed * d.slots();
+  const Neurons n = NeuronsOf(d, offsets_data, seed);
+  float* v = values_data + seed * d.slots();
+  SlotsOfBlock(d, n, first, [&](int64_t o, int64_t s) { v[s] = w[int64_t(kept[s]) * d.out + o]; });
+  ZeroUnusedSlots(d, n, v, first);
 }
 
 // One (seed, tile) of y = x W restricted to the indices, from the kept values.
 void TileOutputs(const Dims& d, const float* x_data, const float* values_data, const int32_t* idx_data,
-                 float* scratch_data, float* y_data, int64_t task) {
+                 const int32_t* offsets_data, float* scratch_data, float* y_data, int64_t task) {
   const int64_t seed = task / d.tiles(), first = (task % d.tiles()) * kLanes;
-  const int32_t* kept = idx_data + seed * d.out * d.k;
-  const float* v = values_data + seed * d.out * d.k;
+  const int32_t* kept = idx_data + seed * d.slots();
+  const Neurons n = NeuronsOf(d, offsets_data, seed);
+  const float* v = values_data + seed * d.slots();
   float* x_tile = scratch_data + task * (d.in + d.out) * kLanes;
   float* y_tile = x_tile + d.in * kLanes;
   TransposeIn(x_data + seed * d.batch * d.in, d.in, d.batch, first, x_tile);
   int64_t o = 0;
-  for (; o + 4 <= d.out; o += 4) OutputsOfTile<4>(x_tile, v, kept, d.k, o, y_tile);
-  for (; o < d.out; ++o) OutputsOfTile<1>(x_tile, v, kept, d.k, o, y_tile);
+  if (!n.offsets) {
+    for (; o + 4 <= d.out; o += 4) OutputsOfTile<4>(x_tile, v, kept, d.k, o * d.k, o, y_tile);
+  }
+  while (o < d.out) {
+    const int64_t k = n.end(o) - n.begin(o);
+    if (o + 4 <= d.out && n.FourAlike(o)) {
+      OutputsOfTile<4>(x_tile, v, kept, k, n.begin(o), o, y_tile);
+      o += 4;
+    } else {
+      OutputsOfTile<1>(x_tile, v, kept, k, n.begin(o), o, y_tile);
+      o += 1;
+    }
+  }
   TransposeOut(y_tile, d.out, d.batch, first, y_data + seed * d.batch * d.out);
 }
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
-                   ffi::Buffer<ffi::S32> idx, ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> values,
-                   ffi::ResultBuffer<ffi::F32> scratch) {
+                   ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::S32> offsets, ffi::ResultBuffer<ffi::F32> y,
+                   ffi::ResultBuffer<ffi::F32> values, ffi::ResultBuffer<ffi::F32> scratch) {
   const Dims d = DimsOf(x, idx);
   float* values_data = values->typed_data();
   TwoPhases(
       pool, d.seeds * d.output_blocks(),
-      [&](int64_t task) { GatherBlock(d, kernel.typed_data(), idx.typed_data(), values_data, task); },
+      [&](int64_t task) {
+        GatherBlock(d, kernel.typed_data(), idx.typed_data(), OffsetsOf(offsets), values_data, task);
+      },
       d.seeds * d.tiles(),
       [&](int64_t task) {
-        TileOutputs(d, x.typed_data(), values_data, idx.typed_data(), scratch->typed_data(), y->typed_data(), task);
+        TileOutputs(d, x.typed_data(), values_data, idx.typed_data(), OffsetsOf(offsets), scratch->typed_data(),
+                    y->typed_data(), task);
       });
   return ffi::Error::Success();
 }
 
 ffi::Error ForwardKept(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
-                       ffi::Buffer<ffi::S32> idx, ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> scratch) {
+                       ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::S32> offsets, ffi::ResultBuffer<ffi::F32> y,
+                       ffi::ResultBuffer<ffi::F32> scratch) {
   const Dims d = DimsOf(x, idx);
   TwoPhases(
       pool, 0, [](int64_t) {}, d.seeds * d.tiles(),
       [&](int64_t task) {
-        TileOutputs(d, x.typed_data(), values.typed_data(), idx.typed_data(), scratch->typed_data(), y->typed_data(),
-                    task);
+        TileOutputs(d, x.typed_data(), values.typed_data(), idx.typed_data(), OffsetsOf(offsets),
+                    scratch->typed_data(), y->typed_data(), task);
       });
   return ffi::Error::Success();
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Backward: dx, the kernel gradient and scratch. The kernel gradient is dense-shaped (`Backward`: the kept
-// entries, zeros elsewhere) or the kept values' own [out, k] (`BackwardKept`: dvalues[o, j] = dW[idx[o, j], o]).
+// entries, zeros elsewhere) or the kept values' own slots (`BackwardKept`: dvalues[s] = dW[idx[s], o]).
 
 template <bool kKeptGradient>
 ffi::Error BackwardOf(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
-                      ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
-                      ffi::ResultBuffer<ffi::F32> dkernel, ffi::ResultBuffer<ffi::F32> scratch) {
+                      ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::S32> offsets, ffi::Buffer<ffi::F32> dy,
+                      ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dkernel,
+                      ffi::ResultBuffer<ffi::F32> scratch) {
   const Dims d = DimsOf(x, idx);
   const float* x_data = x.typed_data();
   const float* values_data = values.typed_data();
   const int32_t* idx_data = idx.typed_data();
+  const int32_t* offsets_data = OffsetsOf(offsets);
   const float* dy_data = dy.typed_data();
   float* dx_data = dx->typed_data();
   float* dkernel_data = dkernel->typed_data();
@@ -191,12 +261,13 @@ ffi::Error BackwardOf(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   const int64_t per_seed = (d.in + d.out) * padded + d.tiles() * (d.in + d.out) * kLanes;
   float* scratch_data = scratch->typed_data();
 
-  // Per (seed, tile): dx^T[idx[o, j]] += W[idx[o, j], o] * dy^T[o] (a scatter-add into the L1 tile), the tile's
+  // Per (seed, tile): dx^T[idx[s]] += W[idx[s], o] * dy^T[o] (a scatter-add into the L1 tile), the tile's
   // columns of the whole-batch x^T and dy^T, and a slice of the kernel gradient's rows zeroed.
   auto input_gradient = [&](int64_t task) {
     const int64_t seed = task / d.tiles(), tile = task % d.tiles(), first = tile * kLanes;
-    const int32_t* kept = idx_data + seed * d.out * d.k;
-    const float* v = values_data + seed * d.out * d.k;
+    const int32_t* kept = idx_data + seed * d.slots();
+    const Neurons n = NeuronsOf(d, offsets_data, seed);
+    const float* v = values_data + seed * d.slots();
     float* x_rows = scratch_data + seed * per_seed;
     float* dy_rows = x_rows + d.in * padded;
     float* dx_tile = dy_rows + d.out * padded + tile * (d.in + d.out) * kLanes;
@@ -205,7 +276,7 @@ ffi::Error BackwardOf(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
     std::memset(dx_tile, 0, d.in * kLanes * sizeof(float));
     for (int64_t o = 0; o < d.out; ++o) {
       const Vector g = RowOf(static_cast<const float*>(dy_tile), o);
-      for (int64_t j = 0; j < d.k; ++j) RowOf(dx_tile, kept[o * d.k + j]) += v[o * d.k + j] * g;
+      for (int64_t s = n.begin(o); s < n.end(o); ++s) RowOf(dx_tile, kept[s]) += v[s] * g;
     }
     TransposeOut(dx_tile, d.in, d.batch, first, dx_data + seed * d.batch * d.in);
     float* x_tile = dx_tile;  // the dx tile is written out: reuse it for x's tile
@@ -217,43 +288,48 @@ ffi::Error BackwardOf(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
     std::memset(dkernel_data + seed * d.in * d.out + rows_first * d.out, 0,
                 (rows_last - rows_first) * d.out * sizeof(float));
   };
-  // Per (seed, output block): dW[idx[o, j], o] = <x^T[idx[o, j]], dy^T[o]>, whole contiguous rows of the batch.
+  // Per (seed, output block): dW[idx[s], o] = <x^T[idx[s]], dy^T[o]>, whole contiguous rows of the batch.
   auto kernel_gradient = [&](int64_t task) {
     const int64_t seed = task / d.output_blocks(), first = (task % d.output_blocks()) * kOutputBlock;
-    const int32_t* kept = idx_data + seed * d.out * d.k;
-    float* dw = dkernel_data + seed * (kKeptGradient ? d.out * d.k : d.in * d.out);
+    const int32_t* kept = idx_data + seed * d.slots();
+    const Neurons n = NeuronsOf(d, offsets_data, seed);
+    float* dw = dkernel_data + seed * (kKeptGradient ? d.slots() : d.in * d.out);
     const float* x_rows = scratch_data + seed * per_seed;
     const float* dy_rows = x_rows + d.in * padded;
     for (int64_t o = first; o < std::min(first + kOutputBlock, d.out); ++o) {
       const Vector* g = reinterpret_cast<const Vector*>(dy_rows + o * padded);
-      for (int64_t j = 0; j < d.k; ++j) {
-        const int32_t i = kept[o * d.k + j];
+      for (int64_t s = n.begin(o); s < n.end(o); ++s) {
+        const int32_t i = kept[s];
         const Vector* row = reinterpret_cast<const Vector*>(x_rows + int64_t(i) * padded);
         Vector sum = {};
         for (int64_t t = 0; t < d.tiles(); ++t) sum += row[t] * g[t];
-        dw[kKeptGradient ? o * d.k + j : int64_t(i) * d.out + o] = SumOfLanes(sum);
+        dw[kKeptGradient ? s : int64_t(i) * d.out + o] = SumOfLanes(sum);
       }
     }
+    if (kKeptGradient) ZeroUnusedSlots(d, n, dw, first);
   };
   TwoPhases(pool, d.seeds * d.tiles(), input_gradient, d.seeds * d.output_blocks(), kernel_gradient);
   return ffi::Error::Success();
 }
 
 ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
-                    ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
-                    ffi::ResultBuffer<ffi::F32> dkernel, ffi::ResultBuffer<ffi::F32> scratch) {
-  return BackwardOf<false>(pool, x, values, idx, dy, dx, dkernel, scratch);
+                    ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::S32> offsets, ffi::Buffer<ffi::F32> dy,
+                    ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dkernel,
+                    ffi::ResultBuffer<ffi::F32> scratch) {
+  return BackwardOf<false>(pool, x, values, idx, offsets, dy, dx, dkernel, scratch);
 }
 
 ffi::Error BackwardKept(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
-                        ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
-                        ffi::ResultBuffer<ffi::F32> dvalues, ffi::ResultBuffer<ffi::F32> scratch) {
-  return BackwardOf<true>(pool, x, values, idx, dy, dx, dvalues, scratch);
+                        ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::S32> offsets, ffi::Buffer<ffi::F32> dy,
+                        ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dvalues,
+                        ffi::ResultBuffer<ffi::F32> scratch) {
+  return BackwardOf<true>(pool, x, values, idx, offsets, dy, dx, dvalues, scratch);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Between a dense kernel [in, out] and its kept values [out, k]: `Gather` reads them, `Scatter` writes them into
-// the kernel (its output aliases the kernel operand, so XLA hands it the kernel's own buffer when it can).
+// Between a dense kernel [in, out] and its kept values (out * k slots): `Gather` reads them (0 in the slots of no
+// neuron), `Scatter` writes them into the kernel (its output aliases the kernel operand, so XLA hands it the
+// kernel's own buffer when it can).
 
 Dims KernelDims(ffi::Buffer<ffi::F32>& kernel, ffi::Buffer<ffi::S32>& idx) {
   auto kernel_dims = kernel.dimensions(), idx_dims = idx.dimensions();
@@ -264,17 +340,19 @@ Dims KernelDims(ffi::Buffer<ffi::F32>& kernel, ffi::Buffer<ffi::S32>& idx) {
 }
 
 ffi::Error Gather(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::S32> idx,
-                  ffi::ResultBuffer<ffi::F32> values) {
+                  ffi::Buffer<ffi::S32> offsets, ffi::ResultBuffer<ffi::F32> values) {
   const Dims d = KernelDims(kernel, idx);
   TwoPhases(
       pool, d.seeds * d.output_blocks(),
-      [&](int64_t task) { GatherBlock(d, kernel.typed_data(), idx.typed_data(), values->typed_data(), task); }, 0,
-      [](int64_t) {});
+      [&](int64_t task) {
+        GatherBlock(d, kernel.typed_data(), idx.typed_data(), OffsetsOf(offsets), values->typed_data(), task);
+      },
+      0, [](int64_t) {});
   return ffi::Error::Success();
 }
 
 ffi::Error Scatter(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::S32> idx,
-                   ffi::Buffer<ffi::F32> values, ffi::ResultBuffer<ffi::F32> updated) {
+                   ffi::Buffer<ffi::S32> offsets, ffi::Buffer<ffi::F32> values, ffi::ResultBuffer<ffi::F32> updated) {
   const Dims d = KernelDims(kernel, idx);
   float* out_data = updated->typed_data();
   if (out_data != kernel.typed_data()) std::memcpy(out_data, kernel.typed_data(), kernel.size_bytes());
@@ -283,11 +361,10 @@ ffi::Error Scatter(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> kernel, ffi::Buff
       [&](int64_t task) {
         const int64_t seed = task / d.output_blocks(), first = (task % d.output_blocks()) * kOutputBlock;
         float* w = out_data + seed * d.in * d.out;
-        const int32_t* kept = idx.typed_data() + seed * d.out * d.k;
-        const float* v = values.typed_data() + seed * d.out * d.k;
-        const int64_t last = std::min(first + kOutputBlock, d.out);
-        for (int64_t j = 0; j < d.k; ++j)  // as in GatherBlock
-          for (int64_t o = first; o < last; ++o) w[int64_t(kept[o * d.k + j]) * d.out + o] = v[o * d.k + j];
+        const int32_t* kept = idx.typed_data() + seed * d.slots();
+        const float* v = values.typed_data() + seed * d.slots();
+        SlotsOfBlock(d, NeuronsOf(d, OffsetsOf(offsets), seed), first,
+                     [&](int64_t o, int64_t s) { w[int64_t(kept[s]) * d.out + o] = v[s]; });
       },
       0, [](int64_t) {});
   return ffi::Error::Success();

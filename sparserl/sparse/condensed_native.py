@@ -11,6 +11,13 @@ indices idx [out, k] (Lasby et al. 2023, section 3.1):
     dW[idx[o, j], o] = sum_b x[b, idx[o, j]] dy[b, o],   0 off the indices
 
 so each costs batch * out * k multiply-adds instead of batch * in * out.
+Every call also takes `offsets` [out + 1]: the [out, k] buffers are read as
+out * k slots and neuron o keeps the slots [offsets[o], offsets[o + 1]) (none
+given: o * k, constant fan-in). So a layer whose neurons keep different
+numbers of inputs within the same budget out * k (SRigL's ablation: k' each
+for the active neurons, none for the ablated ones; `condensed.variable_fan_in`)
+runs at the same cost; the slots from offsets[out] on belong to no neuron, and
+their values and value gradients are 0.
 Unlike `sparserl.sparse.condensed.dense` (masked backward), the kernel
 gradient is only computed at the kept connections: RigL's growth, which needs
 the dense gradient, gets it from `sparse_network.joint_value_and_grad`, which runs
@@ -114,14 +121,20 @@ def _tiles(batch: int) -> int:
     return -(-batch // LANES)
 
 
-def _forward_call(x: jax.Array, kernel: jax.Array, indices: jax.Array):
+def _offsets_for(offsets: jax.Array | None) -> jax.Array:
+    """The offsets operand: the given ones, or none (an empty array) for constant fan-in, which the kernels read as
+    o * k without an array to build."""
+    return jnp.zeros((0,), jnp.int32) if offsets is None else offsets
+
+
+def _forward_call(x: jax.Array, kernel: jax.Array, indices: jax.Array, offsets: jax.Array):
     """(y [batch, out], values [out, k]) from the custom call; its tile scratch is dropped."""
     register()
     (batch, in_features), (out_features, k) = x.shape, indices.shape
     shapes = (jax.ShapeDtypeStruct((batch, out_features), jnp.float32),
               jax.ShapeDtypeStruct((out_features, k), jnp.float32),
               jax.ShapeDtypeStruct((_tiles(batch) * (in_features + out_features) * LANES,), jnp.float32))
-    y, values, _ = jax.ffi.ffi_call(FORWARD, shapes, vmap_method="broadcast_all")(x, kernel, indices)
+    y, values, _ = jax.ffi.ffi_call(FORWARD, shapes, vmap_method="broadcast_all")(x, kernel, indices, offsets)
     return y, values
 
 
@@ -131,86 +144,101 @@ def _check(x: jax.Array, kernel: jax.Array, indices: jax.Array) -> None:
                         f"{x.dtype}, {kernel.dtype}, {indices.dtype}")
 
 
-@jax.custom_vjp
-def dense(x: jax.Array, kernel: jax.Array, indices: jax.Array) -> jax.Array:
-    """x [..., in] times the kernel [in, out] restricted to `indices` [out, k], forward and backward in C++.
+def dense(x: jax.Array, kernel: jax.Array, indices: jax.Array, offsets: jax.Array | None = None) -> jax.Array:
+    """x [..., in] times the kernel [in, out] restricted to `indices` [out, k] (and `offsets`, default constant
+    fan-in), forward and backward in C++.
 
     Equal to `x @ kernel` when the kernel is zero off the indices (the masked params),
     and so is dx; the kernel gradient equals the masked network's at the kept
     connections and is 0 elsewhere (see the module docstring).
     """
-    return _dense_forward(x, kernel, indices)[0]
+    return _dense(x, kernel, indices, _offsets_for(offsets))
 
 
-def _dense_forward(x, kernel, indices):
+@jax.custom_vjp
+def _dense(x, kernel, indices, offsets):
+    return _dense_forward(x, kernel, indices, offsets)[0]
+
+
+def _dense_forward(x, kernel, indices, offsets):
     _check(x, kernel, indices)
-    y, values = _forward_call(x.reshape(-1, x.shape[-1]), kernel, indices)
-    return y.reshape(*x.shape[:-1], kernel.shape[1]), (x, values, indices)
+    y, values = _forward_call(x.reshape(-1, x.shape[-1]), kernel, indices, offsets)
+    return y.reshape(*x.shape[:-1], kernel.shape[1]), (x, values, indices, offsets)
 
 
 def _dense_backward(residuals, output_grad):
-    x, values, indices = residuals
+    x, values, indices, offsets = residuals
     flat = x.reshape(-1, x.shape[-1])
     (batch, in_features), out_features = flat.shape, values.shape[0]
     shapes = (jax.ShapeDtypeStruct(flat.shape, jnp.float32),
               jax.ShapeDtypeStruct((in_features, out_features), jnp.float32),
               jax.ShapeDtypeStruct((2 * _tiles(batch) * (in_features + out_features) * LANES,), jnp.float32))
     dx, dkernel, _ = jax.ffi.ffi_call(BACKWARD, shapes, vmap_method="broadcast_all")(
-        flat, values, indices, output_grad.reshape(-1, out_features))
-    return dx.reshape(x.shape), dkernel, np.zeros(indices.shape, jax.dtypes.float0)
+        flat, values, indices, offsets, output_grad.reshape(-1, out_features))
+    return dx.reshape(x.shape), dkernel, *_no_gradient(indices, offsets)
 
 
-dense.defvjp(_dense_forward, _dense_backward)
+def _no_gradient(*integer_operands):
+    return tuple(np.zeros(operand.shape, jax.dtypes.float0) for operand in integer_operands)
 
 
-# Kept-value training (`sparserl.sparse.kept`): the kept values [out, k] are what the optimizer trains, so the
-# layer takes them as its operand and its gradient is theirs, [out, k]; the dense kernel is only read and written
-# between steps (`gather`, `scatter`).
+_dense.defvjp(_dense_forward, _dense_backward)
 
 
-def gather(kernel: jax.Array, indices: jax.Array) -> jax.Array:
-    """The kept values [out, k], values[o, j] = kernel[idx[o, j], o] (not differentiable)."""
+# Kept-value training (`sparserl.sparse_network.kept_layers`): the kept values [out, k] are what the optimizer
+# trains, so the layer takes them as its operand and its gradient is theirs, [out, k]; the dense kernel is only
+# read and written between steps (`gather`, `scatter`).
+
+
+def gather(kernel: jax.Array, indices: jax.Array, offsets: jax.Array | None = None) -> jax.Array:
+    """The kept values [out, k]: each slot s of neuron o holds kernel[idx[s], o]; a slot of no neuron, 0 (not
+    differentiable)."""
     register()
     shape = jax.ShapeDtypeStruct((*kernel.shape[:-2], *indices.shape[-2:]), jnp.float32)
-    return jax.ffi.ffi_call(GATHER, shape, vmap_method="broadcast_all")(kernel, indices)
+    return jax.ffi.ffi_call(GATHER, shape, vmap_method="broadcast_all")(kernel, indices, _offsets_for(offsets))
 
 
-def scatter(kernel: jax.Array, indices: jax.Array, values: jax.Array) -> jax.Array:
-    """`kernel` with kernel[idx[o, j], o] = values[o, j] (the other entries unchanged; in place where XLA can
-    hand the call the kernel's buffer; not differentiable)."""
+def scatter(kernel: jax.Array, indices: jax.Array, values: jax.Array, offsets: jax.Array | None = None) -> jax.Array:
+    """`kernel` with kernel[idx[s], o] = values[s] for each slot s of each neuron o (the other entries unchanged;
+    in place where XLA can hand the call the kernel's buffer; not differentiable)."""
     register()
     return jax.ffi.ffi_call(SCATTER, jax.ShapeDtypeStruct(kernel.shape, jnp.float32), vmap_method="broadcast_all",
-                            input_output_aliases={0: 0})(kernel, indices, values)
+                            input_output_aliases={0: 0})(kernel, indices, _offsets_for(offsets), values)
+
+
+def dense_kept(x: jax.Array, values: jax.Array, indices: jax.Array, offsets: jax.Array | None = None) -> jax.Array:
+    """x [..., in] times the layer whose kept values are `values` [out, k] at `indices` [out, k] (and `offsets`):
+    `dense` with the values as the operand, so the gradient is dvalues[s] = sum_b x[b, idx[s]] dy[b, o] for each
+    slot s of neuron o, the masked network's kernel gradient at the kept connections, in the values' own shape
+    (0 in the slots of no neuron)."""
+    return _dense_kept(x, values, indices, _offsets_for(offsets))
 
 
 @jax.custom_vjp
-def dense_kept(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Array:
-    """x [..., in] times the layer whose kept values are `values` [out, k] at `indices` [out, k]: `dense` with the
-    values as the operand, so the gradient is dvalues[o, j] = sum_b x[b, idx[o, j]] dy[b, o], the masked network's
-    kernel gradient at the kept connections, in the values' own shape."""
-    return _dense_kept_forward(x, values, indices)[0]
+def _dense_kept(x, values, indices, offsets):
+    return _dense_kept_forward(x, values, indices, offsets)[0]
 
 
-def _dense_kept_forward(x, values, indices):
+def _dense_kept_forward(x, values, indices, offsets):
     _check(x, values, indices)
     register()
     flat = x.reshape(-1, x.shape[-1])
     (batch, in_features), out_features = flat.shape, indices.shape[0]
     shapes = (jax.ShapeDtypeStruct((batch, out_features), jnp.float32),
               jax.ShapeDtypeStruct((_tiles(batch) * (in_features + out_features) * LANES,), jnp.float32))
-    y, _ = jax.ffi.ffi_call(FORWARD_KEPT, shapes, vmap_method="broadcast_all")(flat, values, indices)
-    return y.reshape(*x.shape[:-1], out_features), (x, values, indices)
+    y, _ = jax.ffi.ffi_call(FORWARD_KEPT, shapes, vmap_method="broadcast_all")(flat, values, indices, offsets)
+    return y.reshape(*x.shape[:-1], out_features), (x, values, indices, offsets)
 
 
 def _dense_kept_backward(residuals, output_grad):
-    x, values, indices = residuals
+    x, values, indices, offsets = residuals
     flat = x.reshape(-1, x.shape[-1])
     (batch, in_features), out_features = flat.shape, values.shape[0]
     shapes = (jax.ShapeDtypeStruct(flat.shape, jnp.float32), jax.ShapeDtypeStruct(values.shape, jnp.float32),
               jax.ShapeDtypeStruct((2 * _tiles(batch) * (in_features + out_features) * LANES,), jnp.float32))
     dx, dvalues, _ = jax.ffi.ffi_call(BACKWARD_KEPT, shapes, vmap_method="broadcast_all")(
-        flat, values, indices, output_grad.reshape(-1, out_features))
-    return dx.reshape(x.shape), dvalues, np.zeros(indices.shape, jax.dtypes.float0)
+        flat, values, indices, offsets, output_grad.reshape(-1, out_features))
+    return dx.reshape(x.shape), dvalues, *_no_gradient(indices, offsets)
 
 
-dense_kept.defvjp(_dense_kept_forward, _dense_kept_backward)
+_dense_kept.defvjp(_dense_kept_forward, _dense_kept_backward)

@@ -140,8 +140,9 @@ class Topology:
         return mask_lib.random_masks(key, params, sparsities, structure)
 
     def ablating_layers(self, params: Any, config: SparsityConfig) -> frozenset:
-        """Layers whose neurons may keep other than k inputs (SRigL's ablation): condensed kernels run them as
-        rows of neurons (`sparserl.sparse.condensed.neuron_rows`). None by default."""
+        """Layers whose neurons may keep other than k inputs within the layer's budget out * k (SRigL's ablation):
+        native kernels run them as slots with offsets (`sparserl.sparse.condensed.variable_fan_in`). None by
+        default."""
         del params, config
         return frozenset()
 
