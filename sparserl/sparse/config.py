@@ -120,8 +120,9 @@ class SparsityConfig:
     program (`sparserl.compiled_runner.run_sweep`); masks then hold exactly the
     counts the traced level gives (float32 arithmetic), and only a concrete
     level is range-checked here. `index_sparsity` is then the sweep's lowest
-    level, concrete: condensed indices hold its fan-in k, which every level
-    holds (a higher level's extra indices point at zero weights; `None`: the
+    level, concrete: condensed indices hold its fan-in k slots per neuron, in
+    which every level keeps its own k (native kernels: offsets, the spare
+    slots in no neuron; XLA's: extra indices at zero weights; `None`: the
     indices hold the level's own k).
     """
 
