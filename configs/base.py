@@ -258,9 +258,9 @@ CONSTANT_FAN_IN_METHODS = ("static", "set", "rigl", "prune", "srigl")
 # Methods whose layers run as slots with offsets, which only the native kernels take.
 NATIVE_ONLY_METHODS = ("srigl",)
 # Methods whose fan_in layers run condensed in a sweep of levels (the level traced; `sparse.index_level`): every
-# level's indices hold the lowest level's k (native kernels: each level's own k in that budget, with offsets).
-# Prune's ladder needs its own level's k; a sweep of SRigL levels runs masked (not measured native).
-PADDED_SWEEP_METHODS = ("static", "set", "rigl")
+# level's indices hold the lowest level's k (native kernels: each level's own fan-ins in that budget, with offsets;
+# SRigL: native only). Prune's ladder needs its own level's k.
+PADDED_SWEEP_METHODS = ("static", "set", "rigl", "srigl")
 
 
 def index_sparsity(sparse: ml_collections.ConfigDict) -> float | None:
@@ -274,14 +274,14 @@ def kernels(sparse: ml_collections.ConfigDict) -> str:
     only runs condensed on fan_in layers: `sparse.structure` "fan_in", one k per layer, and a method of
     `CONSTANT_FAN_IN_METHODS` (static, SET, RigL; prune, whose shrinking fan-in runs at the smallest capacity of
     its ladder that holds it, masked above `condensed.MAX_CONDENSED_DENSITY`; SRigL with native kernels only).
-    One k: a concrete sparsity level, or a sweep's traced level of static, SET or RigL, whose indices hold the
-    lowest level's k (`index_sparsity`, `PADDED_SWEEP_METHODS`).
+    One k: a concrete sparsity level, or a sweep's traced level of static, SET, RigL or SRigL, whose indices hold
+    the lowest level's k (`index_sparsity`, `PADDED_SWEEP_METHODS`).
 
     "auto" (the default) is "native" wherever native can run (fan_in masks, a CPU and g++) and wins, so a fan_in
     run gets the native speed without naming it; without g++ it is XLA's rule on a CPU (`condensed.is_faster`:
-    gathers on tiny layers only), and "masked" elsewhere (another method or structure, a sweep of prune or SRigL
-    levels, a GPU until its path is measured, and SRigL without native kernels). "condensed" and "native" where
-    they cannot run raise ConfigError
+    gathers on tiny layers only), and "masked" elsewhere (another method or structure, a sweep of prune levels, a
+    GPU until its path is measured, and SRigL without native kernels). "condensed" and "native" where they cannot
+    run raise ConfigError
     (field `sparse.kernels`), "native" also without g++ or off a CPU (`condensed_native.unavailable_reason`).
     """
     chosen = condensed.check_kernels(sparse.get("kernels", "masked"))

@@ -502,7 +502,7 @@ def run_sweep(make_agent: Callable, loop_name: str, config: ml_collections.Confi
     The level is a traced value: the agent is built inside the vmapped program by
     `make_agent(with_sparsity(config, level))` (e.g. `agents.dqn.make` with the env spec bound), so ERK
     sparsities, mask counts and drop counts follow it (`sparserl.sparse`); condensed indices, where the kernels
-    run them (fan_in masks of static, SET or RigL), hold the lowest level's k slots per neuron (`sparse.index_level`;
+    run them (fan_in masks of static, SET, RigL or SRigL), hold the lowest level's k slots per neuron (`sparse.index_level`;
     native kernels use each level's own k of them, with offsets). `run` holds one writer and seed
     directory per member, level-major: level 0's seeds, then level 1's... Member (level, seed) equals a
     run of that seed at that level (`config.sparse.sparsity` = level), bit for bit where the level's float32

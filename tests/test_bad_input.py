@@ -105,7 +105,7 @@ CASES = [
     (["--config.sparse.index_level=0.5"],
      "--config.sparse.index_level: a sweep of levels sets it (its lowest level); leave it out"),
     (["--env=gymnax:CartPole-v1", "--sparsity=0.5,0.9", "--config.sparse.kernels=native"],
-     "--config.sparse.kernels=native runs only fan_in masks of static, set, rigl (every level's indices in the lowest "
+     "--config.sparse.kernels=native runs only fan_in masks of static, set, rigl, srigl (every level's indices in the lowest "
      "level's k slots per neuron); choose masked or auto"),
     (["--env=gymnax:CartPole-v1", "--method=dense", "--sparsity=0.5,0.9"],
      "--sparsity: a list of levels needs a sparse method, not --method=dense; choose one of static, set, rigl"),

@@ -243,14 +243,16 @@ def _close(run: loop.Run) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None, reason="native kernels are built with g++, not on PATH")
-def test_a_fan_in_sweep_runs_native_kernels_padded_to_the_lowest_levels_k_and_equals_the_masked_sweep(tmp_path):
-    """Levels 0.8 and 0.95 of RigL with fan_in masks, one program each for native and masked kernels: every level's
-    indices hold the 0.8 level's budget of k slots per neuron, in which each level keeps its own k (offsets; the
-    0.95 level's spare slots belong to no neuron) and trains its kept values, through topology updates, and the
-    runs agree to float rounding."""
+@pytest.mark.parametrize("method", ["rigl", "srigl"])
+def test_a_fan_in_sweep_runs_native_kernels_in_the_lowest_levels_slots_and_equals_the_masked_sweep(tmp_path, method):
+    """Levels 0.8 and 0.95 of RigL, and of SRigL (gamma_sal 0.9: its updates ablate), with fan_in masks, one program
+    each for native and masked kernels: every level's indices hold the 0.8 level's budget of k slots per neuron, in
+    which each level keeps its own fan-ins (offsets; the spare slots belong to no neuron) and trains its kept values,
+    through topology updates, and the runs agree to float rounding."""
     config, levels = _tiny_dqn_config(), (0.8, 0.95)
-    config.update_from_flattened_dict({"sparse.structure": "fan_in", "sparse.distribution": "uniform", "batch_size": 16,
-                                       "redo.enabled": False})
+    config.update_from_flattened_dict({"sparse.method": method, "sparse.structure": "fan_in",
+                                       "sparse.distribution": "uniform", "batch_size": 16, "redo.enabled": False,
+                                       "sparse.srigl.update_period": 50, "sparse.srigl.ablation_threshold": 0.9})
     env_spec = envs.env_spec(config.env)
     for kernels in ("masked", "native"):
         config.sparse.kernels = kernels
@@ -263,10 +265,15 @@ def test_a_fan_in_sweep_runs_native_kernels_padded_to_the_lowest_levels_k_and_eq
     hidden = "state/online/indices/dense_1/indices"
     assert hidden in native[0.95] and hidden not in masked[0.95]
     assert native[0.95][hidden].shape == native[0.8][hidden].shape == (64, 13)  # k = 64 - floor(0.8 * 64)
-    kept_per_neuron = np.sum(native[0.95]["state/online/opt_state/masks/dense_1/kernel"], axis=0)
-    assert np.all(kept_per_neuron == 4)  # 0.95's own k: 4 of every 13 slots
-    np.testing.assert_array_equal(native[0.95]["state/online/indices/dense_1/offsets"], np.arange(65) * 4)
-    np.testing.assert_array_equal(native[0.8]["state/online/indices/dense_1/offsets"], np.arange(65) * 13)
+    for level, k in ((0.8, 13), (0.95, 4)):  # each level's own fan-ins in 0.8's 13 slots per neuron
+        kept_per_neuron = np.sum(native[level]["state/online/opt_state/masks/dense_1/kernel"], axis=0)
+        offsets = native[level]["state/online/indices/dense_1/offsets"]
+        np.testing.assert_array_equal(np.diff(offsets), kept_per_neuron)
+        assert offsets[-1] <= 64 * k
+        if method == "rigl":
+            assert np.all(kept_per_neuron == k)
+        else:  # ablated neurons keep none, the others k' > k
+            assert np.any(kept_per_neuron == 0) and np.any(kept_per_neuron > k)
     assert native[0.95]["state/online/kept/dense_1"].shape == (64, 13)  # kept values, trained alone
     assert checkpoint.checkpoint_steps(tmp_path / "native_0.95" / "seed0")[-1] == 600
     for level in levels:
