@@ -80,8 +80,8 @@ def get_config(*, agent: str, env: str, steps: int, eval_every: int, log_every: 
     # g++; masked elsewhere). See docs/performance.md, "Condensed kernels".
     config.sparse.kernels = "auto"
     # Set by a sweep of levels (`--sparsity=0.8,0.9`, sparserl/compiled_runner.py run_sweep), not by hand: its lowest
-    # level, whose fan-in k the condensed indices of every level hold (higher levels pad to it). Unused in a run of
-    # one level.
+    # level, whose fan-in k slots per neuron the condensed indices of every level hold (each level keeps its own
+    # fan-ins in them). Unused in a run of one level.
     config.sparse.index_level = config_dict.placeholder(float)
 
     config.redo = ml_collections.ConfigDict()

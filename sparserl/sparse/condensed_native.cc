@@ -150,7 +150,7 @@ const int32_t* OffsetsOf(ffi::Buffer<ffi::S32>& offsets) {
 template <typename Visit>
 void SlotsOfBlock(const Dims& d, const Neurons& n, int64_t first, const Visit& visit) {
   const int64_t last = std::min(first + kOutputBlock, d.out);
-  if (!n.offsets) {
+  if (!n.offsets) {  // constant fan-in, without the per-slot test: Scatter runs this every kept-value step
     for (int64_t j = 0; j < d.k; ++j)
       for (int64_t o = first; o < last; ++o) visit(o, o * d.k + j);
     return;
@@ -191,9 +191,6 @@ void TileOutputs(const Dims& d, const float* x_data, const float* values_data, c
   float* y_tile = x_tile + d.in * kLanes;
   TransposeIn(x_data + seed * d.batch * d.in, d.in, d.batch, first, x_tile);
   int64_t o = 0;
-  if (!n.offsets) {
-    for (; o + 4 <= d.out; o += 4) OutputsOfTile<4>(x_tile, v, kept, d.k, o * d.k, o, y_tile);
-  }
   while (o < d.out) {
     const int64_t k = n.end(o) - n.begin(o);
     if (o + 4 <= d.out && n.FourAlike(o)) {
