@@ -1,4 +1,5 @@
-"""sparserl.linear.matmul: x @ kernel with its gradients written as x^T @ dy and dy @ kernel^T."""
+"""sparserl.linear.matmul: x @ kernel with its gradients written as x^T @ dy (narrow outputs: (dy^T @ x)^T) and
+dy @ kernel^T."""
 
 import jax
 import jax.numpy as jnp
@@ -18,23 +19,25 @@ def _autodiff_and_ours(x, kernel, target):
 
 
 @pytest.mark.parametrize("x_shape", [(7, 5), (2, 3, 4, 5)])  # a dense layer's batch; im2col's [batch, h, w, patch]
-def test_value_and_gradients_equal_autodiff_of_the_plain_matmul(x_shape):
+@pytest.mark.parametrize("outputs", [1, 3, linear.NARROW_OUTPUT + 1])  # x^T @ dy; (dy^T @ x)^T for narrow outputs
+def test_value_and_gradients_equal_autodiff_of_the_plain_matmul(x_shape, outputs):
     x = jax.random.normal(jax.random.key(0), x_shape)
-    kernel = jax.random.normal(jax.random.key(1), (5, 3))
-    target = jax.random.normal(jax.random.key(2), (*x_shape[:-1], 3))
+    kernel = jax.random.normal(jax.random.key(1), (5, outputs))
+    target = jax.random.normal(jax.random.key(2), (*x_shape[:-1], outputs))
     (value, (x_grad, kernel_grad)), (expected_value, (expected_x_grad, expected_kernel_grad)) = _autodiff_and_ours(x, kernel, target)
     np.testing.assert_allclose(value, expected_value, rtol=1e-6)
     np.testing.assert_allclose(x_grad, expected_x_grad, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(kernel_grad, expected_kernel_grad, rtol=1e-5, atol=1e-6)
     # d kernel[i, o] = sum over the leading axes of x[..., i] * dy[..., o], by hand
     output_grad = target * (1 - jnp.tanh(x @ kernel) ** 2)
-    by_hand = np.einsum("ni,no->io", np.asarray(x).reshape(-1, 5), np.asarray(output_grad).reshape(-1, 3))
+    by_hand = np.einsum("ni,no->io", np.asarray(x).reshape(-1, 5), np.asarray(output_grad).reshape(-1, outputs))
     np.testing.assert_allclose(kernel_grad, by_hand, rtol=1e-5, atol=1e-6)
 
 
-def test_vmap_over_seeds_and_jit_equal_each_seed_alone():
+@pytest.mark.parametrize("outputs", [2, linear.NARROW_OUTPUT + 1])
+def test_vmap_over_seeds_and_jit_equal_each_seed_alone(outputs):
     x = jax.random.normal(jax.random.key(3), (3, 6, 4))
-    kernel = jax.random.normal(jax.random.key(4), (3, 4, 2))
+    kernel = jax.random.normal(jax.random.key(4), (3, 4, outputs))
     grad = jax.grad(lambda x, kernel: jnp.sum(linear.matmul(x, kernel) ** 2), argnums=(0, 1))
     batched = jax.jit(jax.vmap(grad))(x, kernel)
     for seed in range(3):
