@@ -45,8 +45,13 @@ def test_forward_equals_the_masked_matmul_and_a_plain_python_sum(batch_shape, in
     np.testing.assert_allclose(np.asarray(y).reshape(-1, out_features), expected, rtol=1e-5, atol=1e-5)
 
 
+# Batch 130: 9 tiles, which a pool of two or more threads cuts into parts of 4 and 5 tiles (the backward pass's
+# kernel gradient summed per part, then added); smaller batches take one task per tile.
+PARTS_BATCH = 130
+
+
 @needs_compiler
-@pytest.mark.parametrize("batch", [3, 40])
+@pytest.mark.parametrize("batch", [3, 40, PARTS_BATCH])
 def test_dx_is_the_masked_one_and_the_kernel_gradient_is_the_masked_one_on_the_mask_and_zero_off_it(batch):
     x, kernel, mask, indices = _layer(jax.random.key(2), (batch,), 64, 70, 0.9)
     target = jax.random.normal(jax.random.key(3), (batch, 70))
@@ -100,7 +105,7 @@ def test_joint_value_and_grad_gives_the_dense_gradient_on_topology_steps_only(st
 
 
 @needs_compiler
-@pytest.mark.parametrize("batch_shape", [(1,), (37,), (2, 9)])
+@pytest.mark.parametrize("batch_shape", [(1,), (37,), (2, 9), (2, PARTS_BATCH // 2)])
 def test_the_kept_values_product_and_gradient_are_the_masked_ones_at_the_kept_connections(batch_shape):
     x, kernel, mask, indices = _layer(jax.random.key(11), batch_shape, 64, 70, 0.9)
     values = condensed_native.gather(kernel, indices)
@@ -151,7 +156,7 @@ def _ablated_layer(key, batch, in_features=48, out_features=70, k=6, ablated=(0,
 
 
 @needs_compiler
-@pytest.mark.parametrize("batch", [5, 37])
+@pytest.mark.parametrize("batch", [5, 37, PARTS_BATCH])
 def test_variable_fan_in_within_the_budget_runs_every_kernel_as_the_masked_layer(batch):
     """SRigL's ablated layers (`condensed.variable_fan_in`): neurons of 0, k' - 1 and k' inputs in out * k slots.
     The product, dx, the dense-shaped and the kept-value kernel gradients, gather and scatter equal the masked
