@@ -121,6 +121,28 @@ def test_the_kept_values_product_and_gradient_are_the_masked_ones_at_the_kept_co
 
 
 @needs_compiler
+@pytest.mark.parametrize("batch", [40, PARTS_BATCH])
+def test_values_that_are_not_differentiated_get_dx_alone_from_the_input_only_kernel(batch):
+    """SAC's critics inside its actor loss: only dx flows through them. The backward pass is then the dx-only kernel
+    (`BACKWARD_INPUT`), with the masked layer's dx, also vmapped; differentiating the values as well runs the
+    kept-value kernel."""
+    x, kernel, _, indices = _layer(jax.random.key(12), (batch,), 64, 70, 0.9)
+    values = condensed_native.gather(kernel, indices)
+    loss = lambda x, v: jnp.sum(jnp.sin(condensed_native.dense_kept(x, v, indices)))
+    masked_dx = jax.grad(lambda x: jnp.sum(jnp.sin(x @ kernel)))(x)
+    input_only = jax.jit(jax.grad(loss))
+    program = input_only.lower(x, values).as_text()
+    assert condensed_native.BACKWARD_INPUT in program and condensed_native.BACKWARD_KEPT not in program
+    np.testing.assert_allclose(input_only(x, values), masked_dx, rtol=1e-4, atol=1e-5)
+    vmapped = jax.jit(jax.vmap(jax.grad(loss)))(jnp.stack([x, 2 * x]), jnp.stack([values, values]))
+    np.testing.assert_allclose(vmapped[1], jax.grad(lambda x: jnp.sum(jnp.sin(x @ kernel)))(2 * x), rtol=1e-4, atol=1e-5)
+    both = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    program = both.lower(x, values).as_text()
+    assert condensed_native.BACKWARD_KEPT in program and condensed_native.BACKWARD_INPUT not in program
+    np.testing.assert_allclose(both(x, values)[0], masked_dx, rtol=1e-4, atol=1e-5)
+
+
+@needs_compiler
 def test_scatter_writes_the_kept_values_and_leaves_every_other_entry_also_vmapped():
     layers = [_layer(jax.random.key(seed), (4,), 40, 20, 0.75) for seed in range(2)]
     kernels, indices = jnp.stack([layer[1] for layer in layers]), jnp.stack([layer[3] for layer in layers])

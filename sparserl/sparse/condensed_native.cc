@@ -267,13 +267,16 @@ ffi::Error ForwardKept(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 
 // ---------------------------------------------------------------------------------------------------------------
 // Backward: dx, the kernel gradient and scratch. The kernel gradient is dense-shaped (`Backward`: the kept
-// entries, zeros elsewhere) or the kept values' own slots (`BackwardKept`: dvalues[s] = dW[idx[s], o]).
+// entries, zeros elsewhere), the kept values' own slots (`BackwardKept`: dvalues[s] = dW[idx[s], o]), or not asked
+// for (`BackwardInput`: dx alone, for values that are not differentiated, such as SAC's critics in its actor loss).
 
-template <bool kKeptGradient>
+enum class KernelGradient { kDenseShaped, kKept, kNone };
+
+template <KernelGradient kGradient>
 ffi::Error BackwardOf(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
                       ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::S32> offsets, ffi::Buffer<ffi::F32> dy,
-                      ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dkernel,
-                      ffi::ResultBuffer<ffi::F32> scratch) {
+                      ffi::ResultBuffer<ffi::F32> dx, float* dkernel_data, ffi::ResultBuffer<ffi::F32> scratch) {
+  constexpr bool kKeptGradient = kGradient == KernelGradient::kKept;
   const Dims d = DimsOf(x, idx);
   const float* x_data = x.typed_data();
   const float* values_data = values.typed_data();
@@ -281,7 +284,6 @@ ffi::Error BackwardOf(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   const int32_t* offsets_data = OffsetsOf(offsets);
   const float* dy_data = dy.typed_data();
   float* dx_data = dx->typed_data();
-  float* dkernel_data = dkernel->typed_data();
   // Batches of 4 tiles or more per thread are cut into `parts` runs of whole tiles per seed, one task each: the
   // task also sums its own examples' kernel gradient, reading back only the x^T and dy^T lines its core wrote,
   // and the parts' sums are added at the end. (Whole-batch rows, written tile by tile by whichever core took the
@@ -289,12 +291,14 @@ ffi::Error BackwardOf(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   // task per tile and sum each slot over the whole batch (parts = 1).
   // Scratch, per seed: per part x^T [in][width] and dy^T [out][width] (width: its examples, padded to tiles),
   // then per tile the dx tile [in][kLanes] and the dy tile [out][kLanes].
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), d.tiles() / 4));
+  const int64_t parts = kGradient == KernelGradient::kNone
+                            ? 1
+                            : std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), d.tiles() / 4));
   const int64_t padded = d.tiles() * kLanes;
   const int64_t per_seed = (d.in + d.out) * padded + d.tiles() * (d.in + d.out) * kLanes;
   float* scratch_data = scratch->typed_data();
   thread_local std::vector<float> partial_store;  // [seeds][parts][slots], kept between calls
-  if (parts > 1 || !kKeptGradient) partial_store.resize(d.seeds * parts * d.slots());
+  if (parts > 1 || kGradient == KernelGradient::kDenseShaped) partial_store.resize(d.seeds * parts * d.slots());
   float* partials = partial_store.data();
   auto tiles_of_part = [&](int64_t part) {
     return std::make_pair(d.tiles() * part / parts, d.tiles() * (part + 1) / parts);
@@ -322,6 +326,7 @@ ffi::Error BackwardOf(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
       for (int64_t s = n.begin(o); s < n.end(o); ++s) RowOf(dx_tile, kept[s]) += v[s] * g;
     }
     TransposeOut(dx_tile, d.in, d.batch, first, dx_data + seed * d.batch * d.in);
+    if (kGradient == KernelGradient::kNone) return;
     float* x_tile = dx_tile;  // the dx tile is written out: reuse it for x's tile
     TransposeIn(x_data + seed * d.batch * d.in, d.in, d.batch, first, x_tile);
     for (int64_t i = 0; i < d.in; ++i) *reinterpret_cast<Vector*>(x_rows + i * width + column) = RowOf(x_tile, i);
@@ -403,7 +408,7 @@ ffi::Error BackwardOf(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   if (parts == 1)
     TwoPhases(
         pool, d.seeds * d.tiles(), [&](int64_t task) { tile_gradients(task / d.tiles(), 0, task % d.tiles()); },
-        d.seeds * d.output_blocks(), kernel_gradient);
+        kGradient == KernelGradient::kNone ? 0 : d.seeds * d.output_blocks(), kernel_gradient);
   else
     TwoPhases(pool, d.seeds * parts, part_gradients, d.seeds * d.output_blocks(), kernel_gradient);
   return ffi::Error::Success();
@@ -413,14 +418,21 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
                     ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::S32> offsets, ffi::Buffer<ffi::F32> dy,
                     ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dkernel,
                     ffi::ResultBuffer<ffi::F32> scratch) {
-  return BackwardOf<false>(pool, x, values, idx, offsets, dy, dx, dkernel, scratch);
+  return BackwardOf<KernelGradient::kDenseShaped>(pool, x, values, idx, offsets, dy, dx, dkernel->typed_data(),
+                                                 scratch);
 }
 
 ffi::Error BackwardKept(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
                         ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::S32> offsets, ffi::Buffer<ffi::F32> dy,
                         ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dvalues,
                         ffi::ResultBuffer<ffi::F32> scratch) {
-  return BackwardOf<true>(pool, x, values, idx, offsets, dy, dx, dvalues, scratch);
+  return BackwardOf<KernelGradient::kKept>(pool, x, values, idx, offsets, dy, dx, dvalues->typed_data(), scratch);
+}
+
+ffi::Error BackwardInput(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
+                         ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::S32> offsets, ffi::Buffer<ffi::F32> dy,
+                         ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> scratch) {
+  return BackwardOf<KernelGradient::kNone>(pool, x, values, idx, offsets, dy, dx, nullptr, scratch);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -480,5 +492,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SparserlCondensedForward, Forward);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SparserlCondensedBackward, Backward);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SparserlCondensedForwardKept, ForwardKept);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SparserlCondensedBackwardKept, BackwardKept);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SparserlCondensedBackwardInput, BackwardInput);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SparserlCondensedGather, Gather);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SparserlCondensedScatter, Scatter);

@@ -45,9 +45,11 @@ import numpy as np
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "condensed_native.cc")
 FORWARD, BACKWARD = "sparserl_condensed_forward", "sparserl_condensed_backward"
 FORWARD_KEPT, BACKWARD_KEPT = "sparserl_condensed_forward_kept", "sparserl_condensed_backward_kept"
+BACKWARD_INPUT = "sparserl_condensed_backward_input"
 GATHER, SCATTER = "sparserl_condensed_gather", "sparserl_condensed_scatter"
 _TARGETS = {FORWARD: "SparserlCondensedForward", BACKWARD: "SparserlCondensedBackward",
             FORWARD_KEPT: "SparserlCondensedForwardKept", BACKWARD_KEPT: "SparserlCondensedBackwardKept",
+            BACKWARD_INPUT: "SparserlCondensedBackwardInput",
             GATHER: "SparserlCondensedGather", SCATTER: "SparserlCondensedScatter"}
 LANES = 16  # examples per tile (condensed_native.cc kLanes)
 COMPILE_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
@@ -210,16 +212,17 @@ def dense_kept(x: jax.Array, values: jax.Array, indices: jax.Array, offsets: jax
     """x [..., in] times the layer whose kept values are `values` [out, k] at `indices` [out, k] (and `offsets`):
     `dense` with the values as the operand, so the gradient is dvalues[s] = sum_b x[b, idx[s]] dy[b, o] for each
     slot s of neuron o, the masked network's kernel gradient at the kept connections, in the values' own shape
-    (0 in the slots of no neuron)."""
+    (0 in the slots of no neuron). Where the values are not differentiated (SAC's critics inside its actor loss),
+    the backward pass computes dx alone."""
     return _dense_kept(x, values, indices, _offsets_for(offsets))
 
 
 @jax.custom_vjp
 def _dense_kept(x, values, indices, offsets):
-    return _dense_kept_forward(x, values, indices, offsets)[0]
+    return _dense_kept_call(x, values, indices, offsets)
 
 
-def _dense_kept_forward(x, values, indices, offsets):
+def _dense_kept_call(x, values, indices, offsets):
     _check(x, values, indices)
     register()
     flat = x.reshape(-1, x.shape[-1])
@@ -227,18 +230,31 @@ def _dense_kept_forward(x, values, indices, offsets):
     shapes = (jax.ShapeDtypeStruct((batch, out_features), jnp.float32),
               jax.ShapeDtypeStruct((_tiles(batch) * (in_features + out_features) * LANES,), jnp.float32))
     y, _ = jax.ffi.ffi_call(FORWARD_KEPT, shapes, vmap_method="broadcast_all")(flat, values, indices, offsets)
-    return y.reshape(*x.shape[:-1], out_features), (x, values, indices, offsets)
+    return y.reshape(*x.shape[:-1], out_features)
+
+
+def _dense_kept_forward(x, values, indices, offsets):
+    """With symbolic zeros: each argument comes with whether it is differentiated (`perturbed`); the residuals
+    remember the values' (an empty tuple for yes, None for no) for the backward pass to pick its kernel."""
+    primals = (x.value, values.value, indices.value, offsets.value)
+    return _dense_kept_call(*primals), (*primals, () if values.perturbed else None)
 
 
 def _dense_kept_backward(residuals, output_grad):
-    x, values, indices, offsets = residuals
+    x, values, indices, offsets, values_differentiated = residuals
     flat = x.reshape(-1, x.shape[-1])
     (batch, in_features), out_features = flat.shape, values.shape[0]
-    shapes = (jax.ShapeDtypeStruct(flat.shape, jnp.float32), jax.ShapeDtypeStruct(values.shape, jnp.float32),
-              jax.ShapeDtypeStruct((2 * _tiles(batch) * (in_features + out_features) * LANES,), jnp.float32))
-    dx, dvalues, _ = jax.ffi.ffi_call(BACKWARD_KEPT, shapes, vmap_method="broadcast_all")(
-        flat, values, indices, offsets, output_grad.reshape(-1, out_features))
-    return dx.reshape(x.shape), dvalues, *_no_gradient(indices, offsets)
+    if isinstance(output_grad, jax.custom_derivatives.SymbolicZero):
+        output_grad = jnp.zeros((*x.shape[:-1], out_features), jnp.float32)
+    scratch = jax.ShapeDtypeStruct((2 * _tiles(batch) * (in_features + out_features) * LANES,), jnp.float32)
+    operands = (flat, values, indices, offsets, output_grad.reshape(-1, out_features))
+    if values_differentiated is None:
+        dx, _ = jax.ffi.ffi_call(BACKWARD_INPUT, (jax.ShapeDtypeStruct(flat.shape, jnp.float32), scratch),
+                                 vmap_method="broadcast_all")(*operands)
+        return dx.reshape(x.shape), None, None, None
+    shapes = (jax.ShapeDtypeStruct(flat.shape, jnp.float32), jax.ShapeDtypeStruct(values.shape, jnp.float32), scratch)
+    dx, dvalues, _ = jax.ffi.ffi_call(BACKWARD_KEPT, shapes, vmap_method="broadcast_all")(*operands)
+    return dx.reshape(x.shape), dvalues, None, None
 
 
-_dense_kept.defvjp(_dense_kept_forward, _dense_kept_backward)
+_dense_kept.defvjp(_dense_kept_forward, _dense_kept_backward, symbolic_zeros=True)
