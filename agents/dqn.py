@@ -7,6 +7,7 @@ A time-limit truncation is stored with terminated = False and s' = the final
 observation, so the target bootstraps through it.
 """
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -18,7 +19,7 @@ import rlax
 
 from sparserl import sparse_network
 from sparserl.agent_contract import Agent
-from sparserl.agent_networks import AgentNetwork, AgentNetworks, network_of
+from sparserl.agent_networks import AgentNetwork, AgentNetworks, UpdatePlan, network_of
 from sparserl.dormancy import RecycleCounts
 from sparserl.configs.base import kernels, network_module, off_policy_updates
 from sparserl.envs import EnvSpec
@@ -124,30 +125,52 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         exploration = epsilon(env_step) if explore else config.eval_epsilon
         return jnp.where(coin < exploration, random_actions, greedy)
 
-    def target_q_values(state: DQNState, observations: jax.Array) -> jax.Array:
+    def target_q_values(state: DQNState, observations: jax.Array, masks_known: bool | None) -> jax.Array:
         """Q_target(s', .). The target is the online network as of its last copy, after update `last_copy`; while
         no topology update has run since, its masks are the online ones and it runs with the online indices
         (condensed kernels) and the kept values copied with it, else masked. ReDo's `reset_target` writes the
-        target off those masks: masked."""
+        target off those masks: masked. `masks_known`: whether the masks are unchanged, where the host knows it
+        (`plan`), else None (a `lax.cond`)."""
         masked = lambda: sparse_network.apply(network, state.target_params, observations)
         if not state.online.indices or config.redo.reset_target:
             return masked()
+        condensed = lambda: sparse_network.apply(
+            network, state.target_params, observations, step=state.step,
+            indices=sparse_network.with_kept_values(state.online.indices, state.target_kept))
+        if masks_known is not None:
+            return condensed() if masks_known else masked()
         last_copy = state.step // config.target_update_period * config.target_update_period
-        return jax.lax.cond(
-            sparse_network.masks_unchanged(network, last_copy, state.step, config.target_update_period),
-            lambda: sparse_network.apply(network, state.target_params, observations, step=state.step,
-                                         indices=sparse_network.with_kept_values(state.online.indices, state.target_kept)),
-            masked)
+        return jax.lax.cond(sparse_network.masks_unchanged(network, last_copy, state.step, config.target_update_period),
+                            condensed, masked)
+
+    @functools.lru_cache(maxsize=4)
+    def first_topology_step(start: int) -> int | None:
+        """The first topology-update step of [start, start + target_update_period), or None: one scan of the
+        period per target copy, on the host."""
+        return next((step for step in range(start, start + config.target_update_period)
+                     if sparse_network.topology_step_on_host(network, step)), None)
+
+    def plan(first_update: int, count: int) -> UpdatePlan:
+        """`AgentNetworks.plan`, and for one update whether the target still has the online masks: no topology
+        update in [last copy, state.step), state.step = first_update - 1."""
+        known = networks.plan(first_update, count)
+        if count != 1:
+            return known
+        step = first_update - 1
+        first = first_topology_step(step // config.target_update_period * config.target_update_period)
+        return known._replace(target_masks=first is None or first >= step)
 
     def update(state: DQNState, batch: Transition, key: jax.Array, sample=None, plan=None) -> tuple[DQNState, dict[str, jax.Array]]:
         """One gradient step on `batch`, then ReDo when due, on `sample(key, redo.batch_size)` from the replay
-        (`plan`: `plan(first_update, 1)` when the caller knows the update number, see `dormancy.recycle_when_due`)."""
-        next_target_q_values = target_q_values(state, batch.next_observation)
+        (`plan`: `plan(first_update, 1)` when the caller knows the update number: ReDo's, the topology step's and
+        the target's branches decided on the host, see `dormancy.recycle_when_due`, `UpdatePlan`)."""
+        next_target_q_values = target_q_values(state, batch.next_observation, None if plan is None else plan.target_masks)
 
         def loss_fn(params, indices):
             return td_loss(network, config, params, batch, next_target_q_values, indices)
 
-        (loss, q_values), online = sparse_network.gradient_step(network, loss_fn, state.online, state.step, key)
+        (loss, q_values), online = sparse_network.gradient_step(network, loss_fn, state.online, state.step, key,
+                                                                networks.topology_step(plan, "online"))
         step = state.step + 1
         target_params, target_kept = jax.lax.cond(step % config.target_update_period == 0,
                                                   lambda: (online.params, online.kept),
@@ -156,5 +179,4 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         state = DQNState(online, target_params, target_kept, state.rng, step, state.recycled)
         return networks.recycle_from_replay(state, sample, key, plan), metrics
 
-    return Agent(init=init, act=act, update=update, measure=networks.measure, recycle=networks.recycle,
-                 plan=networks.plan)
+    return Agent(init=init, act=act, update=update, measure=networks.measure, recycle=networks.recycle, plan=plan)

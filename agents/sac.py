@@ -238,7 +238,8 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
 
     def update(state: SACState, batch: Transition, key: jax.Array, sample=None, plan=None) -> tuple[SACState, dict[str, jax.Array]]:
         """One gradient step on `batch`, then ReDo when due, on `sample(key, redo.batch_size)` from the replay
-        (`plan`: `plan(first_update, 1)` when the caller knows the update number, see `dormancy.recycle_when_due`)."""
+        (`plan`: `plan(first_update, 1)` when the caller knows the update number: ReDo's and the topology steps'
+        branches decided on the host, see `dormancy.recycle_when_due`, `UpdatePlan`)."""
         next_key, actor_key, critic_sparse_key, actor_sparse_key = jax.random.split(key, 4)
         alpha = jnp.exp(state.log_alpha)
 
@@ -246,12 +247,12 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         targets = losses.soft_targets(state, batch, next_key)
         (critic_loss_value, q), critic = sparse_network.gradient_step(
             critic_net, lambda params, indices: losses.critic(params, batch, targets, indices), state.critic, state.step,
-            critic_sparse_key)
+            critic_sparse_key, networks.topology_step(plan, "critic"))
 
         # Actor: maximise min_i Q_i(s, a) + alpha * entropy, with a reparameterised a ~ pi(.|s).
         (actor_loss_value, log_prob), actor = sparse_network.gradient_step(
             actor_net, lambda params, indices: losses.actor(params, critic, state.step + 1, alpha, batch, actor_key, indices),
-            state.actor, state.step, actor_sparse_key)
+            state.actor, state.step, actor_sparse_key, networks.topology_step(plan, "actor"))
 
         # Temperature: move the policy's entropy towards the target entropy.
         temperature_loss_value, alpha_grad = jax.value_and_grad(temperature_loss)(state.log_alpha, log_prob, target_entropy)

@@ -37,6 +37,19 @@ def network_of(config: ml_collections.ConfigDict, module: nn.Module, optimizer: 
                                        sparse_init_rescale=config.sparse.sparse_init_rescale, kernels=kernels)
 
 
+class UpdatePlan(NamedTuple):
+    """The Agent contract's `plan` of DQN and SAC: what the host knows of the updates of one call before tracing
+    it, each a Python bool, or None where the program decides (a `lax.cond`).
+
+    `recycle`: whether ReDo falls on them (`dormancy.plan_of`). `topology`: per member, in order, whether the
+    update updates that network's topology (`sparse_network.topology_step_on_host`; one update per call, else
+    None). `target_masks`: whether a target network still holds the online masks (DQN; None elsewhere)."""
+
+    recycle: bool | None
+    topology: tuple[bool | None, ...]
+    target_masks: bool | None = None
+
+
 class AgentNetwork(NamedTuple):
     """One network of an agent: its definition, the TrainState field holding its `NetworkState`, the field
     holding its target network's params (None: it has none), and `loss(params, state, batch)`, the agent's loss of
@@ -108,15 +121,30 @@ class AgentNetworks:
     def recycle_when_due(self, state: Any, batch: Callable[[jax.Array], Any], key: jax.Array,
                          plan: bool | None = None) -> Any:
         """`dormancy.recycle_when_due` with this agent's schedule and `recycle`: what an update calls after each
-        gradient step; `batch(key)` gives the batch the remedy scores on, `plan` is `self.plan(...)`'s value if known."""
+        gradient step; `batch(key)` gives the batch the remedy scores on, `plan` is `self.plan(...).recycle` if known."""
         return dormancy.recycle_when_due(self.schedule, state, self.recycle, batch, key, plan)
 
-    def recycle_from_replay(self, state: Any, sample: Callable | None, update_key: jax.Array, plan: bool | None) -> Any:
+    def recycle_from_replay(self, state: Any, sample: Callable | None, update_key: jax.Array,
+                            plan: UpdatePlan | None) -> Any:
         """An off-policy update's ReDo: when due, on `redo.batch_size` transitions `sample(key, n)` draws from the
         replay, with a key folded from the update's (`dormancy.replay_batch`, `dormancy.redo_key`)."""
         return self.recycle_when_due(state, dormancy.replay_batch(sample, self.redo.batch_size),
-                                     dormancy.redo_key(update_key), plan)
+                                     dormancy.redo_key(update_key), None if plan is None else plan.recycle)
 
-    def plan(self, first_update: int, count: int) -> bool | None:
-        """The Agent contract's `plan`: whether ReDo falls on these updates (`dormancy.plan_of`)."""
-        return dormancy.plan_of(self.schedule, first_update, count)
+    def plan(self, first_update: int, count: int) -> UpdatePlan:
+        """The Agent contract's `plan` (`UpdatePlan`): ReDo's (`dormancy.plan_of`) and, for one update, whether it
+        updates each network's topology (gradient step first_update - 1: `state.step` before the update)."""
+        def topology(network):
+            due = [sparse_network.topology_step_on_host(network, step)
+                   for step in range(first_update - 1, first_update - 1 + count)]
+            return due[0] if count == 1 else (False if not any(due) else None)
+
+        return UpdatePlan(dormancy.plan_of(self.schedule, first_update, count),
+                          tuple(topology(member.network) for member in self.members))
+
+    def topology_step(self, plan: UpdatePlan | None, field: str) -> bool | None:
+        """The plan's knowledge of whether the update updates the topology of the network in `field` (None:
+        unknown, the program decides)."""
+        if plan is None:
+            return None
+        return plan.topology[[member.field for member in self.members].index(field)]

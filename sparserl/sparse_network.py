@@ -191,6 +191,12 @@ def _is_topology_step(network: SparseNetwork, step: jax.Array) -> jax.Array:
     return _topology(network).is_update_step(step, network.optimizer.config)
 
 
+def topology_step_on_host(network: SparseNetwork, step: int) -> bool:
+    """Whether gradient step `step` (a Python int) updates the network's topology (`Topology.is_update_step`),
+    decided on the host: a loop that knows its update numbers compiles the branch it takes alone (`loop._branch`)."""
+    return bool(_is_topology_step(network, step))
+
+
 def masks_unchanged(network: SparseNetwork, first_step: jax.Array, step: jax.Array, max_steps: int) -> jax.Array:
     """True when no topology update (`Topology.is_update_step`) runs at any step of [first_step, step), an
     interval of at most `max_steps` steps: params copied from the network at `first_step` (a target network)
@@ -361,16 +367,18 @@ def _apply_kept_gradients(network: SparseNetwork, state: NetworkState, layers: d
     return NetworkState(params, state.opt_state._replace(inner=inner), state.indices, _kernels_of(kept_params, layers))
 
 
-def gradient_step(network: SparseNetwork, loss_fn: Callable, state: NetworkState, step: jax.Array, key: jax.Array):
+def gradient_step(network: SparseNetwork, loss_fn: Callable, state: NetworkState, step: jax.Array, key: jax.Array,
+                  topology_step: bool | None = None):
     """`value_and_grad` then `apply_gradients`, as one step: ((loss, aux), new state). `loss_fn(params, indices)`
     runs the network through `apply(..., indices=indices)`. See `joint_gradient_step`."""
     value, (new_state,) = joint_gradient_step((network,), lambda params, indices: loss_fn(params[0], indices[0]),
-                                              (state,), step, (key,))
+                                              (state,), step, (key,), topology_step=topology_step)
     return value, new_state
 
 
 def joint_gradient_step(networks: Sequence[SparseNetwork], loss_fn: Callable, states: Sequence[NetworkState],
-                        step: jax.Array, keys: Sequence[jax.Array], max_grad_norm: float | None = None):
+                        step: jax.Array, keys: Sequence[jax.Array], max_grad_norm: float | None = None,
+                        topology_step: bool | None = None):
     """One gradient step of one loss over several networks (PPO's actor and critic; `joint_value_and_grad`),
     each network's gradients clipped by their joint norm first when `max_grad_norm` is given
     (`clip_by_joint_norm`): ((loss, aux), tuple of new states).
@@ -379,7 +387,10 @@ def joint_gradient_step(networks: Sequence[SparseNetwork], loss_fn: Callable, st
     (`lax.cond` on the shared step) differentiate the loss with respect to the kept values and update them
     alone (`_apply_kept_gradients`): equal to the dense-shaped step, whose moments and gradients are 0 off the
     masks, up to float rounding. Topology-update steps run the dense-shaped step (`joint_value_and_grad`,
-    `apply_gradients`).
+    `apply_gradients`). `topology_step`, where the caller knows it on the host (`topology_step_on_host` of any of
+    the networks; the host loop's `Agent.plan`), picks the branch in Python: the program holds that step alone,
+    without the cond and the copies of whole kernels XLA makes at its boundary (about 0.25 ms of a 2x512 DQN
+    update, docs/performance.md).
     """
     def dense_step():
         value, grads = joint_value_and_grad(networks, loss_fn, states, step)
@@ -414,6 +425,8 @@ def joint_gradient_step(networks: Sequence[SparseNetwork], loss_fn: Callable, st
             else apply_gradients(network, state, network_grads, step, key)
             for network, state, network_layers, network_grads, key in zip(networks, states, layers, grads, keys))
 
+    if topology_step is not None:
+        return dense_step() if topology_step else kept_step()
     topology_step = jnp.any(jnp.stack([_is_topology_step(network, step) for network in networks]))
     return jax.lax.cond(topology_step, dense_step, kept_step)
 

@@ -126,9 +126,9 @@ def test_recycle_when_due_follows_the_schedule_and_the_plan():
     not_due = agent_networks.recycle_when_due(state.replace(step=jnp.asarray(3, jnp.int32)), lambda _: batch, key)
     assert not_due.recycled == THREE
     assert agent_networks.recycle_when_due(state, lambda _: batch, key, False).recycled == THREE
-    assert (agent_networks.plan(2, 1), agent_networks.plan(3, 1), agent_networks.plan(1, 4)) == (True, False, None)
+    assert [agent_networks.plan(*updates).recycle for updates in ((2, 1), (3, 1), (1, 4))] == [True, False, None]
     off = _agent_networks(_redo(enabled=False))
-    assert off.schedule is None and off.plan(2, 1) is False
+    assert off.schedule is None and off.plan(2, 1).recycle is False
     assert off.recycle_when_due(state, lambda _: batch, key) is state
 
 
@@ -141,10 +141,11 @@ def test_recycle_from_replay_samples_redo_batch_size_transitions():
         return _batch()
 
     agent_networks = _agent_networks(_redo())
-    recycled = agent_networks.recycle_from_replay(state, sample, key, True)
+    due = agent_networks.plan(2, 1)  # ReDo is due on update 2
+    recycled = agent_networks.recycle_from_replay(state, sample, key, due)
     assert sizes == [8] and int(recycled.recycled.neurons) > 3
     with pytest.raises(ValueError, match="ReDo samples its batch from the replay"):
-        agent_networks.recycle_from_replay(state, None, key, True)
+        agent_networks.recycle_from_replay(state, None, key, due)
 
 
 def test_network_of_takes_the_sparsity_the_config_gives_each_network():

@@ -55,8 +55,9 @@ def redo_functions(agent: Agent, config: ml_collections.ConfigDict, env_spec: en
         sample = functools.partial(replay_lib.sample, replay)
         return agent.update(state, sample(key, config.batch_size), key, sample, plan)
 
-    updates = {plan: jax.jit(jax.vmap(functools.partial(update, plan=plan), in_axes=(axes, 0, 0), out_axes=(axes, 0)))
-               for plan in (True, False)}
+    plans = {due: agent.plan(1, 1)._replace(recycle=due) for due in (True, False)}  # update 1, ReDo due or not
+    updates = {due: jax.jit(jax.vmap(functools.partial(update, plan=plan), in_axes=(axes, 0, 0), out_axes=(axes, 0)))
+               for due, plan in plans.items()}
     measure = jax.jit(jax.vmap(agent.measure, in_axes=(axes, 0)))
     keys, big_batch = loop.seed_keys([3]), agent_programs.random_transitions(env_spec, config.dormancy.batch_size, seed=3)
     return {"recycling update": lambda: updates[True](state, carry["replay"], keys),
