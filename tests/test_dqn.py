@@ -1,5 +1,7 @@
 """DQN: TD targets against a plain-Python computation, acting, and one update."""
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -189,3 +191,33 @@ def test_an_unknown_td_loss_is_a_config_error():
     with pytest.raises(ConfigError, match="^td_loss: unknown loss 'l1'; choose one of huber, mse$") as raised:
         _agent(td_loss="l1")
     assert raised.value.field == "td_loss"
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="native kernels are built with g++, not on PATH")
+def test_the_plan_decides_the_topology_and_target_branches_on_the_host_and_the_update_is_the_same():
+    """`plan(u, 1)` for update u (gradient step s = u - 1) under RigL every 5 steps and a target copy every 4, by
+    hand: a topology step at s = 5 and 10; the target keeps the online masks unless a topology step fell in
+    [last copy, s). An update given the plan holds fewer `cond`s, and equals the update that decides in its
+    program: on a topology step, right after one (the target's masks changed) and after the next copy."""
+    config = dqn_config.get_config()
+    config.network.hidden_sizes, config.target_update_period = (64, 64), 4
+    config.sparse.update(method="rigl", structure="fan_in", kernels="native", sparsity=0.9)
+    config.sparse.rigl.update_period = 5
+    agent = dqn.make(config, envs.env_spec("CartPole-v1"))
+    for step in range(13):
+        plan = agent.plan(step + 1, 1)
+        changed = any(step // 4 * 4 <= topology_step < step for topology_step in (5, 10))
+        assert plan.topology == (step in (5, 10),) and plan.target_masks is not changed and plan.recycle is False
+    assert agent.plan(1, 5).topology == (False,) and agent.plan(5, 3).topology == (None,)
+    state = agent.init(jax.random.key(0))
+    batch = _hand_batch()
+    for step in (5, 6, 8):
+        at_step = state.replace(step=jnp.asarray(step, jnp.int32))
+        plan = agent.plan(step + 1, 1)
+        planned = jax.jit(lambda state: agent.update(state, batch, jax.random.key(1), plan=plan))
+        decided = jax.jit(lambda state: agent.update(state, batch, jax.random.key(1)))
+        assert str(jax.make_jaxpr(planned)(at_step)).count("cond[") < str(jax.make_jaxpr(decided)(at_step)).count("cond[")
+        (planned_state, planned_metrics), (decided_state, decided_metrics) = planned(at_step), decided(at_step)
+        np.testing.assert_allclose(planned_metrics["loss/td"], decided_metrics["loss/td"], rtol=1e-6)
+        for planned_leaf, decided_leaf in zip(jax.tree.leaves(planned_state.online), jax.tree.leaves(decided_state.online)):
+            np.testing.assert_allclose(planned_leaf, decided_leaf, rtol=1e-5, atol=1e-6)
