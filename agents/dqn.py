@@ -8,7 +8,7 @@ observation, so the target bootstraps through it.
 """
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.struct
 import jax
@@ -81,6 +81,43 @@ def hidden_kernel_l2(weight_decay: float) -> optax.GradientTransformation:
     return optax.add_decayed_weights(2.0 * weight_decay, mask=is_hidden_kernel)
 
 
+def target_q_values(network: sparse_network.SparseNetwork, config: ml_collections.ConfigDict, state: DQNState, observations: jax.Array,
+                    masks_known: bool | None) -> jax.Array:
+    """Q_target(s', .). The target is the online network as of its last copy, after update `last_copy`; while
+    no topology update has run since, its masks are the online ones and it runs with the online indices
+    (condensed kernels) and the kept values copied with it, else masked. ReDo's `reset_target` writes the
+    target off those masks: masked. `masks_known`: whether the masks are unchanged, where the host knows it
+    (`Agent.plan`, `target_masks_known`), else None (a `lax.cond`)."""
+    masked = lambda: sparse_network.apply(network, state.target_params, observations)
+    if not state.online.indices or config.redo.reset_target:
+        return masked()
+    condensed = lambda: sparse_network.apply(
+        network, state.target_params, observations, step=state.step,
+        indices=sparse_network.with_kept_values(state.online.indices, state.target_kept))
+    if masks_known is not None:
+        return condensed() if masks_known else masked()
+    last_copy = state.step // config.target_update_period * config.target_update_period
+    return jax.lax.cond(sparse_network.masks_unchanged(network, last_copy, state.step, config.target_update_period),
+                        condensed, masked)
+
+
+def target_masks_known(network: sparse_network.SparseNetwork, target_update_period: int) -> Callable[[int], bool]:
+    """`unchanged(step)` for gradient step `step` (a Python int): whether the target, copied at the last multiple of
+    `target_update_period`, still holds the online masks: no topology update in [last copy, step)
+    (`sparse_network.topology_step_on_host`), decided on the host with one scan of the period per copy."""
+
+    @functools.lru_cache(maxsize=4)
+    def first_topology_step(start: int) -> int | None:
+        return next((step for step in range(start, start + target_update_period)
+                     if sparse_network.topology_step_on_host(network, step)), None)
+
+    def unchanged(step: int) -> bool:
+        first = first_topology_step(step // target_update_period * target_update_period)
+        return first is None or first >= step
+
+    return unchanged
+
+
 def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
     """DQN's pure functions (docs/design.md contract 1) for `config` on an env like `env_spec`."""
     if config.td_loss not in TD_LOSSES:
@@ -125,46 +162,19 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         exploration = epsilon(env_step) if explore else config.eval_epsilon
         return jnp.where(coin < exploration, random_actions, greedy)
 
-    def target_q_values(state: DQNState, observations: jax.Array, masks_known: bool | None) -> jax.Array:
-        """Q_target(s', .). The target is the online network as of its last copy, after update `last_copy`; while
-        no topology update has run since, its masks are the online ones and it runs with the online indices
-        (condensed kernels) and the kept values copied with it, else masked. ReDo's `reset_target` writes the
-        target off those masks: masked. `masks_known`: whether the masks are unchanged, where the host knows it
-        (`plan`), else None (a `lax.cond`)."""
-        masked = lambda: sparse_network.apply(network, state.target_params, observations)
-        if not state.online.indices or config.redo.reset_target:
-            return masked()
-        condensed = lambda: sparse_network.apply(
-            network, state.target_params, observations, step=state.step,
-            indices=sparse_network.with_kept_values(state.online.indices, state.target_kept))
-        if masks_known is not None:
-            return condensed() if masks_known else masked()
-        last_copy = state.step // config.target_update_period * config.target_update_period
-        return jax.lax.cond(sparse_network.masks_unchanged(network, last_copy, state.step, config.target_update_period),
-                            condensed, masked)
-
-    @functools.lru_cache(maxsize=4)
-    def first_topology_step(start: int) -> int | None:
-        """The first topology-update step of [start, start + target_update_period), or None: one scan of the
-        period per target copy, on the host."""
-        return next((step for step in range(start, start + config.target_update_period)
-                     if sparse_network.topology_step_on_host(network, step)), None)
+    unchanged_target_masks = target_masks_known(network, config.target_update_period)
 
     def plan(first_update: int, count: int) -> UpdatePlan:
-        """`AgentNetworks.plan`, and for one update whether the target still has the online masks: no topology
-        update in [last copy, state.step), state.step = first_update - 1."""
+        """`AgentNetworks.plan`, and for one update whether the target still has the online masks."""
         known = networks.plan(first_update, count)
-        if count != 1:
-            return known
-        step = first_update - 1
-        first = first_topology_step(step // config.target_update_period * config.target_update_period)
-        return known._replace(target_masks=first is None or first >= step)
+        return known if count != 1 else known._replace(target_masks=unchanged_target_masks(first_update - 1))
 
     def update(state: DQNState, batch: Transition, key: jax.Array, sample=None, plan=None) -> tuple[DQNState, dict[str, jax.Array]]:
         """One gradient step on `batch`, then ReDo when due, on `sample(key, redo.batch_size)` from the replay
         (`plan`: `plan(first_update, 1)` when the caller knows the update number: ReDo's, the topology step's and
         the target's branches decided on the host, see `dormancy.recycle_when_due`, `UpdatePlan`)."""
-        next_target_q_values = target_q_values(state, batch.next_observation, None if plan is None else plan.target_masks)
+        next_target_q_values = target_q_values(network, config, state, batch.next_observation,
+                                               None if plan is None else plan.target_masks)
 
         def loss_fn(params, indices):
             return td_loss(network, config, params, batch, next_target_q_values, indices)
