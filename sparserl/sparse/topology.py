@@ -152,8 +152,10 @@ class Topology:
         return ()
 
     def is_update_step(self, step: jax.Array, config: SparsityConfig) -> jax.Array:
+        """Never: False for a step given as a Python int (the host's plan, no array made), else an all-False array
+        (a constant XLA folds, so a branch on it costs nothing)."""
         del config
-        return jnp.zeros_like(step, dtype=bool)
+        return False if isinstance(step, int) else jnp.zeros_like(step, dtype=bool)
 
     def update_masks(self, key, step, params, dense_grads, masks, sparsities, config: SparsityConfig) -> Any:
         """New masks on an update step (called under `lax.cond`)."""
