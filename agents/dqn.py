@@ -7,8 +7,7 @@ A time-limit truncation is stored with terminated = False and s' = the final
 observation, so the target bootstraps through it.
 """
 
-import functools
-from typing import Any, Callable
+from typing import Any
 
 import flax.struct
 import jax
@@ -87,7 +86,7 @@ def target_q_values(network: sparse_network.SparseNetwork, config: ml_collection
     no topology update has run since, its masks are the online ones and it runs with the online indices
     (condensed kernels) and the kept values copied with it, else masked. ReDo's `reset_target` writes the
     target off those masks: masked. `masks_known`: whether the masks are unchanged, where the host knows it
-    (`Agent.plan`, `target_masks_known`), else None (a `lax.cond`)."""
+    (`Agent.plan`, `sparse_network.masks_unchanged_on_host`), else None (a `lax.cond`)."""
     masked = lambda: sparse_network.apply(network, state.target_params, observations)
     if not state.online.indices or config.redo.reset_target:
         return masked()
@@ -99,23 +98,6 @@ def target_q_values(network: sparse_network.SparseNetwork, config: ml_collection
     last_copy = state.step // config.target_update_period * config.target_update_period
     return jax.lax.cond(sparse_network.masks_unchanged(network, last_copy, state.step, config.target_update_period),
                         condensed, masked)
-
-
-def target_masks_known(network: sparse_network.SparseNetwork, target_update_period: int) -> Callable[[int], bool]:
-    """`unchanged(step)` for gradient step `step` (a Python int): whether the target, copied at the last multiple of
-    `target_update_period`, still holds the online masks: no topology update in [last copy, step)
-    (`sparse_network.topology_step_on_host`), decided on the host with one scan of the period per copy."""
-
-    @functools.lru_cache(maxsize=4)
-    def first_topology_step(start: int) -> int | None:
-        return next((step for step in range(start, start + target_update_period)
-                     if sparse_network.topology_step_on_host(network, step)), None)
-
-    def unchanged(step: int) -> bool:
-        first = first_topology_step(step // target_update_period * target_update_period)
-        return first is None or first >= step
-
-    return unchanged
 
 
 def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
@@ -162,7 +144,7 @@ def make(config: ml_collections.ConfigDict, env_spec: EnvSpec) -> Agent:
         exploration = epsilon(env_step) if explore else config.eval_epsilon
         return jnp.where(coin < exploration, random_actions, greedy)
 
-    unchanged_target_masks = target_masks_known(network, config.target_update_period)
+    unchanged_target_masks = sparse_network.masks_unchanged_on_host(network, config.target_update_period)
 
     def plan(first_update: int, count: int) -> UpdatePlan:
         """`AgentNetworks.plan`, and for one update whether the target still has the online masks."""

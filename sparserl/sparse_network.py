@@ -11,6 +11,7 @@ dormancy metrics, and ReDo (over all of an agent's networks at once:
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -203,6 +204,22 @@ def masks_unchanged(network: SparseNetwork, first_step: jax.Array, step: jax.Arr
     then still have the network's masks, and its condensed indices."""
     steps = first_step + jnp.arange(max_steps)
     return ~jnp.any(_is_topology_step(network, steps) & (steps < step))
+
+
+def masks_unchanged_on_host(network: SparseNetwork, period: int) -> Callable[[int], bool]:
+    """`masks_unchanged` on the host for params copied every `period` steps (a target network): `unchanged(step)`
+    for a Python-int step says whether no topology update ran in [last copy, step), the last copy at the last
+    multiple of `period`. One scan of the period per copy (cached), so a host loop can ask at every update."""
+
+    @functools.lru_cache(maxsize=4)
+    def first_topology_step(start: int) -> int | None:
+        return next((step for step in range(start, start + period) if topology_step_on_host(network, step)), None)
+
+    def unchanged(step: int) -> bool:
+        first = first_topology_step(step // period * period)
+        return first is None or first >= step
+
+    return unchanged
 
 
 def joint_value_and_grad(networks: Sequence[SparseNetwork], loss_fn: Callable, states: Sequence[NetworkState],
