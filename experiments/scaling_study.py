@@ -42,7 +42,7 @@ SPARSE_FLAGS = ("--structure=fan_in", "--config.sparse.kernels=auto")
 SCALES = {
     "smoke": study.SMOKE,
     "small": {
-        # The MinAtar preset of configs/dqn.py (Young & Tian's network, replay ratio 0.25, learning from 5k steps,
+        # The MinAtar preset of configs/dqn.py (Young & Tian's network, one update per env step, learning from 5k steps,
         # epsilon decayed over 100k steps; prune from 20% to 80% of the gradient steps every 1,000, as Obando-Ceron
         # et al. schedule it). 100k steps, the end of the epsilon decay: the default grid (3 widths x 3 sides x 3
         # seeds) costs a few CPU-hours (`--dry_run`); 10 evaluations of 10 episodes.
@@ -50,7 +50,7 @@ SCALES = {
     },
 }
 
-# CPU-seconds per 100k env steps per seed of DQN on gymnax:Breakout-MinAtar (the MinAtar preset, replay ratio 0.25),
+# CPU-seconds per 100k env steps per seed of DQN on gymnax:Breakout-MinAtar (the MinAtar preset, one update per env step),
 # by side and width multiplier: one-seed runs on the shared 2-core CPU machine, the CPU time (user + sys) of a 25k-step
 # run less that of a 5k-step dense run of its width (start-up, compilation and the random steps before learning
 # starts), over the 20k steps between (docs/studies.md); wall time on that machine measures the other users as much
