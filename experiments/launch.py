@@ -18,7 +18,8 @@ process may use). Ray (`pip install sparserl[cluster]`): one task per process,
 `ray_address` joins a running cluster (the run directories must then be on a
 file system every node shares), else a local instance starts; each task asks
 for one CPU and, where the cluster has GPUs, `gpus_per_run` of a GPU. Each
-process logs to `{logdir}/{name}.log`.
+process logs to `{logdir}/{name}.log`; a finished one is reported with its wall
+and CPU seconds (what a study's cost estimate is measured in).
 """
 
 from __future__ import annotations
@@ -90,14 +91,21 @@ def is_finished(run_dir: str, seeds) -> bool:
     return True
 
 
-def _run_process(command: list[str], log_path: str, environment: dict[str, str] | None) -> tuple[int, str]:
-    """Runs one training process, its output into `log_path`; (exit status, last non-empty log line)."""
+def _run_process(command: list[str], log_path: str, environment: dict[str, str] | None) -> tuple[int, str, float]:
+    """Runs one training process, its output into `log_path`; (exit status, last non-empty log line, the CPU
+    seconds it and its threads used: user + system, from `os.wait4`)."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(log_path, "w") as log:
-        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment).returncode
+    with open(log_path, "w") as log, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                                      env=environment) as process:
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:  # interrupted (a pre-empted launcher): the process goes with it, as subprocess.run does
+            process.kill()
+            raise
+        process.returncode = os.waitstatus_to_exitcode(status)
     with open(log_path) as log:
         lines = [line.strip() for line in log if line.strip()]
-    return returncode, lines[-1] if lines else ""
+    return process.returncode, lines[-1] if lines else "", usage.ru_utime + usage.ru_stime
 
 
 def _process_environment() -> dict[str, str]:
@@ -105,9 +113,11 @@ def _process_environment() -> dict[str, str]:
     return {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 
 
-def _outcome(spec: RunSpec, returncode: int, last_line: str, log_path: str, seconds: float) -> Outcome:
+def _outcome(spec: RunSpec, returncode: int, last_line: str, log_path: str, seconds: float,
+             cpu_seconds: float | None) -> Outcome:
     if returncode == 0:
-        print(f"done: {spec.name} ({seconds:.0f} s)", flush=True)
+        cpu = "" if cpu_seconds is None else f", {cpu_seconds:.0f} CPU-s"
+        print(f"done: {spec.name} ({seconds:.0f} s wall{cpu})", flush=True)
         return Outcome(spec.name, "done")
     detail = f"exit {returncode}: {last_line} (log: {log_path})"
     print(f"FAILED: {spec.name}, {detail}", flush=True)
@@ -133,14 +143,14 @@ def _launch_local(specs, workdir, logdir, max_parallel, **_) -> dict[str, Outcom
     def run(spec):
         started = time.perf_counter()
         log_path = os.path.join(logdir, f"{spec.name}.log")
-        returncode, last_line = _run_process(train_command(spec, workdir), log_path, _process_environment())
-        return _outcome(spec, returncode, last_line, log_path, time.perf_counter() - started)
+        returncode, last_line, cpu_seconds = _run_process(train_command(spec, workdir), log_path, _process_environment())
+        return _outcome(spec, returncode, last_line, log_path, time.perf_counter() - started, cpu_seconds)
 
     with concurrent.futures.ThreadPoolExecutor(max_parallel) as pool:
         return {outcome.name: outcome for outcome in pool.map(run, specs)}
 
 
-def _ray_task(spec: RunSpec, workdir: str, log_path: str) -> tuple[int, str]:
+def _ray_task(spec: RunSpec, workdir: str, log_path: str) -> tuple[int, str, float]:
     """One process on a Ray worker, with that worker's Python."""
     return _run_process(train_command(spec, workdir), log_path, _process_environment())
 
@@ -171,10 +181,11 @@ def _launch_ray(specs, workdir, logdir, max_parallel, ray_address=None, gpus_per
             ready, waiting = ray.wait(waiting, num_returns=1)
             spec, log_path = references[ready[0]]
             try:
-                returncode, last_line = ray.get(ready[0])
+                returncode, last_line, cpu_seconds = ray.get(ready[0])
             except Exception as error:  # the task itself died (a lost node, a killed worker): that run failed
-                returncode, last_line = -1, f"{type(error).__name__}: {error}".splitlines()[0]
-            outcomes[spec.name] = _outcome(spec, returncode, last_line, log_path, time.perf_counter() - started)
+                returncode, last_line, cpu_seconds = -1, f"{type(error).__name__}: {error}".splitlines()[0], None
+            outcomes[spec.name] = _outcome(spec, returncode, last_line, log_path, time.perf_counter() - started,
+                                           cpu_seconds)
         return outcomes
     finally:
         ray.shutdown()

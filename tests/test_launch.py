@@ -1,6 +1,7 @@
 """experiments.launch: finished runs are skipped, a failed run is reported by name and the others go on."""
 
 import json
+import re
 import sys
 
 import pytest
@@ -42,6 +43,18 @@ def test_a_sweep_is_finished_when_every_level_is_and_names_no_run_directory(tmp_
     assert launch.is_spec_finished(sweep, str(tmp_path))
 
 
+def test_a_process_reports_its_exit_status_last_line_and_the_cpu_seconds_it_used(tmp_path):
+    """Its CPU time is its own (user + system of the child, `os.wait4`), not the launcher's: a child that spins
+    for 0.3 CPU-seconds reports about that much."""
+    spin = "import time\nstart = time.process_time()\nwhile time.process_time() - start < 0.3: pass\nprint('spun')"
+    returncode, last_line, cpu_seconds = launch._run_process([sys.executable, "-c", spin], str(tmp_path / "spin.log"), None)
+    assert (returncode, last_line) == (0, "spun")
+    assert 0.3 <= cpu_seconds < 2.0
+    returncode, last_line, cpu_seconds = launch._run_process([sys.executable, "-c", "print('ended'); raise SystemExit(3)"],
+                                                             str(tmp_path / "exit.log"), None)
+    assert (returncode, last_line) == (3, "ended") and cpu_seconds < 0.3
+
+
 @pytest.mark.slow
 def test_a_failed_run_is_reported_by_name_and_the_next_one_still_runs(tmp_path, capsys):
     scale = SMOKE["dqn"]
@@ -51,7 +64,9 @@ def test_a_failed_run_is_reported_by_name_and_the_next_one_still_runs(tmp_path, 
     outcomes = launch.launch([bad, good], str(tmp_path / "runs"), str(tmp_path / "logs"), max_parallel=1)
     assert [(o.name, o.status) for o in outcomes] == [("bad", "failed"), ("good", "done")]
     assert outcomes[0].detail.startswith("exit 2: error: --env:") and str(tmp_path / "logs" / "bad.log") in outcomes[0].detail
-    assert "FAILED: bad, exit 2" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "FAILED: bad, exit 2" in printed
+    assert re.search(r"^done: good \(\d+ s wall, \d+ CPU-s\)$", printed, re.MULTILINE)
     assert launch.is_finished(str(tmp_path / "runs" / "good"), (0,))
     # Launched again: the finished run is skipped, the failing one fails again.
     outcomes = launch.launch([bad, good], str(tmp_path / "runs"), str(tmp_path / "logs"), max_parallel=1)
