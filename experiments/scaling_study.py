@@ -148,12 +148,22 @@ def wall_seconds_per_step(run_dir: str) -> float:
     return float(np.mean(per_seed))
 
 
+def final_multiply_adds(run_dir: str) -> float | None:
+    """The multiply-adds of one example's forward pass at the kept weights (`multiply_adds/total`, what a kernel
+    that skipped every zero would compute) in the last metrics row, the same in every seed directory; None for a run
+    that did not log them (older runs)."""
+    rows = read_csv(os.path.join(run_dir, sorted(name for name in os.listdir(run_dir) if name.startswith("seed"))[0],
+                                 "metrics.csv"))
+    return rows[-1].get("multiply_adds/total")
+
+
 def summarize(plan: dict, result: dict) -> str:
     """summary.md: IQM return and wall ms per env step against the width for each side, and the papers' four
     findings checked in numbers (`findings`)."""
     table = {}
     for entry in result["table"]:
         entry["ms_per_step"] = 1000 * wall_seconds_per_step(os.path.join(plan["runs_dir"], entry["run"]))
+        entry["multiply_adds"] = final_multiply_adds(os.path.join(plan["runs_dir"], entry["run"]))
         table.setdefault(entry["method"], {})[entry["width_multiplier"]] = entry
     widths = sorted({width for cells in table.values() for width in cells})
     sides = [side for side in SIDES if side in table]
@@ -169,6 +179,10 @@ def summarize(plan: dict, result: dict) -> str:
     lines += ["\n## Wall time per env step (ms) against the width\n", f"| side | {header} |", "|---|" + "---|" * len(widths)]
     lines += [f"| {side} | " + " | ".join(f"{table[side][w]['ms_per_step']:.3g}" if w in table[side] else "" for w in widths)
               + " |" for side in sides]
+    lines += ["\n## Multiply-adds of one example's forward pass at the kept weights (every zero skipped)\n",
+              f"| side | {header} |", "|---|" + "---|" * len(widths)]
+    lines += [f"| {side} | " + " | ".join(_count(table[side][w]["multiply_adds"]) if w in table[side] else "" for w in widths)
+              + " |" for side in sides]
     lines += ["\n## The papers' findings, point by point\n", *findings(table)]
     if plan["env"] == SCALES["small"]["dqn"].env:
         lines += ["", WIDTH_NOTE, "", PRUNE_NOTE]
@@ -178,6 +192,10 @@ def summarize(plan: dict, result: dict) -> str:
     if figure_reason:
         lines.append(f"No figure: {figure_reason}.\n")
     return "\n".join(lines)
+
+
+def _count(multiply_adds: float | None) -> str:
+    return "not logged" if multiply_adds is None else f"{multiply_adds:,.0f}"
 
 
 def _course(cells: dict) -> str:
@@ -229,9 +247,12 @@ def findings(table: dict) -> list[str]:
         for side, cells in sparse.items():
             largest = max(cells)
             ratio = cells[largest]["ms_per_step"] / smallest["ms_per_step"]
+            work = cells[largest]["multiply_adds"], smallest["multiply_adds"]
             lines.append(f"4. Cost: {side} at {largest:g}x takes {cells[largest]['ms_per_step']:.3g} ms of wall time per "
                          f"env step against dense at {min(dense):g}x {smallest['ms_per_step']:.3g} ms ({ratio:.2f}x)"
-                         + (f"; dense at {largest:g}x {dense[largest]['ms_per_step']:.3g} ms." if largest in dense else "."))
+                         + (f"; dense at {largest:g}x {dense[largest]['ms_per_step']:.3g} ms" if largest in dense else "")
+                         + (f"; a forward pass at its kept weights is {work[0] / work[1]:.2f}x dense {min(dense):g}x's "
+                            "multiply-adds." if None not in work else "."))
     return lines
 
 

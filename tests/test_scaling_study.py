@@ -59,13 +59,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argum
     assert_study_refuses(scaling_study, arguments, tmp_path / "study", capsys, message)
 
 
-def write_cell(runs, method, width, scores, sps):
+def write_cell(runs, method, width, scores, sps, multiply_adds=None):
     """A hand-made run of two seeds at a width: one evaluation each (the scores) and metrics rows at steps 20 and
-    100 written at the given env steps per second."""
+    100 written at the given env steps per second, with `multiply_adds/total` where given (its last row's counts)."""
     run_dir = runs / f"{method}_w{width:g}"
     for seed, value in enumerate(scores):
         write_run(run_dir, seed, [value], method=method, sparsity=0.0 if method == "dense" else 0.95, width=width)
-        (run_dir / f"seed{seed}" / "metrics.csv").write_text(f"step,seed,sps\n20,{seed},{sps[0]}\n100,{seed},{sps[1]}\n")
+        rows = [f"20,{seed},{sps[0]}", f"100,{seed},{sps[1]}"]
+        if multiply_adds is None:
+            text = "step,seed,sps\n" + "".join(f"{row}\n" for row in rows)
+        else:
+            text = "step,seed,sps,multiply_adds/total\n" + "".join(f"{row},{multiply_adds}\n" for row in rows)
+        (run_dir / f"seed{seed}" / "metrics.csv").write_text(text)
     return str(run_dir)
 
 
@@ -78,7 +83,9 @@ def test_the_summary_states_the_papers_findings_point_by_point(tmp_path):
              ("prune", 1): [2.0, 4.0], ("prune", 2): [6.0, 8.0], ("prune", 4): [2.0, 7.0]}
     # Wall time per env step: (20 / 100 + 80 / 50) s over 100 steps = 18 ms for dense 1x; 1000 / sps ms elsewhere.
     sps = {("dense", 1): (100, 50), ("dense", 4): (10, 10), ("static", 4): (20, 20), ("prune", 4): (12.5, 12.5)}
-    run_dirs = [write_cell(runs, method, width, scores, sps.get((method, width), (50, 50)))
+    # Multiply-adds per example: 1,000 x width^2 dense, 150 x width^2 sparse; prune's 1x run logged none (older runs).
+    work = {cell: (1000 if cell[0] == "dense" else 150) * cell[1] ** 2 for cell in cells if cell != ("prune", 1)}
+    run_dirs = [write_cell(runs, method, width, scores, sps.get((method, width), (50, 50)), work.get((method, width)))
                 for (method, width), scores in cells.items()]
     result = {"table": aggregate.iqm_rows(aggregate.results_rows(aggregate.load_runs(run_dirs)), reps=100)}
     plan = dict(command="python -m sparserl.experiments.scaling_study ...", agent="dqn", env="gymnax:Breakout-MinAtar",
@@ -96,8 +103,9 @@ def test_the_summary_states_the_papers_findings_point_by_point(tmp_path):
             "4x it is 4.5 [2, 7] (CIs overlap: it stops improving).") in text
     assert "3. At the largest width (4x) static beats dense? 9 [8, 10] vs dense 2 [1, 3]: higher, CIs apart." in text
     assert "3. At the largest width (4x) prune beats dense? 4.5 [2, 7] vs dense 2 [1, 3]: higher, CIs overlap." in text
+    assert "| dense | 1,000 | 4,000 | 16,000 |" in text and "| prune | not logged | 600 | 2,400 |" in text
     assert ("4. Cost: static at 4x takes 50 ms of wall time per env step against dense at 1x 18 ms (2.78x); dense at "
-            "4x 100 ms.") in text
+            "4x 100 ms; a forward pass at its kept weights is 2.40x dense 1x's multiply-adds.") in text
     assert "4. Cost: prune at 4x takes 80 ms of wall time per env step against dense at 1x 18 ms (4.44x)" in text
     # On MinAtar the summary says what widens and how the pruning follows the paper's; elsewhere not.
     assert scaling_study.WIDTH_NOTE in text and scaling_study.PRUNE_NOTE in text
@@ -122,4 +130,5 @@ def test_a_smoke_grid_runs_end_to_end(tmp_path):
     static = table["dqn_gymnax-CartPole-v1_static_fan_in_0.95_w2"]
     assert f"| static | " in summary and f"| {static['iqm']:.4g} [{static['iqm_low']:.4g}, {static['iqm_high']:.4g}] |" in summary
     assert "3. At the largest width (2x) static beats dense?" in summary and "4. Cost: static at 2x takes" in summary
+    assert "## Multiply-adds" in summary and "not logged" not in summary and "x dense 1x's multiply-adds." in summary
     assert (out / "scaling.png").stat().st_size > 10_000

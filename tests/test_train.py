@@ -101,8 +101,11 @@ def test_tiny_run_writes_the_run_directory_contract(tmp_path):
     expected_columns |= {f"dormant/{tau}/{layer}" for tau in ("0", "0.025", "0.1") for layer in ("total", "dense_0", "dense_1")}
     expected_columns |= {f"grama/{tau}/{layer}" for tau in ("0", "0.025", "0.1") for layer in ("total", "dense_0", "dense_1")}
     expected_columns |= {"srank/dense_0", "srank/dense_1", "weight_magnitude/dense_0", "weight_magnitude/output"}
+    expected_columns |= {f"multiply_adds/{layer}" for layer in ("total", "dense_0", "dense_1", "output")}
     assert expected_columns <= set(rows[-1])
     assert abs(rows[-1]["sparsity/total"] - 0.9) <= 0.005
+    kernel_entries = 4 * 64 + 64 * 64 + 64 * 2  # CartPole's 4 observations, 64-64 hidden, 2 actions: MLP layers apply once
+    assert rows[-1]["multiply_adds/total"] == pytest.approx((1 - rows[-1]["sparsity/total"]) * kernel_entries, abs=0.5)
     eval_rows = read_csv(seed_dir / "eval.csv")
     assert [row["step"] for row in eval_rows] == [400] and not math.isnan(eval_rows[0]["eval/episode_return"])
     assert glob.glob(str(seed_dir / "events.out.tfevents*"))
