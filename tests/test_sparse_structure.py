@@ -17,7 +17,7 @@ from sparserl.sparse.config import Window
 from sparserl.sparse.distributions import dense_layer_paths, erk_sparsities, kernel_shapes
 from sparserl.sparse.masks import random_masks
 from sparserl.sparse.structure import (FAN_IN, NM, Structure, column_counts, fan_in_indices, from_groups, group_counts,
-                                       kept_per_group, parse, to_groups)
+                                       keep_largest, kept_per_group, parse, to_groups)
 from sparserl.sparse.topology import TOPOLOGIES, drop_and_grow, magnitude_mask
 
 
@@ -315,3 +315,25 @@ def test_nm_with_another_sparsity_exits_2_end_to_end(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error: --sparsity: 0.9 conflicts with --structure=nm:2:4, which fixes the sparsity at 1 - N/M = 0.5; leave --sparsity out"]
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("structure", [Structure(FAN_IN), Structure(NM, 2, 4)])
+def test_a_mask_updated_under_a_cond_keeps_the_row_major_layout_in_the_branch_that_keeps_it(structure):
+    """A traced topology step (the compiled loop) is a `lax.cond` whose other branch returns the masks as they are.
+    The grouped view's transposes gave the updated mask a transposed layout, so that branch copied the masks into
+    it on every step and every masked product read them strided (`structure.row_major`). The compiled program holds
+    kernel-shaped masks in a transposed layout only inside the branch that computes new ones."""
+    scores, weights = jax.random.uniform(jax.random.key(0), (256, 128)), jax.random.normal(jax.random.key(1), (256, 128))
+
+    def step(update, masks, scores, weights):
+        masks = jax.lax.cond(update, lambda: keep_largest(structure, scores, kept_per_group(structure, (256, 128), 0.5)),
+                             lambda: masks)
+        return masks, jnp.where(masks, weights, 0.0)
+
+    operands = (True, jnp.ones((256, 128), bool), scores, weights)
+    program = jax.jit(step).lower(*operands).compile().as_text()
+    transposed = [line for line in program.splitlines() if "pred[256,128]{0,1}" in line]
+    assert transposed and all("branch_1_fun" in line for line in transposed), "\n".join(transposed)
+    masks, masked = jax.jit(step)(*operands)
+    np.testing.assert_array_equal(masks, keep_largest(structure, scores, kept_per_group(structure, (256, 128), 0.5)))
+    np.testing.assert_array_equal(masked, np.where(masks, weights, 0.0))
