@@ -51,13 +51,12 @@ SCALES = {
 }
 
 # CPU-seconds per 100k env steps per seed of DQN on gymnax:Breakout-MinAtar (the MinAtar preset, one update per env step),
-# by side and width multiplier: one-seed runs on the shared 2-core CPU machine, the CPU time (user + sys) of a 25k-step
-# run less that of a 5k-step dense run of its width (start-up, compilation and the random steps before learning
-# starts), over the 20k steps between (docs/studies.md); wall time on that machine measures the other users as much
-# as the run. Prune was not measured: it is costed at the dense rate (`COSTED_AS`; it trains dense until 20% of the
-# run). Between and beyond the measured widths: the quadratic through them (the dense layer's multiply-adds grow
-# with the square of the width, the conv's with the width).
-MINATAR_DQN_CPU_SECONDS = {"dense": {1.0: 110.0, 2.0: 330.0, 4.0: 1510.0}, "static": {1.0: 224.0, 2.0: 395.0, 4.0: 1467.0}}
+# by side and width multiplier: the default grid's processes on the idle 2-core CPU machine, 2026-12-07, two at a time
+# (each process's CPU time, user + sys, start-up and compilation included, over its 3 seeds; docs/studies.md). Prune
+# at 4x did not finish there: it is costed at the dense rate (`COSTED_AS`; its 1x and 2x processes, which ran before
+# `structure.row_major`, cost 1.4x and 2.0x dense). Between and beyond the measured widths: the quadratic through
+# them (the dense layer's multiply-adds grow with the square of the width, the conv's with the width).
+MINATAR_DQN_CPU_SECONDS = {"dense": {1.0: 160.0, 2.0: 320.0, 4.0: 1237.0}, "static": {1.0: 142.0, 2.0: 185.0, 4.0: 427.0}}
 COSTED_AS = {"dense": "dense", "prune": "dense", "static": "static"}
 
 # How `network.width_multiplier` widens the MinAtar network and how the papers widen theirs, and how its pruning
