@@ -15,7 +15,8 @@ The width multiplier scales hidden layers only, never the output layer
 (Graesser et al. 2022, section 4.3 "scaling the width").
 """
 
-from typing import Callable, Sequence
+import math
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -257,3 +258,20 @@ class TwinCritic(nn.Module):
 
     def chains(self) -> list[list[str]]:
         return [[f"{head}/{layer}" for layer in _dense_chain(self.hidden_sizes)] for head in ("q1", "q2")]
+
+
+def layer_positions(module: nn.Module, params: Any, *inputs) -> dict[str, int]:
+    """{layer path: how many times one example applies the layer's kernel}: 1 for a `Dense` layer, the output's
+    spatial positions for an `Im2colConv` (8 x 8 for a 3x3 VALID conv on 10 x 10 inputs). Read from the shapes of
+    an abstract forward pass (`jax.eval_shape`: nothing is computed)."""
+    positions = {}
+
+    def record(call, args, kwargs, context):
+        outputs = call(*args, **kwargs)
+        if context.method_name == "__call__" and isinstance(context.module, (Dense, Im2colConv)):
+            positions["/".join(context.module.path)] = math.prod(outputs.shape[1:-1])
+        return outputs
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda params, *inputs: module.apply({"params": params}, *inputs), params, *inputs)
+    return positions

@@ -23,6 +23,7 @@ import optax
 
 from sparserl import dormancy, networks, plasticity
 from sparserl.sparse import SparseOptimizer, SparseOptState, SparsityConfig, apply_masks, sparse_optimizer, sparsity_metrics
+from sparserl.sparse.masks import multiply_add_metrics
 from sparserl.sparse import condensed, condensed_native
 from sparserl.sparse.distributions import layer_sparsities, masked_layers
 from sparserl.sparse.masks import layer_of
@@ -465,34 +466,6 @@ def scores(network: SparseNetwork, params: Any, *inputs) -> dict[str, jax.Array]
     return dormancy.layer_scores(activations(network, params, *inputs))
 
 
-def layer_positions(network: SparseNetwork, params: Any, *inputs) -> dict[str, int]:
-    """{layer path: how many times one example applies the layer's kernel}: 1 for a `networks.Dense` layer, the
-    output's spatial positions for a `networks.Im2colConv` (8 x 8 for a 3x3 VALID conv on 10 x 10 inputs). Read
-    from the shapes of an abstract forward pass (`jax.eval_shape`: nothing is computed)."""
-    positions = {}
-
-    def record(call, args, kwargs, context):
-        outputs = call(*args, **kwargs)
-        if context.method_name == "__call__" and isinstance(context.module, (networks.Dense, networks.Im2colConv)):
-            positions["/".join(context.module.path)] = math.prod(outputs.shape[1:-1])
-        return outputs
-
-    with nn.intercept_methods(record):
-        jax.eval_shape(lambda params, *inputs: network.module.apply({"params": params}, *inputs), params, *inputs)
-    return positions
-
-
-def multiply_add_metrics(network: SparseNetwork, params: Any, masks: Any, *inputs) -> dict[str, jax.Array]:
-    """`multiply_adds/<layer>` and `multiply_adds/total` (with the network's prefix): the multiply-adds of one
-    example's forward pass at the kept weights, each kernel's kept entries times its `layer_positions`. What a
-    kernel that skipped every zero would compute; for a dense network, its dense cost (docs/design.md contract 6)."""
-    positions = layer_positions(network, params, *inputs)
-    prefix = network.metric_name("multiply_adds")
-    counts = {layer_of(path): positions[layer_of(path)] * jnp.sum(mask, dtype=jnp.float32)
-              for path, mask in jax.tree_util.tree_flatten_with_path(masks)[0] if mask.ndim >= 2}
-    return {**{f"{prefix}/{layer}": count for layer, count in counts.items()}, f"{prefix}/total": sum(counts.values())}
-
-
 def metrics(network: SparseNetwork, state: NetworkState, *inputs, grads: Any = None) -> dict[str, jax.Array]:
     """Per-layer and total sparsity and multiply-adds, dormant fractions, per-layer effective feature rank (srank)
     and mean kept weight magnitude, all from one forward pass on `inputs`; with `grads`, the gradients of the agent's
@@ -504,7 +477,8 @@ def metrics(network: SparseNetwork, state: NetworkState, *inputs, grads: Any = N
     network_name = network.name or None
     metrics = {
         **sparsity_metrics(masks, network.metric_name("sparsity")),
-        **multiply_add_metrics(network, state.params, masks, *inputs),
+        **multiply_add_metrics(masks, networks.layer_positions(network.module, state.params, *inputs),
+                               network.metric_name("multiply_adds")),
         **dormancy.dormant_fractions(dormancy_scores, network=network_name),
         **plasticity.srank_metrics(captured, network.metric_name("srank")),
         **plasticity.weight_magnitudes(state.params, masks, network.metric_name("weight_magnitude")),

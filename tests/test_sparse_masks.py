@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sparserl import networks
 from sparserl.networks import MLP, NatureCNN, TwinCritic
 from sparserl.sparse import SparsityConfig, apply_masks, layer_sparsities, sparsity_metrics
-from sparserl.sparse.masks import dense_masks, random_mask, random_masks
+from sparserl.sparse.masks import dense_masks, multiply_add_metrics, random_mask, random_masks
 
 
 @pytest.mark.parametrize("shape", [(7, 3), (64, 64), (3, 3, 4, 8)])
@@ -111,3 +112,32 @@ def test_apply_masks_to_the_masked_layers_leaves_every_other_leaf_as_it_is():
     np.testing.assert_array_equal(masked["dense_0"]["bias"], [1.0, 1.0])
     np.testing.assert_array_equal(masked["output"]["kernel"], [[1.0], [1.0]])
     np.testing.assert_array_equal(apply_masks(tree, masks)["output"]["kernel"], [[0.0], [1.0]])
+
+
+def test_multiply_adds_count_each_kept_weight_once_per_position_it_is_applied_at():
+    """The MinAtar network (a 3x3 conv of 4 -> 16 channels on 10 x 10 inputs, VALID: 8 x 8 positions; dense 1024 ->
+    128; output 128 -> 3), its masks keeping 100 conv weights, 1,000 dense ones and the whole output layer: 64 x 100,
+    1,000 and 384 multiply-adds per example. Under the critic's prefix the twin heads count one by one."""
+    module = NatureCNN(3, conv_features=(16,), kernel_sizes=(3,), strides=(1,), dense_sizes=(128,))
+    observations = jnp.zeros((5, 10, 10, 4))
+    params = module.init(jax.random.key(0), observations)["params"]
+
+    def keeping(kernel, kept):
+        return jnp.arange(kernel.size).reshape(kernel.shape) < kept
+
+    masks = {"conv_0": {"kernel": keeping(params["conv_0"]["kernel"], 100), "bias": jnp.ones(16, bool)},
+             "dense_0": {"kernel": keeping(params["dense_0"]["kernel"], 1000), "bias": jnp.ones(128, bool)},
+             "output": {"kernel": jnp.ones((128, 3), bool), "bias": jnp.ones(3, bool)}}
+    positions = networks.layer_positions(module, params, observations)
+    assert positions == {"conv_0": 64, "dense_0": 1, "output": 1}
+    counts = jax.jit(lambda masks: multiply_add_metrics(masks, positions))(masks)
+    assert {name: float(count) for name, count in counts.items()} == {
+        "multiply_adds/conv_0": 6400.0, "multiply_adds/dense_0": 1000.0, "multiply_adds/output": 384.0,
+        "multiply_adds/total": 7784.0}
+
+    critic, observations, actions = TwinCritic((8,)), jnp.zeros((2, 3)), jnp.zeros((2, 1))
+    params = critic.init(jax.random.key(0), observations, actions)["params"]
+    masks = jax.tree.map(lambda leaf: jnp.ones(leaf.shape, bool), params)
+    counts = multiply_add_metrics(masks, networks.layer_positions(critic, params, observations, actions), "multiply_adds/critic")
+    assert float(counts["multiply_adds/critic/q1/dense_0"]) == 4 * 8
+    assert float(counts["multiply_adds/critic/total"]) == 2 * (4 * 8 + 8 * 1)

@@ -100,33 +100,3 @@ def test_clip_by_joint_norm_scales_every_network_by_one_factor():
     unclipped, _ = sparse_network.clip_by_joint_norm([actor, critic], [actor_grads, critic_grads], 10.0)
     np.testing.assert_allclose(unclipped["w"], actor_grads["w"])
 
-
-def test_multiply_adds_count_each_kept_weight_once_per_position_it_is_applied_at():
-    """The MinAtar network (a 3x3 conv of 4 -> 16 channels on 10 x 10 inputs, VALID: 8 x 8 positions; dense 1024 ->
-    128; output 128 -> 3), its masks keeping 100 conv weights, 1,000 dense ones and the whole output layer: 64 x 100,
-    1,000 and 384 multiply-adds per example. Under the critic's prefix the twin heads count one by one."""
-    module = networks.NatureCNN(3, conv_features=(16,), kernel_sizes=(3,), strides=(1,), dense_sizes=(128,))
-    network = _network(sparsity=0.0, module=module)
-    observations = jnp.zeros((5, 10, 10, 4))
-    params = module.init(jax.random.key(0), observations)["params"]
-
-    def keeping(kernel, kept):
-        return jnp.arange(kernel.size).reshape(kernel.shape) < kept
-
-    masks = {"conv_0": {"kernel": keeping(params["conv_0"]["kernel"], 100), "bias": jnp.ones(16, bool)},
-             "dense_0": {"kernel": keeping(params["dense_0"]["kernel"], 1000), "bias": jnp.ones(128, bool)},
-             "output": {"kernel": jnp.ones((128, 3), bool), "bias": jnp.ones(3, bool)}}
-    assert sparse_network.layer_positions(network, params, observations) == {"conv_0": 64, "dense_0": 1, "output": 1}
-    counts = jax.jit(lambda params, masks: sparse_network.multiply_add_metrics(network, params, masks, observations))(
-        params, masks)
-    assert {name: float(count) for name, count in counts.items()} == {
-        "multiply_adds/conv_0": 6400.0, "multiply_adds/dense_0": 1000.0, "multiply_adds/output": 384.0,
-        "multiply_adds/total": 7784.0}
-
-    critic = sparse_network.make_network(networks.TwinCritic((8,)), optax.adam(1e-3), SparsityConfig(), name="critic")
-    observations, actions = jnp.zeros((2, 3)), jnp.zeros((2, 1))
-    params = critic.module.init(jax.random.key(0), observations, actions)["params"]
-    masks = jax.tree.map(lambda leaf: jnp.ones(leaf.shape, bool), params)
-    counts = sparse_network.multiply_add_metrics(critic, params, masks, observations, actions)
-    assert float(counts["multiply_adds/critic/q1/dense_0"]) == 4 * 8
-    assert float(counts["multiply_adds/critic/total"]) == 2 * (4 * 8 + 8 * 1)

@@ -89,3 +89,12 @@ def sparsity_metrics(masks: Any, prefix: str = "sparsity") -> dict[str, jax.Arra
         total += mask.size
     metrics[f"{prefix}/total"] = zeros / max(total, 1)
     return metrics
+
+
+def multiply_add_metrics(masks: Any, positions: Mapping[str, int], prefix: str = "multiply_adds") -> dict[str, jax.Array]:
+    """`{prefix}/<layer>` and `{prefix}/total`: the multiply-adds of one example's forward pass at the kept weights,
+    each kernel's kept entries times the positions it is applied at (`networks.layer_positions`). What a kernel that
+    skipped every zero would compute; for a dense network, its dense cost (docs/design.md contract 6)."""
+    counts = {layer_of(path): positions[layer_of(path)] * jnp.sum(mask, dtype=jnp.float32)
+              for path, mask in jax.tree_util.tree_flatten_with_path(masks)[0] if mask.ndim >= 2}
+    return {**{f"{prefix}/{layer}": count for layer, count in counts.items()}, f"{prefix}/total": sum(counts.values())}
