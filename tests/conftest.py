@@ -9,6 +9,7 @@ import tempfile
 import pytest
 
 from sparserl import compilation_cache
+from tests.helpers import UNOPTIMISED_CODEGEN
 
 # A test that runs longer than this is taken for a hang: the stacks of every thread are written to stderr and the
 # test session exits with status 1 (never a silent retry, never a CI run stuck until its own time limit).
@@ -23,6 +24,7 @@ def fail_loudly_on_a_hang():
 
 
 _PREVIOUS_CACHE_SETTING = os.environ.get(compilation_cache.ENV_VAR)
+_PREVIOUS_XLA_FLAGS = os.environ.get("XLA_FLAGS")
 
 
 def pytest_configure(config):
@@ -33,6 +35,7 @@ def pytest_configure(config):
     no test depends on an earlier session's cache; a cached program computes exactly what a fresh compile does.
     A test that needs its own cache, or none, sets `SPARSERL_COMPILATION_CACHE` for its subprocesses itself."""
     os.environ[compilation_cache.ENV_VAR] = tempfile.mkdtemp(prefix="sparserl_test_compilation_cache_")
+    os.environ["XLA_FLAGS"] = f"{_PREVIOUS_XLA_FLAGS or ''} {UNOPTIMISED_CODEGEN}".strip()
     compilation_cache.enable()
 
 
@@ -42,3 +45,7 @@ def pytest_unconfigure(config):
         del os.environ[compilation_cache.ENV_VAR]
     else:
         os.environ[compilation_cache.ENV_VAR] = _PREVIOUS_CACHE_SETTING
+    if _PREVIOUS_XLA_FLAGS is None:
+        del os.environ["XLA_FLAGS"]
+    else:
+        os.environ["XLA_FLAGS"] = _PREVIOUS_XLA_FLAGS
