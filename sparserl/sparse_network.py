@@ -23,10 +23,9 @@ import optax
 
 from sparserl import dormancy, networks, plasticity
 from sparserl.sparse import SparseOptimizer, SparseOptState, SparsityConfig, apply_masks, sparse_optimizer, sparsity_metrics
-from sparserl.sparse.masks import multiply_add_metrics
 from sparserl.sparse import condensed, condensed_native
 from sparserl.sparse.distributions import layer_sparsities, masked_layers
-from sparserl.sparse.masks import layer_of
+from sparserl.sparse.masks import layer_of, multiply_add_metrics
 from sparserl.sparse.optimizer import map_moments
 from sparserl.sparse.topology import get_topology
 
