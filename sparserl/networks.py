@@ -64,7 +64,7 @@ class Dense(nn.Dense):
     `condensed_native.dense`: C++ forward and backward passes; on a GPU, `condensed_pallas.dense_on_gpu`: XLA's
     gathers or a Pallas kernel, whichever measured faster). With a `bucket` beside them (a layer whose fan-in
     shrinks: prune), `indices` is a ladder of capacities and the bucket picks one, or the matmul
-    (`condensed.run_bucket`); with `offsets` (SRigL's ablating layers, native only), the neurons' slots
+    (`condensed.run_bucket`); with `offsets` (SRigL's ablating layers and prune's, native only), the neurons' slots
     (`condensed.variable_fan_in`); with `values` (kept-value training, `sparse_network.kept_layers`), the
     product of those kept values, not of the kernel (`condensed_native.dense_kept`). Otherwise it is `linear.matmul(x, kernel) + bias`,
     nn.Dense's function with the kernel gradient written in the kernel's layout (see `sparserl.linear`).
@@ -92,10 +92,11 @@ def _kernel_product(layer: nn.Module, inputs: jnp.ndarray, kernel: jnp.ndarray, 
             indices = layer.get_variable(collection, "indices")
             if product is condensed_native.dense and not condensed.native_runs(inputs.shape[0], kernel, indices):
                 break  # a product where native loses: the masked matmul
+            if layer.has_variable(collection, "bucket"):
+                return condensed.run_bucket(product, inputs, kernel, indices, layer.get_variable(collection, "bucket"),
+                                            offsets)
             if offsets is not None:
                 return product(inputs, kernel, indices, offsets)
-            if layer.has_variable(collection, "bucket"):
-                return condensed.run_bucket(product, inputs, kernel, indices, layer.get_variable(collection, "bucket"))
             return product(inputs, kernel, indices)
     return matmul(inputs, kernel)
 

@@ -21,13 +21,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sparserl import dormancy, networks, plasticity
+from sparserl import dormancy, kept_counts, networks, plasticity
 from sparserl.sparse import SparseOptimizer, SparseOptState, SparsityConfig, apply_masks, sparse_optimizer, sparsity_metrics
 from sparserl.sparse import condensed, condensed_native
 from sparserl.sparse.distributions import layer_sparsities, masked_layers
 from sparserl.sparse.masks import layer_of, multiply_add_metrics
 from sparserl.sparse.optimizer import map_moments
-from sparserl.sparse.topology import get_topology
+from sparserl.sparse.topology import Topology, get_topology
 
 
 class SparseNetwork(NamedTuple):
@@ -119,6 +119,8 @@ def init(network: SparseNetwork, key: jax.Array, *sample_inputs) -> NetworkState
     if network.kernels != "masked":
         topology, config = _topology(network), network.optimizer.config
         variable = topology.ablating_layers(params, config)
+        if topology.sparsity_changes and network.kernels == "native":  # prune's kept counts as slots with offsets
+            variable = frozenset(layer_sparsities(params, config))
         if config.index_sparsity is not None:  # a sweep's traced level: the lowest level's k
             config = dataclasses.replace(config, sparsity=config.index_sparsity)
             if network.kernels == "native":  # each level's own k per neuron, in that budget
@@ -134,46 +136,16 @@ def _topology(network: SparseNetwork):
     return get_topology(network.optimizer.config.method)
 
 
-def _indices_at(network: SparseNetwork, params: Any, indices: dict, step: jax.Array) -> dict:
-    """`indices` as the forward pass of gradient step `step` runs them. Under a method whose kept counts change
-    (prune), each layer gets its ladder of capacities (`condensed.ladder`, slices of its stored indices) and the
-    bucket that holds its kept count at `step` (`Topology.sparsity_at`; unbatched, a function of the shared step),
-    so it runs at that capacity or, above the ladder, masked (`condensed.run_bucket`)."""
-    topology = _topology(network)
-    if not indices or not topology.sparsity_changes:
-        return indices
-    config = network.optimizer.config
-    sparsities = layer_sparsities(params, config)
-
-    def at_step(index_node, param_node, path):
-        if "bucket" in index_node:  # already at a step
-            return index_node
-        if "indices" not in index_node:
-            return {name: at_step(child, param_node[name], f"{path}{name}/") for name, child in index_node.items()}
-        if step is None:
-            raise ValueError(f"{config.method}'s condensed indices run at the kept count of a gradient step: pass step")
-        in_features = condensed.fan_in_view(param_node["kernel"]).shape[0]
-        final_sparsity = sparsities[path[:-1]]
-        capacities = condensed.ladder(in_features, condensed.fan_in(in_features, final_sparsity))
-        kept = condensed.fan_in(in_features, topology.sparsity_at(step, final_sparsity, config))
-        return {"indices": tuple(index_node["indices"][..., :capacity] for capacity in capacities),
-                "bucket": condensed.bucket(jnp.reshape(kept, ()), capacities)}
-
-    return at_step(indices, params, "")
-
-
 def apply(network: SparseNetwork, params: Any, *inputs, indices: dict | None = None, step: jax.Array | None = None):
     """The network's outputs; with `indices` (a `NetworkState.indices` of these params' masks), the layers that
     `network.kernels` picks at this batch size run as condensed kernels (`condensed.select`).
 
-    Only pass `indices` whose masks the params are zero off (the online params with their own indices). Under a
-    method whose kept counts change (prune), stored indices hold no kept count: pass the gradient step `step` whose
-    masks they are (`_indices_at`; ValueError without it), unless they are already at a step (`value_and_grad`
-    hands its loss such indices).
+    Only pass `indices` whose masks the params are zero off (the online params with their own indices). Prune's
+    stored indices need the gradient step `step` whose masks they are (`kept_counts.indices_at`), unless a
+    gradient step hands its loss indices already at a step.
     """
     variables = {"params": params}
-    if indices and _topology(network).sparsity_changes:
-        indices = _indices_at(network, params, indices, step)
+    indices = kept_counts.indices_at(network, params, indices, step)
     if indices:
         chosen = condensed.select(indices, params, inputs[0].shape[0], network.kernels)
         if chosen:
@@ -223,7 +195,7 @@ def masks_unchanged_on_host(network: SparseNetwork, period: int) -> Callable[[in
 
 
 def joint_value_and_grad(networks: Sequence[SparseNetwork], loss_fn: Callable, states: Sequence[NetworkState],
-                         step: jax.Array):
+                         step: jax.Array, indices: tuple[dict, ...] | None = None):
     """`jax.value_and_grad(loss_fn, has_aux=True)` of one loss over several networks (PPO's actor and critic; one
     network is a tuple of one) at their params: `loss_fn(params, indices)` takes a tuple of params and a tuple of
     indices, one per network, and runs each network through `apply(..., indices=indices)`; the gradients are a
@@ -235,18 +207,22 @@ def joint_value_and_grad(networks: Sequence[SparseNetwork], loss_fn: Callable, s
     branch is not run), every network runs masked (no indices) and the gradients are dense, as the topology
     update expects. SET grows at random and prune reads magnitudes only: they keep the native kernels on every
     step. Every other kernel choice has the masked network's gradients at every step. Prune's layers run at the
-    capacity of their kept count at `step` (`_indices_at`).
+    capacity of their kept count at `step`: a `lax.switch` over `kept_counts.phases`, or `indices`, a phase's.
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     params = tuple(state.params for state in states)
-    indices = tuple(_indices_at(network, state.params, state.indices, step) for network, state in zip(networks, states))
+    found = kept_counts.phases(networks, states) if indices is None else None
+    if found is None:
+        condensed_grads = functools.partial(grad_fn, params, indices or tuple(state.indices for state in states))
+    else:  # one branch per phase, each differentiating its own products
+        condensed_grads = functools.partial(jax.lax.switch, kept_counts.phase_of(found, step), [
+            functools.partial(grad_fn, params, phase_indices) for phase_indices in found.indices])
     native = [network for network, state in zip(networks, states)
               if network.kernels == "native" and state.indices and _topology(network).grows_from_gradients]
     if not native:
-        return grad_fn(params, indices)
+        return condensed_grads()
     topology_step = jnp.any(jnp.stack([_is_topology_step(network, step) for network in native]))
-    return jax.lax.cond(topology_step, lambda: grad_fn(params, tuple({} for _ in states)),
-                        lambda: grad_fn(params, indices))
+    return jax.lax.cond(topology_step, lambda: grad_fn(params, tuple({} for _ in states)), condensed_grads)
 
 
 def apply_gradients(network: SparseNetwork, state: NetworkState, dense_grads: Any, step: jax.Array, key: jax.Array) -> NetworkState:
@@ -369,19 +345,31 @@ def _masked_besides(network: SparseNetwork, params: Any, layers: dict) -> set[st
     return set(masked_layers(params, network.optimizer.config)) - set(layers)
 
 
-def _apply_kept_gradients(network: SparseNetwork, state: NetworkState, layers: dict, grads: Any) -> NetworkState:
+def _apply_kept_gradients(network: SparseNetwork, state: NetworkState, layers: dict, grads: Any,
+                          kept: dict | None = None) -> NetworkState:
     """The sparse optimizer's step off topology updates (`SparseOptimizer.apply_gradients` with the default hooks)
     with each kept layer's kernel (`state.kept`), gradient and moments as [out, k] values, which have no entry off
-    the mask."""
+    the mask. `kept`: the values of layers whose moments the state stores dense-shaped (prune's, whose slots change
+    with the kept count: `kept_counts.kept_slot_layers`), gathered for this step; their moments are gathered here
+    and written back with the kernels."""
     masks, masked = state.opt_state.masks, _masked_besides(network, state.params, layers)
-    kept_params = _with_kernels(state.params, state.kept)
+    inner = state.opt_state.inner
+    if kept is not None:
+        inner = map_moments(inner, state.params, lambda moments: _map_kernels(_kept_of, layers, moments))
+    kept_params = _with_kernels(state.params, state.kept if kept is None else kept)
     grads = apply_masks(grads, masks, masked)
-    updates, inner = network.optimizer.inner.update(grads, state.opt_state.inner, kept_params)
+    updates, inner = network.optimizer.inner.update(grads, inner, kept_params)
     kept_params = apply_masks(optax.apply_updates(kept_params, apply_masks(updates, masks, masked)), masks, masked)
-    params = jax.tree_util.tree_map_with_path(
-        lambda path, old, new: _with_kept(old, layers[layer_of(path)], new) if layer_of(path) in layers else new,
-        state.params, kept_params)
-    return NetworkState(params, state.opt_state._replace(inner=inner), state.indices, _kernels_of(kept_params, layers))
+
+    def written_back(values, dense):  # `values` (params-shaped) with the kept layers' values written into `dense`
+        return jax.tree_util.tree_map_with_path(
+            lambda path, new, old: _with_kept(old, layers[layer_of(path)], new) if layer_of(path) in layers else new,
+            values, dense)
+
+    if kept is not None:
+        inner = map_moments(inner, state.params, written_back, state.opt_state.inner)
+    return NetworkState(written_back(kept_params, state.params), state.opt_state._replace(inner=inner), state.indices,
+                        state.kept if kept is not None else _kernels_of(kept_params, layers))
 
 
 def gradient_step(network: SparseNetwork, loss_fn: Callable, state: NetworkState, step: jax.Array, key: jax.Array,
@@ -395,33 +383,29 @@ def gradient_step(network: SparseNetwork, loss_fn: Callable, state: NetworkState
 
 def joint_gradient_step(networks: Sequence[SparseNetwork], loss_fn: Callable, states: Sequence[NetworkState],
                         step: jax.Array, keys: Sequence[jax.Array], max_grad_norm: float | None = None,
-                        topology_step: bool | None = None):
+                        topology_step: bool | None = None, phase: int | None = None):
     """One gradient step of one loss over several networks (PPO's actor and critic; `joint_value_and_grad`),
     each network's gradients clipped by their joint norm first when `max_grad_norm` is given
     (`clip_by_joint_norm`): ((loss, aux), tuple of new states).
 
-    Where a network trains kept values (`kept_layers`), steps without a topology update of any of the networks
-    (`lax.cond` on the shared step) differentiate the loss with respect to the kept values and update them
-    alone (`_apply_kept_gradients`): equal to the dense-shaped step, whose moments and gradients are 0 off the
-    masks, up to float rounding. Topology-update steps run the dense-shaped step (`joint_value_and_grad`,
-    `apply_gradients`). `topology_step`, where the caller knows it on the host (`topology_step_on_host` of any of
-    the networks; the host loop's `Agent.plan`), picks the branch in Python: the program holds that step alone,
-    without the cond and the copies of whole kernels XLA makes at its boundary (about 0.25 ms of a 2x512 DQN
-    update, docs/performance.md).
+    Where a network trains kept values (`kept_layers`; prune's layers at a phase's capacity,
+    `kept_counts.kept_slot_layers`), steps without a topology update of any of the networks differentiate the loss
+    with respect to the kept values and update them alone (`_apply_kept_gradients`): equal to the dense-shaped
+    step, whose moments and gradients are 0 off the masks, up to float rounding. Topology-update steps run the
+    dense-shaped step (`joint_value_and_grad`, `apply_gradients`). The program picks the step from the shared step
+    (`_in_place_switch`); `topology_step`, where the caller knows it on the host (`topology_step_on_host` of any of
+    the networks; the host loop's `Agent.plan`), and `phase` (`kept_counts.phases`) pick it in Python.
     """
-    def dense_step():
-        value, grads = joint_value_and_grad(networks, loss_fn, states, step)
+    def dense_step(indices=None):
+        value, grads = joint_value_and_grad(networks, loss_fn, states, step, indices)
         if max_grad_norm is not None:
             grads = clip_by_joint_norm(states, grads, max_grad_norm)
         return value, tuple(apply_gradients(network, state, network_grads, step, key)
                             for network, state, network_grads, key in zip(networks, states, grads, keys))
 
-    layers = [kept_layers(network, state.params, state.indices) for network, state in zip(networks, states)]
-    if not any(layers):
-        return dense_step()
-
-    def kept_step():
-        indices = tuple(_indices_at(network, state.params, state.indices, step) for network, state in zip(networks, states))
+    def kept_step(indices, layers, kept):  # per network: indices, kept layers, their values (None: `state.kept`)
+        if not any(layers):
+            return dense_step(indices)
 
         def loss_of_values(params, values):
             return loss_fn(params, tuple(with_kept_values(node, network_values)
@@ -429,7 +413,7 @@ def joint_gradient_step(networks: Sequence[SparseNetwork], loss_fn: Callable, st
 
         params = tuple(state.params for state in states)
         value, (param_grads, value_grads) = jax.value_and_grad(loss_of_values, argnums=(0, 1), has_aux=True)(
-            params, tuple(state.kept for state in states))
+            params, tuple(state.kept if values is None else values for state, values in zip(states, kept)))
         grads = [_with_kernels(network_grads, network_value_grads)
                  for network_grads, network_value_grads in zip(param_grads, value_grads)]
         if max_grad_norm is not None:
@@ -438,14 +422,53 @@ def joint_gradient_step(networks: Sequence[SparseNetwork], loss_fn: Callable, st
                        for network, state, network_grads, network_layers in zip(networks, states, grads, layers)]
             grads = _scaled_to_norm(applied, grads, max_grad_norm)
         return value, tuple(
-            _apply_kept_gradients(network, state, network_layers, network_grads) if network_layers
+            _apply_kept_gradients(network, state, network_layers, network_grads, values) if network_layers
             else apply_gradients(network, state, network_grads, step, key)
-            for network, state, network_layers, network_grads, key in zip(networks, states, layers, grads, keys))
+            for network, state, network_layers, network_grads, values, key
+            in zip(networks, states, layers, grads, kept, keys))
 
-    if topology_step is not None:
-        return dense_step() if topology_step else kept_step()
-    topology_step = jnp.any(jnp.stack([_is_topology_step(network, step) for network in networks]))
-    return jax.lax.cond(topology_step, dense_step, kept_step)
+    def phase_step(phase_indices, phase_buckets):  # prune's layers at a phase's capacities, their values gathered
+        inputs = [kept_counts.kept_slot_layers(network, state, network_indices, buckets, step) if buckets
+                  else (network_indices, kept_layers(network, state.params, state.indices))
+                  for network, state, network_indices, buckets in zip(networks, states, phase_indices, phase_buckets)]
+        kept = tuple({layer: _kept_of(kernel, layers[layer]) for layer, kernel in _kernels_of(state.params, layers).items()}
+                     if buckets else None for state, (_, layers), buckets in zip(states, inputs, phase_buckets))
+        return kept_step(tuple(indices for indices, _ in inputs), tuple(layers for _, layers in inputs), kept)
+
+    found = kept_counts.phases(networks, states)
+    if found is None:
+        layers = tuple(kept_layers(network, state.params, state.indices) for network, state in zip(networks, states))
+        if not any(layers):
+            return dense_step()
+        kept_steps = [functools.partial(kept_step, tuple(state.indices for state in states), layers, (None,) * len(layers))]
+    else:  # one per kept-count phase
+        kept_steps = [functools.partial(phase_step, *phase) for phase in zip(found.indices, found.buckets)]
+    phase = 0 if phase is None and len(kept_steps) == 1 else phase
+    if topology_step is None and all(type(_topology(net)).is_update_step is Topology.is_update_step for net in networks):
+        topology_step = False  # methods that never update a topology (static)
+    if topology_step is not None and (topology_step or phase is not None):
+        return dense_step() if topology_step else kept_steps[phase]()
+    options = [(False, option) for option in range(len(kept_steps))]
+    index = kept_counts.phase_of(found, step) if found else jnp.zeros((), jnp.int32)
+    if topology_step is None:
+        options.insert(0, (True, None))
+        index = jnp.where(jnp.any(jnp.stack([_is_topology_step(network, step) for network in networks])), 0, index + 1)
+    value = jax.eval_shape(loss_fn, tuple(state.params for state in states), found.indices[0] if found else
+                           tuple(state.indices for state in states))
+    return _in_place_switch(index, [
+        lambda carried, option=option: joint_gradient_step(networks, loss_fn, carried, step, keys, max_grad_norm, *option)
+        for option in options], (jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), value), tuple(states)))
+
+
+def _in_place_switch(index: jax.Array, branches: Sequence[Callable], carry: tuple) -> tuple:
+    """`branches[index](states)` for `carry` = (a value, states), each branch giving (a value shaped like it, new
+    states), as one `while_loop` per branch run `index == i` times. A `lax.switch` would copy every array that a
+    branch updates in place or passes through into its own outputs (8 MB per kernel and moment of the 4x MinAtar
+    network); a loop's carry is updated in place."""
+    for number, branch in enumerate(branches):
+        carry = jax.lax.fori_loop(0, (index == number).astype(jnp.int32),
+                                  lambda _, carried, branch=branch: branch(carried[1]), carry)
+    return carry
 
 
 def _kernels_of(params: Any, layers: dict) -> dict[str, jax.Array]:

@@ -234,7 +234,7 @@ def _fan_in_network(method, kernels, sparsity=0.9, module=None):
 @pytest.mark.parametrize("method, kept", [
     ("static", {"dense_0", "dense_1", "output"}),
     ("rigl", {"dense_0", "dense_1", "output"}),
-    ("prune", set()),  # its kept count changes: a ladder of capacities, dense-shaped steps
+    ("prune", set()),  # its kept count changes: kept values gathered per phase, not stored (`kept_counts`)
     ("srigl", {"dense_0", "dense_1", "output"}),  # its hidden layers' slots with offsets too
 ])
 def test_kept_layers_are_the_native_layers_of_one_k_per_neuron_up_to_a_quarter_dense(method, kept):
@@ -356,5 +356,7 @@ def test_every_agent_and_constant_fan_in_method_runs_native_kernels_in_its_updat
     batch = jax.tree.map(lambda array: array[0], batch)
     program = jax.jit(agent.update).lower(state, batch, jax.random.key(1)).as_text()
     assert program.count(condensed_native.FORWARD) >= 2 and program.count(condensed_native.BACKWARD) >= 1
+    if method in ("static", "prune", "srigl"):  # between topology updates the layers train their kept values
+        assert program.count(condensed_native.BACKWARD_KEPT) >= 1
     if env_id.endswith("MinAtar"):  # the conv layer too (90%: 4 of 36 fan-in positions) beside the dense layer
         assert program.count(condensed_native.BACKWARD) >= 2

@@ -161,6 +161,16 @@ def test_update_step_predicates():
     assert got == [0, 10, 20, 30, 35]
 
 
+def test_prunes_kept_count_changes_only_on_the_step_after_each_pruning_step():
+    """Pruning steps 5, 15, 25 and t1 = 32 (`test_update_step_predicates`): `sparsity_steps` names 0 and the step
+    after each; `sparsity_at` takes a new value at 16, 26 and 33 alone (the pruning step at t0 prunes nothing)."""
+    config = SparsityConfig(method="prune", sparsity=0.9, settings=Window(update_period=10, update_start=5, update_end=32))
+    prune = TOPOLOGIES["prune"]
+    assert prune.sparsity_steps(config) == (0, 6, 16, 26, 33)
+    sparsities = [float(prune.sparsity_at(jnp.int32(t), 0.9, config)) for t in range(45)]
+    assert [t for t in range(1, 45) if sparsities[t] != sparsities[t - 1]] == [16, 26, 33]
+
+
 def test_unknown_method():
     with pytest.raises(ConfigError, match="unknown sparse training method 'foo'") as error:
         get_topology("foo")

@@ -44,8 +44,9 @@ Backward: a custom VJP (`dense`) that is the masked-dense backward pass
 from, are those of the masked network at every step.
 """
 
+import functools
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -112,14 +113,97 @@ def bucket(kept, capacities: tuple[int, ...]) -> jax.Array:
     return sum((kept > capacity).astype(jnp.int32) for capacity in capacities)
 
 
-def run_bucket(product: Callable, x: jax.Array, kernel: jax.Array, ladder_indices: tuple, index) -> jax.Array:
-    """`product(x, kernel, ladder_indices[index])`, or the masked matmul at index len(ladder_indices).
+class Ladder(NamedTuple):
+    """A layer whose kept count changes (prune): its fan-in, final sparsity, capacities (`ladder`) and stored index
+    node (`layer_indices`, gradual)."""
+    in_features: int
+    final_sparsity: float
+    capacities: tuple[int, ...]
+    stored: dict
+
+    def bucket_at(self, sparsity) -> jax.Array:
+        """The bucket holding the layer's kept count at `sparsity` (`fan_in`, `bucket`)."""
+        return bucket(jnp.reshape(fan_in(self.in_features, sparsity), ()), self.capacities)
+
+
+def ladders(indices: dict, params: Any, sparsities: Mapping[str, float]) -> dict[str, Ladder]:
+    """{layer path: its `Ladder`} of the layers with stored `indices` (prune's) not yet at a step: given no bucket
+    (`with_buckets`) and no kept values (`sparserl.kept_counts.kept_slot_layers`)."""
+    found = {}
+
+    def collect(index_node, param_node, path):
+        if "indices" not in index_node:
+            for name, child in index_node.items():
+                collect(child, param_node[name], f"{path}/{name}" if path else name)
+        elif "bucket" not in index_node and "values" not in index_node:  # not yet at a step
+            in_features = fan_in_view(param_node["kernel"]).shape[0]
+            found[path] = Ladder(in_features, sparsities[path],
+                                 ladder(in_features, fan_in(in_features, sparsities[path])), index_node)
+
+    collect(indices, params, "")
+    return found
+
+
+def with_buckets(indices: dict, layers: Mapping[str, Ladder], buckets: Mapping[str, Any]) -> dict:
+    """`indices` with each layer of `layers` as {"indices": its ladder's slices of its stored indices, "bucket":
+    `buckets[path]`} (`run_bucket`)."""
+    def at_bucket(node, path):
+        if path in layers:
+            return {**node, "indices": tuple(at_capacity(node, capacity)["indices"] for capacity in layers[path].capacities),
+                    "bucket": buckets[path]}
+        if "indices" in node:
+            return node
+        return {name: at_bucket(child, f"{path}/{name}" if path else name) for name, child in node.items()}
+
+    return at_bucket(indices, "")
+
+
+def at_capacity(stored: dict, capacity: int) -> dict:
+    """A prune layer's stored index node (`layer_indices`, gradual) at `capacity`: {"indices": the first `capacity`
+    columns of [out, c]}, or, laid out as slots with offsets, {"indices": its first out * capacity slots as
+    [out, capacity], "offsets": clamped to them} (masks that keep more, which no step runs at this capacity, leave
+    the slots beyond to no neuron: the native kernels never read past the slots they are given)."""
+    indices = stored["indices"]
+    if "offsets" not in stored:
+        return {"indices": indices[..., :capacity]}
+    *seeds, out, width = indices.shape
+    return {"indices": indices.reshape(*seeds, out * width)[..., :out * capacity].reshape(*seeds, out, capacity),
+            "offsets": jnp.minimum(stored["offsets"], out * capacity)}
+
+
+def phases(steps: Sequence[int], buckets_at: Callable[[int], Any]) -> list[tuple[int, Any]]:
+    """[(first step, buckets)] of the runs of equal `buckets_at(step)` (Python values, computed here on the host)
+    over the ascending `steps` at which they may change."""
+    found = []
+    with jax.ensure_compile_time_eval():
+        for step in steps:
+            buckets = buckets_at(step)
+            if not found or found[-1][1] != buckets:
+                found.append((step, buckets))
+    return found
+
+
+def run_bucket(product: Callable, x: jax.Array, kernel: jax.Array, ladder_indices: tuple, index,
+               offsets: jax.Array | None = None) -> jax.Array:
+    """`product(x, kernel, ladder_indices[index])` (with `offsets`, when the indices are slots), or the masked matmul
+    at index len(ladder_indices).
 
     A `lax.switch`: with an unbatched index (a function of the shared gradient step, also under the seeds'
-    vmap) only the chosen branch runs.
+    vmap) only the chosen branch runs, taking its capacity of the largest capacity's indices (the stored ones)
+    itself: slices made outside would all be materialised as the switch's operands. An index given as a Python
+    int (a phase of `phases`) picks the branch in Python.
     """
-    branches = [lambda x, kernel, indices=indices: product(x, kernel, indices) for indices in ladder_indices]
-    return jax.lax.switch(index, [*branches, linear.matmul], x, kernel)
+    stored = {"indices": ladder_indices[-1], **({} if offsets is None else {"offsets": offsets})}
+
+    def branch(x, kernel, capacity):
+        node = at_capacity(stored, capacity)
+        return product(x, kernel, node["indices"], *([node["offsets"]] if offsets is not None else []))
+
+    branches = [functools.partial(branch, capacity=indices.shape[-1]) for indices in ladder_indices]
+    branches.append(linear.matmul)
+    if isinstance(index, int):
+        return branches[index](x, kernel)
+    return jax.lax.switch(index, branches, x, kernel)
 
 
 def variable_fan_in(mask: jax.Array, k: int) -> dict:
@@ -231,8 +315,10 @@ def layer_indices(masks: Any, sparsities: Mapping[str, float], gradual: bool = F
     dense (not in `sparsities`, or every input kept) have no entry and run as
     plain matmuls. `gradual` (a fan-in that falls to k over training: prune):
     [out, c] with c the largest capacity of `ladder(in, k)`, each neuron's kept
-    inputs first, so their first c' columns are the indices at capacity c'.
-    Layers in `variable` (SRigL's ablating ones) get `variable_fan_in`.
+    inputs first, so their first c' columns are the indices at capacity c'
+    (`at_capacity`). Layers in `variable` (SRigL's ablating ones; under native
+    kernels, prune's, whose first out * c' slots are then those at capacity c')
+    get `variable_fan_in` in that budget.
     """
     tree: dict = {}
     for path, mask in jax.tree_util.tree_flatten_with_path(masks)[0]:
@@ -246,10 +332,11 @@ def layer_indices(masks: Any, sparsities: Mapping[str, float], gradual: bool = F
         for part in layer.split("/"):
             node = node.setdefault(part, {})
         k = fan_in(mask.shape[0], sparsities[layer])
+        width = ladder(mask.shape[0], k)[-1] if gradual else k
         if layer in variable:
-            node.update(variable_fan_in(mask, k))
+            node.update(variable_fan_in(mask, width))
         else:
-            node["indices"] = structure_lib.fan_in_indices(mask, ladder(mask.shape[0], k)[-1] if gradual else k)
+            node["indices"] = structure_lib.fan_in_indices(mask, width)
     return tree
 
 

@@ -33,15 +33,17 @@ class SparseOptState(NamedTuple):
     topology: Any = ()  # the topology method's own state (`Topology.init_state`); () for most methods
 
 
-def map_moments(opt_state: Any, params_like: Any, fn: Callable[[Any], Any]) -> Any:
+def map_moments(opt_state: Any, params_like: Any, fn: Callable[..., Any], *others: Any) -> Any:
     """`fn` applied to every params-shaped part of an optax state (Adam's mu and nu, ...), a tree shaped like
-    `params_like`; scalars such as Adam's step count are left untouched."""
+    `params_like`, and to the same parts of the optax states `others`: fn(part, *others' parts). Scalars such as
+    Adam's step count are left as `opt_state` holds them."""
     params_structure = jax.tree.structure(params_like)
 
     def is_params_shaped(node) -> bool:
         return jax.tree.structure(node) == params_structure
 
-    return jax.tree.map(lambda node: fn(node) if is_params_shaped(node) else node, opt_state, is_leaf=is_params_shaped)
+    return jax.tree.map(lambda node, *other: fn(node, *other) if is_params_shaped(node) else node, opt_state, *others,
+                        is_leaf=is_params_shaped)
 
 
 def zero_moments(opt_state: Any, params_like: Any, reset: Any) -> Any:

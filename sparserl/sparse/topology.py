@@ -118,7 +118,8 @@ class Topology:
     - `grows_from_gradients`: its update reads the dense gradient (RigL, SRigL), so native condensed kernels,
       whose kernel gradient lives on the mask only, run the masked network on its update steps;
     - `sparsity_changes`: each layer's kept count changes over training (prune); such a method gives
-      `sparsity_at`, the count the condensed kernels run at (`sparserl.sparse_network`).
+      `sparsity_at`, the count the condensed kernels run at (`sparserl.sparse_network`), and `sparsity_steps`,
+      the steps at which it changes.
     """
 
     name = "static"
@@ -299,6 +300,13 @@ class Prune(Topology):
         last_pruning_step = jnp.where(previous >= window.update_end, window.update_end, periodic)
         target = schedules.cubic_sparsity(last_pruning_step, final_sparsity, window.update_start, window.update_end)
         return jnp.where(previous >= window.update_start, target, 0.0)
+
+    def sparsity_steps(self, config) -> tuple[int, ...]:
+        """The gradient steps from which `sparsity_at` may take a new value, ascending: 0, and the step after each
+        pruning step (`schedules.is_pruning_step`: every `update_period` steps in [t0, t1], and t1)."""
+        window = config.settings
+        pruning = {*range(window.update_start, window.update_end + 1, window.update_period), window.update_end}
+        return (0, *sorted(step + 1 for step in pruning))
 
 
 class DenseWeightsBehindNM(Topology):

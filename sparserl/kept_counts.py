@@ -1,0 +1,123 @@
+"""Condensed kernels under a method whose kept counts change (prune): which capacity each layer runs at, per step.
+
+Gradual magnitude pruning (Zhu & Gupta 2017, eq. 1) lowers every layer's fan-in k_t on its pruning steps. Under
+constant fan-in each of its layers stores indices at the largest capacity of its ladder (`condensed.ladder`: the
+final k, doubling up to `condensed.MAX_CONDENSED_DENSITY` of the fan-in; kept inputs first) and runs at the smallest
+capacity holding k_t, its *bucket*, or masked above the ladder (`condensed.run_bucket`). k_t is a function of the
+gradient step shared by all seeds (`Topology.sparsity_at`), so:
+
+- `indices_at` gives the indices of one step with traced buckets (a `lax.switch` per layer: forward passes alone,
+  such as acting and a target network);
+- `phases` cuts the steps into runs of constant buckets, found on the host from `Topology.sparsity_steps`, so a
+  gradient step switches once over whole phases (`phase_of`) and each branch differentiates its own products
+  (a switch inside a differentiated function would make every branch's residuals, zeros included, on every step);
+- `kept_slots` lays a phase's kept inputs out as slots with offsets (`condensed.variable_fan_in`'s layout), so the
+  native kernels train a prune layer's kept values between pruning steps at k_t's multiply-adds
+  (`sparse_network.joint_gradient_step`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from sparserl.sparse import condensed
+from sparserl.sparse.distributions import layer_sparsities
+from sparserl.sparse.topology import get_topology
+
+# `SparseNetwork` and `NetworkState` below are `sparserl.sparse_network`'s, which imports this module (annotations
+# only: never evaluated).
+
+
+class Phases(NamedTuple):
+    """`first_steps`: the first gradient step of every phase but the first, ascending; `indices`: per phase, each
+    network's indices at the phase's buckets (Python ints; `condensed.with_buckets`); `buckets`: per phase, each
+    network's {layer: bucket}."""
+    first_steps: tuple[int, ...]
+    indices: list[tuple[dict, ...]]
+    buckets: list[tuple[dict, ...]]
+
+
+def ladders(network: SparseNetwork, params: Any, indices: dict) -> dict[str, condensed.Ladder]:
+    """The `condensed.ladders` of a network whose method's kept counts change (prune), else {}."""
+    config = network.optimizer.config
+    if not indices or not get_topology(config.method).sparsity_changes:
+        return {}
+    return condensed.ladders(indices, params, layer_sparsities(params, config))
+
+
+def kept_count(network: SparseNetwork, layer: condensed.Ladder, step) -> jax.Array:
+    """The layer's kept inputs per neuron at gradient step `step` (`Topology.sparsity_at`, `condensed.fan_in`)."""
+    config = network.optimizer.config
+    sparsity = get_topology(config.method).sparsity_at(step, layer.final_sparsity, config)
+    return jnp.reshape(condensed.fan_in(layer.in_features, sparsity), ())
+
+
+def buckets_at(network: SparseNetwork, layers: dict[str, condensed.Ladder], step) -> dict[str, jax.Array]:
+    """{layer: the bucket of its kept count at gradient step `step`}."""
+    return {path: condensed.bucket(kept_count(network, layer, step), layer.capacities) for path, layer in layers.items()}
+
+
+def indices_at(network: SparseNetwork, params: Any, indices: dict, step: jax.Array | None) -> dict:
+    """`indices` as the forward pass of gradient step `step` runs them: each layer of `ladders` with its ladder's
+    slices and the bucket of its kept count at `step` (traced). ValueError without a step where one is needed."""
+    layers = ladders(network, params, indices)
+    if not layers:
+        return indices
+    if step is None:
+        raise ValueError(f"{network.optimizer.config.method}'s condensed indices run at the kept count of a "
+                         "gradient step: pass step")
+    return condensed.with_buckets(indices, layers, buckets_at(network, layers, step))
+
+
+def phases(networks: Sequence[SparseNetwork], states: Sequence[NetworkState]) -> Phases | None:
+    """The gradient steps in phases of constant buckets over all `networks`, or None where no network's kept
+    counts change. The buckets are `buckets_at`'s, evaluated on the host at every step that
+    `Topology.sparsity_steps` names."""
+    layers = [ladders(network, state.params, state.indices) for network, state in zip(networks, states)]
+    if not any(layers):
+        return None
+    steps = sorted({step for network, network_layers in zip(networks, layers) if network_layers
+                    for step in get_topology(network.optimizer.config.method).sparsity_steps(network.optimizer.config)})
+    found = condensed.phases(steps, lambda step: tuple(
+        {path: int(bucket) for path, bucket in buckets_at(network, network_layers, step).items()}
+        for network, network_layers in zip(networks, layers)))
+    return Phases(tuple(step for step, _ in found[1:]),
+                  [tuple(condensed.with_buckets(state.indices, network_layers, network_buckets)
+                         for state, network_layers, network_buckets in zip(states, layers, buckets))
+                   for _, buckets in found],
+                  [buckets for _, buckets in found])
+
+
+def phase_of(found: Phases, step: jax.Array) -> jax.Array:
+    """The phase gradient step `step` (traced, unbatched) falls in: an index into `found.indices`."""
+    if not found.first_steps:
+        return jnp.zeros((), jnp.int32)
+    return jnp.searchsorted(jnp.asarray(found.first_steps, jnp.int32), step, side="right").astype(jnp.int32)
+
+
+def kept_slot_layers(network: SparseNetwork, state: NetworkState, indices: dict, buckets: dict[str, int],
+                     step: jax.Array) -> tuple[dict, dict[str, dict]]:
+    """(`indices`, a phase's with these `buckets`, with the nodes of `layers` in their place; `layers`: {layer: its
+    `kept_slots` node at `step`}) for the network's layers (`ladders`) that run at a capacity in the phase where the
+    native product wins there (`condensed.native_is_faster`), under native kernels: the layers whose kept values
+    that phase's steps train alone. No layers otherwise."""
+    if network.kernels != "native" or not get_topology(network.optimizer.config.method).masked_updates:
+        return indices, {}
+    layers = {}
+    for path, layer in ladders(network, state.params, state.indices).items():
+        if buckets[path] < len(layer.capacities):
+            capacity = layer.capacities[buckets[path]]
+            if condensed.native_is_faster(condensed.NATIVE_MIN_BATCH, layer.in_features, capacity):
+                layers[path] = condensed.at_capacity(layer.stored, capacity)
+
+    def replaced(node, path):
+        if path in layers:
+            return layers[path]
+        if "indices" in node:
+            return node
+        return {name: replaced(child, f"{path}/{name}" if path else name) for name, child in node.items()}
+
+    return replaced(indices, ""), layers
