@@ -164,6 +164,8 @@ def test_the_condensed_agents_rows_run_their_workloads():
     sparse_side = training.train_config("dqn", "gymnax:Breakout-MinAtar", condensed_agents.SCALING_SIDES["4x 95% static"])
     assert sparse_side.network.kind == "cnn" and sparse_side.network.width_multiplier == 4.0
     assert (sparse_side.sparse.sparsity, sparse_side.sparse.structure) == (0.95, "fan_in")
+    prune_side = training.train_config("dqn", "gymnax:Breakout-MinAtar", condensed_agents.PRUNE_SIDES["4x 95% prune"])
+    assert (prune_side.sparse.method, prune_side.sparse.sparsity, prune_side.sparse.kernels) == ("prune", 0.95, "native")
     config = condensed.dqn_config("masked", {"network.hidden_sizes": (8,), "batch_size": 4})
     call = agent_programs.donated_update_call(*agent_programs.make_agent(config), config)
     assert [float(call()["loss/td"][0]) >= 0 for _ in range(3)] == [True] * 3  # one seed

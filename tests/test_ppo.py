@@ -322,19 +322,25 @@ def test_ppo_cnn_takes_cleanrl_orthogonal_init(monkeypatch):
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="native kernels are built with g++, not on PATH")
-def test_native_kernels_equal_masked_over_320_minibatch_steps_with_topology_updates():
-    """40 rollouts x 2 epochs x 4 minibatches of 16 of 75% RigL (fan_in) Gaussian PPO, 2 seeds vmapped: topology
-    updates every 64 minibatch steps (dense gradients there, new indices after), observation normalisation."""
+@pytest.mark.parametrize("method_fields", [
+    {"sparse.method": "rigl", "sparse.sparsity": 0.75, "sparse.rigl.update_period": 64},
+    # pruned to 90% from step 0 to 160 every 16: masked phases, then kept values at each capacity of the ladder
+    {"sparse.method": "prune", "sparse.sparsity": 0.9, "sparse.prune.update_period": 16,
+     "sparse.prune.start_fraction": 0.0, "sparse.prune.end_fraction": 0.5},
+], ids=["rigl", "prune"])
+def test_native_kernels_equal_masked_over_320_minibatch_steps_with_topology_updates(method_fields):
+    """40 rollouts x 2 epochs x 4 minibatches of 16 of 75% RigL or 90% prune (fan_in) Gaussian PPO, 2 seeds
+    vmapped, actor and critic in one loss: topology updates (dense gradients there for RigL, new indices after),
+    observation normalisation."""
     spec = envs.env_spec("Pendulum-v1")
     rollouts, seeds = 40, [3, 4]
     rollout_batches = jax.tree.map(lambda *arrays: np.stack(arrays),
                                    *[_random_rollout(spec, 32, 2, seed=index) for index in range(rollouts)])
 
     def trained(kernels):
-        config = _small_config(**{"steps": rollouts * 64, "sparse.sparsity": 0.75, "sparse.distribution": "uniform",
-                                  "sparse.structure": "fan_in", "sparse.rigl.update_period": 64,
-                                  "network.hidden_sizes": (32, 32), "normalize_observations": True,
-                                  "sparse.kernels": kernels})
+        config = _small_config(**{"steps": rollouts * 64, "sparse.distribution": "uniform", **method_fields,
+                                  "sparse.structure": "fan_in", "network.hidden_sizes": (32, 32),
+                                  "normalize_observations": True, "sparse.kernels": kernels})
         agent = ppo.make(config, spec)
         states = loop.init_states(agent, seeds)
         axes = loop.seed_axes(states)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -61,13 +62,15 @@ def seed_update(agent: Agent, env_spec: envs.EnvSpec,
     return update, state, random_transitions(env_spec, config.batch_size, seed=1), loop.seed_keys([1])
 
 
-def donated_update_call(agent: Agent, env_spec: envs.EnvSpec, config: ml_collections.ConfigDict) -> Callable[[], Any]:
+def donated_update_call(agent: Agent, env_spec: envs.EnvSpec, config: ml_collections.ConfigDict,
+                        first_step: int = 0) -> Callable[[], Any]:
     """A call of one seed-vmapped update that donates the state and keeps the state it returns, as the training
     loops run updates (`runner.OffPolicyStep` donates; the compiled loop carries it): no copy of the unchanged parts
     of the state into new buffers, which a call that keeps its input state pays for every leaf. The step counter
     advances with each call, so topology updates run on their schedule. Its batch: random transitions (DQN, SAC)
-    or a random rollout (PPO, a config with `rollout_steps`)."""
+    or a random rollout (PPO, a config with `rollout_steps`). `first_step`: the step counter of the first call."""
     state = loop.init_states(agent, [0])
+    state = state.replace(step=jnp.full_like(state.step, first_step))
     axes = loop.seed_axes(state)
     update = jax.jit(jax.vmap(agent.update, in_axes=(axes, 0, 0), out_axes=(axes, 0)), donate_argnums=(0,))
     if "rollout_steps" in config:

@@ -4,6 +4,7 @@ constant fan-in (ERK), in SAC and PPO: the SAC 2x256 update at batch 256 (goal >
 minibatch 256) and at the MuJoCo preset's width (2x64 tanh, the classic preset's minibatch 128) (goal >= 1.3x);
 90% SRigL DQN CartPole end to end at Graesser et al.'s protocol (goal >= 1.5x); and the scaling goal, the MinAtar DQN
 network 4x wide at 95% (static, native) against 1x dense, env steps/s in the compiled loop (goal: at least as fast);
+the scaling grid's 4x prune update in its masked phase and at its final kept count against 4x static and dense;
 and a sweep of fan_in levels in one program, native (every level's own k in the lowest level's budget of slots)
 against masked and against its levels run one at a time natively (what sharing one program costs)."""
 
@@ -13,6 +14,7 @@ import statistics
 import tempfile
 
 from sparserl import train
+from sparserl.configs import base
 from sparserl.experiments.bench import agent_programs, condensed, timing, training
 from sparserl.experiments.bench.table import Row, Settings
 
@@ -96,6 +98,32 @@ def scaling_rates(settings: Settings) -> tuple[int, dict[str, float]]:
     return steps, {side: statistics.median(values) for side, values in rates.items()}
 
 
+# The scaling grid's prune cell at 4x (95%, constant fan-in, native) against the 4x static and dense cells: the DQN
+# update (batch 32, one seed, as the compiled loop runs it: no plan) in prune's masked phase (before its first
+# pruning step) and at its final kept count (from its last pruning step on, `Window.update_end`).
+SPARSE_4X = {"sparse.sparsity": 0.95, "sparse.structure": "fan_in", "sparse.kernels": "native"}
+PRUNE_SIDES = {"4x dense": {"sparse.method": "dense", "sparse.sparsity": 0.0},
+               "4x 95% static": {"sparse.method": "static", **SPARSE_4X},
+               "4x 95% prune": {"sparse.method": "prune", **SPARSE_4X}}
+
+
+def prune_update_ms(settings: Settings) -> dict[str, float]:
+    """ms per update of each side of `PRUNE_SIDES` (prune: "masked phase" and "final k") on gymnax:Breakout-MinAtar,
+    the MinAtar preset 4x wide over 100k steps."""
+    functions = {}
+    for side, overrides in PRUNE_SIDES.items():
+        config = training.train_config("dqn", "gymnax:Breakout-MinAtar",
+                                       {"network.width_multiplier": 4.0, "steps": 100_000, **overrides})
+        agent, env_spec = agent_programs.make_agent(config)
+        if side.endswith("prune"):
+            window = base.sparsity_config(config.sparse, base.off_policy_updates(config), 0.95).settings
+            for phase, first_step in (("masked phase", 0), ("final k", window.update_end)):
+                functions[f"{side}, {phase}"] = agent_programs.donated_update_call(agent, env_spec, config, first_step)
+        else:
+            functions[side] = agent_programs.donated_update_call(agent, env_spec, config)
+    return timing.interleaved_ms(functions, rounds=settings.pick(6, 3), calls=settings.pick(10, 5))
+
+
 # A sweep of fan_in levels in one compiled program (`--sparsity=0.8,0.9,0.95`): native kernels hold the lowest level's
 # budget of k slots per neuron for every level (`sparse.index_level`), each level using its own k of them (offsets);
 # DQN on gymnax:CartPole-v1.
@@ -145,6 +173,12 @@ def rows(settings: Settings) -> list[Row]:
     rows.append(Row("condensed SAC/PPO", f"DQN Breakout-MinAtar, 4x wide 95% static native vs 1x dense, {steps:,} steps",
                     rates["4x 95% static"], rates["1x dense"], "env steps/s", rates["4x 95% static"] / rates["1x dense"],
                     "4x sparse / 1x dense (speed)", ">= 1"))
+    ms = prune_update_ms(settings)
+    for phase in ("masked phase", "final k"):
+        prune = ms[f"4x 95% prune, {phase}"]
+        for side in ("4x dense", "4x 95% static"):
+            rows.append(Row("condensed SAC/PPO", f"DQN Breakout-MinAtar update, 4x 95% prune native in its {phase} vs "
+                            f"{side}", prune, ms[side], "ms", ms[side] / prune, f"{side} / prune (speed)"))
     steps, rates = sweep_rates(settings)
     levels = ",".join(str(level) for level in SWEEP_LEVELS)
     rows.append(Row("condensed SAC/PPO", f"DQN gymnax:CartPole-v1 sweep {levels} (static fan_in, one program), {steps:,} "
