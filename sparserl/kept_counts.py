@@ -18,10 +18,12 @@ gradient step shared by all seeds (`Topology.sparsity_at`), so:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sparserl.sparse import condensed
 from sparserl.sparse.distributions import layer_sparsities
@@ -74,21 +76,42 @@ def indices_at(network: SparseNetwork, params: Any, indices: dict, step: jax.Arr
 
 def phases(networks: Sequence[SparseNetwork], states: Sequence[NetworkState]) -> Phases | None:
     """The gradient steps in phases of constant buckets over all `networks`, or None where no network's kept
-    counts change. The buckets are `buckets_at`'s, evaluated on the host at every step that
-    `Topology.sparsity_steps` names."""
+    counts change (`phase_buckets`)."""
     layers = [ladders(network, state.params, state.indices) for network, state in zip(networks, states)]
     if not any(layers):
         return None
-    steps = sorted({step for network, network_layers in zip(networks, layers) if network_layers
-                    for step in get_topology(network.optimizer.config.method).sparsity_steps(network.optimizer.config)})
-    found = condensed.phases(steps, lambda step: tuple(
-        {path: int(bucket) for path, bucket in buckets_at(network, network_layers, step).items()}
+    first_steps, buckets = phase_buckets(tuple(
+        (network.optimizer.config, tuple((path, layer.in_features, layer.final_sparsity, layer.capacities)
+                                         for path, layer in network_layers.items()))
         for network, network_layers in zip(networks, layers)))
-    return Phases(tuple(step for step, _ in found[1:]),
-                  [tuple(condensed.with_buckets(state.indices, network_layers, network_buckets)
-                         for state, network_layers, network_buckets in zip(states, layers, buckets))
-                   for _, buckets in found],
-                  [buckets for _, buckets in found])
+    buckets = [tuple(dict(network_buckets) for network_buckets in phase) for phase in buckets]
+    return Phases(first_steps, [tuple(condensed.with_buckets(state.indices, network_layers, network_buckets)
+                                      for state, network_layers, network_buckets in zip(states, layers, phase))
+                                for phase in buckets], buckets)
+
+
+@functools.lru_cache(maxsize=64)
+def phase_buckets(networks: tuple) -> tuple[tuple[int, ...], tuple]:
+    """(the first step of every phase but the first; per phase, each network's ((layer, bucket), ...)) for
+    `networks`: per network, (its `SparsityConfig`, ((layer, in_features, final sparsity, capacities), ...)). The
+    buckets are `buckets_at`'s, the same float32 ops evaluated here on the host, at once, at every step that
+    `Topology.sparsity_steps` names (cached: a program traces its gradient step once per branch)."""
+    steps = sorted({step for config, layers in networks if layers
+                    for step in get_topology(config.method).sparsity_steps(config)})
+    def bucket_at(config, in_features, final_sparsity, capacities, step):
+        sparsity = get_topology(config.method).sparsity_at(step, final_sparsity, config)
+        return condensed.bucket(jnp.reshape(condensed.fan_in(in_features, sparsity), ()), capacities)
+
+    with jax.ensure_compile_time_eval():
+        at_steps = jnp.asarray(steps, jnp.int32)
+        per_network = [[(path, np.asarray(jax.vmap(functools.partial(bucket_at, config, *layer))(at_steps)))
+                        for path, *layer in layers] for config, layers in networks]
+    found = []
+    for index, step in enumerate(steps):
+        buckets = tuple(tuple((path, int(bucket[index])) for path, bucket in network) for network in per_network)
+        if not found or found[-1][1] != buckets:
+            found.append((step, buckets))
+    return tuple(step for step, _ in found[1:]), tuple(buckets for _, buckets in found)
 
 
 def phase_of(found: Phases, step: jax.Array) -> jax.Array:

@@ -207,16 +207,13 @@ def joint_value_and_grad(networks: Sequence[SparseNetwork], loss_fn: Callable, s
     branch is not run), every network runs masked (no indices) and the gradients are dense, as the topology
     update expects. SET grows at random and prune reads magnitudes only: they keep the native kernels on every
     step. Every other kernel choice has the masked network's gradients at every step. Prune's layers run at the
-    capacity of their kept count at `step`: a `lax.switch` over `kept_counts.phases`, or `indices`, a phase's.
+    capacity of their kept count at `step` (`kept_counts.indices_at`), or at `indices`, a phase's.
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     params = tuple(state.params for state in states)
-    found = kept_counts.phases(networks, states) if indices is None else None
-    if found is None:
-        condensed_grads = functools.partial(grad_fn, params, indices or tuple(state.indices for state in states))
-    else:  # one branch per phase, each differentiating its own products
-        condensed_grads = functools.partial(jax.lax.switch, kept_counts.phase_of(found, step), [
-            functools.partial(grad_fn, params, phase_indices) for phase_indices in found.indices])
+    indices = indices or tuple(kept_counts.indices_at(network, state.params, state.indices, step)
+                               for network, state in zip(networks, states))
+    condensed_grads = functools.partial(grad_fn, params, indices)
     native = [network for network, state in zip(networks, states)
               if network.kernels == "native" and state.indices and _topology(network).grows_from_gradients]
     if not native:

@@ -61,19 +61,23 @@ def test_a_slot_layers_capacity_is_a_prefix_of_its_slots_with_offsets_clamped_to
 
 @needs_compiler
 def test_native_prune_layers_store_slots_and_train_kept_values_at_a_capacity():
-    """Under native kernels the layer's indices are slots with offsets (`condensed.variable_fan_in`); in a phase at
-    a capacity where native wins it trains its kept values (`kept_slot_layers`), masked phases none."""
+    """Under native kernels the layer's indices are slots with offsets (`condensed.variable_fan_in`) in the budget of
+    the ladder's largest capacity: s_t = 0.9375 (1 - (1 - t/4)^3) gives k_t = 64, 64, 30, 12, 5, 4 at steps 0..5,
+    so at ladder (4, 8, 16) masked through step 2, capacity 16 at step 3, 8 at step 4, 4 from step 5 on. In a phase at a capacity where native wins the layer trains its kept values
+    (`kept_slot_layers`), in the masked one it does not."""
     network = _network("native", window=Window(update_period=1, update_start=0, update_end=4), sparsity=0.9375)
     state = sparse_network.init(network, jax.random.key(0), jnp.ones((1, 64)))
     assert set(state.indices["output"]) == {"indices", "offsets"}
-    assert state.indices["output"]["indices"].shape == (2, 16)  # ladder (4, 8, 16) of 64 inputs at k = 4
+    assert state.indices["output"]["indices"].shape == (2, 16)  # the largest of the ladder (4, 8, 16) at k = 4
     found = kept_counts.phases((network,), (state,))
-    trained = []
+    assert found.first_steps == (3, 4, 5)
+    assert found.buckets == [({"output": 3},), ({"output": 2},), ({"output": 1},), ({"output": 0},)]
+    trained, capacities = [], []
     for indices, (buckets,) in zip(found.indices, found.buckets):
         _, layers = kept_counts.kept_slot_layers(network, state, indices[0], buckets, jnp.int32(0))
         trained.append(sorted(layers))
-    assert found.buckets[0] == ({"output": 3},) and trained[0] == []  # dense at first: masked
-    assert found.buckets[-1] == ({"output": 0},) and trained[-1] == ["output"]
+        capacities.append(layers["output"]["indices"].shape[-1] if layers else None)
+    assert trained == [[], ["output"], ["output"], ["output"]] and capacities == [None, 16, 8, 4]
     masked = _network("masked")
     assert kept_counts.kept_slot_layers(masked, sparse_network.init(masked, jax.random.key(0), jnp.ones((1, 16))),
                                         {}, {}, jnp.int32(0)) == ({}, {})
