@@ -2,17 +2,17 @@
 
 Gradual magnitude pruning (Zhu & Gupta 2017, eq. 1) lowers every layer's fan-in k_t on its pruning steps. Under
 constant fan-in each of its layers stores indices at the largest capacity of its ladder (`condensed.ladder`: the
-final k, doubling up to `condensed.MAX_CONDENSED_DENSITY` of the fan-in; kept inputs first) and runs at the smallest
-capacity holding k_t, its *bucket*, or masked above the ladder (`condensed.run_bucket`). k_t is a function of the
-gradient step shared by all seeds (`Topology.sparsity_at`), so:
+final k, doubling up to `condensed.MAX_CONDENSED_DENSITY` of the fan-in): kept inputs first, or under native kernels
+slots with offsets (`condensed.variable_fan_in`), whose kernels run exactly k_t multiply-adds per neuron. A step
+runs each layer at the smallest capacity holding k_t, its *bucket* (`condensed.at_capacity`), or masked above the
+ladder. k_t is a function of the gradient step shared by all seeds (`Topology.sparsity_at`), so:
 
-- `indices_at` gives the indices of one step with traced buckets (a `lax.switch` per layer: forward passes alone,
-  such as acting and a target network);
+- `indices_at` gives the indices of one step with traced buckets (a `lax.switch` per layer, `condensed.run_bucket`:
+  forward passes alone, such as acting and a target network, and the rare pruning steps);
 - `phases` cuts the steps into runs of constant buckets, found on the host from `Topology.sparsity_steps`, so a
   gradient step switches once over whole phases (`phase_of`) and each branch differentiates its own products
   (a switch inside a differentiated function would make every branch's residuals, zeros included, on every step);
-- `kept_slots` lays a phase's kept inputs out as slots with offsets (`condensed.variable_fan_in`'s layout), so the
-  native kernels train a prune layer's kept values between pruning steps at k_t's multiply-adds
+- `kept_slot_layers` names the layers whose kept values a phase's steps train alone, at its capacity's slots
   (`sparse_network.joint_gradient_step`).
 """
 
@@ -50,16 +50,17 @@ def ladders(network: SparseNetwork, params: Any, indices: dict) -> dict[str, con
     return condensed.ladders(indices, params, layer_sparsities(params, config))
 
 
-def kept_count(network: SparseNetwork, layer: condensed.Ladder, step) -> jax.Array:
-    """The layer's kept inputs per neuron at gradient step `step` (`Topology.sparsity_at`, `condensed.fan_in`)."""
-    config = network.optimizer.config
-    sparsity = get_topology(config.method).sparsity_at(step, layer.final_sparsity, config)
-    return jnp.reshape(condensed.fan_in(layer.in_features, sparsity), ())
+def _bucket(config, in_features: int, final_sparsity: float, capacities: tuple[int, ...], step) -> jax.Array:
+    """The bucket of a layer's ladder holding its kept count at gradient step `step` (`Topology.sparsity_at`,
+    `condensed.fan_in`, `condensed.bucket`) under the `SparsityConfig` `config`."""
+    sparsity = get_topology(config.method).sparsity_at(step, final_sparsity, config)
+    return condensed.bucket(jnp.reshape(condensed.fan_in(in_features, sparsity), ()), capacities)
 
 
 def buckets_at(network: SparseNetwork, layers: dict[str, condensed.Ladder], step) -> dict[str, jax.Array]:
     """{layer: the bucket of its kept count at gradient step `step`}."""
-    return {path: condensed.bucket(kept_count(network, layer, step), layer.capacities) for path, layer in layers.items()}
+    return {path: _bucket(network.optimizer.config, layer.in_features, layer.final_sparsity, layer.capacities, step)
+            for path, layer in layers.items()}
 
 
 def indices_at(network: SparseNetwork, params: Any, indices: dict, step: jax.Array | None) -> dict:
@@ -98,13 +99,9 @@ def phase_buckets(networks: tuple) -> tuple[tuple[int, ...], tuple]:
     `Topology.sparsity_steps` names (cached: a program traces its gradient step once per branch)."""
     steps = sorted({step for config, layers in networks if layers
                     for step in get_topology(config.method).sparsity_steps(config)})
-    def bucket_at(config, in_features, final_sparsity, capacities, step):
-        sparsity = get_topology(config.method).sparsity_at(step, final_sparsity, config)
-        return condensed.bucket(jnp.reshape(condensed.fan_in(in_features, sparsity), ()), capacities)
-
     with jax.ensure_compile_time_eval():
         at_steps = jnp.asarray(steps, jnp.int32)
-        per_network = [[(path, np.asarray(jax.vmap(functools.partial(bucket_at, config, *layer))(at_steps)))
+        per_network = [[(path, np.asarray(jax.vmap(functools.partial(_bucket, config, *layer))(at_steps)))
                         for path, *layer in layers] for config, layers in networks]
     found = []
     for index, step in enumerate(steps):

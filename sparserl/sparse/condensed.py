@@ -121,10 +121,6 @@ class Ladder(NamedTuple):
     capacities: tuple[int, ...]
     stored: dict
 
-    def bucket_at(self, sparsity) -> jax.Array:
-        """The bucket holding the layer's kept count at `sparsity` (`fan_in`, `bucket`)."""
-        return bucket(jnp.reshape(fan_in(self.in_features, sparsity), ()), self.capacities)
-
 
 def ladders(indices: dict, params: Any, sparsities: Mapping[str, float]) -> dict[str, Ladder]:
     """{layer path: its `Ladder`} of the layers with stored `indices` (prune's) not yet at a step: given no bucket
