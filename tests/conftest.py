@@ -9,7 +9,7 @@ import tempfile
 import pytest
 
 from sparserl import compilation_cache
-from tests.helpers import UNOPTIMISED_CODEGEN
+from tests.helpers import PREFETCHED_RUNS, UNOPTIMISED_CODEGEN
 
 # A test that runs longer than this is taken for a hang: the stacks of every thread are written to stderr and the
 # test session exits with status 1 (never a silent retry, never a CI run stuck until its own time limit).
@@ -39,7 +39,14 @@ def pytest_configure(config):
     compilation_cache.enable()
 
 
+def pytest_collection_finish(session):
+    """The registered CLI runs of the collected tests' module fixtures start in the background (`PrefetchedRuns`)."""
+    if not session.config.option.collectonly:
+        PREFETCHED_RUNS.start(session.items)
+
+
 def pytest_unconfigure(config):
+    PREFETCHED_RUNS.stop()
     shutil.rmtree(os.environ[compilation_cache.ENV_VAR], ignore_errors=True)
     if _PREVIOUS_CACHE_SETTING is None:
         del os.environ[compilation_cache.ENV_VAR]

@@ -3,9 +3,13 @@
 import concurrent.futures
 import math
 import os
+import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 import ml_collections
@@ -60,6 +64,77 @@ def run_train_side_by_side(runs: dict[str, tuple[str, ...]], workdir,
         futures = {name: pool.submit(run_train, *arguments, f"--workdir={workdir}", f"--run_name={name}")
                    for name, arguments in runs.items()}
         return {name: future.result() for name, future in futures.items()}
+
+
+class PrefetchedRuns:
+    """The CLI runs of module fixtures, started before the tests that read them. A test module registers a
+    fixture's runs at import (`register`); once pytest has collected the tests, one background thread runs the runs
+    of every registered fixture that a collected test uses, one at a time, in the order the tests first use them
+    (`start`, from `conftest`), while the test process runs the in-process tests beside it (CI's other core). The
+    fixture's `results` runs, beside the background's, each of its runs that no one has started, and waits for the
+    rest: the same runs and results, sooner."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._runs: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {}
+        self._futures: dict[tuple, concurrent.futures.Future] = {}
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._root: str | None = None
+
+    def register(self, module: str, fixture: str, runs: dict[str, tuple[str, ...]]) -> None:
+        """`runs` ({run name: arguments}, the longest first) are what `fixture` of `module` reads."""
+        self._runs[(module, fixture)] = runs
+
+    def start(self, items) -> None:
+        """Prefetches the registered runs that the collected `items` use, in the order they first use them."""
+        order = []
+        for item in items:
+            module = getattr(getattr(item, "module", None), "__name__", None)
+            order += [key for key in self._runs if key not in order and key[0] == module and key[1] in item.fixturenames]
+        self._thread = threading.Thread(target=self._prefetch, args=(order,), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Starts no more runs, waits for the one in flight, and removes every run's directory."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+
+    def results(self, module: str, fixture: str) -> tuple[pathlib.Path, dict[str, subprocess.CompletedProcess]]:
+        """(the workdir, {run name: its finished process}) of a registered fixture's runs."""
+        key = (module, fixture)
+        for name in self._runs[key]:
+            self._run_unless_started(key, name)
+        return self._workdir(key), {name: self._futures[(key, name)].result() for name in self._runs[key]}
+
+    def _prefetch(self, order) -> None:
+        for key in order:
+            for name in self._runs[key]:
+                if self._stopping.is_set():
+                    return
+                self._run_unless_started(key, name)
+
+    def _run_unless_started(self, key, name) -> None:
+        with self._lock:
+            if (key, name) in self._futures:
+                return
+            future = self._futures[(key, name)] = concurrent.futures.Future()
+        try:
+            future.set_result(run_train(*self._runs[key][name], f"--workdir={self._workdir(key)}", f"--run_name={name}"))
+        except BaseException as error:  # a hang's `pytest.fail` too: the fixture that reads the run raises it
+            future.set_exception(error)
+
+    def _workdir(self, key) -> pathlib.Path:
+        with self._lock:
+            if self._root is None:
+                self._root = tempfile.mkdtemp(prefix="sparserl_test_prefetched_runs_")
+        return pathlib.Path(self._root, ".".join(key))
+
+
+PREFETCHED_RUNS = PrefetchedRuns()
 
 
 def start_train(arguments, workdir, run_name: str | None = "run"):

@@ -11,7 +11,7 @@ from sparserl.configs import dqn as dqn_config
 from sparserl.agents import dqn
 from sparserl import checkpoint, compiled_runner, envs, loop
 from sparserl.reporting import MetricsWriter, ProgressPrinter, read_csv
-from tests.helpers import (assert_same_rows, eval_returns, kill_after_checkpoint, mean_of_last_evals, rows_without_sps,
+from tests.helpers import (PREFETCHED_RUNS, assert_same_rows, eval_returns, kill_after_checkpoint, mean_of_last_evals, rows_without_sps,
                            run_train, run_train_side_by_side)
 
 TINY_DQN = ("--agent=dqn", "--env=gymnax:CartPole-v1", "--sparsity=0.9", "--redo", "--redo_period=100",
@@ -188,12 +188,13 @@ LEARNING_RUNS = {
 }
 
 
+PREFETCHED_RUNS.register(__name__, "learning_runs", {name: arguments for name, (arguments, *_) in LEARNING_RUNS.items()})
+
+
 @pytest.fixture(scope="module")
-def learning_runs(tmp_path_factory):
-    """Every run of LEARNING_RUNS, two at a time (one per core on CI)."""
-    workdir = tmp_path_factory.mktemp("compiled_learning")
-    runs = {name: arguments for name, (arguments, *_) in LEARNING_RUNS.items()}
-    return workdir, run_train_side_by_side(runs, workdir, workers=2)
+def learning_runs():
+    """(workdir, results) of every run of LEARNING_RUNS, prefetched from the session's start (`PrefetchedRuns`)."""
+    return PREFETCHED_RUNS.results(__name__, "learning_runs")
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from sparserl.configs import ppo as ppo_config
 from sparserl import batches, dormancy, envs, loop, runner
 from sparserl.errors import ConfigError
 from sparserl.reporting import read_csv
-from tests.helpers import built_modules, run_train_side_by_side, with_fields
+from tests.helpers import PREFETCHED_RUNS, built_modules, with_fields
 
 GAMMA, LAMBDA = 0.9, 0.8
 
@@ -224,7 +224,7 @@ def _check(result) -> None:
 
 _SEEDS = ("--agent=ppo", "--sparsity=0.8", "--redo", "--redo_period=8", "--steps=1024", "--eval_every=1024",
           "--config.log_every=512", "--config.eval_episodes=2")
-# This file's CLI runs, the longest first; `cli_runs` trains them two at a time (one per core on CI). "second",
+# This file's CLI runs, the longest first (`PrefetchedRuns` runs them in this order). "second",
 # seed 1 alone, is the vmapped pair's second member (seed 0 alone would be its first: the same check once more).
 CLI_RUNS = {
     "pong": ("--agent=ppo", "--env=ALE/Pong-v5", "--sparsity=0.9", "--steps=64", "--eval_every=64", "--config.num_envs=2",
@@ -240,11 +240,15 @@ CLI_RUNS = {
 }
 
 
+PREFETCHED_RUNS.register(__name__, "cli_runs", CLI_RUNS)
+
+
 @pytest.fixture(scope="module")
-def cli_runs(tmp_path_factory):
-    """The workdir of every run of CLI_RUNS, each checked to have ended with status 0."""
-    workdir = tmp_path_factory.mktemp("ppo_cli")
-    for result in run_train_side_by_side(CLI_RUNS, workdir, workers=2).values():
+def cli_runs():
+    """The workdir of every run of CLI_RUNS (prefetched from the session's start: `PrefetchedRuns`), each checked to
+    have ended with status 0."""
+    workdir, results = PREFETCHED_RUNS.results(__name__, "cli_runs")
+    for result in results.values():
         _check(result)
     return workdir
 

@@ -15,7 +15,7 @@ from sparserl import envs, replay as replay_lib
 from sparserl.errors import ConfigError
 from sparserl.reporting import read_csv
 
-from tests.helpers import built_modules, hidden_outputs, run_train_side_by_side, with_fields
+from tests.helpers import PREFETCHED_RUNS, built_modules, hidden_outputs, with_fields
 
 
 def _config(**fields):
@@ -207,7 +207,7 @@ _SEEDS = (*_SHORT, "--sparsity=0.9", "--steps=600", "--config.learning_starts=20
 # The smoke run also gives actor and critic their own sparsities.
 _SMOKE = (*_SHORT, "--actor_sparsity=0.5", "--critic_sparsity=0.9", "--steps=300", "--config.learning_starts=100",
           "--config.log_every=100", "--config.sparse.rigl.update_period=50")
-# This file's CLI runs, the longest first; `cli_runs` trains them two at a time (one per core on CI).
+# This file's CLI runs, the longest first (`PrefetchedRuns` runs them in this order).
 CLI_RUNS = {
     "both": (*_SEEDS, "--num_seeds=2"),
     "single": (*_SEEDS, "--seed=1"),
@@ -215,13 +215,15 @@ CLI_RUNS = {
 }
 
 
+PREFETCHED_RUNS.register(__name__, "cli_runs", {name.replace(":", "_"): arguments for name, arguments in CLI_RUNS.items()})
+
+
 @pytest.fixture(scope="module")
-def cli_runs(tmp_path_factory):
-    """The workdir of every run of CLI_RUNS (run directory: the run's name, ':' as '_'), each checked to have
-    ended with status 0."""
-    workdir = tmp_path_factory.mktemp("sac_cli")
-    runs = {name.replace(":", "_"): arguments for name, arguments in CLI_RUNS.items()}
-    for result in run_train_side_by_side(runs, workdir, workers=2).values():
+def cli_runs():
+    """The workdir of every run of CLI_RUNS (run directory: the run's name, ':' as '_'; prefetched from the
+    session's start: `PrefetchedRuns`), each checked to have ended with status 0."""
+    workdir, results = PREFETCHED_RUNS.results(__name__, "cli_runs")
+    for result in results.values():
         assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
