@@ -1,6 +1,5 @@
 """Nothing lost: a killed run resumes from its last checkpoint and ends as if never interrupted."""
 
-import concurrent.futures
 import os
 import shutil
 import signal
@@ -9,8 +8,8 @@ import pytest
 
 from sparserl import checkpoint
 from sparserl.reporting import read_csv
-from tests.helpers import (assert_same_rows, kill_after_checkpoint, rows_without_sps, run_train, start_train,
-                           wait_for_checkpoint)
+from tests.helpers import (PREFETCHED_RUNS, assert_same_rows, kill_after_checkpoint, rows_without_sps, run_train,
+                           start_train, wait_for_checkpoint)
 
 DQN = ("--agent=dqn", "--sparsity=0.9", "--redo", "--redo_period=100", "--steps=1000", "--config.learning_starts=100",
        "--config.log_every=100", "--eval_every=250", "--config.eval_episodes=2", "--config.checkpoint_every=200",
@@ -20,27 +19,24 @@ PPO = ("--agent=ppo", "--sparsity=0.9", "--redo", "--redo_period=8", "--steps=40
        "--config.checkpoint_every=512")
 
 
+UNINTERRUPTED = {"dqn": DQN, "ppo": PPO}
+PREFETCHED_RUNS.register(__name__, "uninterrupted", UNINTERRUPTED)
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """Each configuration run once, uninterrupted: the reference of every resume test here. Both start in the
-    background when the first test asks for one (a core each on CI's 2, while that test kills and resumes its own
-    run); `uninterrupted(arguments)` waits for that configuration's run and returns its workdir."""
-    workdirs = {arguments: tmp_path_factory.mktemp("whole") for arguments in (DQN, PPO)}
-    with concurrent.futures.ThreadPoolExecutor(len(workdirs)) as pool:
-        runs = {arguments: pool.submit(run_train, *arguments, f"--workdir={workdir}", "--run_name=run")
-                for arguments, workdir in workdirs.items()}
-
-        def run(arguments):
-            whole = runs[arguments].result()
-            assert whole.returncode == 0, whole.stderr[-3000:]
-            return workdirs[arguments]
-
-        yield run
+def uninterrupted():
+    """Each configuration run once, uninterrupted (prefetched from the session's start: `PrefetchedRuns`): the
+    reference of every resume test here. `uninterrupted(arguments)` is that configuration's run directory."""
+    workdir, results = PREFETCHED_RUNS.results(__name__, "uninterrupted")
+    for result in results.values():
+        assert result.returncode == 0, result.stderr[-3000:]
+    names = {arguments: name for name, arguments in UNINTERRUPTED.items()}
+    return lambda arguments: workdir / names[arguments]
 
 
-def _assert_resumed_equals_uninterrupted(whole_workdir, resumed_workdir):
+def _assert_resumed_equals_uninterrupted(whole_run, resumed_workdir):
     for filename in ("metrics.csv", "eval.csv"):
-        whole_rows = rows_without_sps(whole_workdir / "run" / "seed0" / filename)
+        whole_rows = rows_without_sps(whole_run / "seed0" / filename)
         resumed_rows = rows_without_sps(resumed_workdir / "run" / "seed0" / filename)
         steps = [row["step"] for row in resumed_rows]
         assert len(steps) == len(set(steps)), "a step was written twice"

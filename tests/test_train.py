@@ -13,7 +13,7 @@ from sparserl.configs import dqn as dqn_config
 from sparserl import train
 from sparserl.agent_contract import config_module
 from sparserl.reporting import read_csv
-from tests.helpers import run_train, run_train_side_by_side
+from tests.helpers import PREFETCHED_RUNS, run_train, run_train_side_by_side
 
 CONFIGS = config_module("dqn").__file__.rsplit("/", 1)[0]
 
@@ -141,15 +141,17 @@ def test_num_seeds_equals_single_seed_runs(tmp_path):
 IMAGE_ENVS = ("MinAtar/Breakout-v1",)
 
 
+_IMAGE_SMOKE = ("--agent=dqn", "--sparsity=0.9", "--steps=300", "--config.learning_starts=100",
+                "--config.replay_capacity=1000", "--config.log_every=100", "--eval_every=300", "--config.eval_episodes=1")
+PREFETCHED_RUNS.register(__name__, "image_env_runs",
+                         {env_id.replace("/", "_"): (*_IMAGE_SMOKE, f"--env={env_id}") for env_id in IMAGE_ENVS})
+
+
 @pytest.fixture(scope="module")
-def image_env_runs(tmp_path_factory):
-    """A short 90% DQN run on each of IMAGE_ENVS, side by side; run directory: the env id with '/' as '_'."""
-    workdir = tmp_path_factory.mktemp("image_envs")
-    smoke = ("--agent=dqn", "--sparsity=0.9", "--steps=300", "--config.learning_starts=100",
-             "--config.replay_capacity=1000", "--config.log_every=100", "--eval_every=300", "--config.eval_episodes=1")
-    results = run_train_side_by_side({env_id.replace("/", "_"): (*smoke, f"--env={env_id}") for env_id in IMAGE_ENVS},
-                                     workdir)
-    return workdir, results
+def image_env_runs():
+    """(workdir, results) of a short 90% DQN run on each of IMAGE_ENVS (prefetched from the session's start:
+    `PrefetchedRuns`); run directory: the env id with '/' as '_'."""
+    return PREFETCHED_RUNS.results(__name__, "image_env_runs")
 
 
 @pytest.mark.parametrize("env_id", IMAGE_ENVS)
