@@ -51,13 +51,14 @@ SCALES = {
 }
 
 # CPU-seconds per 100k env steps per seed of DQN on gymnax:Breakout-MinAtar (the MinAtar preset, one update per env step),
-# by side and width multiplier: the default grid's processes on the idle 2-core CPU machine, 2026-12-07, two at a time
-# (each process's CPU time, user + sys, start-up and compilation included, over its 3 seeds; docs/studies.md). Prune
-# at 4x did not finish there: it is costed at the dense rate (`COSTED_AS`; its 1x and 2x processes, which ran before
-# `structure.row_major`, cost 1.4x and 2.0x dense). Between and beyond the measured widths: the quadratic through
-# them (the dense layer's multiply-adds grow with the square of the width, the conv's with the width).
-MINATAR_DQN_CPU_SECONDS = {"dense": {1.0: 160.0, 2.0: 320.0, 4.0: 1237.0}, "static": {1.0: 142.0, 2.0: 185.0, 4.0: 427.0}}
-COSTED_AS = {"dense": "dense", "prune": "dense", "static": "static"}
+# by side and width multiplier: each process's CPU time (user + sys, start-up and compilation included) over its 3
+# seeds, two processes at a time on an idle 2-core CPU machine (docs/studies.md). Dense and static: the default grid,
+# 2026-12-07. Prune: its three processes run again, with its native kernels in kept-count phases (`kept_counts`),
+# later that day on another machine of the kind (its 4x process had not finished in the grid). Between and beyond the
+# measured widths: the quadratic through them (the dense layer's multiply-adds grow with the square of the width, the
+# conv's with the width).
+MINATAR_DQN_CPU_SECONDS = {"dense": {1.0: 160.0, 2.0: 320.0, 4.0: 1237.0}, "prune": {1.0: 216.0, 2.0: 397.0, 4.0: 1442.0},
+                           "static": {1.0: 142.0, 2.0: 185.0, 4.0: 427.0}}
 
 # How `network.width_multiplier` widens the MinAtar network and how the papers widen theirs, and how its pruning
 # follows Obando-Ceron et al.'s (summary.md says both on MinAtar).
@@ -115,9 +116,9 @@ def parse_widths(text: str) -> list[float]:
 
 
 def cpu_seconds_per_100k(side: str, width: float) -> float:
-    """CPU-seconds per 100k env steps per seed of a side at a width multiplier: `MINATAR_DQN_CPU_SECONDS` of the side
-    it is costed as, and between or beyond its widths the quadratic through them."""
-    measured = sorted(MINATAR_DQN_CPU_SECONDS[COSTED_AS[side]].items())
+    """CPU-seconds per 100k env steps per seed of a side at a width multiplier: `MINATAR_DQN_CPU_SECONDS`, and
+    between or beyond its widths the quadratic through them."""
+    measured = sorted(MINATAR_DQN_CPU_SECONDS[side].items())
     return float(np.polyval(np.polyfit([w for w, _ in measured], [c for _, c in measured], 2), width))
 
 

@@ -15,9 +15,10 @@ MINATAR = "dqn_gymnax-Breakout-MinAtar"
 
 def test_the_dry_run_plans_a_process_per_side_and_width_and_estimates_the_cost(tmp_path, capsys, monkeypatch):
     """The small grid: dense, prune and static 95% (fan_in, kernels=auto) at widths 1, 2, 4, 3 seeds each, 100k steps
-    on Breakout-MinAtar; the cost from the measured CPU-seconds per width (prune at dense's), the quadratic through
-    them beyond."""
+    on Breakout-MinAtar; the cost from each side's measured CPU-seconds per width, the quadratic through them
+    beyond."""
     monkeypatch.setattr(scaling_study, "MINATAR_DQN_CPU_SECONDS", {"dense": {1.0: 100.0, 2.0: 200.0, 4.0: 600.0},
+                                                                   "prune": {1.0: 300.0, 2.0: 600.0, 4.0: 1800.0},
                                                                    "static": {1.0: 200.0, 2.0: 400.0, 4.0: 1200.0}})
     out = tmp_path / "study"
     assert scaling_study.main(["--dry_run", f"--out={out}"]) == 0
@@ -32,17 +33,18 @@ def test_the_dry_run_plans_a_process_per_side_and_width_and_estimates_the_cost(t
         sparse = "dense" not in name
         assert ("--structure=fan_in" in args and "--config.sparse.kernels=auto" in args) == sparse, name
         assert ("--sparsity=0.95" if sparse else "--sparsity=0") in args
-    # Dense and prune (100 + 200 + 600) and static (200 + 400 + 1200) CPU-s per 100k steps x 3 seeds / 3600 s.
-    assert plan["estimate"].startswith("estimated cost: 3.0 CPU-hours (3 sides x widths 1, 2, 4 x 3 seeds x 100,000 steps")
+    # Dense (100 + 200 + 600), prune (300 + 600 + 1800) and static (200 + 400 + 1200) CPU-s per 100k steps x 3 seeds
+    # / 3600 s.
+    assert plan["estimate"].startswith("estimated cost: 4.5 CPU-hours (3 sides x widths 1, 2, 4 x 3 seeds x 100,000 steps")
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 10 and lines[-1] == plan["estimate"]
-    # 8x: the quadratic through (1, 100), (2, 200), (4, 600) is (100 w^2 + 200) / 3, 2200 at 8 (static twice that):
-    # (3100 + 3100 + 6200) x 3 / 3600. Without dense: (3100 + 6200) x 3 / 3600.
+    # 8x: the quadratic through (1, 100), (2, 200), (4, 600) is (100 w^2 + 200) / 3, 2200 at 8 (static twice that,
+    # prune three times): (3100 + 9300 + 6200) x 3 / 3600. Without dense: (9300 + 6200) x 3 / 3600.
     assert scaling_study.main(["--dry_run", "--widths=8,1,2,4", f"--out={tmp_path / 'wide'}"]) == 0
     wide = json.loads((tmp_path / "wide" / "plan.json").read_text())
-    assert wide["widths"] == [1, 2, 4, 8] and wide["estimate"].startswith("estimated cost: 10.3 CPU-hours")
+    assert wide["widths"] == [1, 2, 4, 8] and wide["estimate"].startswith("estimated cost: 15.5 CPU-hours")
     assert scaling_study.main(["--dry_run", "--widths=1,2,4,8", "--methods=prune,static", f"--out={tmp_path / 'wide'}"]) == 0
-    assert json.loads((tmp_path / "wide" / "plan.json").read_text())["estimate"].startswith("estimated cost: 7.8 CPU-hours")
+    assert json.loads((tmp_path / "wide" / "plan.json").read_text())["estimate"].startswith("estimated cost: 12.9 CPU-hours")
 
 
 @pytest.mark.parametrize("arguments, message", [
