@@ -55,12 +55,9 @@ def run_train(*args: str, cwd=None, timeout: float = 600) -> subprocess.Complete
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
-def run_train_side_by_side(runs: dict[str, tuple[str, ...]], workdir,
-                           workers: int | None = None) -> dict[str, subprocess.CompletedProcess]:
-    """Runs several CLI trainings at once, each as `--run_name=<name>` in workdir: all of them, or `workers` at a
-    time in the order given (2: one per core on CI's 2 cores; give the longest first, so that no core idles at
-    the end)."""
-    with concurrent.futures.ThreadPoolExecutor(workers or len(runs)) as pool:
+def run_train_side_by_side(runs: dict[str, tuple[str, ...]], workdir) -> dict[str, subprocess.CompletedProcess]:
+    """Runs several CLI trainings at once, each as `--run_name=<name>` in workdir."""
+    with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
         futures = {name: pool.submit(run_train, *arguments, f"--workdir={workdir}", f"--run_name={name}")
                    for name, arguments in runs.items()}
         return {name: future.result() for name, future in futures.items()}

@@ -11,8 +11,8 @@ from sparserl.configs import dqn as dqn_config
 from sparserl.agents import dqn
 from sparserl import checkpoint, compiled_runner, envs, loop
 from sparserl.reporting import MetricsWriter, ProgressPrinter, read_csv
-from tests.helpers import (PREFETCHED_RUNS, assert_same_rows, eval_returns, kill_after_checkpoint, mean_of_last_evals, rows_without_sps,
-                           run_train, run_train_side_by_side)
+from tests.helpers import (PREFETCHED_RUNS, assert_same_rows, eval_returns, kill_after_checkpoint, mean_of_last_evals,
+                           rows_without_sps, run_train, run_train_side_by_side)
 
 TINY_DQN = ("--agent=dqn", "--env=gymnax:CartPole-v1", "--sparsity=0.9", "--redo", "--redo_period=100",
             "--steps=1000", "--config.learning_starts=200", "--config.log_every=250", "--eval_every=500",
