@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from sparserl import dormancy, plasticity, sparse_network
+from sparserl import dormancy, kept_counts, plasticity, sparse_network
 from sparserl.configs.base import REMEDIES, remedy_period
 from sparserl.errors import ConfigError
 from sparserl.sparse import zero_moments
@@ -117,7 +117,8 @@ def apply(redo: ml_collections.ConfigDict, network: sparse_network.SparseNetwork
         result = reset_layers(state.params, opt_state, fresh, last_layers(chains, redo.reset_layers))
     opt_state = sparse_network.stored_opt_state(network, result.params, state.indices, result.opt_state)
     kept = sparse_network.kept_values(network, result.params, state.indices)
-    return state.replace(params=result.params, opt_state=opt_state, kept=kept), result  # masks unchanged: same indices
+    slots = kept_counts.gathered_slots(network, result.params, state.indices, result.opt_state.inner)
+    return state.replace(params=result.params, opt_state=opt_state, kept=kept, slots=slots), result  # same masks, indices
 
 
 def counts_of(before: Sequence[Any], after: Sequence[Any], results: Sequence[dormancy.RecycleResult]) -> dormancy.RecycleCounts:

@@ -25,7 +25,7 @@ from sparserl import dormancy, kept_counts, networks, plasticity
 from sparserl.sparse import SparseOptimizer, SparseOptState, SparsityConfig, apply_masks, sparse_optimizer, sparsity_metrics
 from sparserl.sparse import condensed, condensed_native
 from sparserl.sparse.distributions import layer_sparsities, masked_layers
-from sparserl.sparse.masks import layer_of, multiply_add_metrics
+from sparserl.sparse.masks import kernels_of, layer_of, multiply_add_metrics, with_kernels
 from sparserl.sparse.optimizer import map_moments
 from sparserl.sparse.topology import Topology, get_topology
 
@@ -53,12 +53,14 @@ class NetworkState(flax.struct.PyTreeNode):
     """`indices`: the condensed-kernel indices of the masks (`condensed.layer_indices`); empty with masked kernels.
     `kept`: {layer path: values [out, k]} of the layers that train their kept values (`kept_layers`), always equal to
     the params' kernels at the indices (`kept_values`); what those layers compute from, in gradient steps and when
-    acting (`indices_of`)."""
+    acting (`indices_of`). `slots`: prune's kept values and moments at their slots under native kernels
+    (`kept_counts.gathered_slots`)."""
 
     params: Any
     opt_state: SparseOptState
     indices: dict = flax.struct.field(default_factory=dict)
     kept: dict = flax.struct.field(default_factory=dict)
+    slots: dict = flax.struct.field(default_factory=dict)
 
 
 def make_network(
@@ -129,7 +131,8 @@ def init(network: SparseNetwork, key: jax.Array, *sample_inputs) -> NetworkState
                                           gradual=topology.sparsity_changes, variable=variable)
     params = _at_init_scale(network, params, opt_state.masks)
     return NetworkState(params, stored_opt_state(network, params, indices, opt_state), indices,
-                        kept_values(network, params, indices))
+                        kept_values(network, params, indices),
+                        kept_counts.gathered_slots(network, params, indices, opt_state.inner))
 
 
 def _topology(network: SparseNetwork):
@@ -224,15 +227,20 @@ def joint_value_and_grad(networks: Sequence[SparseNetwork], loss_fn: Callable, s
 
 def apply_gradients(network: SparseNetwork, state: NetworkState, dense_grads: Any, step: jax.Array, key: jax.Array) -> NetworkState:
     """One sparse optimizer step on dense-shaped gradients; on topology-update steps the condensed indices follow
-    the new masks. (Kept moments are made dense for it and stored [out, k] again: `dense_opt_state`.)"""
-    params, opt_state = network.optimizer.apply_gradients(step, state.params, dense_grads,
-                                                          dense_opt_state(network, state), key)
-    indices = state.indices
+    the new masks. (Kept moments are made dense for it and stored [out, k] again: `dense_opt_state`. Prune's slots
+    can hold the current moments on its pruning steps alone, which gather them anew: `kept_counts.slots_current`.)"""
+    topology_step = _is_topology_step(network, step)
+    opt_state = dense_opt_state(network, state) if not state.slots else jax.lax.cond(
+        topology_step, lambda: dense_opt_state(network, state), lambda: state.opt_state)
+    params, opt_state = network.optimizer.apply_gradients(step, state.params, dense_grads, opt_state, key)
+    indices, slots = state.indices, state.slots
     if indices:
-        indices = jax.lax.cond(_is_topology_step(network, step), lambda: condensed.refresh(indices, opt_state.masks),
-                               lambda: indices)
+        indices = jax.lax.cond(topology_step, lambda: condensed.refresh(indices, opt_state.masks), lambda: indices)
+    if slots:
+        slots = jax.lax.cond(topology_step, lambda: kept_counts.gathered_slots(network, params, indices, opt_state.inner),
+                             lambda: slots)
     return NetworkState(params, stored_opt_state(network, params, indices, opt_state), indices,
-                        kept_values(network, params, indices))
+                        kept_values(network, params, indices), slots)
 
 
 # Kept-value training -------------------------------------------------------------------------------------------
@@ -278,7 +286,7 @@ def kept_values(network: SparseNetwork, params: Any, indices: dict) -> dict[str,
     """`NetworkState.kept` of these params: {layer path: kernel values at the indices [out, k]} over `kept_layers`
     (gathered: call it wherever params change other than by a kept-value step)."""
     layers = kept_layers(network, params, indices)
-    return {layer: _kept_of(kernel, layers[layer]) for layer, kernel in _kernels_of(params, layers).items()}
+    return {layer: _kept_of(kernel, layers[layer]) for layer, kernel in kernels_of(params, layers).items()}
 
 
 def _with_kept(kernel: jax.Array, index_node: dict, values: jax.Array) -> jax.Array:
@@ -296,12 +304,14 @@ def _map_kernels(fn: Callable, layers: dict, tree: Any, *rest: Any) -> Any:
 
 
 def dense_opt_state(network: SparseNetwork, state: NetworkState) -> SparseOptState:
-    """`state.opt_state` with every moment dense-shaped (kept moments scattered into zeros), as
-    `network.optimizer`, ReDo and the other remedies read it."""
+    """`state.opt_state` with every moment dense-shaped and current (kept moments scattered into zeros, prune's
+    written from its slots where those are current: `kept_counts.current_moments`), as `network.optimizer`, ReDo and
+    the other remedies read it."""
     layers = kept_layers(network, state.params, state.indices)
+    inner = kept_counts.current_moments(network, state, state.opt_state.inner)
     if not layers:
-        return state.opt_state
-    inner = map_moments(state.opt_state.inner, state.params, lambda moments: _map_kernels(
+        return state.opt_state._replace(inner=inner)
+    inner = map_moments(inner, state.params, lambda moments: _map_kernels(
         lambda moment, param, index_node: _with_kept(jnp.zeros_like(param), index_node, moment), layers, moments,
         state.params))
     return state.opt_state._replace(inner=inner)
@@ -331,42 +341,35 @@ def with_kept_values(indices: dict, values: dict) -> dict:
     return insert(indices, "")
 
 
-def _with_kernels(tree: Any, kernels: dict[str, jax.Array]) -> Any:
-    """`tree` (params-shaped) with the kernel of each layer of `kernels` replaced by `kernels[layer]`."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: kernels[layer_of(path)] if layer_of(path) in kernels else leaf, tree)
-
-
 def _masked_besides(network: SparseNetwork, params: Any, layers: dict) -> set[str]:
     """The layers whose masks may hold a False (`masked_layers`) other than the kept-value ones in `layers`."""
     return set(masked_layers(params, network.optimizer.config)) - set(layers)
 
 
 def _apply_kept_gradients(network: SparseNetwork, state: NetworkState, layers: dict, grads: Any,
-                          kept: dict | None = None) -> NetworkState:
+                          at_slots: bool = False) -> NetworkState:
     """The sparse optimizer's step off topology updates (`SparseOptimizer.apply_gradients` with the default hooks)
     with each kept layer's kernel (`state.kept`), gradient and moments as [out, k] values, which have no entry off
-    the mask. `kept`: the values of layers whose moments the state stores dense-shaped (prune's, whose slots change
-    with the kept count: `kept_counts.kept_slot_layers`), gathered for this step; their moments are gathered here
-    and written back with the kernels."""
+    the mask. `at_slots`: the layers are prune's at a phase's capacity (`kept_counts.kept_slot_layers`), whose
+    values and moments are read from and written to their slots (`NetworkState.slots`); their dense-shaped moments
+    stay as they are."""
     masks, masked = state.opt_state.masks, _masked_besides(network, state.params, layers)
     inner = state.opt_state.inner
-    if kept is not None:
-        inner = map_moments(inner, state.params, lambda moments: _map_kernels(_kept_of, layers, moments))
-    kept_params = _with_kernels(state.params, state.kept if kept is None else kept)
+    if at_slots:
+        inner = kept_counts.with_slot_moments(inner, state.params, state.slots, layers)
+    kept_params = with_kernels(state.params, kept_counts.slot_values(state.slots, layers) if at_slots else state.kept)
     grads = apply_masks(grads, masks, masked)
     updates, inner = network.optimizer.inner.update(grads, inner, kept_params)
     kept_params = apply_masks(optax.apply_updates(kept_params, apply_masks(updates, masks, masked)), masks, masked)
-
-    def written_back(values, dense):  # `values` (params-shaped) with the kept layers' values written into `dense`
-        return jax.tree_util.tree_map_with_path(
-            lambda path, new, old: _with_kept(old, layers[layer_of(path)], new) if layer_of(path) in layers else new,
-            values, dense)
-
-    if kept is not None:
-        inner = map_moments(inner, state.params, written_back, state.opt_state.inner)
-    return NetworkState(written_back(kept_params, state.params), state.opt_state._replace(inner=inner), state.indices,
-                        state.kept if kept is not None else _kernels_of(kept_params, layers))
+    params = jax.tree_util.tree_map_with_path(  # the kept layers' values written into the dense kernels
+        lambda path, new, old: _with_kept(old, layers[layer_of(path)], new) if layer_of(path) in layers else new,
+        kept_params, state.params)
+    kept, slots = kernels_of(kept_params, layers), state.slots
+    if at_slots:
+        kept, slots = state.kept, kept_counts.written_slots(slots, layers, kept, inner, state.params)
+        inner = map_moments(inner, state.params, lambda new, old: with_kernels(new, kernels_of(old, layers)),
+                            state.opt_state.inner)
+    return NetworkState(params, state.opt_state._replace(inner=inner), state.indices, kept, slots)
 
 
 def gradient_step(network: SparseNetwork, loss_fn: Callable, state: NetworkState, step: jax.Array, key: jax.Array,
@@ -411,7 +414,7 @@ def joint_gradient_step(networks: Sequence[SparseNetwork], loss_fn: Callable, st
         params = tuple(state.params for state in states)
         value, (param_grads, value_grads) = jax.value_and_grad(loss_of_values, argnums=(0, 1), has_aux=True)(
             params, tuple(state.kept if values is None else values for state, values in zip(states, kept)))
-        grads = [_with_kernels(network_grads, network_value_grads)
+        grads = [with_kernels(network_grads, network_value_grads)
                  for network_grads, network_value_grads in zip(param_grads, value_grads)]
         if max_grad_norm is not None:
             applied = [apply_masks(network_grads, state.opt_state.masks,
@@ -419,17 +422,17 @@ def joint_gradient_step(networks: Sequence[SparseNetwork], loss_fn: Callable, st
                        for network, state, network_grads, network_layers in zip(networks, states, grads, layers)]
             grads = _scaled_to_norm(applied, grads, max_grad_norm)
         return value, tuple(
-            _apply_kept_gradients(network, state, network_layers, network_grads, values) if network_layers
+            _apply_kept_gradients(network, state, network_layers, network_grads, values is not None) if network_layers
             else apply_gradients(network, state, network_grads, step, key)
             for network, state, network_layers, network_grads, values, key
             in zip(networks, states, layers, grads, kept, keys))
 
-    def phase_step(phase_indices, phase_buckets):  # prune's layers at a phase's capacities, their values gathered
-        inputs = [kept_counts.kept_slot_layers(network, state, network_indices, buckets, step) if buckets
+    def phase_step(phase_indices, phase_buckets):  # prune's layers at a phase's capacities, their values at slots
+        inputs = [kept_counts.kept_slot_layers(network, state, network_indices, buckets) if buckets
                   else (network_indices, kept_layers(network, state.params, state.indices))
                   for network, state, network_indices, buckets in zip(networks, states, phase_indices, phase_buckets)]
-        kept = tuple({layer: _kept_of(kernel, layers[layer]) for layer, kernel in _kernels_of(state.params, layers).items()}
-                     if buckets else None for state, (_, layers), buckets in zip(states, inputs, phase_buckets))
+        kept = tuple(kept_counts.slot_values(state.slots, layers) if buckets else None
+                     for state, (_, layers), buckets in zip(states, inputs, phase_buckets))
         return kept_step(tuple(indices for indices, _ in inputs), tuple(layers for _, layers in inputs), kept)
 
     found = kept_counts.phases(networks, states)
@@ -466,11 +469,6 @@ def _in_place_switch(index: jax.Array, branches: Sequence[Callable], carry: tupl
         carry = jax.lax.fori_loop(0, (index == number).astype(jnp.int32),
                                   lambda _, carried, branch=branch: branch(carried[1]), carry)
     return carry
-
-
-def _kernels_of(params: Any, layers: dict) -> dict[str, jax.Array]:
-    return {layer_of(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-            if layer_of(path) in layers}
 
 
 def activations(network: SparseNetwork, params: Any, *inputs) -> Any:

@@ -1,6 +1,7 @@
 """Prune's condensed kernels per step (`sparserl.kept_counts`): phases of constant buckets, slots at a capacity,
 and native kept-value steps through pruning steps equal to the masked network's."""
 
+import functools
 import shutil
 
 import jax
@@ -74,13 +75,13 @@ def test_native_prune_layers_store_slots_and_train_kept_values_at_a_capacity():
     assert found.buckets == [({"output": 3},), ({"output": 2},), ({"output": 1},), ({"output": 0},)]
     trained, capacities = [], []
     for indices, (buckets,) in zip(found.indices, found.buckets):
-        _, layers = kept_counts.kept_slot_layers(network, state, indices[0], buckets, jnp.int32(0))
+        _, layers = kept_counts.kept_slot_layers(network, state, indices[0], buckets)
         trained.append(sorted(layers))
         capacities.append(layers["output"]["indices"].shape[-1] if layers else None)
     assert trained == [[], ["output"], ["output"], ["output"]] and capacities == [None, 16, 8, 4]
     masked = _network("masked")
     assert kept_counts.kept_slot_layers(masked, sparse_network.init(masked, jax.random.key(0), jnp.ones((1, 16))),
-                                        {}, {}, jnp.int32(0)) == ({}, {})
+                                        {}, {}) == ({}, {})
 
 
 @needs_compiler
@@ -117,6 +118,9 @@ def test_native_prune_steps_equal_masked_ones_through_every_phase():
     assert native_program.count(condensed_native.BACKWARD_KEPT) >= 1  # kept-value steps ran
     np.testing.assert_array_equal(native.opt_state.masks["dense_0"]["kernel"], masked.opt_state.masks["dense_0"]["kernel"])
     assert np.all(np.sum(np.asarray(native.opt_state.masks["dense_0"]["kernel"]), axis=-2) == 4)  # [seeds, in, out]
-    for native_leaf, masked_leaf in zip(jax.tree.leaves((native.params, native.opt_state, native_outputs)),
+    network = _network("native", networks.MLP((64, 64), 3), window, sparsity=0.9)
+    assert set(native.slots["values"]) == {"dense_0", "dense_1", "output"}  # the final counts live at the slots
+    native_opt_state = jax.vmap(functools.partial(sparse_network.dense_opt_state, network))(native)
+    for native_leaf, masked_leaf in zip(jax.tree.leaves((native.params, native_opt_state, native_outputs)),
                                         jax.tree.leaves((masked.params, masked.opt_state, masked_outputs))):
         np.testing.assert_allclose(native_leaf, masked_leaf, rtol=1e-4, atol=1e-5)

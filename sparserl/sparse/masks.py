@@ -25,6 +25,18 @@ def layer_of(path) -> str | None:
     return name.rsplit("/", 1)[0] if "/" in name else name
 
 
+
+def kernels_of(tree: Any, layers: Container[str]) -> dict[str, jax.Array]:
+    """{layer path: its kernel leaf} in a params-shaped `tree`, for the layers in `layers`."""
+    return {layer_of(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if layer_of(path) in layers}
+
+
+def with_kernels(tree: Any, kernels: Mapping[str, jax.Array]) -> Any:
+    """A params-shaped `tree` with the kernel of each layer of `kernels` replaced by `kernels[layer]`."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: kernels[layer_of(path)] if layer_of(path) in kernels else leaf, tree)
+
 def random_mask(key: jax.Array, shape: tuple[int, ...], sparsity) -> jax.Array:
     """A uniformly random mask with exactly floor(sparsity * n) zeros (`sparsity` concrete or traced)."""
     size = math.prod(shape)

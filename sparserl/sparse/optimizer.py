@@ -37,13 +37,25 @@ def map_moments(opt_state: Any, params_like: Any, fn: Callable[..., Any], *other
     """`fn` applied to every params-shaped part of an optax state (Adam's mu and nu, ...), a tree shaped like
     `params_like`, and to the same parts of the optax states `others`: fn(part, *others' parts). Scalars such as
     Adam's step count are left as `opt_state` holds them."""
+    return _map_params_shaped(opt_state, params_like, fn, others, lambda node: node)
+
+
+def map_moment_parts(opt_state: Any, params_like: Any, fn: Callable[..., Any], *others: Any) -> Any:
+    """`map_moments` with an empty tuple in place of everything but the params-shaped parts (Adam's step count): a
+    store of values per moment (`sparserl.kept_counts`' slots) that shares no leaf with the state it came from (and
+    no None, which a checkpoint would take for a leaf)."""
+    return _map_params_shaped(opt_state, params_like, fn, others, lambda node: ())
+
+
+def _map_params_shaped(opt_state: Any, params_like: Any, fn: Callable[..., Any], others: tuple,
+                       elsewhere: Callable[[Any], Any]) -> Any:
     params_structure = jax.tree.structure(params_like)
 
     def is_params_shaped(node) -> bool:
         return jax.tree.structure(node) == params_structure
 
-    return jax.tree.map(lambda node, *other: fn(node, *other) if is_params_shaped(node) else node, opt_state, *others,
-                        is_leaf=is_params_shaped)
+    return jax.tree.map(lambda node, *other: fn(node, *other) if is_params_shaped(node) else elsewhere(node),
+                        opt_state, *others, is_leaf=is_params_shaped)
 
 
 def zero_moments(opt_state: Any, params_like: Any, reset: Any) -> Any:
