@@ -163,6 +163,13 @@ def indices_of(state: NetworkState) -> dict:
     return with_kept_values(state.indices, state.kept)
 
 
+def _when(flag: bool | jax.Array, true_fn: Callable, false_fn: Callable) -> Any:
+    """`true_fn()` if `flag` else `false_fn()`: in Python for a Python bool, else a `lax.cond`."""
+    if isinstance(flag, bool):
+        return true_fn() if flag else false_fn()
+    return jax.lax.cond(flag, true_fn, false_fn)
+
+
 def _is_topology_step(network: SparseNetwork, step: jax.Array) -> jax.Array:
     return _topology(network).is_update_step(step, network.optimizer.config)
 
@@ -225,20 +232,23 @@ def joint_value_and_grad(networks: Sequence[SparseNetwork], loss_fn: Callable, s
     return jax.lax.cond(topology_step, lambda: grad_fn(params, tuple({} for _ in states)), condensed_grads)
 
 
-def apply_gradients(network: SparseNetwork, state: NetworkState, dense_grads: Any, step: jax.Array, key: jax.Array) -> NetworkState:
+def apply_gradients(network: SparseNetwork, state: NetworkState, dense_grads: Any, step: jax.Array, key: jax.Array,
+                    topology_step: bool | None = None) -> NetworkState:
     """One sparse optimizer step on dense-shaped gradients; on topology-update steps the condensed indices follow
     the new masks. (Kept moments are made dense for it and stored [out, k] again: `dense_opt_state`. Prune's slots
-    can hold the current moments on its pruning steps alone, which gather them anew: `kept_counts.slots_current`.)"""
-    topology_step = _is_topology_step(network, step)
-    opt_state = dense_opt_state(network, state) if not state.slots else jax.lax.cond(
+    hold current moments only where a step trains them, so here on its pruning steps alone, which gather them anew:
+    `kept_counts.slots_current`.) `topology_step`: False where the caller knows the step updates no topology (a
+    phase's step), which then leaves the indices and slots as they are without a `lax.cond` (one would copy them)."""
+    topology_step = _is_topology_step(network, step) if topology_step is None else topology_step
+    opt_state = dense_opt_state(network, state) if not state.slots else _when(
         topology_step, lambda: dense_opt_state(network, state), lambda: state.opt_state)
     params, opt_state = network.optimizer.apply_gradients(step, state.params, dense_grads, opt_state, key)
     indices, slots = state.indices, state.slots
     if indices:
-        indices = jax.lax.cond(topology_step, lambda: condensed.refresh(indices, opt_state.masks), lambda: indices)
+        indices = _when(topology_step, lambda: condensed.refresh(indices, opt_state.masks), lambda: indices)
     if slots:
-        slots = jax.lax.cond(topology_step, lambda: kept_counts.gathered_slots(network, params, indices, opt_state.inner),
-                             lambda: slots)
+        slots = _when(topology_step, lambda: kept_counts.gathered_slots(network, params, indices, opt_state.inner),
+                      lambda: slots)
     return NetworkState(params, stored_opt_state(network, params, indices, opt_state), indices,
                         kept_values(network, params, indices), slots)
 
@@ -294,15 +304,6 @@ def _with_kept(kernel: jax.Array, index_node: dict, values: jax.Array) -> jax.Ar
                                     index_node.get("offsets")).reshape(kernel.shape)
 
 
-def _map_kernels(fn: Callable, layers: dict, tree: Any, *rest: Any) -> Any:
-    """`tree` (params-shaped) with `fn(kernel, *rest's kernels, index node)` at the kernel of each layer of `layers`."""
-    def visit(path, leaf, *others):
-        layer = layer_of(path)
-        return fn(leaf, *others, layers[layer]) if layer in layers else leaf
-
-    return jax.tree_util.tree_map_with_path(visit, tree, *rest)
-
-
 def dense_opt_state(network: SparseNetwork, state: NetworkState) -> SparseOptState:
     """`state.opt_state` with every moment dense-shaped and current (kept moments scattered into zeros, prune's
     written from its slots where those are current: `kept_counts.current_moments`), as `network.optimizer`, ReDo and
@@ -311,9 +312,10 @@ def dense_opt_state(network: SparseNetwork, state: NetworkState) -> SparseOptSta
     inner = kept_counts.current_moments(network, state, state.opt_state.inner)
     if not layers:
         return state.opt_state._replace(inner=inner)
-    inner = map_moments(inner, state.params, lambda moments: _map_kernels(
-        lambda moment, param, index_node: _with_kept(jnp.zeros_like(param), index_node, moment), layers, moments,
-        state.params))
+    kernels = kernels_of(state.params, layers)
+    inner = map_moments(inner, state.params, lambda moments: with_kernels(moments, {
+        layer: _with_kept(jnp.zeros_like(kernels[layer]), layers[layer], moment)
+        for layer, moment in kernels_of(moments, layers).items()}))
     return state.opt_state._replace(inner=inner)
 
 
@@ -323,7 +325,8 @@ def stored_opt_state(network: SparseNetwork, params: Any, indices: dict, opt_sta
     layers = kept_layers(network, params, indices)
     if not layers:
         return opt_state
-    return opt_state._replace(inner=map_moments(opt_state.inner, params, lambda moments: _map_kernels(_kept_of, layers, moments)))
+    return opt_state._replace(inner=map_moments(opt_state.inner, params, lambda moments: with_kernels(
+        moments, {layer: _kept_of(moment, layers[layer]) for layer, moment in kernels_of(moments, layers).items()})))
 
 
 def with_kept_values(indices: dict, values: dict) -> dict:
@@ -396,16 +399,16 @@ def joint_gradient_step(networks: Sequence[SparseNetwork], loss_fn: Callable, st
     (`_in_place_switch`); `topology_step`, where the caller knows it on the host (`topology_step_on_host` of any of
     the networks; the host loop's `Agent.plan`), and `phase` (`kept_counts.phases`) pick it in Python.
     """
-    def dense_step(indices=None):
+    def dense_step(indices=None, topology_step=None):  # topology_step: False in a phase's steps (None: traced)
         value, grads = joint_value_and_grad(networks, loss_fn, states, step, indices)
         if max_grad_norm is not None:
             grads = clip_by_joint_norm(states, grads, max_grad_norm)
-        return value, tuple(apply_gradients(network, state, network_grads, step, key)
+        return value, tuple(apply_gradients(network, state, network_grads, step, key, topology_step)
                             for network, state, network_grads, key in zip(networks, states, grads, keys))
 
     def kept_step(indices, layers, kept):  # per network: indices, kept layers, their values (None: `state.kept`)
         if not any(layers):
-            return dense_step(indices)
+            return dense_step(indices, topology_step=False)
 
         def loss_of_values(params, values):
             return loss_fn(params, tuple(with_kept_values(node, network_values)
@@ -423,7 +426,7 @@ def joint_gradient_step(networks: Sequence[SparseNetwork], loss_fn: Callable, st
             grads = _scaled_to_norm(applied, grads, max_grad_norm)
         return value, tuple(
             _apply_kept_gradients(network, state, network_layers, network_grads, values is not None) if network_layers
-            else apply_gradients(network, state, network_grads, step, key)
+            else apply_gradients(network, state, network_grads, step, key, topology_step=False)
             for network, state, network_layers, network_grads, values, key
             in zip(networks, states, layers, grads, kept, keys))
 
