@@ -122,29 +122,28 @@ def phase_of(found: Phases, step: jax.Array) -> jax.Array:
 
 
 def slot_layers(network: SparseNetwork, params: Any, indices: dict) -> dict[str, condensed.Ladder]:
-    """The `ladders` whose layers train their kept values at slots in some phase (`kept_slot_layers`): under native
-    kernels with the default optimizer step (`Topology.masked_updates`), those with a capacity where the native
-    product wins (`fast_capacity`)."""
+    """The `ladders` whose layers train their kept values at slots in the phases that run them at a capacity
+    (`kept_slot_layers`): under native kernels with the default optimizer step (`Topology.masked_updates`), those
+    whose stored slots the native product wins at (`condensed.native_is_faster`: all but a final k above a quarter of
+    the fan-in, which runs masked)."""
     if network.kernels != "native" or not get_topology(network.optimizer.config.method).masked_updates:
         return {}
-    return {path: layer for path, layer in ladders(network, params, indices).items() if fast_capacity(layer)}
-
-
-def fast_capacity(layer: condensed.Ladder) -> int:
-    """The largest capacity of the layer's ladder at which the native product wins (`condensed.native_is_faster`,
-    as at every capacity below it), or 0."""
-    return max((capacity for capacity in layer.capacities
-                if condensed.native_is_faster(condensed.NATIVE_MIN_BATCH, layer.in_features, capacity)), default=0)
+    return {path: layer for path, layer in ladders(network, params, indices).items()
+            if condensed.native_is_faster(condensed.NATIVE_MIN_BATCH, layer.in_features, layer.capacities[-1])}
 
 
 def kept_slot_layers(network: SparseNetwork, state: NetworkState, indices: dict,
                      buckets: dict[str, int]) -> tuple[dict, dict[str, dict]]:
     """(`indices`, a phase's with these `buckets`, with the nodes of `layers` in their place; `layers`: {layer: its
-    `condensed.at_capacity` node}) for the `slot_layers` that run at a capacity of at most their `fast_capacity` in
-    the phase: the layers whose kept values that phase's steps train alone. No layers otherwise."""
-    layers = {path: condensed.at_capacity(layer.stored, layer.capacities[buckets[path]])
-              for path, layer in slot_layers(network, state.params, state.indices).items()
-              if buckets[path] < len(layer.capacities) and layer.capacities[buckets[path]] <= fast_capacity(layer)}
+    stored slots, `all_slots`}) for the `slot_layers` that run at a capacity in the phase: the layers whose kept
+    values that phase's steps train alone. No layers otherwise.
+
+    The step runs them on all their slots, whatever the capacity: the native kernels run exactly k_t multiply-adds
+    per neuron from the offsets, and the slots of no neuron hold 0 and never train. Taking a capacity's prefix of the
+    slots' values and moments and writing it back at every step cost more than the optimizer's step on all the
+    slots (docs/performance.md)."""
+    layers = {path: all_slots(layer) for path, layer in slot_layers(network, state.params, state.indices).items()
+              if buckets[path] < len(layer.capacities)}
 
     def replaced(node, path):
         if path in layers:
@@ -156,14 +155,14 @@ def kept_slot_layers(network: SparseNetwork, state: NetworkState, indices: dict,
     return replaced(indices, ""), layers
 
 
-# The slots' store. Between pruning steps a native prune layer trains its kept values and their moments at a
-# phase's capacity of its slots (`kept_slot_layers`). `NetworkState.slots` holds them at all the stored slots
-# ([out, largest capacity], `condensed.variable_fan_in`), so a step reads and writes a prefix of them
-# (`condensed.slot_prefix`) and scatters the values alone into the kernel, as a static layer's step does (gathering
-# and scattering values and both moments from dense-shaped arrays at every step made the phases at a quarter of the
-# fan-in slower than masked ones: docs/performance.md). While a layer's kept count fits its fast capacity
-# (`slots_current`) its slots hold the current moments, and the optax state's dense-shaped ones are those of the
-# last pruning step; otherwise the dense-shaped ones are current. Every pruning step gathers the slots anew.
+# The slots' store. Between pruning steps a native prune layer trains its kept values and their moments at its
+# slots (`kept_slot_layers`). `NetworkState.slots` holds them there ([out, largest capacity],
+# `condensed.variable_fan_in`), so such a step reads and writes them as they are and scatters the values alone into
+# the kernel, as a static layer's step does (gathering and scattering values and both moments from dense-shaped
+# arrays at every step made the phases at a fifth to a quarter of the fan-in slower than masked ones:
+# docs/performance.md). While a layer's kept count fits its slots (`slots_current`) they hold its current moments,
+# and the optax state's dense-shaped ones are those of the last pruning step; otherwise the dense-shaped ones are
+# current. Every pruning step gathers the slots anew.
 
 def gathered_slots(network: SparseNetwork, params: Any, indices: dict, inner: Any) -> dict:
     """`NetworkState.slots` of these params, their stored indices and the dense-shaped optax state `inner`:
@@ -174,23 +173,24 @@ def gathered_slots(network: SparseNetwork, params: Any, indices: dict, inner: An
         return {}
 
     def at_slots(tree):
-        return {path: condensed_native.gather(condensed.fan_in_view(kernel), **_all_slots(layers[path]))
+        return {path: condensed_native.gather(condensed.fan_in_view(kernel), **all_slots(layers[path]))
                 for path, kernel in kernels_of(tree, layers).items()}
 
     return {"values": at_slots(params), "moments": map_moment_parts(inner, params, at_slots)}
 
 
-def _all_slots(layer: condensed.Ladder) -> dict:
-    """The layer's stored slots with their offsets clamped to them (`condensed.at_capacity`): a kept count above
-    them (the masked phases) leaves its last neurons' inputs out rather than past the slots."""
-    return condensed.at_capacity(layer.stored, layer.stored["indices"].shape[-1])
+def all_slots(layer: condensed.Ladder) -> dict:
+    """The layer's stored slots with their offsets clamped to them (`condensed.at_capacity` at its largest
+    capacity): a kept count above them (the masked phases) leaves its last neurons' inputs out rather than past the
+    slots."""
+    return condensed.at_capacity(layer.stored, layer.capacities[-1])
 
 
 def slots_current(layer: condensed.Ladder) -> jax.Array:
     """Whether the slots of a `slot_layers` layer hold its current moments: its kept count (the stored offsets'
-    total over out neurons) fits its `fast_capacity`."""
+    total over out neurons) fits them."""
     stored = layer.stored
-    return stored["offsets"][..., -1] <= stored["indices"].shape[-2] * fast_capacity(layer)
+    return stored["offsets"][..., -1] <= stored["indices"].shape[-2] * layer.capacities[-1]
 
 
 def current_moments(network: SparseNetwork, state: NetworkState, inner: Any) -> Any:
@@ -203,7 +203,7 @@ def current_moments(network: SparseNetwork, state: NetworkState, inner: Any) -> 
     def written(part, slot_part):
         def current(path, moment):
             view = condensed.fan_in_view(moment)
-            scattered = condensed_native.scatter(view, values=slot_part[path], **_all_slots(layers[path]))
+            scattered = condensed_native.scatter(view, values=slot_part[path], **all_slots(layers[path]))
             return jnp.where(slots_current(layers[path]), scattered, view).reshape(moment.shape)
 
         return with_kernels(part, {path: current(path, moment) for path, moment in kernels_of(part, layers).items()})
@@ -211,27 +211,20 @@ def current_moments(network: SparseNetwork, state: NetworkState, inner: Any) -> 
     return map_moments(inner, state.params, written, state.slots["moments"])
 
 
-def _prefixes(stored: dict, layers: dict[str, dict]) -> dict:
-    return {path: condensed.slot_prefix(stored[path], node["indices"].shape[-1]) for path, node in layers.items()}
-
-
 def slot_values(slots: dict, layers: dict[str, dict]) -> dict:
-    """{layer: its kept values at the capacity of its node in `layers` (`kept_slot_layers`)} from the slots."""
-    return _prefixes(slots["values"], layers)
+    """{layer: its kept values at its slots} for the layers of `layers` (`kept_slot_layers`)."""
+    return {path: slots["values"][path] for path in layers}
 
 
 def with_slot_moments(inner: Any, params: Any, slots: dict, layers: dict[str, dict]) -> Any:
-    """The optax state `inner` with the kernel moments of `layers` taken from their slots at the layers' capacities."""
-    return map_moments(inner, params, lambda part, slot_part: with_kernels(part, _prefixes(slot_part, layers)),
+    """The optax state `inner` with the kernel moments of `layers` taken from their slots."""
+    return map_moments(inner, params, lambda part, slot_part: with_kernels(part, {path: slot_part[path]
+                                                                                 for path in layers}),
                        slots["moments"])
 
 
 def written_slots(slots: dict, layers: dict[str, dict], values: dict, inner: Any, params: Any) -> dict:
-    """`slots` with the prefixes of `layers` replaced by a step's new `values` and the kernel moments of its optax
-    state `inner` (those layers' moments at their capacities: `with_slot_moments`)."""
-    def written(stored, new):
-        return {path: condensed.with_slot_prefix(array, new[path]) if path in layers else array
-                for path, array in stored.items()}
-
-    return {"values": written(slots["values"], values), "moments": map_moment_parts(
-        inner, params, lambda part, slot_part: written(slot_part, kernels_of(part, layers)), slots["moments"])}
+    """`slots` with those of `layers` replaced by a step's new `values` and the kernel moments of its optax state
+    `inner` (those layers' moments at their slots: `with_slot_moments`)."""
+    return {"values": {**slots["values"], **values}, "moments": map_moment_parts(
+        inner, params, lambda part, slot_part: {**slot_part, **kernels_of(part, layers)}, slots["moments"])}

@@ -64,8 +64,9 @@ def test_a_slot_layers_capacity_is_a_prefix_of_its_slots_with_offsets_clamped_to
 def test_native_prune_layers_store_slots_and_train_kept_values_at_a_capacity():
     """Under native kernels the layer's indices are slots with offsets (`condensed.variable_fan_in`) in the budget of
     the ladder's largest capacity: s_t = 0.9375 (1 - (1 - t/4)^3) gives k_t = 64, 64, 30, 12, 5, 4 at steps 0..5,
-    so at ladder (4, 8, 16) masked through step 2, capacity 16 at step 3, 8 at step 4, 4 from step 5 on. In a phase at a capacity where native wins the layer trains its kept values
-    (`kept_slot_layers`), in the masked one it does not."""
+    so at ladder (4, 8, 16) masked through step 2, capacity 16 at step 3, 8 at step 4, 4 from step 5 on. In a phase at
+    a capacity the layer trains its kept values on all its 16 slots per neuron (`kept_slot_layers`; the offsets say
+    how many each neuron holds), in the masked one it does not."""
     network = _network("native", window=Window(update_period=1, update_start=0, update_end=4), sparsity=0.9375)
     state = sparse_network.init(network, jax.random.key(0), jnp.ones((1, 64)))
     assert set(state.indices["output"]) == {"indices", "offsets"}
@@ -78,7 +79,7 @@ def test_native_prune_layers_store_slots_and_train_kept_values_at_a_capacity():
         _, layers = kept_counts.kept_slot_layers(network, state, indices[0], buckets)
         trained.append(sorted(layers))
         capacities.append(layers["output"]["indices"].shape[-1] if layers else None)
-    assert trained == [[], ["output"], ["output"], ["output"]] and capacities == [None, 16, 8, 4]
+    assert trained == [[], ["output"], ["output"], ["output"]] and capacities == [None, 16, 16, 16]
     masked = _network("masked")
     assert kept_counts.kept_slot_layers(masked, sparse_network.init(masked, jax.random.key(0), jnp.ones((1, 16))),
                                         {}, {}) == ({}, {})

@@ -165,22 +165,9 @@ def at_capacity(stored: dict, capacity: int) -> dict:
     indices = stored["indices"]
     if "offsets" not in stored:
         return {"indices": indices[..., :capacity]}
-    return {"indices": slot_prefix(indices, capacity),
-            "offsets": jnp.minimum(stored["offsets"], indices.shape[-2] * capacity)}
-
-
-def slot_prefix(slots: jax.Array, capacity: int) -> jax.Array:
-    """The first out * `capacity` of the slots [..., out, width] (read in order), as [..., out, capacity]: what
-    `at_capacity` runs of a layer's indices, and of the values and moments stored at them."""
-    *seeds, out, width = slots.shape
-    return slots.reshape(*seeds, out * width)[..., :out * capacity].reshape(*seeds, out, capacity)
-
-
-def with_slot_prefix(slots: jax.Array, prefix: jax.Array) -> jax.Array:
-    """`slots` [..., out, width] with its first out * capacity slots replaced by `prefix` [..., out, capacity]."""
-    *seeds, out, width = slots.shape
-    flat = slots.reshape(*seeds, out * width)
-    return flat.at[..., :prefix.shape[-2] * prefix.shape[-1]].set(prefix.reshape(*seeds, -1)).reshape(slots.shape)
+    *seeds, out, width = indices.shape
+    return {"indices": indices.reshape(*seeds, out * width)[..., :out * capacity].reshape(*seeds, out, capacity),
+            "offsets": jnp.minimum(stored["offsets"], out * capacity)}
 
 
 def run_bucket(product: Callable, x: jax.Array, kernel: jax.Array, ladder_indices: tuple, index,
