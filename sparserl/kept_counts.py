@@ -12,7 +12,7 @@ ladder. k_t is a function of the gradient step shared by all seeds (`Topology.sp
 - `phases` cuts the steps into runs of constant buckets, found on the host from `Topology.sparsity_steps`, so a
   gradient step switches once over whole phases (`phase_of`) and each branch differentiates its own products
   (a switch inside a differentiated function would make every branch's residuals, zeros included, on every step);
-- `kept_slot_layers` names the layers whose kept values a phase's steps train alone, at its capacity's slots
+- `kept_slot_layers` names the layers whose kept values a phase at a capacity trains alone, on all their slots
   (`sparse_network.joint_gradient_step`), from the values and moments that `NetworkState.slots` stores there
   (`gathered_slots`).
 """
