@@ -61,6 +61,28 @@ def test_a_slot_layers_capacity_is_a_prefix_of_its_slots_with_offsets_clamped_to
 
 
 @needs_compiler
+def test_a_slot_layers_store_holds_its_kept_values_at_its_slots_and_is_current_while_they_fit():
+    """The layer above (k_t = 3 in 4 slots per neuron, ladder (2, 4)), W[i, o] = 10 i + o: its slots hold W[1, 0],
+    W[4, 0], W[9, 0], W[0, 1], W[2, 1], W[3, 1] and two zeros, and hold its current moments (6 kept <= 8 slots).
+    Keeping inputs 0-4 of both neurons (10 > 8) they do not, and the offsets clamped to the slots, [0, 5, 8], keep
+    neuron 1's last inputs out of the gather rather than past the slots."""
+    mask = np.zeros((16, 2), bool)
+    mask[[1, 4, 9], 0] = mask[[0, 2, 3], 1] = True
+    kernel = 10 * jnp.arange(16.0)[:, None] + jnp.arange(2.0)
+    layer = condensed.Ladder(16, 0.875, (2, 4), condensed.variable_fan_in(jnp.asarray(mask), 4))
+    assert bool(kept_counts.slots_current(layer))
+    np.testing.assert_array_equal(condensed_native.gather(kernel, **kept_counts.all_slots(layer)),
+                                  [[10, 40, 90, 1], [21, 31, 0, 0]])
+    wide = np.zeros((16, 2), bool)
+    wide[:5] = True
+    above = condensed.Ladder(16, 0.875, (2, 4), condensed.variable_fan_in(jnp.asarray(wide), 4))
+    assert not bool(kept_counts.slots_current(above))
+    np.testing.assert_array_equal(kept_counts.all_slots(above)["offsets"], [0, 5, 8])
+    np.testing.assert_array_equal(condensed_native.gather(kernel, **kept_counts.all_slots(above)),
+                                  [[0, 10, 20, 30], [40, 1, 11, 21]])
+
+
+@needs_compiler
 def test_native_prune_layers_store_slots_and_train_kept_values_at_a_capacity():
     """Under native kernels the layer's indices are slots with offsets (`condensed.variable_fan_in`) in the budget of
     the ladder's largest capacity: s_t = 0.9375 (1 - (1 - t/4)^3) gives k_t = 64, 64, 30, 12, 5, 4 at steps 0..5,
